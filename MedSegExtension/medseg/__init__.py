@@ -1,0 +1,36 @@
+"""MedSeg core: CT/MR preprocessing, lesion detection, segmentation, surfaces and reports.
+
+This package never imports ``slicer``, ``qt`` or ``ctk``; the Slicer module
+(``MedSegExtension.py`` and ``MedSegExtensionLib``) builds on it, and so does the
+``medseg`` command.
+
+World coordinates inside the core are RAS millimetres; image arrays are in KJI order.
+"""
+
+from medseg.core.volume import Volume
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.box import Box
+from medseg.core.result import Result
+from medseg.errors import (
+    MedSegError,
+    InputError,
+    AmbiguousInputError,
+    OutputError,
+    CancelledError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Volume",
+    "LabelMap",
+    "Segment",
+    "Box",
+    "Result",
+    "MedSegError",
+    "InputError",
+    "AmbiguousInputError",
+    "OutputError",
+    "CancelledError",
+    "__version__",
+]

@@ -1,0 +1,48 @@
+"""Progress reporting and cancellation shared by every stage."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+from medseg.errors import CancelledError
+
+#: ``callback(fraction in 0..1, message)``
+ProgressCallback = Callable[[float, str], None]
+
+
+def no_progress(fraction: float, message: str) -> None:
+    """A progress callback that ignores everything."""
+
+
+class CancelToken:
+    """Set from any thread; stages call ``check()`` between steps and tiles."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise ``CancelledError`` if cancel was requested."""
+        if self._event.is_set():
+            raise CancelledError("cancelled by the user; nothing was written")
+
+
+class SubProgress:
+    """Maps a stage's own 0..1 progress into the slice ``[start, end]`` of the whole run."""
+
+    def __init__(self, parent: ProgressCallback, start: float, end: float,
+                 cancel: Optional[CancelToken] = None) -> None:
+        self.parent, self.start, self.end, self.cancel = parent, start, end, cancel
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.cancel is not None:
+            self.cancel.check()
+        f = min(max(float(fraction), 0.0), 1.0)
+        self.parent(self.start + (self.end - self.start) * f, message)
