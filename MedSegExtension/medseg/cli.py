@@ -1,0 +1,323 @@
+"""The ``medseg`` command: the same core as the Slicer module, headless.
+
+    medseg run INPUT... --task TASK --out DIR [--device auto|cpu|cuda|mps] [--overwrite]
+    medseg tasks
+    medseg demo [--out DIR] [--overwrite]
+
+Exit codes: 0 success; 1 some cases of a batch failed (or an unexpected internal error);
+2 bad input or options (one line on stderr says what is wrong); 3 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from medseg import __version__
+from medseg.errors import CancelledError, InputError, MedSegError
+
+log = logging.getLogger("medseg")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
+
+
+# ----------------------------------------------------------------------------- argparse types
+def _unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {text}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
+    return v
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from medseg.pipeline.output import validate_mesh_formats
+
+    try:
+        return validate_mesh_formats([f for f in text.split(",") if f])
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medseg", description="MedSeg: segment CT/MR volumes, detect lesions, "
+                                "build 3D models and reports (headless; same core as the Slicer module).")
+    p.add_argument("--version", action="version", version=f"medseg {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary table")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common_run_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--device", default="auto",
+                        help="auto (best present), cpu, cuda, cuda:N or mps; an absent GPU falls back to cpu "
+                             "with a note")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output folder (it is replaced only after every file is written)")
+        sp.add_argument("--formats", type=_formats, default=("stl",), metavar="LIST",
+                        help="model formats, comma separated: stl,obj,ply,vtp,vtk (default stl)")
+        sp.add_argument("--no-models", action="store_true", help="skip 3D models")
+        sp.add_argument("--no-html", action="store_true", help="skip report.html and its figures")
+        sp.add_argument("--smoothing", type=_unit_float, default=0.5, help="model smoothing 0..1 (default 0.5)")
+        sp.add_argument("--decimate", type=_unit_float, default=0.0,
+                        help="fraction of model triangles to remove, 0..0.95 (default 0)")
+        sp.add_argument("--surface-method", choices=("surface-nets", "flying-edges"), default="surface-nets")
+
+    r = sub.add_parser("run", help="run a task on your own files",
+                       description="Run TASK on INPUT(s). For a one-input task, several INPUTs are a batch: "
+                                   "each gets its own folder DIR/<name>/ and a failing case does not stop the "
+                                   "others. For a multi-input task (mr-brain-tumor: FLAIR [T1c]) the INPUTs are "
+                                   "that case's inputs, in order.")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="NRRD, NIfTI, MHA/MHD file or DICOM series folder")
+    r.add_argument("--task", required=True, help="task name (see `medseg tasks`)")
+    r.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    r.add_argument("--series", default=None, metavar="UID", help="DICOM SeriesInstanceUID when a folder has several")
+    r.add_argument("--frame", type=_nonneg_int, default=None, metavar="N", help="frame to use from a 4D input")
+    r.add_argument("--nan-policy", choices=("error", "fill"), default="error",
+                   help="NaN/Inf voxels: refuse (default) or fill with the minimum finite value")
+    r.add_argument("--threshold", type=float, default=None, help="threshold task: level in input units")
+    r.add_argument("--min-volume", type=float, default=None, metavar="MM3",
+                   help="threshold task: smallest region kept (mm^3)")
+    common_run_options(r)
+
+    sub.add_parser("tasks", help="list the tasks, what each needs and produces")
+
+    d = sub.add_parser("demo", help="build a synthetic chest CT phantom and run ct-chest on it")
+    d.add_argument("--out", type=Path, default=Path("medseg-demo"), metavar="DIR",
+                   help="output folder (default ./medseg-demo)")
+    d.add_argument("--seed", type=int, default=0, help="phantom random seed")
+    common_run_options(d)
+    return p
+
+
+# ----------------------------------------------------------------------------- progress + summary
+class _Progress:
+    """tqdm bar on stderr driven by (fraction, message) callbacks."""
+
+    def __init__(self, quiet: bool, desc: str) -> None:
+        self.bar = None
+        if not quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, desc=desc, unit="‰", file=sys.stderr, leave=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is not None:
+            target = int(round(min(max(fraction, 0.0), 1.0) * 1000))
+            if target > self.bar.n:
+                self.bar.update(target - self.bar.n)
+            self.bar.set_postfix_str(message[:40], refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_summary(report: dict, out_dir: Path) -> str:
+    """A plain-text table of segments and boxes plus timings, for the end of a run."""
+    rows = [("Segment", "Voxels", "Volume mL", "Longest mm", "Centroid RAS (mm)")]
+    for s in report["segments"]:
+        c = s.get("centroid_ras")
+        ld = s.get("longest_diameter_mm")
+        rows.append((s["name"], str(s["voxel_count"]), f"{s['volume_ml']:.2f}",
+                     "" if ld is None else f"{ld:.1f}",
+                     "" if c is None else "({:.1f}, {:.1f}, {:.1f})".format(*c)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"Boxes: {len(report['boxes'])}" + (
+        " (" + ", ".join(f"{b['name']} {b['label']} score {b['score']:.2f}" for b in report["boxes"]) + ")"
+        if report["boxes"] else ""))
+    t = report.get("timings_s", {})
+    lines.append("Time: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
+                 + f"; total {report.get('total_time_s', sum(t.values())):.1f}s on {report.get('device', '?')}")
+    for w in report.get("warnings", []):
+        lines.append(f"Warning: {w}")
+    lines.append(f"Output: {out_dir}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- commands
+def _run_options(args: argparse.Namespace, task: str, params: dict):
+    from medseg.pipeline.run import RunOptions
+
+    return RunOptions(task=task, device=args.device, nan_policy=getattr(args, "nan_policy", "error"),
+                      models=not args.no_models, surface_method=args.surface_method,
+                      smoothing=args.smoothing, decimate=args.decimate, params=params)
+
+
+def run_case(volumes, options, out_dir: Path, args: argparse.Namespace, label: str) -> dict:
+    """Run and write one case; return its report dict."""
+    from medseg.pipeline.output import write_result
+    from medseg.pipeline.run import run_task
+
+    t0 = time.perf_counter()
+    bar = _Progress(args.quiet, label)
+    try:
+        result = run_task(volumes, options, progress=lambda f, m: bar(0.9 * f, m))
+        write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=args.formats,
+                     html=not args.no_html, progress=lambda f, m: bar(0.9 + 0.1 * f, m))
+    finally:
+        bar.close()
+    with open(out_dir / "report.json", encoding="utf-8") as fh:
+        report = json.load(fh)
+    report.setdefault("total_time_s", time.perf_counter() - t0)
+    return report
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from medseg.pipeline.tasks import TASKS
+
+    for t in TASKS.values():
+        print(t.name)
+        print(f"  {t.description}")
+        ins = ", ".join(f"{i.name} ({i.modality}{'' if i.required else ', optional'})" for i in t.inputs)
+        print(f"  needs:    {ins}")
+        print(f"  produces: {'; '.join(t.produces)}")
+        if t.params:
+            print(f"  options:  {', '.join(f'{k}={v}' for k, v in t.params.items())}")
+        print()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from medseg.io.atomic import check_output_folder
+    from medseg.io.volume_reader import read_volume
+    from medseg.pipeline.tasks import get_task
+
+    task = get_task(args.task)
+    params = {}
+    if args.threshold is not None:
+        params["threshold"] = args.threshold
+    if args.min_volume is not None:
+        params["min_volume_mm3"] = args.min_volume
+    options = _run_options(args, task.name, params)
+    options.validate()
+    paths = [Path(p) for p in args.inputs]
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"input {p} does not exist")
+
+    if task.max_inputs == 1 and len(paths) > 1:
+        return _run_batch(paths, task, options, args)
+    if len(paths) > task.max_inputs:
+        raise InputError(f"task {task.name} takes at most {task.max_inputs} input(s), got {len(paths)}")
+    check_output_folder(args.out, args.overwrite)
+    warnings: list[str] = []
+    volumes = [read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings) for p in paths]
+    report = run_case(volumes, options, args.out, args, task.name)
+    if not args.quiet:
+        for w in warnings:
+            print(f"Warning: {w}", file=sys.stderr)
+        print(format_summary(report, args.out))
+    return EXIT_OK
+
+
+def _run_batch(paths, task, options, args: argparse.Namespace) -> int:
+    """One case per input; a failing case is reported and the rest go on."""
+    from medseg.io.atomic import atomic_write_text, check_output_folder
+    from medseg.io.volume_reader import read_volume
+    from medseg.pipeline.output import safe_file_stem
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    cases = []
+    for p in paths:
+        stem = p.name
+        for suffix in (".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+            stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
+        cases.append((p, args.out / safe_file_stem(stem, taken)))
+    for _, out in cases:
+        check_output_folder(out, args.overwrite)
+    status = []
+    for p, out in cases:
+        entry = {"input": str(p), "output": str(out)}
+        try:
+            warnings: list[str] = []
+            vol = read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings)
+            report = run_case([vol], options, out, args, p.name)
+            entry.update(status="ok", segments=len(report["segments"]), boxes=len(report["boxes"]),
+                         warnings=warnings + report.get("warnings", []))
+        except CancelledError:
+            raise
+        except MedSegError as e:
+            entry.update(status="failed", error=str(e))
+            print(f"medseg: {p}: {e}", file=sys.stderr)
+        status.append(entry)
+    atomic_write_text(args.out / "batch_status.json", json.dumps(status, indent=2) + "\n")
+    failed = [s for s in status if s["status"] != "ok"]
+    if not args.quiet:
+        for s in status:
+            print(f"{s['status']:7s} {s['input']}" + (f": {s['error']}" if s["status"] != "ok" else f" -> {s['output']}"))
+        print(f"{len(status) - len(failed)} ok, {len(failed)} failed; status in {args.out / 'batch_status.json'}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from medseg.io.atomic import check_output_folder
+    from medseg.phantom import make_chest_phantom
+
+    check_output_folder(args.out, args.overwrite)
+    t0 = time.perf_counter()
+    volume, truth = make_chest_phantom(seed=args.seed)
+    options = _run_options(args, "ct-chest", {})
+    report = run_case([volume], options, args.out, args, "demo ct-chest")
+    _write_demo_extras(args.out, volume, truth, report)
+    if not args.quiet:
+        print(format_summary(report, args.out))
+        print(f"Demo finished in {time.perf_counter() - t0:.1f}s "
+              f"(phantom {volume.shape_ijk[0]}x{volume.shape_ijk[1]}x{volume.shape_ijk[2]}, "
+              f"spacing {', '.join(f'{s:g}' for s in volume.spacing)} mm)")
+    return EXIT_OK
+
+
+def _write_demo_extras(out_dir: Path, volume, truth, report: dict) -> None:
+    """Save the phantom itself next to the results, so Slicer can show it under the segmentation."""
+    import SimpleITK as sitk
+
+    from medseg.geometry.frames import volume_to_sitk
+    from medseg.io.atomic import atomic_path
+
+    with atomic_path(out_dir / "phantom_ct.nrrd") as tmp:
+        sitk.WriteImage(volume_to_sitk(volume), str(tmp), True, imageIO="NrrdImageIO")
+
+
+# ----------------------------------------------------------------------------- entry point
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``medseg`` console script; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="medseg: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"run": cmd_run, "tasks": cmd_tasks, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except CancelledError as e:
+        print(f"medseg: {e}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print("medseg: cancelled by the user; nothing was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except MedSegError as e:
+        print(f"medseg: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Writes that either finish completely or leave nothing behind.
+
+* ``atomic_write_bytes`` / ``atomic_write_text`` / ``atomic_path``: one file is written to a
+  hidden temporary sibling (``.<name>.<random>.part``) and moved onto its final name with
+  ``os.replace`` only when the write succeeded. On any error (disk full, permission, a
+  writer's exception, Ctrl-C) the temporary file is removed and an existing file of the
+  same name is left untouched.
+* ``OutputFolder``: a whole output folder is built in a hidden staging folder next to the
+  target (``.<name>.partial-<random>``) and renamed onto the target when the ``with`` block
+  ends without an exception. On an exception the staging folder is removed and the target
+  is untouched.
+
+Errors from the file system are raised as ``OutputError`` naming the path and a remedy.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+from medseg.errors import MedSegError, OutputError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: marker in the names of temporary files (``.name.<random>.part``)
+PART_SUFFIX = ".part"
+#: marker in the names of staging folders (``.name.partial-<random>``)
+PARTIAL_MARKER = ".partial-"
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device; free some space or choose another output location"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied; choose a writable output location"
+    return f"{exc.strerror or exc}"
+
+
+def _remove_file(path: Path) -> None:
+    """Remove ``path`` if it exists (a missing file is fine; other errors are logged)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # cleanup must not hide the original error
+        log.warning("could not remove temporary file %s: %s", path, exc)
+
+
+def _temp_sibling(target: Path, keep_extension: bool) -> Path:
+    name = f".{target.name}.{secrets.token_hex(4)}{PART_SUFFIX}"
+    if keep_extension:
+        name += target.suffix
+    return target.parent / name
+
+
+@contextmanager
+def atomic_path(path: PathLike, keep_extension: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling path of ``path`` to write to; move it onto ``path`` on success.
+
+    For libraries that write to a file name (VTK, pynrrd, matplotlib). The temporary file
+    is hidden and ends in ``.part`` (``keep_extension=True`` appends the target's extension
+    as well, for writers that pick the format from the name). If the body raises, or writes
+    nothing, the temporary file is removed, ``path`` is left as it was, and the error is
+    raised (``OSError`` as ``OutputError``).
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"cannot write file {target}: a folder of that name exists; remove it or choose another name")
+    if not target.parent.is_dir():
+        raise OutputError(f"cannot write {target}: folder {target.parent} does not exist; create it first")
+    tmp = _temp_sibling(target, keep_extension)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise OutputError(f"writing {target} failed: the writer produced no file")
+        os.replace(tmp, target)
+    except MedSegError:
+        _remove_file(tmp)
+        raise
+    except OSError as exc:
+        _remove_file(tmp)
+        raise OutputError(f"writing {target} failed: {_describe_os_error(exc)} (nothing was written)") from exc
+    except BaseException:
+        _remove_file(tmp)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (fsync'd temp file + ``os.replace``). Returns the path."""
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return target
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8 by default, ``\\n`` line ends). Returns the path."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+# --------------------------------------------------------------------------- output folder
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    return p
+
+
+def check_output_folder(path: PathLike, overwrite: bool = False) -> Path:
+    """Check early (before any computing) that ``path`` can become the output folder.
+
+    Raises ``OutputError`` when ``path`` is an existing file, an existing non-empty folder
+    and ``overwrite`` is false, or when the folder it would be created in is not writable.
+    Returns ``path`` made absolute.
+    """
+    target = Path(os.path.abspath(os.fspath(path)))
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise OutputError(f"output path {target} exists and is a file; choose a folder path")
+        if not overwrite and any(target.iterdir()):
+            raise OutputError(
+                f"output folder {target} exists and is not empty; use --overwrite (overwrite=True) "
+                "to replace it, or choose another folder"
+            )
+    parent = _nearest_existing(target.parent)
+    if not parent.is_dir():
+        raise OutputError(f"cannot create output folder {target}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create output folder {target}: folder {parent} is not writable; choose another location")
+    return target
+
+
+class OutputFolder:
+    """Build an output folder in a hidden staging folder and commit it at the end.
+
+    Usage::
+
+        with OutputFolder("/out/case1", overwrite=False) as out:
+            write_seg_nrrd(labelmap, out / "segmentation.seg.nrrd")
+        # now /out/case1 holds exactly what was written, or nothing changed on error
+
+    Inside the ``with`` block ``out.path`` is the staging folder and ``out / "a/b.stl"`` a
+    path inside it (sub-folders are created). ``out.target`` is the final folder.
+    """
+
+    def __init__(self, path: PathLike, overwrite: bool = False) -> None:
+        self.target = Path(os.path.abspath(os.fspath(path)))
+        self.overwrite = bool(overwrite)
+        self._staging: Optional[Path] = None
+        self.committed = False
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def path(self) -> Path:
+        """The staging folder (only valid inside the ``with`` block)."""
+        if self._staging is None:
+            raise OutputError(f"output folder {self.target} is not open; use it in a 'with' block")
+        return self._staging
+
+    def __truediv__(self, relative: PathLike) -> Path:
+        """A path inside the staging folder; its parent folders are created. Refuses paths
+        that would leave the folder (absolute or ``..``)."""
+        rel = Path(relative)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise OutputError(f"{os.fspath(relative)!r} is not a relative path inside the output folder {self.target}")
+        p = self.path / rel
+        if p.parent != self.path:
+            try:
+                os.makedirs(p.parent, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create folder {p.parent}: {_describe_os_error(exc)}") from exc
+        return p
+
+    # --------------------------------------------------------------- lifecycle
+    def __enter__(self) -> "OutputFolder":
+        check_output_folder(self.target, self.overwrite)
+        staging = self.target.parent / f".{self.target.name}{PARTIAL_MARKER}{secrets.token_hex(4)}"
+        try:
+            os.makedirs(self.target.parent, exist_ok=True)
+            os.makedirs(staging)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {self.target}: {_describe_os_error(exc)}") from exc
+        self._staging = staging
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        staging = self._staging
+        self._staging = None
+        if staging is None:
+            return False
+        if exc_type is not None:
+            self._remove_tree(staging)
+            return False  # re-raise the original exception
+        try:
+            self._commit(staging)
+        except BaseException:
+            self._remove_tree(staging)
+            raise
+        self.committed = True
+        return False
+
+    def _commit(self, staging: Path) -> None:
+        target = self.target
+        aside: Optional[Path] = None
+        if target.exists() or target.is_symlink():
+            if not self.overwrite and target.is_dir() and any(target.iterdir()):
+                raise OutputError(
+                    f"output folder {target} was filled by something else while MedSeg ran; "
+                    "nothing was written. Use --overwrite or choose another folder"
+                )
+            aside = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+            try:
+                os.replace(target, aside)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot replace output folder {target}: {_describe_os_error(exc)} (it was left unchanged)"
+                ) from exc
+        try:
+            os.replace(staging, target)
+        except OSError as exc:
+            if aside is not None:
+                os.replace(aside, target)  # put the old folder back
+            raise OutputError(
+                f"cannot create output folder {target}: {_describe_os_error(exc)} (nothing was changed)"
+            ) from exc
+        if aside is not None:
+            try:
+                if aside.is_dir() and not aside.is_symlink():
+                    shutil.rmtree(aside)
+                else:
+                    os.unlink(aside)
+            except OSError as exc:
+                raise OutputError(
+                    f"the new output is in {target}, but the previous copy moved to {aside} could not be "
+                    f"removed: {_describe_os_error(exc)}; remove it by hand"
+                ) from exc
+
+    @staticmethod
+    def _remove_tree(path: Path) -> None:
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # cleanup must not hide the original error
+            log.warning("could not remove staging folder %s: %s", path, exc)

@@ -1,0 +1,126 @@
+"""Write a ``Result`` into one output folder, all or nothing.
+
+Everything is written into a hidden staging folder next to the target and renamed into place only
+when every file is written; on any error (or cancel) the staging folder is removed and an existing
+target is left untouched.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from medseg.core.result import Result
+from medseg.errors import InputError, OutputError
+from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
+
+MESH_FORMATS = ("stl", "obj", "ply", "vtp", "vtk")
+
+
+def safe_file_stem(name: str, taken: set[str]) -> str:
+    """A file-system-safe, unique stem for a segment or box name ("Right lung" -> "Right_lung")."""
+    stem = re.sub(r"[^\w.-]+", "_", name, flags=re.UNICODE).strip("._") or "segment"
+    stem = stem[:80]
+    candidate, n = stem, 2
+    while candidate.lower() in taken:
+        candidate = f"{stem}_{n}"
+        n += 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+def validate_mesh_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    out = []
+    for f in formats:
+        f = f.lower().lstrip(".")
+        if f not in MESH_FORMATS:
+            raise InputError(f"unknown model format {f!r}; choose from {', '.join(MESH_FORMATS)}")
+        if f not in out:
+            out.append(f)
+    return tuple(out)
+
+
+def write_result(
+    result: Result,
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    mesh_formats: Sequence[str] = ("stl",),
+    html: bool = True,
+    progress: ProgressCallback = no_progress,
+    cancel: Optional[CancelToken] = None,
+) -> dict[str, str]:
+    """Write segmentation, boxes, models and reports into ``out_dir``; return {what: relative path}.
+
+    Files: ``segmentation.seg.nrrd``; ``boxes.mrk.json`` (all ROIs, LPS as Slicer writes) and
+    ``boxes/<name>.mrk.json`` (one per box); ``models/<segment>.<fmt>`` (LPS, header SPACE=LPS);
+    ``report.json`` (validated against the schema); ``report.html`` + ``figures/*.png``.
+    """
+    formats = validate_mesh_formats(mesh_formats)
+    cancel = cancel or CancelToken()
+    try:
+        return _write_all(result, Path(out_dir), overwrite, formats, html, progress, cancel)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(f"could not write the results to {out_dir}: {e}; the output folder was left as it was") from e
+
+
+def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> dict[str, str]:
+    from medseg.io.atomic import OutputFolder
+    from medseg.io.markups import write_markups_json, write_markups_per_box
+    from medseg.io.mesh_io import write_mesh
+    from medseg.io.report_json import build_report, write_report_json
+    from medseg.io.seg_nrrd import write_seg_nrrd
+
+    t0 = time.perf_counter()
+    files: dict[str, str] = {}
+    with OutputFolder(Path(out_dir), overwrite=overwrite) as folder:
+        stage_dir = Path(folder.path)
+        progress(0.0, "writing segmentation")
+        write_seg_nrrd(result.labelmap, stage_dir / "segmentation.seg.nrrd")
+        files["segmentation"] = "segmentation.seg.nrrd"
+        cancel.check()
+        if result.boxes:
+            progress(0.15, "writing boxes")
+            write_markups_json(result.boxes, stage_dir / "boxes.mrk.json")
+            files["boxes"] = "boxes.mrk.json"
+            write_markups_per_box(result.boxes, stage_dir / "boxes")
+            files["boxes_folder"] = "boxes"
+        cancel.check()
+        model_files: dict[str, list[str]] = {}
+        if result.meshes:
+            (stage_dir / "models").mkdir()
+            taken: set[str] = set()
+            segs = [s for s in result.labelmap.segments if s.id in result.meshes]
+            for n, seg in enumerate(segs):
+                pd = result.meshes[seg.id]
+                if pd is None or pd.GetNumberOfPoints() == 0:
+                    continue
+                stem = safe_file_stem(seg.name, taken)
+                for fmt in formats:
+                    rel = f"models/{stem}.{fmt}"
+                    write_mesh(pd, stage_dir / rel)
+                    model_files.setdefault(seg.id, []).append(rel)
+                progress(0.2 + 0.5 * (n + 1) / max(len(segs), 1), f"model {seg.name}")
+                cancel.check()
+            files["models"] = "models"
+        progress(0.75, "writing report")
+        result.timings["write"] = time.perf_counter() - t0
+        report = build_report(result, files=files, device=str(result.extra.get("device", "cpu")),
+                              model_files=model_files)
+        if html:
+            from medseg.io.report_html import write_report_html
+
+            written = write_report_html(result, report, stage_dir)
+            files["report_html"] = "report.html"
+            report["files"] = dict(files)
+            del written
+        files["report"] = "report.json"
+        report["files"] = dict(files)
+        write_report_json(report, stage_dir / "report.json")
+        cancel.check()
+    progress(1.0, "written")
+    return files

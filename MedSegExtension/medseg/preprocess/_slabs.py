@@ -1,0 +1,57 @@
+"""Internal helpers: moving numpy slabs to a torch device and planning slab sizes.
+
+Big volumes (512 x 512 x 300 and more) are processed in slabs of whole k-slices so that the
+device never holds more than a bounded amount at once; results are written into a
+preallocated numpy array on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+#: bytes of float32 working data per slab (the source slab; kernels use a few times this)
+SLAB_BYTES = 32 * 1024 * 1024
+
+# numpy dtypes torch cannot hold (or index) reliably -> dtype to widen to
+_WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.uint64): np.int64}
+
+
+def slab_slices(per_slice_bytes: int, halo: int = 0, budget: int = SLAB_BYTES) -> int:
+    """Number of k-slices per slab (at least 1) so a slab plus its halo fits ``budget``."""
+    n = int(budget // max(1, per_slice_bytes)) - 2 * halo
+    return max(1, n, halo)
+
+
+def slab_ranges(n: int, step: int) -> Iterator[tuple[int, int]]:
+    """``[a, b)`` ranges covering ``0..n`` in steps of ``step``."""
+    for a in range(0, n, step):
+        yield a, min(n, a + step)
+
+
+def float_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` as a float32 tensor on ``device`` (no copy for a float32 array on the CPU)."""
+    a = np.ascontiguousarray(array)
+    if a.dtype in _WIDEN or (a.dtype == np.float64 and device.type == "mps"):
+        a = a.astype(np.float32)
+    return torch.from_numpy(a).to(device=device, dtype=torch.float32)
+
+
+def raw_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` as a tensor on ``device`` with its own dtype (unsigned types torch lacks widened)."""
+    a = np.ascontiguousarray(array)
+    if a.dtype in _WIDEN:
+        a = a.astype(_WIDEN[a.dtype])
+    return torch.from_numpy(a).to(device)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A host numpy view/copy of ``t``."""
+    return t.detach().to("cpu").numpy()
+
+
+def coord_dtype(device: torch.device) -> torch.dtype:
+    """float64 for coordinates and statistics, except on MPS which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64

@@ -1,0 +1,116 @@
+"""Choosing the torch device, and falling back to the CPU when a GPU runs out of memory.
+
+Device strings accepted: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` (case and
+surrounding spaces ignored), or a ``torch.device``. ``"auto"`` picks CUDA, then MPS, then CPU.
+A well-formed request for a device that is not present (no CUDA, ``cuda:3`` with one GPU, no
+MPS) falls back to the CPU with a warning on the ``"medseg"`` logger; the warning text is also
+returned by :func:`resolve_device_with_note` so the pipeline can put it in the report.
+Anything else (``"gpu"``, ``"cuda:x"``, ``""``) raises :class:`~medseg.errors.DeviceError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable, Optional, TypeVar, Union
+
+import torch
+
+from medseg.errors import DeviceError
+
+logger = logging.getLogger("medseg")
+
+#: what the ``device`` argument of every preprocessing function accepts
+DeviceLike = Union[str, torch.device, None]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+
+T = TypeVar("T")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device_with_note(name: DeviceLike = "auto") -> tuple[torch.device, Optional[str]]:
+    """Resolve a device request to a present ``torch.device``.
+
+    Returns:
+        ``(device, note)``: ``note`` is None when the request was honoured, otherwise the warning
+        text (also logged) explaining the CPU fallback.
+
+    Raises:
+        DeviceError: the request is malformed (not one of auto, cpu, cuda, cuda:N, mps).
+    """
+    if name is None:
+        name = "auto"
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise DeviceError(f"device must be a string such as 'cpu' or 'cuda:0', got {name!r} ({type(name).__name__})")
+    text = name.strip().lower()
+    m = _DEVICE_RE.match(text)
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise DeviceError(
+            f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps'"
+        )
+    kind, index = m.group(1), m.group(2)
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device()), None
+        if _mps_available():
+            return torch.device("mps"), None
+        return torch.device("cpu"), None
+    if kind == "cpu":
+        return torch.device("cpu"), None
+    if kind == "mps":
+        if _mps_available():
+            return torch.device("mps"), None
+        return _fallback(f"device {name!r} requested but MPS (Apple GPU) is not available; using the CPU")
+    # cuda / cuda:N
+    if not torch.cuda.is_available():
+        return _fallback(f"device {name!r} requested but CUDA is not available; using the CPU")
+    count = torch.cuda.device_count()
+    idx = torch.cuda.current_device() if index is None else int(index)
+    if idx >= count:
+        return _fallback(
+            f"device {name!r} requested but only {count} CUDA device(s) exist "
+            f"(valid: cuda:0..cuda:{count - 1}); using the CPU"
+        )
+    return torch.device("cuda", idx), None
+
+
+def resolve_device(name: DeviceLike = "auto") -> torch.device:
+    """Like :func:`resolve_device_with_note` but returns only the device (the note is logged)."""
+    return resolve_device_with_note(name)[0]
+
+
+def _fallback(note: str) -> tuple[torch.device, str]:
+    logger.warning(note)
+    return torch.device("cpu"), note
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a CUDA out-of-memory error, or an MPS one (which torch raises as RuntimeError)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def run_with_oom_fallback(kernel: Callable[[torch.device], T], device: torch.device, what: str) -> T:
+    """Run ``kernel(device)``; if it runs out of (GPU) memory, log a warning and run ``kernel(cpu)``.
+
+    The kernel must be a pure function of its inputs (same answer on any device), so the fallback
+    gives the same result. A second out-of-memory error, on the CPU, propagates.
+    """
+    try:
+        return kernel(device)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM
+        if not is_out_of_memory(exc):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        logger.warning("%s ran out of memory on %s (%s); retrying on the CPU", what, device, first)
+    return kernel(torch.device("cpu"))
