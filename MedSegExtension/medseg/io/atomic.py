@@ -54,6 +54,18 @@ def _remove_file(path: Path) -> None:
         log.warning("could not remove temporary file %s: %s", path, exc)
 
 
+def _remove_leftovers(tmp: Path) -> None:
+    """Remove ``tmp`` and any file a writer made by adding to its name (``tmp.ply``, ...)."""
+    _remove_file(tmp)
+    try:
+        names = os.listdir(tmp.parent)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(tmp.name):
+            _remove_file(tmp.parent / name)
+
+
 def _temp_sibling(target: Path, keep_extension: bool) -> Path:
     name = f".{target.name}.{secrets.token_hex(4)}{PART_SUFFIX}"
     if keep_extension:
@@ -80,17 +92,14 @@ def atomic_path(path: PathLike, keep_extension: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if not tmp.is_file():
-            raise OutputError(f"writing {target} failed: the writer produced no file")
+            raise OutputError(f"writing {target} failed: the writer produced no file named {tmp.name}")
         os.replace(tmp, target)
     except MedSegError:
-        _remove_file(tmp)
         raise
     except OSError as exc:
-        _remove_file(tmp)
         raise OutputError(f"writing {target} failed: {_describe_os_error(exc)} (nothing was written)") from exc
-    except BaseException:
-        _remove_file(tmp)
-        raise
+    finally:
+        _remove_leftovers(tmp)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
@@ -160,6 +169,7 @@ class OutputFolder:
         self.target = Path(os.path.abspath(os.fspath(path)))
         self.overwrite = bool(overwrite)
         self._staging: Optional[Path] = None
+        self._existing_ancestor = self.target.parent
         self.committed = False
 
     # ------------------------------------------------------------------ paths
@@ -188,13 +198,25 @@ class OutputFolder:
     def __enter__(self) -> "OutputFolder":
         check_output_folder(self.target, self.overwrite)
         staging = self.target.parent / f".{self.target.name}{PARTIAL_MARKER}{secrets.token_hex(4)}"
+        self._existing_ancestor = _nearest_existing(self.target.parent)
         try:
             os.makedirs(self.target.parent, exist_ok=True)
             os.makedirs(staging)
         except OSError as exc:
+            self._remove_created_parents()
             raise OutputError(f"cannot create output folder {self.target}: {_describe_os_error(exc)}") from exc
         self._staging = staging
         return self
+
+    def _remove_created_parents(self) -> None:
+        """Remove the (empty) parent folders ``__enter__`` created, so a failure leaves no trace."""
+        p = self.target.parent
+        while p != self._existing_ancestor and self._existing_ancestor in p.parents:
+            try:
+                os.rmdir(p)
+            except OSError:
+                return
+            p = p.parent
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         staging = self._staging
@@ -203,11 +225,13 @@ class OutputFolder:
             return False
         if exc_type is not None:
             self._remove_tree(staging)
+            self._remove_created_parents()
             return False  # re-raise the original exception
         try:
             self._commit(staging)
         except BaseException:
             self._remove_tree(staging)
+            self._remove_created_parents()
             raise
         self.committed = True
         return False

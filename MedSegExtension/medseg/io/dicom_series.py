@@ -115,7 +115,7 @@ def _slices(headers, files) -> tuple[list[_Slice], np.ndarray]:
 
 
 def check_slice_geometry(slices: list[_Slice], normal: np.ndarray, folder: Path) -> tuple[float, list[str]]:
-    """Return (median spacing along the normal, warnings); raise on a sheared grid or duplicates."""
+    """Return (regular slice step along the normal, warnings); raise on a sheared grid or duplicates."""
     if len(slices) < 2:
         return 0.0, []
     origin = slices[0].position
@@ -137,7 +137,7 @@ def check_slice_geometry(slices: list[_Slice], normal: np.ndarray, folder: Path)
             f"{folder}: two slices share position {d[i]:.3f} mm ({Path(slices[i].path).name}, "
             f"{Path(slices[i + 1].path).name}); the folder may hold duplicates or several acquisitions"
         )
-    median = float(np.median(gaps))
+    median = regular_step(gaps)
     warns = []
     bad = np.where(np.abs(gaps - median) > SPACING_RTOL * median)[0]
     for i in bad[:_MAX_LISTED]:
@@ -149,6 +149,18 @@ def check_slice_geometry(slices: list[_Slice], normal: np.ndarray, folder: Path)
     if len(bad):
         warns.append(f"{folder}: non-uniform slice spacing; resampled onto a regular {median:.3f} mm grid")
     return median, warns
+
+
+def regular_step(gaps: np.ndarray) -> float:
+    """Step (mm) of the regular grid for slice gaps ``gaps`` (mm): the smallest gap, so that every
+    acquired slice stays on the grid (the median of gaps 2, 4 mm would be 3 mm and replace the slice
+    at 2 mm by an interpolated one); the median when the smallest gap would more than double the
+    number of slices (e.g. two nearly coincident slices)."""
+    gaps = np.asarray(gaps, dtype=float)
+    smallest = float(gaps.min())
+    if gaps.sum() / smallest > 2 * (len(gaps) + 1):
+        return float(np.median(gaps))
+    return smallest
 
 
 def read_dicom_series(folder: Path, *, series_uid: Optional[str] = None,

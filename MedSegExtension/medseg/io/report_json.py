@@ -24,7 +24,7 @@ import os
 import posixpath
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -53,6 +53,8 @@ _KNOWN_MEASUREMENTS = (
     "bounds_ras",
     "longest_diameter_mm",
     "recist_axial_mm",
+    "model_file",
+    "model_files",
 )
 #: measurement keys that are about classification, not numbers
 _LESION_KEYS = ("is_lesion", "lesion_kind")
@@ -79,7 +81,7 @@ def _schema_text() -> str:
     try:  # package data (works for wheels and zip installs)
         from importlib.resources import files
 
-        return files("medseg").joinpath("schemas", SCHEMA_NAME).read_text(encoding="utf-8")
+        return files("medseg").joinpath("schemas").joinpath(SCHEMA_NAME).read_text(encoding="utf-8")
     except (ImportError, FileNotFoundError, ModuleNotFoundError, TypeError, OSError):
         # Slicer puts the module folder on sys.path: read next to this file
         path = Path(__file__).resolve().parent.parent / "schemas" / SCHEMA_NAME
@@ -305,7 +307,7 @@ def _is_altered_structure(seg: Segment) -> bool:
     return str(cat.get("code", "")) == ALTERED_STRUCTURE_CODE
 
 
-def _segment_entry(seg: Segment, meas: Mapping, boxes_by_seg: Mapping[str, list], model_file: Optional[str]) -> dict:
+def _segment_entry(seg: Segment, meas: Mapping, boxes_by_seg: Mapping[str, list], model_files: Sequence[str]) -> dict:
     entry: dict[str, Any] = {
         "id": seg.id,
         "name": seg.name,
@@ -332,7 +334,9 @@ def _segment_entry(seg: Segment, meas: Mapping, boxes_by_seg: Mapping[str, list]
     if "is_lesion" in meas and meas["is_lesion"] is not None:
         is_lesion = bool(meas["is_lesion"])
     else:
-        is_lesion = bool(linked) or _is_altered_structure(seg) or "longest_diameter_mm" in meas
+        # measure_segments gives lesions a lesion_kind; a linked box or a "morphologically
+        # altered structure" terminology also marks a lesion
+        is_lesion = meas.get("lesion_kind") is not None or bool(linked) or _is_altered_structure(seg)
     entry["is_lesion"] = is_lesion
     kind = meas.get("lesion_kind")
     if kind is None and is_lesion:
@@ -342,16 +346,15 @@ def _segment_entry(seg: Segment, meas: Mapping, boxes_by_seg: Mapping[str, list]
             kind = ((seg.terminology or {}).get("type") or {}).get("meaning")
     if kind:
         entry["lesion_kind"] = str(kind)
-    if model_file:
-        entry["model_file"] = model_file
+    if model_files:
+        entry["model_file"] = model_files[0]
+        entry["model_files"] = list(model_files)
     extra: dict[str, Any] = {}
     for key, v in meas.items():
         if key in _KNOWN_MEASUREMENTS or key in _LESION_KEYS or key in entry:
             continue
         if _is_scalar_number(v):
-            entry[str(key)] = _number_or_none(v) if v is not None and not isinstance(v, numbers.Integral) else (
-                None if v is None else int(v)
-            )
+            entry[str(key)] = int(v) if isinstance(v, numbers.Integral) else _number_or_none(v)
         else:
             extra[str(key)] = to_jsonable(v)
     if extra:
@@ -385,7 +388,7 @@ def build_report(
     files: Optional[Mapping[str, str]] = None,
     device: str = "cpu",
     *,
-    model_files: Optional[Mapping[str, str]] = None,
+    model_files: Optional[Mapping[str, Union[str, Sequence[str]]]] = None,
     markups_files: Optional[Mapping[str, str]] = None,
     created: Optional[str] = None,
 ) -> dict:
@@ -398,7 +401,8 @@ def build_report(
             and ``"markups:<box name>"`` also set a segment's ``model_file`` / a box's
             ``markups_file``.
         device: the device the run used (``"cpu"``, ``"cuda:0"``, ...).
-        model_files: segment id -> relative mesh path (overrides ``files``).
+        model_files: segment id -> relative mesh path, or a list of them (one per format; the
+            first becomes ``model_file``, all are listed in ``model_files``). Overrides ``files``.
         markups_files: box name -> relative ``.mrk.json`` path (overrides ``files``).
         created: ISO time to record; now by default.
 
@@ -417,10 +421,12 @@ def build_report(
     files_out: dict[str, str] = {}
     for name, rel in (files or {}).items():
         files_out[str(name)] = _check_relative(os.fspath(rel), f"file {name!r}")
-    models: dict[str, str] = {
-        k[len(MODEL_FILE_PREFIX):]: v for k, v in files_out.items() if k.startswith(MODEL_FILE_PREFIX)
+    models: dict[str, list[str]] = {
+        k[len(MODEL_FILE_PREFIX):]: [v] for k, v in files_out.items() if k.startswith(MODEL_FILE_PREFIX)
     }
-    models.update({str(k): _check_relative(os.fspath(v), f"model file of {k!r}") for k, v in (model_files or {}).items()})
+    for sid, paths in (model_files or {}).items():
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        models[str(sid)] = [_check_relative(os.fspath(p), f"model file of {sid!r}") for p in paths]
     markups: dict[str, str] = {
         k[len(MARKUPS_FILE_PREFIX):]: v for k, v in files_out.items() if k.startswith(MARKUPS_FILE_PREFIX)
     }
@@ -440,7 +446,7 @@ def build_report(
     for seg in result.labelmap.segments:
         meas = dict(basic.get(seg.id, {}))
         meas.update(have.get(seg.id, {}))
-        segments.append(_segment_entry(seg, meas, boxes_by_seg, models.get(seg.id)))
+        segments.append(_segment_entry(seg, meas, boxes_by_seg, models.get(seg.id, [])))
 
     timings = {str(k): _number_or_none(v) for k, v in (result.timings or {}).items()}
     timings = {k: max(0.0, v) for k, v in timings.items() if v is not None}
@@ -463,23 +469,17 @@ def build_report(
         "warnings": [str(w) for w in (result.warnings or [])],
         "device": str(device) or "cpu",
     }
-    extra = {k: v for k, v in (result.extra or {}).items() if k != "total_time_s"}
-    if extra:
+    extra: dict[str, Any] = {}
+    for key, value in (result.extra or {}).items():
+        if key == "total_time_s":
+            continue
         try:
-            report["extra"] = to_jsonable(extra)
+            extra[str(key)] = to_jsonable(value)
         except InputError:
-            # free-form extras that are not JSON (objects) are left out rather than failing the report
-            report["extra"] = {
-                k: to_jsonable(v) for k, v in extra.items() if not _non_finite_paths(_try_jsonable(v))
-            }
+            pass  # free-form objects (arrays of objects, models) are not report content
+    if extra:
+        report["extra"] = extra
     return report
-
-
-def _try_jsonable(value: Any) -> Any:
-    try:
-        return to_jsonable(value)
-    except InputError:
-        return object()
 
 
 def report_to_text(report: Mapping) -> str:

@@ -290,9 +290,9 @@ def read_seg_nrrd(path: PathLike) -> LabelMap:
         data, header = nrrd.read(os.fspath(p), index_order="C")
     except (nrrd.NRRDError, OSError, ValueError) as exc:
         raise InputError(f"cannot read segmentation file {p}: {exc}") from exc
-    if data.ndim == 4:
+    if data.ndim == 4:  # the list (layer) axis is the fastest one in the file: last in C order
         raise InputError(
-            f"segmentation {p} has {data.shape[0]} layers (overlapping segments); MedSeg reads single-layer "
+            f"segmentation {p} has {data.shape[-1]} layers (overlapping segments); MedSeg reads single-layer "
             "files only. In Slicer, make the segments non-overlapping or export them to a label map"
         )
     if data.ndim != 3:

@@ -90,39 +90,50 @@ def read_volume(
 def check_complete(path: Path) -> None:
     """Refuse truncated files that ITK would silently zero-fill (seen with truncated .nii.gz).
 
-    Gzip files are read to their end-of-stream marker; uncompressed NIfTI-1 files must be at least
-    as long as their header says.
+    Gzip files are read to their end-of-stream marker; NIfTI-1 files (``.nii`` and, once
+    decompressed, ``.nii.gz``) must be at least as long as their header says.
     """
     import gzip
     import struct
     import zlib
 
     name = path.name.lower()
-    if name.endswith(".gz"):
-        try:
+    try:
+        if name.endswith(".gz"):
             with gzip.open(path, "rb") as fh:
-                while fh.read(1 << 22):
-                    pass
-        except (EOFError, OSError, zlib.error) as e:
-            raise InputError(f"cannot read {path}: the compressed file is truncated or corrupt ({e})") from e
-    elif name.endswith(".nii"):
-        with open(path, "rb") as fh:
-            header = fh.read(348)
-        if len(header) < 348:
-            raise InputError(f"cannot read {path}: the NIfTI header is truncated ({len(header)} of 348 bytes)")
-        for endian in ("<", ">"):
-            if struct.unpack(endian + "i", header[:4])[0] == 348:
-                dims = struct.unpack(endian + "8h", header[40:56])
-                bitpix = struct.unpack(endian + "h", header[72:74])[0]
-                offset = struct.unpack(endian + "f", header[108:112])[0]
-                n = 1
-                for d in dims[1 : 1 + max(0, min(dims[0], 7))]:
-                    n *= max(int(d), 1)
-                need = int(offset) + n * max(bitpix, 8) // 8
-                if path.stat().st_size < need:
-                    raise InputError(f"cannot read {path}: the file is truncated "
-                                     f"({path.stat().st_size} bytes, the header needs {need})")
-                break
+                header = fh.read(348)
+                size = len(header)
+                while True:
+                    chunk = fh.read(1 << 22)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+        else:
+            with open(path, "rb") as fh:
+                header = fh.read(348)
+            size = path.stat().st_size
+    except (EOFError, OSError, zlib.error) as e:
+        what = "the compressed file is truncated or corrupt" if name.endswith(".gz") else "cannot open it"
+        raise InputError(f"cannot read {path}: {what} ({e})") from e
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    if len(header) < 348:
+        raise InputError(f"cannot read {path}: the NIfTI header is truncated ({len(header)} of 348 bytes)")
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = struct.unpack(endian + "f", header[108:112])[0]
+            n = 1
+            for d in dims[1 : 1 + max(0, min(dims[0], 7))]:
+                n *= max(int(d), 1)
+            need = int(offset) + n * max(bitpix, 8) // 8
+            if size < need:
+                # a .nii.gz can be a complete gzip stream of a truncated file
+                raise InputError(f"cannot read {path}: the file is truncated "
+                                 f"({size} bytes{' uncompressed' if name.endswith('.gz') else ''}, "
+                                 f"the header needs {need})")
+            break
 
 
 def image_to_volume(image, path: Path, fmt: str, frame: Optional[int] = None) -> Volume:
