@@ -168,7 +168,7 @@ def run_task(
 
     t = time.perf_counter()
     stage("measure")
-    measurements = measure_segments(labelmap, seg.lesions, meshes or None)
+    measurements = measure_segments(labelmap, seg.lesions, meshes or None, all_diameters=False)
     timings["measure"] = time.perf_counter() - t
     progress(1.0, "done")
 

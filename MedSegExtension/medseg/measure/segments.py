@@ -1,0 +1,317 @@
+"""Per-segment measurements: volume, centroid, bounds, surface area, longest diameter, RECIST axes.
+
+Every position is RAS mm; every length mm; volumes mL. Definitions:
+
+- ``voxel_count``: voxels carrying the segment's label value.
+- ``volume_ml``: ``voxel_count * voxel volume (mm^3) / 1000``.
+- ``centroid_ras``: mean of the RAS positions of the segment's voxel centres.
+- ``bounds_ras``: ``{"min": [x, y, z], "max": [x, y, z]}``, the axis-aligned RAS bounds of the segment's
+  voxel *corners*: the voxel-centre bounds widened by half a voxel (for oblique volumes, by half the RAS
+  extent of one voxel along each axis).
+- ``surface_area_mm2``: area of ``meshes[segment_id]`` (``vtkMassProperties`` after triangulation);
+  None when no mesh is given.
+- ``longest_diameter_mm``: the largest distance between two voxel centres of the segment (no voxel size
+  added: a 1-voxel segment measures 0), found among the convex-hull vertices of its boundary voxels;
+  ``longest_diameter_endpoints_ras`` holds the two centres.
+- Lesions only, RECIST-style:
+  ``recist_axial_mm`` is the largest such distance between two voxel centres of one *slice* of the volume,
+  where the slices are taken across the volume axis closest to RAS superior (axis k for an axial scan; for
+  an oblique volume the slice planes follow the volume, not RAS z = const). ``recist_slice_axis`` ("i",
+  "j" or "k") and ``recist_slice_index`` say which slice, ``recist_endpoints_ras`` the two centres.
+  ``short_axis_mm`` is the longest extent, in that slice, perpendicular to the long axis (the largest
+  span of voxel centres across strips one in-plane voxel wide along the long axis, an approximation of
+  the longest perpendicular chord); ``short_axis_endpoints_ras`` its two voxel centres.
+
+Empty segments get zero counts, volumes and diameters and null positions; nothing raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from medseg.core.labelmap import LabelMap
+from medseg.core.volume import Volume
+from medseg.detect.components import label_bounding_slices, slices_to_ijk_bounds
+from medseg.errors import InputError
+
+_AXIS_NAMES = ("i", "j", "k")
+#: hull pre-selection is skipped below this many points (brute force is as fast)
+_BRUTE_FORCE_MAX = 64
+#: pairwise distances computed per chunk, to bound memory on large hulls
+_CHUNK_ELEMENTS = 2_000_000
+
+
+# ------------------------------------------------------------------- geometry helpers
+def _max_pairwise(points: np.ndarray) -> tuple[float, int, int]:
+    """Largest Euclidean distance between two rows of ``points`` (N, D) and their indices.
+
+    Exact: a cheap lower bound ``L`` (two farthest-point sweeps) drops every point that cannot reach
+    ``L`` with anyone (``|x - c| + max |y - c| < L``); the rest are compared pairwise in chunks with
+    ``|x|^2 + |y|^2 - 2 x.y`` (BLAS), and the winning distance is recomputed directly.
+    """
+    n = len(points)
+    if n < 2:
+        return 0.0, 0, 0
+    p = np.asarray(points, dtype=np.float64)
+    p = p - p.mean(axis=0)
+    sq = np.einsum("ij,ij->i", p, p)
+    r = np.sqrt(sq)
+    i0 = int(np.argmax(r))
+    i1 = int(np.argmax(np.einsum("ij,ij->i", p - p[i0], p - p[i0])))
+    d1 = np.einsum("ij,ij->i", p - p[i1], p - p[i1])
+    i2 = int(np.argmax(d1))
+    best, bi, bj = float(d1[i2]), i1, i2
+    keep = np.flatnonzero(r + r.max() >= np.sqrt(best) * (1.0 - 1e-12))
+    q, sq_q = p[keep], sq[keep]
+    m = len(q)
+    chunk = max(1, _CHUNK_ELEMENTS // m)
+    for start in range(0, m, chunk):
+        d2 = sq_q[start:start + chunk, None] + sq_q[None, :] - 2.0 * (q[start:start + chunk] @ q.T)
+        flat = int(np.argmax(d2))
+        a, b = divmod(flat, m)
+        a, b = keep[start + a], keep[b]
+        exact = float(np.sum((p[a] - p[b]) ** 2))
+        if exact > best:
+            best, bi, bj = exact, int(a), int(b)
+    return float(np.sqrt(best)), bi, bj
+
+
+def _hull_candidates(points: np.ndarray) -> np.ndarray:
+    """Indices of rows of ``points`` that include the two farthest apart (convex-hull vertices)."""
+    n = len(points)
+    if n <= _BRUTE_FORCE_MAX:
+        return np.arange(n)
+    for options in (None, "QJ"):  # QJ (joggle) handles flat and collinear sets
+        try:
+            return ConvexHull(points, qhull_options=options).vertices
+        except (QhullError, ValueError):
+            continue
+    return np.arange(n)
+
+
+def diameter(points: np.ndarray) -> tuple[float, Optional[int], Optional[int]]:
+    """Largest distance between two of ``points`` (N, D) in their units, and the two row indices.
+
+    Uses the convex hull to cut the candidates; ``(0.0, None, None)`` for no points.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if len(pts) == 0:
+        return 0.0, None, None
+    cand = _hull_candidates(pts)
+    d, a, b = _max_pairwise(pts[cand])
+    return d, int(cand[a]), int(cand[b])
+
+
+def _structure(in_plane_of: Optional[int] = None) -> np.ndarray:
+    """6-connected cross (3D), or the 4-connected cross in the planes normal to array axis ``in_plane_of``."""
+    s = ndimage.generate_binary_structure(3, 1)
+    if in_plane_of is not None:
+        idx = [1, 1, 1]
+        for v in (0, 2):
+            idx[in_plane_of] = v
+            s[tuple(idx)] = False
+    return s
+
+
+def boundary_mask(mask: np.ndarray, in_plane_of: Optional[int] = None) -> np.ndarray:
+    """Voxels of ``mask`` with at least one face neighbour outside it (outside the array counts as outside).
+
+    With ``in_plane_of`` (an array axis), only neighbours within the same slice across that axis count.
+    """
+    m = np.asarray(mask, dtype=bool)
+    return m & ~ndimage.binary_erosion(m, structure=_structure(in_plane_of), border_value=0)
+
+
+def _json_points(p: np.ndarray) -> list:
+    return [[float(x) for x in row] for row in np.atleast_2d(p)]
+
+
+# -------------------------------------------------------------------------- RECIST
+def _recist(sub: np.ndarray, lo_ijk: np.ndarray, volume: Volume) -> dict[str, Any]:
+    """Longest in-slice diameter and short axis of the bool KJI block ``sub`` at voxel offset ``lo_ijk``."""
+    direction = volume.direction
+    spacing = volume.spacing
+    a = int(np.argmax(np.abs(direction[2, :])))  # volume axis closest to RAS superior
+    in_plane = [x for x in range(3) if x != a]
+    arr_axis = 2 - a  # KJI array axis of volume axis a
+    edge = boundary_mask(sub, in_plane_of=arr_axis)
+    kji = np.nonzero(edge)
+    ijk = np.stack([kji[2], kji[1], kji[0]], axis=1)
+    slice_coord = ijk[:, a]
+    order = np.argsort(slice_coord, kind="stable")
+    ijk, slice_coord = ijk[order], slice_coord[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(slice_coord) != 0])
+    ends = np.r_[starts[1:], len(ijk)]
+    best = (-1.0, 0, 0, 0)
+    for s0, s1 in zip(starts, ends):
+        plane = ijk[s0:s1][:, in_plane] * spacing[in_plane]  # in-plane mm coordinates (distances kept)
+        d, p, q = diameter(plane)
+        if d > best[0]:
+            best = (d, s0 + p, s0 + q, int(slice_coord[s0]))
+    d_long, p, q, sidx = best
+    ends_ijk = ijk[[p, q]] + lo_ijk
+    ends_ras = volume.ijk_to_ras_points(ends_ijk)
+    result: dict[str, Any] = {
+        "recist_axial_mm": float(d_long),
+        "recist_slice_axis": _AXIS_NAMES[a],
+        "recist_slice_index": int(sidx + lo_ijk[a]),
+        "recist_endpoints_ras": _json_points(ends_ras),
+        "short_axis_mm": 0.0,
+        "short_axis_endpoints_ras": _json_points(ends_ras[:1].repeat(2, axis=0)),
+    }
+    if d_long <= 0:
+        return result
+    # short axis: all voxel centres of that slice, in strips one voxel wide along the long axis
+    take = [slice(None)] * 3
+    take[arr_axis] = sidx
+    plane_kji = np.nonzero(sub[tuple(take)])
+    full = np.zeros((len(plane_kji[0]), 3), dtype=np.int64)
+    kept = [ax for ax in range(3) if ax != arr_axis]
+    for col, arr_ax in zip(plane_kji, kept):
+        full[:, 2 - arr_ax] = col
+    full[:, a] = sidx
+    pts = volume.ijk_to_ras_points(full + lo_ijk)
+    u = (ends_ras[1] - ends_ras[0]) / d_long
+    v = np.cross(direction[:, a], u)
+    v /= np.linalg.norm(v)
+    su = (pts - ends_ras[0]) @ u
+    sv = pts @ v
+    strip = np.round(su / float(np.min(spacing[in_plane]))).astype(np.int64)
+    strip -= strip.min()
+    nb = int(strip.max()) + 1
+    vmax = np.full(nb, -np.inf)
+    vmin = np.full(nb, np.inf)
+    imax = np.zeros(nb, dtype=np.int64)
+    imin = np.zeros(nb, dtype=np.int64)
+    np.maximum.at(vmax, strip, sv)
+    np.minimum.at(vmin, strip, sv)
+    # index of a point attaining the strip max / min
+    idx = np.arange(len(sv))
+    hit_max = sv == vmax[strip]
+    hit_min = sv == vmin[strip]
+    imax[strip[hit_max]] = idx[hit_max]
+    imin[strip[hit_min]] = idx[hit_min]
+    ext = vmax - vmin
+    b = int(np.argmax(ext))
+    result["short_axis_mm"] = float(ext[b])
+    result["short_axis_endpoints_ras"] = _json_points(pts[[imin[b], imax[b]]])
+    return result
+
+
+# ---------------------------------------------------------------------- surface area
+def surface_area_mm2(mesh: Any) -> float:
+    """Surface area (mm^2) of a ``vtkPolyData`` (or an object with a ``polydata`` attribute)."""
+    from vtkmodules.vtkFiltersCore import vtkMassProperties, vtkTriangleFilter
+
+    poly = getattr(mesh, "polydata", mesh)
+    if not hasattr(poly, "GetNumberOfCells"):
+        raise InputError(f"mesh must be a vtkPolyData, got {type(mesh).__name__}")
+    if poly.GetNumberOfCells() == 0:
+        return 0.0
+    tri = vtkTriangleFilter()
+    tri.SetInputData(poly)
+    tri.Update()
+    mp = vtkMassProperties()
+    mp.SetInputData(tri.GetOutput())
+    mp.Update()
+    return float(mp.GetSurfaceArea())
+
+
+# --------------------------------------------------------------------------- main
+def _empty_measurement(is_lesion: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "voxel_count": 0,
+        "volume_ml": 0.0,
+        "centroid_ras": None,
+        "bounds_ras": None,
+        "longest_diameter_mm": 0.0,
+        "longest_diameter_endpoints_ras": None,
+    }
+    if is_lesion:
+        out.update({
+            "recist_axial_mm": 0.0, "recist_slice_axis": None, "recist_slice_index": None,
+            "recist_endpoints_ras": None, "short_axis_mm": 0.0, "short_axis_endpoints_ras": None,
+        })
+    return out
+
+
+def measure_segments(
+    labelmap: LabelMap,
+    lesions: Optional[dict[str, str]] = None,
+    meshes: Optional[dict] = None,
+    all_diameters: bool = True,
+) -> dict[str, dict]:
+    """Measure every segment of ``labelmap`` (definitions in this module's docstring).
+
+    Args:
+        labelmap: the label map; each segment is measured within its own voxel bounding box.
+        lesions: segment id -> lesion kind; these also get RECIST measurements and ``lesion_kind``.
+        meshes: segment id -> ``vtkPolyData`` in RAS mm, for ``surface_area_mm2``.
+        all_diameters: also compute ``longest_diameter_mm`` for non-lesion segments (else None for them).
+
+    Returns:
+        segment id -> dict of JSON-ready values (floats, ints, lists, None), in segment order, with
+        ``name``, ``label_value``, ``is_lesion`` and ``lesion_kind`` (None for non-lesions) besides the
+        measurements.
+
+    Raises:
+        InputError: a lesion or mesh id is not a segment of ``labelmap``.
+    """
+    lesions = dict(lesions or {})
+    meshes = dict(meshes or {})
+    ids = {s.id for s in labelmap.segments}
+    for what, keys in (("lesion", lesions), ("mesh", meshes)):
+        unknown = [k for k in keys if k not in ids]
+        if unknown:
+            raise InputError(f"{what} segment ids {unknown} are not in the label map (segments: {sorted(ids)})")
+    volume = labelmap.volume
+    arr = labelmap.array
+    m33 = volume.ijk_to_ras[:3, :3]
+    half_voxel_ras = 0.5 * np.abs(m33).sum(axis=1)  # RAS half-extent of one voxel
+    voxel_ml = volume.voxel_volume_mm3 / 1000.0
+    bboxes = label_bounding_slices(arr, [s.label_value for s in labelmap.segments])
+
+    results: dict[str, dict] = {}
+    for seg in labelmap.segments:
+        is_lesion = seg.id in lesions
+        sl = bboxes[seg.label_value]
+        if sl is None:
+            out = _empty_measurement(is_lesion)
+        else:
+            sub = arr[sl] == seg.label_value
+            lo, _ = slices_to_ijk_bounds(sl)
+            count = int(np.count_nonzero(sub))
+            # mean index from the three marginal profiles (no index grids)
+            mean_ijk = np.array([
+                np.dot(sub.sum(axis=(0, 1)), np.arange(sub.shape[2])),
+                np.dot(sub.sum(axis=(0, 2)), np.arange(sub.shape[1])),
+                np.dot(sub.sum(axis=(1, 2)), np.arange(sub.shape[0])),
+            ], dtype=np.float64) / count + lo
+            # extremes of any linear function of position (bounds, farthest pairs) lie on boundary voxels
+            kji = np.nonzero(boundary_mask(sub))
+            edge_ras = volume.ijk_to_ras_points(np.stack([kji[2], kji[1], kji[0]], axis=1) + lo)
+            out = {
+                "voxel_count": count,
+                "volume_ml": count * voxel_ml,
+                "centroid_ras": [float(x) for x in volume.ijk_to_ras_points(mean_ijk)[0]],
+                "bounds_ras": {
+                    "min": [float(x) for x in edge_ras.min(axis=0) - half_voxel_ras],
+                    "max": [float(x) for x in edge_ras.max(axis=0) + half_voxel_ras],
+                },
+                "longest_diameter_mm": None,
+                "longest_diameter_endpoints_ras": None,
+            }
+            if all_diameters or is_lesion:
+                d, p, q = diameter(edge_ras)
+                out["longest_diameter_mm"] = float(d)
+                out["longest_diameter_endpoints_ras"] = _json_points(edge_ras[[p, q]])
+            if is_lesion:
+                out.update(_recist(sub, lo, volume))
+        out["surface_area_mm2"] = surface_area_mm2(meshes[seg.id]) if seg.id in meshes else None
+        results[seg.id] = {"name": seg.name, "label_value": seg.label_value, "is_lesion": is_lesion,
+                           "lesion_kind": lesions.get(seg.id), **out}
+    return results
