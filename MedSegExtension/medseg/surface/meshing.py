@@ -11,7 +11,9 @@ Pipeline (both methods):
 3. Extraction, in IJK:
 
    - ``"surface-nets"`` (default): ``vtkSurfaceNets3D`` extracts the boundaries of *all* labels in
-     one pass over the crop; each face carries ``BoundaryLabels`` = (label0, label1) and is wound so
+     one pass over the crop (or, when that scans fewer voxels, one pass per group of labels whose
+     boxes grown by a voxel overlap: labels in different groups cannot touch, so nothing shared is
+     lost); each face carries ``BoundaryLabels`` = (label0, label1) and is wound so
      its normal points from label0 to label1 (background is always label1). Adjacent labels share
      points and faces, so there are no gaps or overlaps between neighbours.
    - ``"flying-edges"``: ``vtkDiscreteFlyingEdges3D`` with every label as a contour value and
@@ -48,6 +50,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import vtk
 from scipy import ndimage
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 from vtk.util import numpy_support as ns
 
 from medseg.core.labelmap import LabelMap, Segment
@@ -225,12 +229,26 @@ def _union(boxes: Sequence[_Box]) -> _Box:
     return _Box(np.min([b.lo for b in boxes], axis=0), np.max([b.hi for b in boxes], axis=0))
 
 
-def _padded_image(labels: np.ndarray, box: _Box) -> vtk.vtkImageData:
-    """The crop ``labels[box]`` with one voxel of background around it, origin at its IJK corner."""
+def _padded_image(labels: np.ndarray, box: _Box) -> Tuple[vtk.vtkImageData, np.ndarray]:
+    """The crop ``labels[box]`` with one voxel of background around it, origin at its IJK corner.
+
+    Returns the image and the array it shares memory with (keep both alive together).
+    """
     crop = labels[tuple(slice(int(a), int(b)) for a, b in zip(box.lo, box.hi))]
-    padded = np.pad(crop, 1, mode="constant", constant_values=0)
+    padded = np.zeros(tuple(s + 2 for s in crop.shape), dtype=crop.dtype)
+    padded[1:-1, 1:-1, 1:-1] = crop
     corner_ijk = (box.lo[::-1] - 1).astype(float)
-    return image_from_labels(padded, tuple(corner_ijk))
+    return image_from_labels(padded, tuple(corner_ijk), copy=False), padded
+
+
+def _touching_groups(values: Sequence[int], boxes: Dict[int, Optional[_Box]]) -> List[List[int]]:
+    """Labels grouped so that labels whose boxes (grown by one voxel) overlap, directly or through
+    others, are in the same group; labels in different groups can never touch."""
+    lo = np.array([boxes[v].lo for v in values]) - 1
+    hi = np.array([boxes[v].hi for v in values]) + 1
+    overlap = np.all((lo[:, None, :] < hi[None, :, :]) & (lo[None, :, :] < hi[:, None, :]), axis=2)
+    n_groups, which = connected_components(csr_matrix(overlap), directed=False)
+    return [[v for v, g in zip(values, which) if g == n] for n in range(n_groups)]
 
 
 # --------------------------------------------------------------------------- VTK stages
@@ -264,8 +282,26 @@ def _smooth(polydata: vtk.vtkPolyData, smoothing: float, cancel: Optional[Cancel
 
 def _surface_nets(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], values: Sequence[int],
                   smoothing: float, cancel: Optional[CancelToken]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
-    """All labels in one ``vtkSurfaceNets3D`` pass, smoothed jointly, split per label (IJK)."""
-    image = _padded_image(labels, _union([boxes[v] for v in values]))
+    """``vtkSurfaceNets3D`` over the union box of all labels, or over the union box of each group
+    of possibly touching labels when those boxes hold fewer voxels; smoothed jointly per run and
+    split per label (IJK)."""
+    groups = _touching_groups(values, boxes)
+    whole = _Box(_union([boxes[v] for v in values]).lo - 1, _union([boxes[v] for v in values]).hi + 1)
+    split_cost = sum(_Box(g.lo - 1, g.hi + 1).n_voxels + _PER_CALL_VOXELS
+                     for g in (_union([boxes[v] for v in grp]) for grp in groups))
+    if whole.n_voxels + _PER_CALL_VOXELS <= split_cost:
+        groups = [list(values)]
+    out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+    for group in groups:
+        _check(cancel)
+        out.update(_surface_nets_run(labels, boxes, group, smoothing, cancel))
+    return out
+
+
+def _surface_nets_run(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], values: Sequence[int],
+                      smoothing: float, cancel: Optional[CancelToken]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+    """One ``vtkSurfaceNets3D`` run for ``values`` over their union box, split per label."""
+    image, _keep_alive = _padded_image(labels, _union([boxes[v] for v in values]))
     sn = vtk.vtkSurfaceNets3D()
     sn.SetInputData(image)
     for n, v in enumerate(values):
@@ -302,13 +338,11 @@ def _flying_edges(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], values: 
     whichever scans fewer voxels (the filter scans the image once per contour value)."""
     own = [boxes[v] for v in values]
     union = _union(own)
-    joint_cost = len(values) * (union.n_voxels + _PER_CALL_VOXELS)
-    cropped_cost = sum(_Box(b.lo - 1, b.hi + 1).n_voxels + _PER_CALL_VOXELS for b in own)
-    groups = [list(values)] if joint_cost <= cropped_cost else [[v] for v in values]
+    groups = [list(values)] if _joint_is_cheaper(union, own) else [[v] for v in values]
     out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
     for group in groups:
         _check(cancel)
-        image = _padded_image(labels, _union([boxes[v] for v in group]))
+        image, _keep_alive = _padded_image(labels, _union([boxes[v] for v in group]))
         fe = vtk.vtkDiscreteFlyingEdges3D()
         fe.SetInputData(image)
         for n, v in enumerate(group):
@@ -329,6 +363,14 @@ def _flying_edges(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], values: 
             a, b = np.searchsorted(face_label, [v, v + 1])
             out[v] = compact(points, tris[order[a:b]])
     return out
+
+
+def _joint_is_cheaper(union: _Box, own: Sequence[_Box]) -> bool:
+    """True when one flying-edges run over the union box (one scan per label) costs less than one
+    run per label over its own padded box (one scan each, plus a per-call cost)."""
+    joint = len(own) * _Box(union.lo - 1, union.hi + 1).n_voxels + _PER_CALL_VOXELS
+    cropped = sum(_Box(b.lo - 1, b.hi + 1).n_voxels + _PER_CALL_VOXELS for b in own)
+    return joint <= cropped
 
 
 # --------------------------------------------------------------------------- to RAS

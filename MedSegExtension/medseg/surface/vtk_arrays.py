@@ -16,11 +16,14 @@ from vtk.util import numpy_support as ns
 NORMALS_NAME = "Normals"
 
 
-def image_from_labels(array_kji: np.ndarray, origin_ijk: Tuple[float, float, float]) -> vtk.vtkImageData:
+def image_from_labels(array_kji: np.ndarray, origin_ijk: Tuple[float, float, float],
+                      copy: bool = True) -> vtk.vtkImageData:
     """Wrap a label array (K, J, I) as ``vtkImageData`` with unit spacing and origin ``origin_ijk``.
 
     Points of any surface extracted from it are then IJK voxel indices of the volume the array was
-    cut from (voxel centres at integers). The array is copied (deep), so the caller may reuse it.
+    cut from (voxel centres at integers). With ``copy=True`` the array is copied; with ``copy=False``
+    the image shares the (C-contiguous) array's memory and the caller must keep the array alive
+    while the image is used.
     """
     arr = np.ascontiguousarray(array_kji)
     k, j, i = arr.shape
@@ -28,7 +31,7 @@ def image_from_labels(array_kji: np.ndarray, origin_ijk: Tuple[float, float, flo
     image.SetDimensions(int(i), int(j), int(k))
     image.SetSpacing(1.0, 1.0, 1.0)
     image.SetOrigin(float(origin_ijk[0]), float(origin_ijk[1]), float(origin_ijk[2]))
-    scalars = ns.numpy_to_vtk(arr.ravel(), deep=1)
+    scalars = ns.numpy_to_vtk(arr.ravel(), deep=1 if copy else 0)
     scalars.SetName("labels")
     image.GetPointData().SetScalars(scalars)
     return image
