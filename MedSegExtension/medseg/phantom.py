@@ -1,0 +1,433 @@
+"""A synthetic chest CT (in HU) with a known truth label map, for tests and demos.
+
+The anatomy is defined in **RAS millimetres** relative to the centre of the grid
+(+x = patient's right, +y = anterior, +z = superior) and rasterised at the RAS position
+of every voxel centre, so any grid (oblique, flipped, anisotropic) shows the same patient
+in the same place in world coordinates: the right lung always has the larger x.
+
+What it contains (sizes for the default field of view, about 288 x 240 x 240 mm):
+
+* air outside the body (-1000 HU); body: an elliptic cylinder (270 x 200 mm) with a 12 mm
+  subcutaneous fat layer (-100 HU), muscle (40 HU) and mediastinal soft tissue (30 HU);
+* two lungs (-850 HU) with domed bases, a trachea and two main bronchi (air), and a tree of
+  tapering pulmonary vessels (40 HU, 1-2.5 mm radius) in each lung;
+* bone: vertebral bodies (cortical shell 700 HU, cancellous 300 HU) with discs, posterior arches,
+  nine curved ribs per side that descend anteriorly, and a sternum;
+* heart (40 HU, anterior-left of the midline, between the lungs), descending aorta (40 HU),
+  liver (60 HU, inferior right, under the right lung base) with a hypodense lesion (15 HU),
+  a stomach gas bubble under the left lung;
+* lung lesions (30 HU): nodules of 6, 8 and 12 mm, a 10 mm nodule touching the lateral chest wall
+  (pleura) and a 34 mm mass touching the mediastinum.
+
+The image is blurred (Gaussian PSF, 0.6 mm) and Gaussian noise (15 HU) is added; ``seed`` fixes the
+noise. Generation of the default grid (96 x 160 x 192 voxels) takes well under 2 s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.core.volume import Volume, ijk_to_ras_from_geometry
+from medseg.errors import InputError
+
+# ----------------------------------------------------------------------------- label values
+BODY, RIGHT_LUNG, LEFT_LUNG, BONE, HEART, LIVER, AIRWAY = 1, 2, 3, 4, 5, 6, 7
+RIGHT_VESSELS, LEFT_VESSELS, LIVER_LESION = 8, 9, 10
+FIRST_LUNG_LESION = 11
+
+#: HU values of the noise-free phantom
+HU = {
+    "air": -1000.0, "fat": -100.0, "muscle": 40.0, "mediastinum": 30.0, "lung": -850.0,
+    "vessel": 40.0, "heart": 40.0, "liver": 60.0, "liver_lesion": 15.0, "lung_lesion": 30.0,
+    "cortical": 700.0, "cancellous": 300.0, "rib": 550.0, "sternum": 400.0, "disc": 80.0,
+}
+
+# ----------------------------------------------------------------------------- anatomy (mm)
+_BODY_AXES = (135.0, 100.0)  # x, y semi-axes of the body
+_FAT_MM = 12.0
+_CAVITY_AXES = (103.0, 70.0)  # thoracic cavity (inside the ribs)
+_RIB_AXES = (109.0, 76.0)  # rib centre line
+_MEDIASTINUM_HALF_WIDTH = 22.0
+_LUNG_CENTRE = (62.0, -2.0, 10.0)  # right lung; the left one is mirrored in x
+_LUNG_AXES = (60.0, 80.0, 110.0)
+_HEART_CENTRE, _HEART_AXES = (-15.0, 20.0, -35.0), (50.0, 42.0, 48.0)
+_LIVER_CENTRE, _LIVER_AXES = (50.0, 0.0, -110.0), (90.0, 85.0, 62.0)
+_AORTA_XY, _AORTA_R, _AORTA_Z = (-24.0, -38.0), 12.0, (-130.0, 60.0)
+_SPINE_XY, _SPINE_R = (0.0, -52.0), 15.0
+_CANAL_XY, _CANAL_R, _ARCH_R = (0.0, -76.0), 6.0, 11.0
+_STOMACH_CENTRE, _STOMACH_AXES = (-60.0, 25.0, -105.0), (25.0, 20.0, 12.0)
+_TRACHEA_XY, _TRACHEA_R, _CARINA_Z = (0.0, 5.0), 9.0, 45.0
+_HILUM = (34.0, -2.0, 15.0)  # right hilum; mirrored for the left
+
+
+@dataclass(frozen=True)
+class PhantomStructure:
+    """One structure of the phantom.
+
+    Attributes:
+        name: e.g. "Right lung", "Nodule 2 (chest wall)".
+        label_value: its value in ``PhantomTruth.labels``.
+        kind: "body", "lung", "bone", "heart", "liver", "airway", "vessel", "liver lesion",
+            "lung nodule" or "lung mass".
+        centre_ras: design centre in RAS mm (for lesions: the sphere/ellipsoid centre).
+        size_mm: full extent (diameters) along RAS x, y, z in mm (lesions: ellipsoid diameters).
+        side: "right", "left" or "" (midline / not applicable).
+        location: free text, e.g. "touches chest wall", "touches mediastinum".
+    """
+
+    name: str
+    label_value: int
+    kind: str
+    centre_ras: tuple[float, float, float]
+    size_mm: tuple[float, float, float]
+    side: str = ""
+    location: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class PhantomTruth:
+    """Truth of a phantom: a label array on the phantom's grid (KJI) and its structure table."""
+
+    labels: np.ndarray
+    structures: tuple[PhantomStructure, ...]
+
+    def structure(self, name: str) -> PhantomStructure:
+        for s in self.structures:
+            if s.name == name:
+                return s
+        raise KeyError(f"no phantom structure {name!r}; have {[s.name for s in self.structures]}")
+
+    def of_kind(self, *kinds: str) -> list[PhantomStructure]:
+        return [s for s in self.structures if s.kind in kinds]
+
+    def mask(self, *names_or_kinds: str) -> np.ndarray:
+        """Boolean KJI mask of every structure whose name or kind is listed."""
+        values = [s.label_value for s in self.structures
+                  if s.name in names_or_kinds or s.kind in names_or_kinds]
+        return np.isin(self.labels, values)
+
+    @property
+    def lung_lesions(self) -> list[PhantomStructure]:
+        return self.of_kind("lung nodule", "lung mass")
+
+
+# ----------------------------------------------------------------------------- implicit shapes
+def _ellipsoid(p: np.ndarray, centre: Sequence[float], axes: Sequence[float], grow: float = 0.0) -> np.ndarray:
+    """Points ``p`` (..., 3) inside an axis-aligned ellipsoid grown by ``grow`` mm (approximately)."""
+    c = np.asarray(centre, dtype=np.float32)
+    a = np.asarray(axes, dtype=np.float32) + np.float32(grow)
+    q = (p - c) / a
+    return np.einsum("...i,...i->...", q, q) <= 1.0
+
+
+def _ellipse_xy(p: np.ndarray, axes: Sequence[float], centre: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
+    return ((p[..., 0] - centre[0]) / axes[0]) ** 2 + ((p[..., 1] - centre[1]) / axes[1]) ** 2 <= 1.0
+
+
+def _disc_xy(p: np.ndarray, centre: Sequence[float], radius: float) -> np.ndarray:
+    return (p[..., 0] - centre[0]) ** 2 + (p[..., 1] - centre[1]) ** 2 <= radius * radius
+
+
+def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (mm) from points to the segment a-b, and the position 0..1 of the closest point."""
+    ab = (b - a).astype(np.float32)
+    t = np.clip(((p - a) @ ab) / np.float32(ab @ ab), 0.0, 1.0)
+    d = p - (a + t[..., None] * ab)
+    return np.sqrt(np.einsum("...i,...i->...", d, d)), t
+
+
+def _lung_inside(p: np.ndarray, side: int) -> np.ndarray:
+    """Implicit lung of one side (+1 right, -1 left): ellipsoid inside the thoracic cavity, lateral
+    to the mediastinum, above a domed base, away from heart, liver, aorta and spine."""
+    x = p[..., 0] * side  # mirror the left lung onto the right
+    q = np.stack([x, p[..., 1], p[..., 2]], axis=-1)
+    inside = _ellipsoid(q, _LUNG_CENTRE, _LUNG_AXES) & _ellipse_xy(p, _CAVITY_AXES)
+    inside &= x > _MEDIASTINUM_HALF_WIDTH
+    base = -72.0 + 26.0 * np.exp(-((x - 60.0) ** 2 + p[..., 1] ** 2) / (2 * 40.0 ** 2))
+    inside &= p[..., 2] > (base if side > 0 else base - 4.0)
+    inside &= ~_ellipsoid(p, _HEART_CENTRE, _HEART_AXES, grow=4.0)
+    inside &= ~_ellipsoid(p, _LIVER_CENTRE, _LIVER_AXES, grow=4.0)
+    inside &= ~_disc_xy(p, _AORTA_XY, _AORTA_R + 4.0)
+    inside &= ~_disc_xy(p, _SPINE_XY, _SPINE_R + 8.0)
+    inside &= ~_disc_xy(p, _CANAL_XY, _ARCH_R + 8.0)
+    return inside
+
+
+def _first_exit(inside: Callable[[np.ndarray], np.ndarray], start: Sequence[float],
+                direction: Sequence[float], step: float = 0.1, max_mm: float = 250.0) -> np.ndarray:
+    """The last inside point (mm, anatomical frame) walking from ``start`` along ``direction``."""
+    d = np.asarray(direction, dtype=np.float32)
+    d = d / np.linalg.norm(d)
+    t = np.arange(0.0, max_mm, step, dtype=np.float32)
+    pts = np.asarray(start, dtype=np.float32) + t[:, None] * d
+    ins = inside(pts)
+    if not ins[0]:
+        raise RuntimeError(f"phantom layout error: ray start {list(start)} is not inside")
+    first_out = int(np.argmin(ins)) if not ins.all() else len(t)
+    return pts[max(first_out - 1, 0)]
+
+
+def _lung_lesion_layout() -> list[tuple[str, str, tuple, tuple, str, str]]:
+    """(name, kind, centre, diameters xyz, side, location) of each lung lesion, anatomical frame."""
+    right = lambda q: _lung_inside(q, +1)  # noqa: E731
+    # wall nodule: tangent to the lateral chest wall of the right lung
+    wall_r = 5.0
+    exit_pt = _first_exit(right, (70.0, -25.0, 20.0), (1.0, 0.0, 0.0))
+    wall_c = exit_pt - np.array([wall_r - 0.5, 0.0, 0.0], dtype=np.float32)
+    # mass: tangent to the mediastinum (medial border of the right lung)
+    mass_r = 17.0
+    exit_pt = _first_exit(right, (60.0, 8.0, 68.0), (-1.0, 0.0, 0.0))
+    mass_c = exit_pt + np.array([mass_r - 0.5, 0.0, 0.0], dtype=np.float32)
+    return [
+        ("Nodule 1", "lung nodule", (78.0, 28.0, -12.0), (8.0, 8.0, 8.0), "right", "inside lung"),
+        ("Nodule 2", "lung nodule", (-68.0, -32.0, 52.0), (6.0, 6.0, 6.0), "left", "inside lung"),
+        ("Nodule 3", "lung nodule", (-78.0, 12.0, 8.0), (12.0, 10.0, 11.0), "left", "inside lung"),
+        ("Nodule 4 (chest wall)", "lung nodule", tuple(float(v) for v in wall_c), (2 * wall_r,) * 3,
+         "right", "touches chest wall"),
+        ("Mass (mediastinum)", "lung mass", tuple(float(v) for v in mass_c), (2 * mass_r,) * 3,
+         "right", "touches mediastinum"),
+    ]
+
+
+#: vessel tree of the right lung (mirrored for the left): hilum -> end points (mm, anatomical)
+_VESSEL_ENDS = [
+    (58.0, -40.0, 85.0), (88.0, -5.0, 45.0), (90.0, 45.0, 10.0),
+    (60.0, -45.0, -35.0), (88.0, 0.0, -30.0), (50.0, 30.0, -40.0),
+]
+_VESSEL_R_ROOT, _VESSEL_R_TIP = 2.5, 1.0
+
+
+def _rib_mask(p: np.ndarray) -> np.ndarray:
+    """Nine curved ribs per side: elliptic arcs around the chest wall that descend anteriorly."""
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    ax = np.abs(x)
+    rho = np.sqrt((ax / _RIB_AXES[0]) ** 2 + (y / _RIB_AXES[1]) ** 2)
+    r_local = np.sqrt(ax * ax + y * y)
+    d_rad = (rho - 1.0) * r_local / np.maximum(rho, 1e-3)  # ~ radial distance to the centre line
+    theta = np.degrees(np.arctan2(y, ax))  # -90 posterior .. +90 anterior
+    t = (theta + 75.0) / 130.0
+    on_arc = (t >= 0.0) & (t <= 1.0)
+    out = np.zeros(p.shape[:-1], dtype=bool)
+    for k in range(9):
+        z_rib = 104.0 - 25.0 * k - 32.0 * t
+        out |= on_arc & ((d_rad / 4.0) ** 2 + ((z - z_rib) / 5.5) ** 2 <= 1.0)
+    return out
+
+
+# ----------------------------------------------------------------------------- rasterising
+class _Canvas:
+    """HU and label arrays plus voxel RAS positions relative to the phantom centre."""
+
+    def __init__(self, volume_matrix: np.ndarray, shape_kji: tuple[int, int, int], centre: np.ndarray):
+        k, j, i = shape_kji
+        self.shape = shape_kji
+        self.m = volume_matrix
+        self.inv = np.linalg.inv(volume_matrix)
+        self.centre = centre
+        ii, jj, kk = np.meshgrid(np.arange(i, dtype=np.float32), np.arange(j, dtype=np.float32),
+                                 np.arange(k, dtype=np.float32), indexing="xy")
+        # meshgrid 'xy' with (i, j, k) gives shape (J, I, K); reorder to (K, J, I)
+        ijk = np.stack([ii, jj, kk], axis=-1).transpose(2, 0, 1, 3)
+        rot = volume_matrix[:3, :3].astype(np.float32)
+        off = (volume_matrix[:3, 3] - centre).astype(np.float32)
+        self.p = ijk @ rot.T + off  # (K, J, I, 3) RAS mm relative to the centre
+        self.hu = np.full(shape_kji, HU["air"], dtype=np.float32)
+        self.lab = np.zeros(shape_kji, dtype=np.uint8)
+
+    def box(self, lo: Sequence[float], hi: Sequence[float]) -> tuple[slice, slice, slice]:
+        """KJI slices covering the anatomical-frame box [lo, hi] (mm)."""
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        ijk = (corners + self.centre) @ self.inv[:3, :3].T + self.inv[:3, 3]
+        a = np.floor(ijk.min(axis=0)).astype(int) - 1
+        b = np.ceil(ijk.max(axis=0)).astype(int) + 2
+        k, j, i = self.shape
+        a = np.maximum(a, 0)
+        b = np.minimum(b, [i, j, k])
+        if np.any(b <= a):
+            return (slice(0, 0),) * 3
+        return (slice(a[2], b[2]), slice(a[1], b[1]), slice(a[0], b[0]))
+
+    def paint(self, sl: tuple[slice, slice, slice], mask_fn: Callable[[np.ndarray], np.ndarray],
+              hu: float, label: Optional[int], where_labels: Optional[Sequence[int]] = None) -> None:
+        p = self.p[sl]
+        if p.size == 0:
+            return
+        m = mask_fn(p)
+        if where_labels is not None:
+            m &= np.isin(self.lab[sl], where_labels)
+        self.hu[sl][m] = hu
+        if label is not None:
+            self.lab[sl][m] = label
+
+
+def _grid_fits(canvas: _Canvas, point: np.ndarray) -> bool:
+    ijk = (point + canvas.centre) @ canvas.inv[:3, :3].T + canvas.inv[:3, 3]
+    k, j, i = canvas.shape
+    return bool(np.all(ijk >= 0) and np.all(ijk <= np.array([i, j, k]) - 1))
+
+
+def make_chest_phantom(
+    shape_kji: Sequence[int] = (96, 160, 192),
+    spacing_mm: Sequence[float] = (1.5, 1.5, 2.5),
+    seed: int = 0,
+    direction: Optional[np.ndarray] = None,
+    origin: Optional[Sequence[float]] = None,
+    *,
+    lung_lesions: bool = True,
+    noise_hu: float = 15.0,
+    blur_mm: float = 0.6,
+    name: str = "chest_phantom",
+) -> tuple[Volume, PhantomTruth]:
+    """Make a synthetic chest CT (int16 HU) and its truth.
+
+    Args:
+        shape_kji: grid shape (slices, rows, columns).
+        spacing_mm: voxel size along i, j, k (mm).
+        seed: seed of the noise.
+        direction: 3x3 RAS direction (columns = unit i, j, k axes); identity when None.
+        origin: RAS position (mm) of voxel (0, 0, 0); when None the grid is centred on RAS (0, 0, 0).
+        lung_lesions: False leaves out every lung nodule and the mass (the liver lesion stays).
+        noise_hu: standard deviation of the added Gaussian noise (HU); 0 for none.
+        blur_mm: Gaussian PSF sigma (mm, per axis converted to voxels); 0 for none.
+        name: the volume's name.
+
+    Returns:
+        ``(volume, truth)``: the CT and a ``PhantomTruth`` on the same grid. The anatomy is centred on
+        the RAS centre of the grid and always oriented along RAS (x right, y anterior, z superior).
+
+    Raises:
+        InputError: bad shape, spacing or direction, or a grid that does not contain every lesion centre.
+    """
+    shape = tuple(int(s) for s in shape_kji)
+    if len(shape) != 3 or min(shape) < 2:
+        raise InputError(f"phantom shape_kji must be 3 sizes >= 2, got {tuple(shape_kji)}")
+    if noise_hu < 0 or blur_mm < 0:
+        raise InputError(f"noise_hu and blur_mm must be >= 0, got {noise_hu}, {blur_mm}")
+    m = ijk_to_ras_from_geometry(spacing_mm, (0.0, 0.0, 0.0) if origin is None else origin, direction)
+    k, j, i = shape
+    centre_ijk = (np.array([i, j, k], dtype=float) - 1.0) / 2.0
+    if origin is None:  # centre the grid on RAS 0
+        m[:3, 3] = -(m[:3, :3] @ centre_ijk)
+    centre = m[:3, :3] @ centre_ijk + m[:3, 3]
+
+    cv = _Canvas(m, shape, centre)
+    fov = np.linalg.norm(m[:3, :3], axis=0) * np.array([i, j, k], dtype=float)
+    every = (slice(None),) * 3
+    ax, ay = _BODY_AXES
+
+    # body, fat, muscle, mediastinum
+    cv.paint(every, lambda q: _ellipse_xy(q, _BODY_AXES), HU["fat"], BODY)
+    cv.paint(every, lambda q: _ellipse_xy(q, (ax - _FAT_MM, ay - _FAT_MM)), HU["muscle"], BODY)
+    cv.paint(every, lambda q: _ellipse_xy(q, _CAVITY_AXES), HU["mediastinum"], BODY)
+    # aorta, liver, heart, stomach gas
+    cv.paint(cv.box((-40, -55, _AORTA_Z[0]), (-8, -20, _AORTA_Z[1])),
+             lambda q: _disc_xy(q, _AORTA_XY, _AORTA_R) & (q[..., 2] >= _AORTA_Z[0]) & (q[..., 2] <= _AORTA_Z[1]),
+             HU["heart"], BODY)
+    liver_zone = (ax - 20.0, ay - 18.0)
+    cv.paint(cv.box(np.subtract(_LIVER_CENTRE, _LIVER_AXES), np.add(_LIVER_CENTRE, _LIVER_AXES)),
+             lambda q: _ellipsoid(q, _LIVER_CENTRE, _LIVER_AXES) & _ellipse_xy(q, liver_zone), HU["liver"], LIVER)
+    cv.paint(cv.box(np.subtract(_HEART_CENTRE, _HEART_AXES), np.add(_HEART_CENTRE, _HEART_AXES)),
+             lambda q: _ellipsoid(q, _HEART_CENTRE, _HEART_AXES), HU["heart"], HEART)
+    cv.paint(cv.box(np.subtract(_STOMACH_CENTRE, _STOMACH_AXES), np.add(_STOMACH_CENTRE, _STOMACH_AXES)),
+             lambda q: _ellipsoid(q, _STOMACH_CENTRE, _STOMACH_AXES), HU["air"], BODY)
+    # lungs
+    for side, label in ((+1, RIGHT_LUNG), (-1, LEFT_LUNG)):
+        lo = (20.0 if side > 0 else -ax, -ay, -90.0)
+        hi = (ax if side > 0 else -20.0, ay, 130.0)
+        cv.paint(cv.box(lo, hi), lambda q, s=side: _lung_inside(q, s), HU["lung"], label)
+    # trachea and main bronchi (air)
+    tx, ty = _TRACHEA_XY
+    cv.paint(cv.box((tx - 10, ty - 10, _CARINA_Z - 10), (tx + 10, ty + 10, 1e4)),
+             lambda q: _disc_xy(q, _TRACHEA_XY, _TRACHEA_R) & (q[..., 2] >= _CARINA_Z), HU["air"], AIRWAY)
+    carina = np.array([tx, ty, _CARINA_Z], dtype=np.float32)
+    for side in (+1, -1):
+        end = np.array([_HILUM[0] * side, _HILUM[1], _HILUM[2] + 8.0], dtype=np.float32)
+        lo = np.minimum(carina, end) - 8
+        hi = np.maximum(carina, end) + 8
+        cv.paint(cv.box(lo, hi), lambda q, e=end: _segment_distance(q, carina, e)[0] <= 6.0,
+                 HU["air"], AIRWAY, where_labels=(BODY, RIGHT_LUNG, LEFT_LUNG, AIRWAY))
+    # pulmonary vessels (tapering tubes, only inside the lung of their side)
+    for side, label, lung in ((+1, RIGHT_VESSELS, RIGHT_LUNG), (-1, LEFT_VESSELS, LEFT_LUNG)):
+        root = np.array([_HILUM[0] * side, _HILUM[1], _HILUM[2]], dtype=np.float32)
+        for end in _VESSEL_ENDS:
+            e = np.array([end[0] * side, end[1], end[2]], dtype=np.float32)
+
+            def tube(q, a=root, b=e):
+                d, t = _segment_distance(q, a, b)
+                return d <= _VESSEL_R_ROOT + (_VESSEL_R_TIP - _VESSEL_R_ROOT) * t
+
+            lo = np.minimum(root, e) - 4
+            hi = np.maximum(root, e) + 4
+            cv.paint(cv.box(lo, hi), tube, HU["vessel"], label, where_labels=(lung, label))
+    # bone: vertebral bodies (cortical shell + cancellous), discs, arches, ribs, sternum
+    spine_box = cv.box((-20, -100, -1e4), (20, -30, 1e4))
+    cv.paint(spine_box, lambda q: _disc_xy(q, _SPINE_XY, _SPINE_R), HU["cortical"], BONE)
+    cv.paint(spine_box, lambda q: _disc_xy(q, _SPINE_XY, _SPINE_R - 2.5), HU["cancellous"], BONE)
+    cv.paint(spine_box, lambda q: _disc_xy(q, _SPINE_XY, _SPINE_R) & (np.mod(q[..., 2], 28.0) < 5.0),
+             HU["disc"], BODY)
+    cv.paint(spine_box, lambda q: _disc_xy(q, _CANAL_XY, _ARCH_R) & ~_disc_xy(q, _CANAL_XY, _CANAL_R),
+             HU["cortical"], BONE)
+    cv.paint(spine_box, lambda q: (np.abs(q[..., 0]) <= 3.0) & (q[..., 1] <= _CANAL_XY[1] - _ARCH_R + 1.0)
+             & (q[..., 1] >= -95.0), HU["cortical"], BONE)
+    cv.paint(every, _rib_mask, HU["rib"], BONE)
+    cv.paint(cv.box((-15, 70, -50), (15, 84, 100)),
+             lambda q: (np.abs(q[..., 0]) <= 15.0) & (q[..., 1] >= 72.0) & (q[..., 1] <= 82.0)
+             & (q[..., 2] >= -50.0) & (q[..., 2] <= 100.0), HU["sternum"], BONE)
+
+    structures = [
+        PhantomStructure("Body", BODY, "body", (0.0, 0.0, 0.0), (2 * ax, 2 * ay, float(fov[2]))),
+        PhantomStructure("Right lung", RIGHT_LUNG, "lung", (_LUNG_CENTRE[0], _LUNG_CENTRE[1], _LUNG_CENTRE[2]),
+                         tuple(2 * a for a in _LUNG_AXES), "right"),
+        PhantomStructure("Left lung", LEFT_LUNG, "lung", (-_LUNG_CENTRE[0], _LUNG_CENTRE[1], _LUNG_CENTRE[2]),
+                         tuple(2 * a for a in _LUNG_AXES), "left"),
+        PhantomStructure("Bones", BONE, "bone", (0.0, 0.0, 0.0), (2 * _RIB_AXES[0], 2 * _RIB_AXES[1], 240.0)),
+        PhantomStructure("Heart", HEART, "heart", _HEART_CENTRE, tuple(2 * a for a in _HEART_AXES), "left"),
+        PhantomStructure("Liver", LIVER, "liver", _LIVER_CENTRE, tuple(2 * a for a in _LIVER_AXES), "right"),
+        PhantomStructure("Airway", AIRWAY, "airway", (_TRACHEA_XY[0], _TRACHEA_XY[1], _CARINA_Z),
+                         (2 * _TRACHEA_R, 2 * _TRACHEA_R, 80.0)),
+        PhantomStructure("Right pulmonary vessels", RIGHT_VESSELS, "vessel", _HILUM, (60.0, 90.0, 120.0), "right"),
+        PhantomStructure("Left pulmonary vessels", LEFT_VESSELS, "vessel", (-_HILUM[0], _HILUM[1], _HILUM[2]),
+                         (60.0, 90.0, 120.0), "left"),
+    ]
+
+    # liver lesion (hypodense sphere inside the liver)
+    ll_c, ll_r = (55.0, 10.0, -105.0), 10.0
+    cv.paint(cv.box(np.subtract(ll_c, ll_r), np.add(ll_c, ll_r)),
+             lambda q: _ellipsoid(q, ll_c, (ll_r,) * 3), HU["liver_lesion"], LIVER_LESION, where_labels=(LIVER,))
+    structures.append(PhantomStructure("Liver lesion", LIVER_LESION, "liver lesion", ll_c, (2 * ll_r,) * 3, "right"))
+
+    if lung_lesions:
+        for n, (lname, kind, c, dia, side, where) in enumerate(_lung_lesion_layout()):
+            semi = np.asarray(dia, dtype=float) / 2.0
+            cv.paint(cv.box(np.subtract(c, semi), np.add(c, semi)),
+                     lambda q, c=c, s=semi: _ellipsoid(q, c, s), HU["lung_lesion"], FIRST_LUNG_LESION + n)
+            structures.append(PhantomStructure(lname, FIRST_LUNG_LESION + n, kind, c, tuple(dia), side, where))
+
+    for s in structures:
+        if s.kind in ("lung nodule", "lung mass", "liver lesion") and not _grid_fits(cv, np.asarray(s.centre_ras)):
+            raise InputError(
+                f"phantom grid (shape {shape}, spacing {tuple(spacing_mm)}) does not contain {s.name} at "
+                f"{s.centre_ras} mm from its centre; use a field of view of at least 288 x 240 x 240 mm")
+
+    hu = cv.hu
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    if blur_mm > 0:
+        sig_kji = (blur_mm / spacing)[::-1]
+        hu = ndimage.gaussian_filter(hu, sigma=sig_kji, mode="nearest")
+    if noise_hu > 0:
+        rng = np.random.default_rng(seed)
+        hu = hu + rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu)
+    arr = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+
+    # structure centres in world RAS
+    world = tuple(
+        PhantomStructure(s.name, s.label_value, s.kind, tuple(float(v) for v in np.add(s.centre_ras, centre)),
+                         s.size_mm, s.side, s.location)
+        for s in structures
+    )
+    vol = Volume(arr, m, name, {"phantom_centre_ras": centre.tolist(), "seed": int(seed)})
+    return vol, PhantomTruth(cv.lab, world)

@@ -1,0 +1,282 @@
+"""The classical ``ct-chest`` preset: body, right and left lung, bones and lung lesions from a CT in HU.
+
+No learned model: thresholds in HU and morphology in millimetres.
+
+1. The CT is block-averaged to a working grid of about 1.5 mm (integer factors per axis; none
+   when the input is already that coarse) and smoothed (Gaussian, 0.75 mm).
+2. Body: the largest region above -500 HU, holes filled slice by slice and in 3D.
+3. Lungs: air (< -400 HU) inside the body; the two largest components, or the joined component
+   split by erosion (trachea and bronchi dropped) or at the body midline. Right = larger RAS x.
+   Air that looks like gas (median < -950 HU and < 1 L, e.g. bowel on an abdominal CT) is not
+   reported as lung (a warning says so).
+4. Bones: > 200 HU inside the body, marrow filled, components < 0.3 mL dropped.
+5. Lesions: each lung's envelope is its closing with a 20 mm ball (on a ~3 mm grid), so nodules
+   touching the chest wall and masses touching the mediastinum lie inside it. Soft tissue
+   (>= -400 HU) in the envelopes, minus bone, opened with a 2 mm ball (removes small vessels),
+   split into connected components. A component is a lesion if (``ct_lesion.decide``): its
+   equivalent diameter is >= 5 mm; it covers >= 2 slices and not the first or last one; its
+   principal-axis ratio is <= 3 and it fills >= 55 % of its same-moments ellipsoid (vessels and
+   vessel junctions do not); >= 45 % of its outer shell is aerated lung; <= 30 % of that shell,
+   and less than 0.6 x its volume within 5 mm around it, is other soft tissue of the envelope
+   (the rest of a vessel it is a piece of). Longest diameter > 30 mm: lung mass, else lung nodule.
+   The score (0..1) combines roundness, contrast with the lung, size and lung contact.
+6. Everything is mapped back to the input grid; boundaries are refined at full resolution by
+   the same thresholds. Every voxel belongs to at most one segment (lesions are cut out of
+   the lungs, lungs and bones out of the body).
+
+Limitations: lesions smaller than 5 mm, or seen on a single slice (e.g. a 6 mm nodule on 3 mm
+slices), are not reported; small nodules with thick vessels attached may be taken for vessel
+pieces; ground-glass lesions below -400 HU are not seen.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.volume import Volume
+from medseg.errors import InputError
+from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
+from medseg.segment import ct_anatomy as anat
+from medseg.segment import ct_lesion
+from medseg.segment.base import PreprocessSpec, SegmentationOutput
+from medseg.segment.ct_morph import (
+    ball_footprint, bbox_slices, block_expand, block_factors, block_mean, close_mm, fill_holes_2d,
+    open_small,
+)
+from medseg.segment.terminology import term
+
+#: how the pipeline prepares the CT before this preset: HU kept, mild denoising, body crop
+SPEC = PreprocessSpec(
+    target_spacing_mm=None,
+    denoise="gaussian",
+    denoise_sigma_mm=0.75,
+    normalize="none",
+    crop="body-ct",
+    crop_margin_mm=10.0,
+)
+
+WORK_SPACING_MM = 1.5
+ENVELOPE_GRID_MM = 3.0
+ENVELOPE_RADIUS_MM = 20.0
+VESSEL_OPEN_RADIUS_MM = 2.0
+SMOOTH_MM = 0.75
+
+BODY_VALUE, RIGHT_LUNG_VALUE, LEFT_LUNG_VALUE, BONE_VALUE, FIRST_LESION_VALUE = 1, 2, 3, 4, 5
+
+COLORS = {
+    "body": (177 / 255, 122 / 255, 101 / 255),
+    "right_lung": (197 / 255, 165 / 255, 145 / 255),
+    "left_lung": (172 / 255, 138 / 255, 115 / 255),
+    "bone": (241 / 255, 214 / 255, 145 / 255),
+}
+LESION_COLORS = [
+    (0.90, 0.20, 0.20), (1.00, 0.60, 0.10), (0.80, 0.25, 0.80), (0.20, 0.70, 0.95),
+    (0.95, 0.90, 0.20), (0.30, 0.85, 0.40), (1.00, 0.45, 0.65), (0.55, 0.40, 0.95),
+]
+
+_CROSS = ndimage.generate_binary_structure(3, 1)
+
+
+def _work_matrix(ijk_to_ras: np.ndarray, factors_kji: Sequence[int]) -> np.ndarray:
+    """IJK->RAS of the block-averaged grid: axes scaled, origin at the centre of block 0."""
+    f_ijk = np.asarray(factors_kji, dtype=np.float64)[::-1]
+    m = ijk_to_ras.copy()
+    m[:3, 3] = ijk_to_ras[:3, :3] @ ((f_ijk - 1.0) / 2.0) + ijk_to_ras[:3, 3]
+    m[:3, :3] = ijk_to_ras[:3, :3] * f_ijk
+    return m
+
+
+def _smooth(a: np.ndarray, spacing_kji: np.ndarray) -> np.ndarray:
+    return ndimage.gaussian_filter(a, sigma=SMOOTH_MM / spacing_kji, mode="nearest", truncate=3.0)
+
+
+def _check_input(volumes: Sequence[Volume]) -> Volume:
+    if not isinstance(volumes, (list, tuple)) or len(volumes) == 0:
+        raise InputError(f"ct-chest needs a list with one CT volume, got {type(volumes).__name__} "
+                         f"of length {len(volumes) if hasattr(volumes, '__len__') else '?'}")
+    vol = volumes[0]
+    if not isinstance(vol, Volume):
+        raise InputError(f"ct-chest input 0 must be a Volume, got {type(vol).__name__}")
+    a = vol.array
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise InputError(f"ct-chest input {vol.name!r} must be a numeric image, got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+        raise InputError(f"ct-chest input {vol.name!r} has {int(np.count_nonzero(~np.isfinite(a)))} "
+                         "NaN or infinite voxels")
+    return vol
+
+
+def _envelope(lung_filled: np.ndarray, factors: Sequence[int], spacing_w: np.ndarray, axis: int) -> np.ndarray:
+    """Closing of one lung with a ``ENVELOPE_RADIUS_MM`` ball, computed on a coarser grid."""
+    if not lung_filled.any():
+        return lung_filled.copy()
+    coarse = block_mean(lung_filled, factors) >= 0.5
+    sp_c = spacing_w * np.asarray(factors)
+    margin = np.ceil(ENVELOPE_RADIUS_MM / sp_c).astype(int) + 1
+    sl = bbox_slices(coarse, margin)
+    env_c = np.zeros_like(coarse)
+    env_c[sl] = fill_holes_2d(close_mm(coarse[sl], ENVELOPE_RADIUS_MM, sp_c), axis)
+    return block_expand(env_c, factors, lung_filled.shape) | lung_filled
+
+
+def _refine(mask_w: np.ndarray, cond_full: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Map a working-grid mask to the full grid; voxels of its one-voxel boundary band are
+    decided by ``cond_full`` (a full-resolution threshold)."""
+    shape = cond_full.shape
+    core = block_expand(ndimage.binary_erosion(mask_w, _CROSS), factors, shape)
+    outer = block_expand(ndimage.binary_dilation(mask_w, _CROSS), factors, shape)
+    return core | (outer & cond_full)
+
+
+def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = no_progress,
+                     cancel: Optional[CancelToken] = None) -> SegmentationOutput:
+    """Segment body, lungs, bones and lung lesions of a chest CT.
+
+    Args:
+        volumes: ``[ct]``, the CT in HU (any grid; oblique and anisotropic grids are fine).
+        progress: ``callback(fraction, message)``.
+        cancel: checked between steps.
+
+    Returns:
+        ``SegmentationOutput`` on the CT's grid: segments "Body", "Right lung", "Left lung", "Bones"
+        (those found) and "Lesion 1..n" (largest first); ``lesions`` maps each lesion segment id to
+        "lung nodule" or "lung mass"; ``scores`` gives each lesion a confidence in 0..1.
+
+    Raises:
+        InputError: no volume, a non-numeric image, or NaN/Inf voxels.
+        CancelledError: ``cancel`` was set.
+    """
+    check = cancel.check if cancel is not None else (lambda: None)
+    vol = _check_input(volumes)
+    warnings: list[str] = []
+    progress(0.0, "ct-chest: preparing")
+    sp_full = vol.spacing[::-1].copy()
+    f = block_factors(sp_full, WORK_SPACING_MM)
+    m_w = _work_matrix(vol.ijk_to_ras, f)
+    sp_w = sp_full * np.asarray(f)
+    hu_w = _smooth(block_mean(vol.array, f), sp_w)
+    axis = anat.axial_axis(m_w)
+    voxel_w = float(abs(np.linalg.det(m_w[:3, :3])))
+    check()
+
+    progress(0.1, "ct-chest: body")
+    body = anat.body_mask(hu_w, m_w)
+    if not body.any():
+        labels = np.zeros(vol.array.shape, dtype=np.uint8)
+        return SegmentationOutput(LabelMap(vol.with_array(labels), ()),
+                                  warnings=["no body found (nothing above -500 HU)"])
+    check()
+
+    progress(0.2, "ct-chest: lungs")
+    air = (hu_w < anat.AIR_HU) & body
+    right, left, w = anat.split_lungs(air, body, m_w, sp_w)
+    warnings += w
+    right, w = anat.drop_gas(right, hu_w, voxel_w, "right")
+    warnings += w
+    left, w = anat.drop_gas(left, hu_w, voxel_w, "left")
+    warnings += w
+    check()
+
+    progress(0.35, "ct-chest: bones")
+    bones = anat.bone_mask(hu_w, body, m_w, voxel_w)
+    check()
+
+    progress(0.45, "ct-chest: lung envelopes")
+    fc = block_factors(sp_w, ENVELOPE_GRID_MM)
+    right_f = anat.fill_lung(right, m_w)
+    left_f = anat.fill_lung(left, m_w)
+    env = _envelope(right_f, fc, sp_w, axis) | _envelope(left_f, fc, sp_w, axis)
+    check()
+
+    progress(0.6, "ct-chest: lesion candidates")
+    lungs_air = right | left
+    cand = env & body & (hu_w >= anat.AIR_HU) & ~bones
+    opened = open_small(cand, VESSEL_OPEN_RADIUS_MM, sp_w)
+    cand_lab, n = ndimage.label(opened, structure=_CROSS)
+    feats = ct_lesion.component_features(cand_lab, n, m_w, hu_w, lungs_air, cand, axis)
+    feats = [ct_lesion.decide(x) for x in feats]
+    ct_lesion.add_neighbour_tissue([x for x in feats if x.accepted], cand_lab, cand, sp_w)
+    feats = [ct_lesion.decide(x) for x in feats]
+    kept = sorted((x for x in feats if x.accepted), key=lambda x: -x.volume_mm3)
+    lesion_w = np.zeros(cand_lab.shape, dtype=np.int32)
+    if kept:
+        remap = np.zeros(n + 1, dtype=np.int32)
+        for rank, x in enumerate(kept, start=1):
+            remap[x.label] = rank
+        lesion_w = remap[cand_lab]
+        # give back the rim the opening shaved off (and no more): one ball, inside the candidates
+        grown = ndimage.grey_dilation(lesion_w, footprint=ball_footprint(VESSEL_OPEN_RADIUS_MM, sp_w))
+        lesion_w = np.where(lesion_w > 0, lesion_w, np.where(cand, grown, 0))
+    check()
+
+    progress(0.75, "ct-chest: mapping to the input grid")
+    shape = vol.array.shape
+    if f == (1, 1, 1):
+        body_full, right_full, left_full, bones_full = body, right_f, left_f, bones
+        lesion_full = lesion_w
+    else:
+        hu_full = _smooth(vol.array.astype(np.float32), sp_full)
+        body_full = _refine(body, hu_full > anat.BODY_HU, f)
+        air_full = hu_full < anat.AIR_HU
+        right_full = _refine(right_f, air_full, f)
+        left_full = _refine(left_f, air_full, f) & ~right_full
+        bones_full = _refine(bones, hu_full > anat.BONE_HU, f)
+        any_les = lesion_w > 0
+        core = block_expand(ndimage.binary_erosion(any_les, _CROSS), f, shape)
+        outer = block_expand(ndimage.binary_dilation(any_les, _CROSS), f, shape)
+        lab_core = block_expand(lesion_w, f, shape)
+        lab_outer = block_expand(ndimage.grey_dilation(lesion_w, footprint=_CROSS), f, shape)
+        tissue = (hu_full >= anat.AIR_HU) & ~bones_full
+        lesion_full = np.where(core, lab_core, np.where(outer & tissue, lab_outer, 0))
+    check()
+
+    progress(0.85, "ct-chest: segments")
+    n_les = len(kept)
+    max_label = FIRST_LESION_VALUE + max(n_les - 1, 0)
+    labels = np.zeros(shape, dtype=LabelMap.label_dtype(max_label))
+    labels[body_full] = BODY_VALUE
+    labels[right_full] = RIGHT_LUNG_VALUE
+    labels[left_full] = LEFT_LUNG_VALUE
+    labels[bones_full] = BONE_VALUE
+    les_any = lesion_full > 0
+    labels[les_any] = (lesion_full[les_any] + (FIRST_LESION_VALUE - 1)).astype(labels.dtype)
+
+    present = np.bincount(labels.ravel(), minlength=max_label + 1) > 0
+    segments: list[Segment] = []
+    for value, name, key in ((BODY_VALUE, "Body", "body"), (RIGHT_LUNG_VALUE, "Right lung", "right_lung"),
+                             (LEFT_LUNG_VALUE, "Left lung", "left_lung"), (BONE_VALUE, "Bones", "bone")):
+        if present[value]:
+            segments.append(Segment(f"Segment_{value}", name, COLORS[key], value, term(key)))
+    for side, value in (("right", RIGHT_LUNG_VALUE), ("left", LEFT_LUNG_VALUE)):
+        if not present[value]:
+            warnings.append(f"no {side} lung found")
+
+    lesions: dict[str, str] = {}
+    scores: dict[str, float] = {}
+    lung_hu = float(np.median(hu_w[lungs_air])) if lungs_air.any() else -850.0
+    les_objs = ndimage.find_objects(lesion_full.astype(np.int32, copy=False), max_label=n_les) if n_les else []
+    number = 0
+    for rank, x in enumerate(kept, start=1):
+        value = FIRST_LESION_VALUE + rank - 1
+        sl = les_objs[rank - 1]
+        if sl is None or not present[value]:
+            continue
+        number += 1
+        sub = lesion_full[sl] == rank
+        origin = vol.ijk_to_ras_points(np.array([[s.start for s in sl[::-1]]], dtype=float))[0]
+        m_sub = vol.ijk_to_ras.copy()
+        m_sub[:3, 3] = origin
+        longest = ct_lesion.longest_diameter_mm(sub, m_sub)
+        kind = "lung mass" if longest > ct_lesion.MASS_DIAMETER_MM else "lung nodule"
+        seg = Segment(f"Segment_{value}", f"Lesion {number}", LESION_COLORS[(number - 1) % len(LESION_COLORS)],
+                      value, term("mass" if kind == "lung mass" else "nodule", region="lung"))
+        segments.append(seg)
+        lesions[seg.id] = kind
+        scores[seg.id] = ct_lesion.score(x, lung_hu)
+    check()
+    progress(1.0, f"ct-chest: {len(segments)} segments, {len(lesions)} lung lesions")
+    return SegmentationOutput(LabelMap(vol.with_array(labels), tuple(segments)), lesions, scores, warnings)

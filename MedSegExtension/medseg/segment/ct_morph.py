@@ -1,0 +1,125 @@
+"""Morphology in millimetres for the classical CT presets.
+
+Every radius is in mm and every operation uses the voxel spacing, so anisotropic grids behave
+(a 5 mm ball is 5 mm along every axis, whatever the slice thickness). Balls are built from
+Euclidean distance transforms (``scipy.ndimage.distance_transform_edt`` with ``sampling``),
+which is much faster than a large structuring element.
+
+Arrays are KJI; ``spacing_kji`` is the voxel size along (k, j, i) in mm.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Voxels within ``radius_mm`` (centre to centre) of ``mask``."""
+    if radius_mm <= 0 or not mask.any():
+        return mask.copy()
+    if mask.all():
+        return mask.copy()
+    return ndimage.distance_transform_edt(~mask, sampling=spacing_kji) <= radius_mm
+
+
+def erode_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Voxels of ``mask`` farther than ``radius_mm`` from every background voxel in the array
+    (the array border does not count as background)."""
+    if radius_mm <= 0 or not mask.any():
+        return mask.copy()
+    if mask.all():
+        return mask.copy()
+    return ndimage.distance_transform_edt(mask, sampling=spacing_kji) > radius_mm
+
+
+def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Morphological closing with a ball of ``radius_mm``: fills gaps and concavities narrower
+    than the ball."""
+    return erode_mm(dilate_mm(mask, radius_mm, spacing_kji), radius_mm, spacing_kji)
+
+
+def open_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Morphological opening with a ball of ``radius_mm``: removes parts thinner than the ball."""
+    return dilate_mm(erode_mm(mask, radius_mm, spacing_kji), radius_mm, spacing_kji) & mask
+
+
+def fill_holes_2d(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Fill holes in every 2D slice perpendicular to array ``axis`` (one vectorised call)."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    index = [slice(None)] * 3
+    index[axis] = 1
+    structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_fill_holes(mask, structure=structure)
+
+
+def largest_components(mask: np.ndarray, count: int = 1) -> np.ndarray:
+    """The ``count`` largest 26-connected components of ``mask``."""
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    keep = np.argsort(sizes)[::-1][:count]
+    keep = keep[sizes[keep] > 0]
+    return np.isin(lab, keep)
+
+
+def bbox_slices(mask: np.ndarray, margin_vox: Sequence[int] = (0, 0, 0)) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``mask`` grown by ``margin_vox`` voxels per axis (clipped)."""
+    nz = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if any(len(v) == 0 for v in nz):
+        return tuple(slice(0, 0) for _ in range(3))
+    return tuple(
+        slice(max(int(v[0]) - int(m), 0), min(int(v[-1]) + int(m) + 1, s))
+        for v, m, s in zip(nz, margin_vox, mask.shape)
+    )
+
+
+def block_factors(spacing_kji: Sequence[float], target_mm: float) -> tuple[int, int, int]:
+    """Integer reduction factor per axis that brings the spacing near ``target_mm`` (never below 1)."""
+    return tuple(max(1, int(round(target_mm / float(s)))) for s in spacing_kji)  # type: ignore[return-value]
+
+
+def block_mean(array: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Mean over non-overlapping blocks of ``factors`` voxels (edges padded by replication)."""
+    f = tuple(int(x) for x in factors)
+    if f == (1, 1, 1):
+        return array.astype(np.float32, copy=True)
+    pad = [(0, (-s) % fi) for s, fi in zip(array.shape, f)]
+    a = np.pad(array.astype(np.float32, copy=False), pad, mode="edge")
+    k, j, i = a.shape
+    a = a.reshape(k // f[0], f[0], j // f[1], f[1], i // f[2], f[2])
+    return a.mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def block_expand(array: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour inverse of ``block_mean``: repeat every value over its block, crop to ``shape``."""
+    f = tuple(int(x) for x in factors)
+    if f == (1, 1, 1):
+        return array
+    out = array
+    for ax, fi in enumerate(f):
+        if fi > 1:
+            out = np.repeat(out, fi, axis=ax)
+    return out[: shape[0], : shape[1], : shape[2]]
+
+
+def ball_footprint(radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Boolean structuring element of the voxels whose centres lie within ``radius_mm`` of the
+    centre voxel (for small radii; use the ``*_mm`` functions for large ones)."""
+    sp = np.asarray(spacing_kji, dtype=np.float64)
+    half = np.floor(radius_mm / sp).astype(int)
+    grids = np.meshgrid(*[np.arange(-h, h + 1) * s for h, s in zip(half, sp)], indexing="ij")
+    return sum(g * g for g in grids) <= radius_mm * radius_mm + 1e-9
+
+
+def open_small(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+    """Opening with a small ball footprint (removes parts thinner than about ``2 * radius_mm``)."""
+    fp = ball_footprint(radius_mm, spacing_kji)
+    if fp.sum() <= 1:
+        return mask.copy()
+    eroded = ndimage.binary_erosion(mask, structure=fp)
+    return ndimage.binary_dilation(eroded, structure=fp) & mask
