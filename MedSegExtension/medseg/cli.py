@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "build 3D models and reports (headless; same core as the Slicer module).")
     p.add_argument("--version", action="version", version=f"medseg {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--progress-json", action="store_true",
+                   help="machine-readable progress for a parent process (the Slicer module): one JSON object "
+                        "per line on stdout: {\"type\": \"progress\", \"fraction\", \"message\"}, then "
+                        "{\"type\": \"result\", \"out\"} or {\"type\": \"error\", \"message\", \"exit_code\"}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common_run_options(sp: argparse.ArgumentParser) -> None:
@@ -106,18 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- progress + summary
-class _Progress:
-    """tqdm bar on stderr driven by (fraction, message) callbacks."""
+def _emit_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
 
-    def __init__(self, quiet: bool, desc: str) -> None:
+
+class _Progress:
+    """tqdm bar on stderr (or JSON lines on stdout) driven by (fraction, message) callbacks."""
+
+    def __init__(self, quiet: bool, desc: str, as_json: bool = False) -> None:
         self.bar = None
-        if not quiet:
+        self.as_json = as_json
+        self._last = -1.0
+        if not quiet and not as_json:
             from tqdm import tqdm
 
             self.bar = tqdm(total=1000, desc=desc, unit="‰", file=sys.stderr, leave=True,
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
 
     def __call__(self, fraction: float, message: str) -> None:
+        if self.as_json:
+            if fraction - self._last >= 0.005 or fraction >= 1.0:
+                self._last = fraction
+                _emit_json({"type": "progress", "fraction": round(float(fraction), 4), "message": message})
+            return
         if self.bar is not None:
             target = int(round(min(max(fraction, 0.0), 1.0) * 1000))
             if target > self.bar.n:
@@ -169,7 +185,7 @@ def run_case(volumes, options, out_dir: Path, args: argparse.Namespace, label: s
     from medseg.pipeline.run import run_task
 
     t0 = time.perf_counter()
-    bar = _Progress(args.quiet, label)
+    bar = _Progress(args.quiet, label, as_json=args.progress_json)
     try:
         result = run_task(volumes, options, progress=lambda f, m: bar(0.9 * f, m))
         write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=args.formats,
@@ -305,18 +321,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="medseg: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.progress_json:
+        args.quiet = True
     handlers = {"run": cmd_run, "tasks": cmd_tasks, "demo": cmd_demo}
     try:
-        return handlers[args.command](args)
+        rc = handlers[args.command](args)
+        if args.progress_json and args.command in ("run", "demo"):
+            _emit_json({"type": "result", "out": str(args.out), "exit_code": rc})
+        return rc
     except CancelledError as e:
-        print(f"medseg: {e}", file=sys.stderr)
-        return EXIT_CANCELLED
+        return _fail(args, str(e), EXIT_CANCELLED, "medseg: ")
     except KeyboardInterrupt:
-        print("medseg: cancelled by the user; nothing was written", file=sys.stderr)
-        return EXIT_CANCELLED
+        return _fail(args, "cancelled by the user; nothing was written", EXIT_CANCELLED, "medseg: ")
     except MedSegError as e:
-        print(f"medseg: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(args, str(e), e.exit_code, "medseg: error: ")
+
+
+def _fail(args: argparse.Namespace, message: str, code: int, prefix: str) -> int:
+    print(prefix + message, file=sys.stderr)
+    if getattr(args, "progress_json", False):
+        _emit_json({"type": "error", "message": message, "exit_code": code})
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ from medseg.core.result import Result
 from medseg.core.volume import Volume
 from medseg.errors import InputError
 from medseg.pipeline.progress import CancelToken, ProgressCallback, SubProgress, no_progress
-from medseg.pipeline.tasks import get_task
+from medseg.pipeline.tasks import Task, get_task
 
 log = logging.getLogger("medseg")
 
@@ -57,8 +57,9 @@ class RunOptions:
     decimate: float = 0.0
     params: dict = field(default_factory=dict)
 
-    def validate(self) -> None:
-        get_task(self.task)
+    def validate(self, task: Optional[Task] = None) -> None:
+        """Raise ``InputError`` naming the first bad option (``task`` overrides the registry lookup)."""
+        task = task or get_task(self.task)
         if self.nan_policy not in NAN_POLICIES:
             raise InputError(f"nan policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
         if not 0.0 <= self.smoothing <= 1.0:
@@ -67,7 +68,6 @@ class RunOptions:
             raise InputError(f"decimate must be in 0..0.95, got {self.decimate}")
         if self.surface_method not in ("surface-nets", "flying-edges"):
             raise InputError(f"surface method must be surface-nets or flying-edges, got {self.surface_method!r}")
-        task = get_task(self.task)
         unknown = set(self.params) - set(task.params)
         if unknown:
             raise InputError(
@@ -94,6 +94,8 @@ def describe_input(volume: Volume) -> dict:
 def run_task(
     volumes: Sequence[Volume],
     options: RunOptions,
+    *,
+    task: Optional[Task] = None,
     progress: ProgressCallback = no_progress,
     cancel: Optional[CancelToken] = None,
 ) -> Result:
@@ -109,8 +111,11 @@ def run_task(
     from medseg.preprocess.pipeline import labels_to_input_grid, preprocess
     from medseg.surface import labelmap_to_meshes
 
-    options.validate()
-    task = get_task(options.task)
+    if task is None:
+        options.validate()
+        task = get_task(options.task)
+    else:
+        options.validate(task)
     vols = list(volumes)
     if not (task.min_inputs <= len(vols) <= task.max_inputs):
         names = ", ".join(f"{i.name} ({i.modality}{'' if i.required else ', optional'})" for i in task.inputs)
@@ -142,6 +147,8 @@ def run_task(
     t = time.perf_counter()
     sub = stage("segment")
     params = {**task.params, **options.params}
+    if task.uses_device:
+        params["device"] = device
     seg = run_fn(prep.volumes, progress=sub, cancel=cancel, **params)
     warnings.extend(seg.warnings)
     timings["segment"] = time.perf_counter() - t

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 from medseg.errors import InputError
 from medseg.segment.base import PreprocessSpec, SegmentationOutput
@@ -28,16 +28,22 @@ class Task:
 
     ``entry`` is ``"module:function"``; the function takes ``(volumes, *, progress, cancel,
     **params)`` and returns a ``SegmentationOutput``. ``spec_entry`` names the module
-    attribute holding its ``PreprocessSpec``.
+    attribute holding its ``PreprocessSpec``. A task built at run time (a learned model) gives
+    ``runner`` and ``spec`` directly instead. With ``uses_device`` the runner also receives
+    ``device=`` (a ``torch.device``).
     """
 
     name: str
     description: str
     inputs: tuple[InputSpec, ...]
     produces: tuple[str, ...]
-    entry: str
-    spec_entry: str
+    entry: str = ""
+    spec_entry: str = ""
     params: dict = field(default_factory=dict)
+    runner: Optional[Callable[..., SegmentationOutput]] = None
+    spec: Optional[PreprocessSpec] = None
+    uses_device: bool = False
+    licence: str = ""
 
     @property
     def min_inputs(self) -> int:
@@ -48,6 +54,8 @@ class Task:
         return len(self.inputs)
 
     def load(self) -> tuple[Callable[..., SegmentationOutput], PreprocessSpec]:
+        if self.runner is not None:
+            return self.runner, self.spec or PreprocessSpec()
         mod_name, func_name = self.entry.split(":")
         mod = importlib.import_module(mod_name)
         spec_mod, spec_attr = self.spec_entry.split(":")
