@@ -7,7 +7,7 @@ preallocated numpy array on the host.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -19,10 +19,12 @@ SLAB_BYTES = 32 * 1024 * 1024
 _WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.uint64): np.int64}
 
 
-def slab_slices(per_slice_bytes: int, halo: int = 0, budget: int = SLAB_BYTES) -> int:
-    """Number of k-slices per slab (at least 1) so a slab plus its halo fits ``budget``."""
+def slab_slices(per_slice_bytes: int, halo: int = 0, budget: Optional[int] = None) -> int:
+    """Number of k-slices per slab (at least 1) so a slab plus its halo fits ``budget``
+    (default :data:`SLAB_BYTES`, read at call time)."""
+    budget = SLAB_BYTES if budget is None else budget
     n = int(budget // max(1, per_slice_bytes)) - 2 * halo
-    return max(1, n, halo)
+    return max(1, n, 4 * halo)
 
 
 def slab_ranges(n: int, step: int) -> Iterator[tuple[int, int]]:
@@ -31,12 +33,19 @@ def slab_ranges(n: int, step: int) -> Iterator[tuple[int, int]]:
         yield a, min(n, a + step)
 
 
-def float_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``array`` as a float32 tensor on ``device`` (no copy for a float32 array on the CPU)."""
+def float_tensor(array: np.ndarray, device: torch.device, writable: bool = False) -> torch.Tensor:
+    """``array`` as a float32 tensor on ``device``.
+
+    Without ``writable`` a float32 array on the CPU is shared, not copied (do not modify the
+    tensor); with ``writable`` the tensor never shares memory with ``array``.
+    """
     a = np.ascontiguousarray(array)
     if a.dtype in _WIDEN or (a.dtype == np.float64 and device.type == "mps"):
         a = a.astype(np.float32)
-    return torch.from_numpy(a).to(device=device, dtype=torch.float32)
+    t = torch.from_numpy(a).to(device=device, dtype=torch.float32)
+    if writable and np.may_share_memory(a, array) and t.data_ptr() == a.__array_interface__["data"][0]:
+        t = t.clone()
+    return t
 
 
 def raw_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -44,6 +53,8 @@ def raw_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     a = np.ascontiguousarray(array)
     if a.dtype in _WIDEN:
         a = a.astype(_WIDEN[a.dtype])
+    elif a.dtype == np.float64 and device.type == "mps":  # MPS has no float64
+        a = a.astype(np.float32)
     return torch.from_numpy(a).to(device)
 
 
