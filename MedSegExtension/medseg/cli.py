@@ -1,7 +1,9 @@
 """The ``medseg`` command: the same core as the Slicer module, headless.
 
     medseg run INPUT... --task TASK --out DIR [--device auto|cpu|cuda|mps] [--overwrite]
+    medseg run INPUT... --model DIR --out DIR [--tta] [--uncertainty]
     medseg tasks
+    medseg models list | verify DIR [--pin]
     medseg demo [--out DIR] [--overwrite]
 
 Exit codes: 0 success; 1 some cases of a batch failed (or an unexpected internal error);
@@ -20,6 +22,7 @@ from typing import Optional, Sequence
 
 from medseg import __version__
 from medseg.errors import CancelledError, InputError, MedSegError
+from medseg.models.cli_commands import add_models_subparser, add_run_model_arguments, cmd_models, run_model_params
 
 log = logging.getLogger("medseg")
 
@@ -88,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "others. For a multi-input task (mr-brain-tumor: FLAIR [T1c]) the INPUTs are "
                                    "that case's inputs, in order.")
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="NRRD, NIfTI, MHA/MHD file or DICOM series folder")
-    r.add_argument("--task", required=True, help="task name (see `medseg tasks`)")
+    r.add_argument("--task", default=None, help="task name (see `medseg tasks`); or give --model DIR")
     r.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     r.add_argument("--series", default=None, metavar="UID", help="DICOM SeriesInstanceUID when a folder has several")
     r.add_argument("--frame", type=_nonneg_int, default=None, metavar="N", help="frame to use from a 4D input")
@@ -98,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--min-volume", type=float, default=None, metavar="MM3",
                    help="threshold task: smallest region kept (mm^3)")
     common_run_options(r)
+    add_run_model_arguments(r)  # --model DIR, --tta, --uncertainty (medseg.models.cli_commands)
 
     sub.add_parser("tasks", help="list the tasks, what each needs and produces")
+    add_models_subparser(sub)  # medseg models list|verify (medseg.models.cli_commands)
 
     d = sub.add_parser("demo", help="build a synthetic chest CT phantom and run ct-chest on it")
     d.add_argument("--out", type=Path, default=Path("medseg-demo"), metavar="DIR",
@@ -179,7 +184,7 @@ def _run_options(args: argparse.Namespace, task: str, params: dict):
                       smoothing=args.smoothing, decimate=args.decimate, params=params)
 
 
-def run_case(volumes, options, out_dir: Path, args: argparse.Namespace, label: str) -> dict:
+def run_case(volumes, options, out_dir: Path, args: argparse.Namespace, label: str, task=None) -> dict:
     """Run and write one case; return its report dict."""
     from medseg.pipeline.output import write_result
     from medseg.pipeline.run import run_task
@@ -187,21 +192,21 @@ def run_case(volumes, options, out_dir: Path, args: argparse.Namespace, label: s
     t0 = time.perf_counter()
     bar = _Progress(args.quiet, label, as_json=args.progress_json)
     try:
-        result = run_task(volumes, options, progress=lambda f, m: bar(0.9 * f, m))
+        result = run_task(volumes, options, task=task, progress=lambda f, m: bar(0.9 * f, m))
         write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=args.formats,
                      html=not args.no_html, progress=lambda f, m: bar(0.9 + 0.1 * f, m))
     finally:
         bar.close()
     with open(out_dir / "report.json", encoding="utf-8") as fh:
         report = json.load(fh)
-    report.setdefault("total_time_s", time.perf_counter() - t0)
+    report["total_time_s"] = time.perf_counter() - t0  # wall time incl. writing and figures
     return report
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from medseg.pipeline.tasks import TASKS
+    from medseg.pipeline.tasks import available_tasks
 
-    for t in TASKS.values():
+    for t in available_tasks().values():
         print(t.name)
         print(f"  {t.description}")
         ins = ", ".join(f"{i.name} ({i.modality}{'' if i.required else ', optional'})" for i in t.inputs)
@@ -209,6 +214,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(f"  produces: {'; '.join(t.produces)}")
         if t.params:
             print(f"  options:  {', '.join(f'{k}={v}' for k, v in t.params.items())}")
+        if t.licence:
+            print(f"  licence:  {t.licence}")
         print()
     return EXIT_OK
 
@@ -218,14 +225,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medseg.io.volume_reader import read_volume
     from medseg.pipeline.tasks import get_task
 
-    task = get_task(args.task)
-    params = {}
+    if (args.task is None) == (args.model is None):
+        raise InputError("give either --task TASK or --model DIR (see `medseg tasks`, `medseg models list`)")
+    if args.model is not None:
+        from medseg.models.registry import model_task
+
+        task = model_task(args.model)
+    else:
+        task = get_task(args.task)
+    params = run_model_params(args) if args.model is not None or task.name.startswith("model:") else {}
     if args.threshold is not None:
         params["threshold"] = args.threshold
     if args.min_volume is not None:
         params["min_volume_mm3"] = args.min_volume
     options = _run_options(args, task.name, params)
-    options.validate()
+    options.validate(task)
     paths = [Path(p) for p in args.inputs]
     for p in paths:
         if not p.exists():
@@ -238,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, args.overwrite)
     warnings: list[str] = []
     volumes = [read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings) for p in paths]
-    report = run_case(volumes, options, args.out, args, task.name)
+    report = run_case(volumes, options, args.out, args, task.name, task=task)
     if not args.quiet:
         for w in warnings:
             print(f"Warning: {w}", file=sys.stderr)
@@ -268,7 +282,7 @@ def _run_batch(paths, task, options, args: argparse.Namespace) -> int:
         try:
             warnings: list[str] = []
             vol = read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings)
-            report = run_case([vol], options, out, args, p.name)
+            report = run_case([vol], options, out, args, p.name, task=task)
             entry.update(status="ok", segments=len(report["segments"]), boxes=len(report["boxes"]),
                          warnings=warnings + report.get("warnings", []))
         except CancelledError:
@@ -295,24 +309,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     volume, truth = make_chest_phantom(seed=args.seed)
     options = _run_options(args, "ct-chest", {})
     report = run_case([volume], options, args.out, args, "demo ct-chest")
-    _write_demo_extras(args.out, volume, truth, report)
+    truth_lines = _write_demo_extras(args.out, volume, truth, report)
     if not args.quiet:
         print(format_summary(report, args.out))
+        print("\n".join(truth_lines))
         print(f"Demo finished in {time.perf_counter() - t0:.1f}s "
               f"(phantom {volume.shape_ijk[0]}x{volume.shape_ijk[1]}x{volume.shape_ijk[2]}, "
               f"spacing {', '.join(f'{s:g}' for s in volume.spacing)} mm)")
     return EXIT_OK
 
 
-def _write_demo_extras(out_dir: Path, volume, truth, report: dict) -> None:
-    """Save the phantom itself next to the results, so Slicer can show it under the segmentation."""
+def _write_demo_extras(out_dir: Path, volume, truth, report: dict) -> list[str]:
+    """Save the phantom next to the results (so Slicer can show it under the segmentation) and a
+    comparison with the phantom's ground truth; return the comparison as printable lines."""
     import SimpleITK as sitk
 
     from medseg.geometry.frames import volume_to_sitk
-    from medseg.io.atomic import atomic_path
+    from medseg.io.atomic import atomic_path, atomic_write_text
+    from medseg.io.seg_nrrd import read_seg_nrrd
+    from medseg.measure.metrics import dice
 
     with atomic_path(out_dir / "phantom_ct.nrrd") as tmp:
         sitk.WriteImage(volume_to_sitk(volume), str(tmp), True, imageIO="NrrdImageIO")
+    labelmap = read_seg_nrrd(out_dir / "segmentation.seg.nrrd")
+    organs = {
+        "Body": truth.mask("body", "heart", "liver", "liver lesion", "airway"),
+        "Right lung": truth.mask("Right lung", "Right pulmonary vessels"),
+        "Left lung": truth.mask("Left lung", "Left pulmonary vessels"),
+        "Bones": truth.mask("bone"),
+    }
+    rows = []
+    for name, ref in organs.items():
+        got = labelmap.mask(labelmap.segment(name)) if any(sg.name == name for sg in labelmap.segments) else None
+        rows.append({"structure": name, "dice": None if got is None else round(dice(got, ref), 4)})
+    lesion_segs = [sg for sg in labelmap.segments if sg.name.startswith("Lesion")]
+    matched: set[str] = set()
+    for st in truth.lung_lesions:
+        ref = truth.mask(st.name)
+        best, best_d = None, 0.0
+        for sg in lesion_segs:
+            d = dice(labelmap.mask(sg), ref)
+            if d > best_d:
+                best, best_d = sg.name, d
+        if best:
+            matched.add(best)
+        rows.append({"structure": st.name, "found_as": best, "dice": round(best_d, 4), "where": st.location})
+    comparison = {"structures": rows, "false_lesions": sorted(sg.name for sg in lesion_segs if sg.name not in matched)}
+    atomic_write_text(out_dir / "truth_comparison.json", json.dumps(comparison, indent=2) + "\n")
+    lines = ["Against the phantom's ground truth (Dice):"]
+    for r in rows:
+        found = "" if "found_as" not in r else f"  found as {r['found_as'] or 'MISSED'}"
+        lines.append(f"  {r['structure']:<24s} {'-' if r['dice'] is None else format(r['dice'], '.3f')}{found}")
+    lines.append(f"  false lesions: {len(comparison['false_lesions'])}")
+    return lines
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -323,7 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.progress_json:
         args.quiet = True
-    handlers = {"run": cmd_run, "tasks": cmd_tasks, "demo": cmd_demo}
+    handlers = {"run": cmd_run, "tasks": cmd_tasks, "demo": cmd_demo, "models": cmd_models}
     try:
         rc = handlers[args.command](args)
         if args.progress_json and args.command in ("run", "demo"):

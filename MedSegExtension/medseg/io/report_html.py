@@ -423,6 +423,13 @@ w.Finalize()
 _vtk_probe_cache: Optional[tuple[bool, str]] = None
 
 
+def _prefer_egl_without_display() -> None:
+    """On Linux without an X display, ask VTK for its EGL window directly (VTK would otherwise
+    try X first and print a 'bad X server connection' warning before falling back to EGL)."""
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
 def vtk_offscreen_available(timeout_s: float = 60.0) -> tuple[bool, str]:
     """Whether VTK can render offscreen here, and what it said (checked once per process).
 
@@ -432,6 +439,7 @@ def vtk_offscreen_available(timeout_s: float = 60.0) -> tuple[bool, str]:
     global _vtk_probe_cache
     if _vtk_probe_cache is not None:
         return _vtk_probe_cache
+    _prefer_egl_without_display()
     try:
         proc = subprocess.run([sys.executable, "-c", _VTK_PROBE], capture_output=True, text=True,
                               timeout=timeout_s)
