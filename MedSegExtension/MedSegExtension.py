@@ -1,0 +1,465 @@
+"""MedSeg inside 3D Slicer: segment CT/MR volumes, detect lesions as ROI boxes, build 3D models.
+
+The four classes Slicer expects (module, widget, logic, test), after the scripted-module
+template. The widget only gathers options, starts a run, shows progress and errors; the logic is
+GUI-free and callable from the Python console; the scene glue lives in ``MedSegExtensionLib/``
+and the computation in the ``medseg`` core package beside this file. Nothing heavy (torch, MONAI)
+is imported when Slicer loads this file.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Annotated, Callable, Optional, Sequence
+
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+log = logging.getLogger("MedSeg")
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+#
+# MedSegExtension
+#
+class MedSegExtension(ScriptedLoadableModule):
+    """Module description shown by Slicer (title, category, help, acknowledgement)."""
+
+    def __init__(self, parent) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MedSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedSeg developers"]
+        self.parent.helpText = _(
+            "Segment a CT or MR volume with a MedSeg task: organs and lesions become segments with standard "
+            "terminology, each lesion gets a locked ROI box linked to its segment, and optionally 3D models and "
+            "a measurements table (volume, longest diameter, centroid). The work runs in a separate process, "
+            "so Slicer stays responsive; Cancel stops it and leaves the scene unchanged. The same core runs "
+            "headless as the <code>medseg</code> command."
+        )
+        self.parent.acknowledgementText = _(
+            "MedSeg follows the 3D Slicer scripted-module template and the subprocess pattern of "
+            "SlicerMONAIAuto3DSeg and SlicerTotalSegmentator (Andras Lasso et al.)."
+        )
+
+
+#
+# Parameter node
+#
+@parameterNodeWrapper
+class MedSegExtensionParameterNode:
+    """The panel's choices, saved with the scene.
+
+    inputVolume, inputVolume2, inputVolume3 - the task's inputs in order (e.g. FLAIR, T1c).
+    outputSegmentation - None: a new segmentation; else new segments are added to this one.
+    task - task name (see ``MedSegExtensionLogic.availableTasks``).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    inputVolume2: Optional[vtkMRMLScalarVolumeNode]
+    inputVolume3: Optional[vtkMRMLScalarVolumeNode]
+    outputSegmentation: Optional[vtkMRMLSegmentationNode]
+    task: str = "ct-chest"
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    threshold: float = 0.5
+    minVolume: Annotated[float, WithinRange(0.0, 1.0e7)] = 0.0
+    createModels: bool = True
+    createTable: bool = True
+    saveResults: bool = False
+    saveFolder: pathlib.Path
+
+
+#
+# MedSegExtensionWidget
+#
+class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: gathers options, starts and cancels runs, shows progress and results."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[MedSegExtensionLogic] = None
+        self._parameterNode: Optional[MedSegExtensionParameterNode] = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._timer = None
+        self._tasks = []
+
+    def setup(self) -> None:
+        import qt
+
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedSegExtension.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedSegExtensionLogic()
+
+        self._tasks = MedSegExtensionLogic.availableTasks()
+        self.ui.taskComboBox.clear()
+        for t in self._tasks:
+            self.ui.taskComboBox.addItem(t.name)
+        self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self.onPollTimer)
+
+        self.ui.progressBar.setVisible(False)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:  # the inputs are going away: stop, import nothing
+            self._job.cancel()
+            self.onPollTimer()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode: Optional[MedSegExtensionParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            index = self.ui.taskComboBox.findText(self._parameterNode.task)
+            self.ui.taskComboBox.setCurrentIndex(max(index, 0))
+            self.onTaskChanged(self.ui.taskComboBox.currentIndex)
+            self._checkCanApply()
+
+    def _currentTask(self):
+        index = self.ui.taskComboBox.currentIndex
+        return self._tasks[index] if 0 <= index < len(self._tasks) else None
+
+    def onTaskChanged(self, index: int) -> None:
+        task = self._currentTask()
+        if task is None:
+            return
+        if self._parameterNode:
+            self._parameterNode.task = task.name
+        self.ui.taskDescriptionLabel.text = task.description
+        labels = (self.ui.inputVolumeLabel, self.ui.inputVolume2Label, self.ui.inputVolume3Label)
+        selectors = (self.ui.inputVolumeSelector, self.ui.inputVolume2Selector, self.ui.inputVolume3Selector)
+        for n, (label, selector) in enumerate(zip(labels, selectors)):
+            shown = n < task.max_inputs
+            label.setVisible(shown)
+            selector.setVisible(shown)
+            if shown:
+                optional = n >= task.min_inputs
+                label.text = f"{task.input_names[n]} ({task.input_modalities[n]}{', optional' if optional else ''}):"
+        hasThreshold = "threshold" in task.params
+        for w in (self.ui.thresholdLabel, self.ui.thresholdSpinBox, self.ui.minVolumeLabel, self.ui.minVolumeSpinBox):
+            w.setVisible(hasThreshold)
+        self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._job is not None:
+            return
+        ok = bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.applyButton.enabled = ok
+        self.ui.applyButton.toolTip = _("Run MedSeg") if ok else _("Select an input volume")
+
+    def _inputs(self) -> list:
+        p = self._parameterNode
+        task = self._currentTask()
+        nodes = [p.inputVolume, p.inputVolume2, p.inputVolume3][: task.max_inputs]
+        while nodes and nodes[-1] is None and len(nodes) > task.min_inputs:
+            nodes.pop()
+        return nodes
+
+    def _params(self) -> dict:
+        task = self._currentTask()
+        if "threshold" not in task.params:
+            return {}
+        return {"threshold": self._parameterNode.threshold, "min_volume_mm3": self._parameterNode.minVolume}
+
+    def onApplyButton(self) -> None:
+        """Apply starts a run; while one runs the same button cancels it."""
+        if self._job is not None:
+            self.ui.statusLabel.text = _("Cancelling...")
+            self._job.cancel()
+            self.onPollTimer()
+            return
+        with slicer.util.tryWithErrorDisplay(_("MedSeg could not start."), waitCursor=True):
+            if self.logic.checkDependencies():
+                slicer.util.infoDisplay(_("Python packages were updated. Restart Slicer, then press Apply again."))
+                return
+            p = self._parameterNode
+            self._job = self.logic.startProcess(
+                self._inputs(), p.task, outputSegmentation=p.outputSegmentation, device=p.device,
+                params=self._params(), createModels=p.createModels, createTable=p.createTable,
+                saveFolder=p.saveFolder if p.saveResults else None, progressCallback=self._onProgress)
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop MedSeg; nothing is added to the scene")
+            self.ui.progressBar.setVisible(True)
+            self.ui.progressBar.value = 0
+            self.ui.resultsTable.setRowCount(0)
+            self._timer.start()
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+        log.info("MedSeg %3d%% %s", int(100 * fraction), message)
+
+    def onPollTimer(self) -> None:
+        if self._job is None or not self._job.poll():
+            return
+        job, self._job = self._job, None
+        self._timer.stop()
+        self.ui.applyButton.text = _("Apply")
+        self.ui.progressBar.setVisible(False)
+        self._checkCanApply()
+        if job.error is not None:
+            self.ui.statusLabel.text = str(job.error)
+            from medseg.errors import CancelledError
+
+            if isinstance(job.error, CancelledError):
+                return
+            slicer.util.errorDisplay(_("MedSeg failed: {error}").format(error=job.error))
+            return
+        self._showResult(job.result)
+
+    def _showResult(self, result) -> None:
+        import qt
+
+        from MedSegExtensionLib.results_table import COLUMNS, format_cell
+
+        self.ui.statusLabel.text = _("Done in {s:.1f} s: {n} segment(s), {b} box(es)").format(
+            s=result.elapsedSeconds, n=len(result.segmentIds), b=len(result.roiNodes))
+        table = self.ui.resultsTable
+        table.setColumnCount(len(COLUMNS))
+        table.setHorizontalHeaderLabels([f"{t} ({u})" if u else t for t, _k, u in COLUMNS])
+        table.setRowCount(len(result.measurements))
+        for r, row in enumerate(result.measurements):
+            for c, (_t, key, _u) in enumerate(COLUMNS):
+                table.setItem(r, c, qt.QTableWidgetItem(format_cell(row[key])))
+        for w in result.warnings:
+            log.warning("MedSeg: %s", w)
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, fit=False)
+
+
+#
+# MedSegExtensionLogic
+#
+class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
+    """GUI-free entry points (console: ``MedSegExtensionLogic().process([volumeNode], "ct-chest")``)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self) -> MedSegExtensionParameterNode:
+        return MedSegExtensionParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def availableTasks() -> list:
+        """Tasks for the task menu (one place; learned-model tasks join in ``MedSegExtensionLib.tasks``)."""
+        from MedSegExtensionLib.tasks import available_tasks
+
+        return available_tasks()
+
+    @staticmethod
+    def checkDependencies(confirm: Optional[Callable[[str], bool]] = None) -> bool:
+        """Offer to install missing Python packages (asks first); True if Slicer must restart."""
+        from MedSegExtensionLib.dependencies import ensure
+
+        return ensure(confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, "MedSeg")))
+
+    def createRequest(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
+                      params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
+                      saveFolder=None, keepTemporaryFiles: bool = False):
+        """Validate the nodes and options and copy the inputs out of the scene (``RunRequest``).
+
+        Raises:
+            InputError: unknown task, wrong number of inputs, a node that is not a scalar volume,
+                an input under a non-linear transform.
+        """
+        from medseg.errors import InputError
+        from MedSegExtensionLib.job import RunRequest, volumes_from_nodes
+        from MedSegExtensionLib.tasks import find_task
+
+        info = find_task(task)
+        if info is None:
+            raise InputError(f"unknown task {task!r}; known: {', '.join(t.name for t in self.availableTasks())}")
+        nodes = list(inputVolumes or [])
+        if any(n is None for n in nodes):
+            raise InputError("an input volume is not selected")
+        if not info.min_inputs <= len(nodes) <= info.max_inputs:
+            raise InputError(f"task {task} takes {info.min_inputs}..{info.max_inputs} input volume(s) "
+                             f"({', '.join(info.input_names)}), got {len(nodes)}")
+        if len({id(n) for n in nodes}) != len(nodes):
+            raise InputError("the same volume is selected twice as input")
+        if outputSegmentation is not None and not isinstance(outputSegmentation, vtkMRMLSegmentationNode):
+            raise InputError(f"output {outputSegmentation.GetName()!r} is not a segmentation node")
+        if device not in DEVICES and not str(device).startswith("cuda:"):
+            raise InputError(f"device must be one of {DEVICES} or cuda:N, got {device!r}")
+        return RunRequest(
+            inputNodes=nodes, volumes=volumes_from_nodes(nodes), task=task, device=device, params=dict(params or {}),
+            outputSegmentation=outputSegmentation, createModels=createModels, createTable=createTable,
+            saveFolder=None if saveFolder in (None, "") else pathlib.Path(saveFolder),
+            baseName=f"{nodes[0].GetName()} {task}", keepTemporaryFiles=keepTemporaryFiles)
+
+    def process(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
+                params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
+                saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None,
+                runInProcess: bool = True, cancelToken=None):
+        """Run ``task`` on ``inputVolumes`` and add the results to the scene; blocks until done.
+
+        :param inputVolumes: the task's input volume nodes, in order (e.g. [flair, t1c]).
+        :param task: task name, e.g. "ct-chest", "mr-brain-tumor", "threshold".
+        :param outputSegmentation: None for a new segmentation, or one to add segments to.
+        :param params: task parameters, e.g. {"threshold": 100.0} for the threshold task.
+        :param runInProcess: True runs the core in Slicer's process (console, tests); False runs the
+            ``medseg`` command as a child process and waits for it.
+        :param cancelToken: a ``medseg.pipeline.progress.CancelToken`` (in-process runs).
+        :return: ``ProcessResult`` (segmentation node, segment ids, ROI/model/table nodes, measurements).
+        :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
+            unchanged whenever one is raised.
+        """
+        from MedSegExtensionLib.job import MedSegJob
+
+        request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
+                                     createTable, saveFolder)
+        job = MedSegJob(request, progressCallback)
+        if runInProcess:
+            return job.run_in_process(cancelToken)
+        job.start()
+        return job.wait()
+
+    def startProcess(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
+                     params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
+                     saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None):
+        """Start a child-process run and return its ``MedSegJob`` at once; call ``job.poll()``
+        periodically (it imports the results when the child ends) and ``job.cancel()`` to stop."""
+        from MedSegExtensionLib.job import MedSegJob
+
+        request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
+                                     createTable, saveFolder)
+        job = MedSegJob(request, progressCallback)
+        job.start()
+        return job
+
+
+#
+# MedSegExtensionTest
+#
+class MedSegExtensionTest(ScriptedLoadableModuleTest):
+    """Self-test: a phantom volume with a bright ball, the threshold task, checks on the new nodes.
+
+    Uses only the Slicer API, so the same checks run in a real Slicer (Reload and Test, ctest).
+    """
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_threshold_phantom()
+        self.setUp()
+        self.test_existing_segmentation_kept()
+
+    def _phantom(self):
+        import numpy as np
+
+        # oblique (30 degrees about S), anisotropic (0.8 x 0.8 x 2.5 mm) grid with a 6 mm ball
+        shape_kji = (20, 40, 44)
+        t = np.deg2rad(30.0)
+        direction = np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
+        ijk_to_ras = np.eye(4)
+        ijk_to_ras[:3, :3] = direction * np.array([0.8, 0.8, 2.5])
+        ijk_to_ras[:3, 3] = (-10.0, 20.0, -30.0)
+        k, j, i = np.indices(shape_kji)
+        ras = np.stack([i, j, k, np.ones_like(i)], -1).reshape(-1, 4) @ ijk_to_ras.T
+        centre = ijk_to_ras @ np.array([22.0, 19.5, 9.5, 1.0])
+        inside = np.linalg.norm(ras[:, :3] - centre[:3], axis=1) <= 6.0
+        array = np.where(inside, 200, 0).astype(np.int16).reshape(shape_kji)
+        node = slicer.util.addVolumeFromArray(array, ijk_to_ras, "MedSeg phantom")
+        return node, centre[:3]
+
+    def _centroid(self, segNode, segId, volumeNode):
+        import numpy as np
+
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segId, volumeNode)
+        m = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(m)
+        kji = np.argwhere(mask > 0).mean(axis=0)
+        return (slicer.util.arrayFromVTKMatrix(m) @ np.array([kji[2], kji[1], kji[0], 1.0]))[:3]
+
+    def test_threshold_phantom(self) -> None:
+        import numpy as np
+
+        self.delayDisplay("MedSeg: threshold task on a phantom")
+        volume, centre = self._phantom()
+        result = MedSegExtensionLogic().process([volume], "threshold", params={"threshold": 100.0},
+                                                createModels=True, createTable=True)
+        seg = result.segmentationNode
+        ids = list(seg.GetSegmentation().GetSegmentIDs())
+        self.assertEqual(len(ids), 1)
+        self.assertEqual(seg.GetSegmentation().GetSegment(ids[0]).GetName(), "Lesion 1")
+        self.assertLess(np.linalg.norm(self._centroid(seg, ids[0], volume) - centre), 0.8)
+        self.assertEqual(len(result.roiNodes), 1)
+        roi = result.roiNodes[0]
+        self.assertTrue(roi.GetLocked())
+        self.assertEqual(roi.GetAttribute("MedSeg.SegmentID"), ids[0])
+        roiCentre = [0.0, 0.0, 0.0]
+        roi.GetCenter(roiCentre)
+        self.assertLess(np.linalg.norm(np.array(roiCentre) - centre), 0.8)
+        self.assertEqual(len(result.modelNodes), 1)
+        self.assertIsNotNone(result.tableNode)
+        self.assertAlmostEqual(result.measurements[0]["volume_ml"], 4.0 / 3.0 * np.pi * 0.216, delta=0.25)
+        self.delayDisplay("MedSeg threshold test passed")
+
+    def test_existing_segmentation_kept(self) -> None:
+        self.delayDisplay("MedSeg: adding to an existing segmentation")
+        volume, _centre = self._phantom()
+        logic = MedSegExtensionLogic()
+        first = logic.process([volume], "threshold", params={"threshold": 100.0})
+        second = logic.process([volume], "threshold", outputSegmentation=first.segmentationNode,
+                               params={"threshold": 100.0})
+        segmentation = second.segmentationNode.GetSegmentation()
+        names = sorted(segmentation.GetSegment(s).GetName() for s in segmentation.GetSegmentIDs())
+        self.assertEqual(names, ["Lesion 1", "Lesion 1 (2)"])
+        self.assertIs(second.segmentationNode, first.segmentationNode)
+        self.delayDisplay("MedSeg existing-segmentation test passed")

@@ -1,0 +1,258 @@
+"""One MedSeg run from the scene's point of view: inputs -> core -> output folder -> scene.
+
+The same ``MedSegJob`` runs the core either in this process (``run_in_process``: the console and
+the tests) or as a child ``medseg`` process (``start`` / ``poll`` / ``cancel``: the module panel).
+Both paths end in ``_finish``: the output folder is read off-scene, the input nodes are checked to
+be still in the scene, and the plan is committed in one step. The temporary folder (the exported
+inputs and the output, i.e. patient data) is removed on success, failure and cancel alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import slicer
+
+from medseg.core.volume import Volume
+from medseg.errors import CancelledError, InputError, OutputError
+from medseg.pipeline.progress import CancelToken
+from MedSegExtensionLib.errors import ProcessError, StaleSceneError
+from MedSegExtensionLib.process import ChildProcess, ExitStatus, child_environment, medseg_command
+from MedSegExtensionLib.result_import import load_output_folder
+from MedSegExtensionLib.scene_commit import CommitResult, commit_plan
+
+log = logging.getLogger("MedSeg")
+
+#: ``callback(fraction 0..1, message)``
+Progress = Callable[[float, str], None]
+
+#: share of the progress bar for the computation (the rest is import + commit)
+_COMPUTE_SHARE = 0.95
+
+
+@dataclass
+class RunRequest:
+    """Validated inputs and options of one run (built by the logic from nodes)."""
+
+    inputNodes: list
+    volumes: list  # medseg Volume per input, world RAS
+    task: str
+    device: str = "auto"
+    params: dict = field(default_factory=dict)
+    outputSegmentation: Optional[object] = None
+    createModels: bool = False
+    createTable: bool = True
+    saveFolder: Optional[Path] = None
+    baseName: str = "MedSeg"
+    keepTemporaryFiles: bool = False
+
+
+@dataclass
+class ProcessResult:
+    """What one run added to the scene, plus its measurements and warnings."""
+
+    segmentationNode: object
+    segmentIds: dict
+    roiNodes: list
+    modelNodes: list
+    tableNode: Optional[object]
+    measurements: list
+    warnings: list
+    savedFolder: Optional[Path]
+    elapsedSeconds: float
+
+
+def _unique_folder(parent: Path, stem: str) -> Path:
+    from medseg.pipeline.output import safe_file_stem
+
+    stem = safe_file_stem(stem, set())
+    candidate, n = parent / stem, 2
+    while candidate.exists():
+        candidate = parent / f"{stem}_{n}"
+        n += 1
+    return candidate
+
+
+class MedSegJob:
+    """Runs one ``RunRequest``. ``status`` is an ``ExitStatus``; ``result`` or ``error`` is set at the end."""
+
+    def __init__(self, request: RunRequest, progress: Optional[Progress] = None) -> None:
+        self.request = request
+        self.progress: Progress = progress or (lambda f, m: None)
+        self.status = ExitStatus.NOT_STARTED
+        self.result: Optional[ProcessResult] = None
+        self.error: Optional[BaseException] = None
+        self.tempDir: Optional[Path] = None
+        self._child: Optional[ChildProcess] = None
+        self._t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ temp folder
+    def _make_temp(self) -> Path:
+        self.tempDir = Path(tempfile.mkdtemp(prefix="MedSeg-", dir=slicer.app.temporaryPath))
+        return self.tempDir
+
+    def _remove_temp(self) -> None:
+        if self.tempDir is not None and not self.request.keepTemporaryFiles:
+            shutil.rmtree(self.tempDir, ignore_errors=False)
+        self.tempDir = None
+
+    # ------------------------------------------------------------------ in-process
+    def run_in_process(self, cancel: Optional[CancelToken] = None) -> ProcessResult:
+        """Run the core here (blocking) and commit; raises on failure or cancel."""
+        from medseg.pipeline.output import write_result
+        from medseg.pipeline.run import RunOptions, run_task
+
+        req = self.request
+        self.status = ExitStatus.RUNNING
+        cancel = cancel or CancelToken()
+        try:
+            out = self._make_temp() / "out"
+            options = RunOptions(task=req.task, device=req.device, models=req.createModels, params=dict(req.params))
+            result = run_task(req.volumes, options, cancel=cancel,
+                              progress=lambda f, m: self.progress(0.85 * _COMPUTE_SHARE * f, m))
+            write_result(result, out, html=False, cancel=cancel,
+                         progress=lambda f, m: self.progress(_COMPUTE_SHARE * (0.85 + 0.15 * f), m))
+            cancel.check()
+            self.result = self._finish(out)
+            return self.result
+        except BaseException as e:
+            self._fail(e)
+            raise
+        finally:
+            self._remove_temp()
+
+    # ------------------------------------------------------------------ child process
+    def start(self) -> None:
+        """Export the inputs and start ``medseg run`` as a child process (returns at once)."""
+        from MedSegExtensionLib.volume_bridge import write_volume_nrrd
+
+        req = self.request
+        self.status = ExitStatus.RUNNING
+        try:
+            tmp = self._make_temp()
+            paths = []
+            for n, vol in enumerate(req.volumes):
+                p = tmp / f"input_{n}.nrrd"
+                write_volume_nrrd(vol, p)
+                paths.append(p)
+            import medseg
+
+            package_parent = Path(medseg.__file__).resolve().parent.parent
+            args = medseg_command(paths, req.task, tmp / "out", req.device, req.createModels, req.params)
+            self._child = ChildProcess(args, env=child_environment(package_parent), cwd=tmp)
+            self._child.start()
+            if self._child.status is ExitStatus.NOT_STARTED:
+                raise ProcessError(self._child.error_message, exit_code=-1)
+        except BaseException as e:
+            self._fail(e)
+            self._remove_temp()
+            raise
+        self.progress(0.0, f"started medseg ({req.task})")
+
+    def poll(self) -> bool:
+        """Forward the child's progress; when it has ended, import and commit. True when done."""
+        if self.status is not ExitStatus.RUNNING or self._child is None:
+            return True
+        for ev in self._child.poll():
+            if ev.kind == "progress":
+                self.progress(_COMPUTE_SHARE * ev.fraction, ev.message)
+            elif ev.kind == "log":
+                log.info("medseg: %s", ev.message)
+        if self._child.running:
+            return False
+        try:
+            st = self._child.status
+            if st is ExitStatus.SUCCEEDED:
+                self.result = self._finish(self.tempDir / "out")
+            elif st is ExitStatus.CANCELLED:
+                raise CancelledError("cancelled by the user; nothing was added to the scene")
+            elif st is ExitStatus.BAD_INPUT:
+                raise InputError(self._child.error_message)
+            else:
+                raise ProcessError(self._child.error_message, exit_code=self._child.returncode or 1)
+        except BaseException as e:
+            self._fail(e)
+        finally:
+            self._remove_temp()
+        return True
+
+    def cancel(self) -> None:
+        """Kill the child process tree; nothing is imported and the temporary folder is removed."""
+        if self._child is not None and self._child.running:
+            self._child.cancel()
+        if self.status is ExitStatus.RUNNING:
+            self.poll()
+
+    def wait(self, interval_s: float = 0.05) -> ProcessResult:
+        """Block until the child has finished (processing Qt events in between); raise its error."""
+        while not self.poll():
+            slicer.app.processEvents()
+            time.sleep(interval_s)
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+    # ------------------------------------------------------------------ shared end
+    def _fail(self, e: BaseException) -> None:
+        self.error = e
+        self.status = ExitStatus.CANCELLED if isinstance(e, (CancelledError, KeyboardInterrupt)) else (
+            ExitStatus.BAD_INPUT if isinstance(e, InputError) else ExitStatus.FAILED)
+
+    def check_inputs_present(self) -> None:
+        """Raise ``StaleSceneError`` if an input (or the chosen output) left the scene during the run."""
+        scene = slicer.mrmlScene
+        nodes = list(self.request.inputNodes)
+        if self.request.outputSegmentation is not None:
+            nodes.append(self.request.outputSegmentation)
+        for node in nodes:
+            nid = node.GetID()
+            if nid is None or scene.GetNodeByID(nid) is not node:
+                raise StaleSceneError(
+                    f"{node.GetName()!r} was removed from the scene while MedSeg was running; nothing was added")
+
+    def _finish(self, out_dir: Path) -> ProcessResult:
+        req = self.request
+        self.progress(_COMPUTE_SHARE, "importing results")
+        plan = load_output_folder(out_dir, load_models=req.createModels)
+        staged: Optional[Path] = None
+        final: Optional[Path] = None
+        if req.saveFolder is not None:
+            parent = Path(req.saveFolder)
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+                final = _unique_folder(parent, req.baseName)
+                staged = parent / f".{final.name}.partial"
+                shutil.copytree(out_dir, staged)
+            except OSError as e:
+                if staged is not None:
+                    shutil.rmtree(staged, ignore_errors=True)
+                raise OutputError(f"cannot save the results to {parent}: {e}") from e
+        try:
+            self.check_inputs_present()
+            committed: CommitResult = commit_plan(
+                plan, req.inputNodes[0], req.outputSegmentation, req.baseName, req.createModels, req.createTable)
+        except BaseException:
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+            raise
+        if staged is not None:
+            staged.rename(final)
+        self.status = ExitStatus.SUCCEEDED
+        self.progress(1.0, "done")
+        return ProcessResult(committed.segmentationNode, committed.segmentIds, committed.roiNodes,
+                             committed.modelNodes, committed.tableNode, committed.measurements, plan.warnings,
+                             final, time.perf_counter() - self._t0)
+
+
+def volumes_from_nodes(nodes: list) -> list[Volume]:
+    from MedSegExtensionLib.volume_bridge import volume_from_node
+
+    return [volume_from_node(n) for n in nodes]
+

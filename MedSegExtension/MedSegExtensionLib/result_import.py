@@ -1,0 +1,124 @@
+"""Read a ``medseg`` output folder into a ``ScenePlan``: everything the scene needs, off-scene.
+
+The folder is what ``medseg run`` (and ``medseg.pipeline.output.write_result``) writes:
+``segmentation.seg.nrrd``, ``boxes.mrk.json``, ``models/*.stl`` and ``report.json``. Parsing and
+validation happen here, before the scene is touched, so a bad folder changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.seg_nrrd import terminology_to_string
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """One segment to add: its id in the output folder, name, colour, terminology string and the
+    value it has in ``ScenePlan.labels`` (1..N, in order)."""
+
+    source_id: str
+    name: str
+    color: tuple
+    terminology: str
+    label_value: int
+
+
+@dataclass(frozen=True)
+class BoxPlan:
+    """One ROI to add (RAS mm): centre, full size, orientation columns = box axes."""
+
+    name: str
+    center: tuple
+    size: tuple
+    orientation: np.ndarray
+    label: str
+    score: float
+    segment_source_id: Optional[str]
+
+
+@dataclass
+class ScenePlan:
+    """Everything a run adds to the scene, built without touching it."""
+
+    task: str
+    labels: np.ndarray  # KJI, values 1..N = segments[i].label_value
+    ijk_to_ras: np.ndarray  # world RAS
+    segments: list[SegmentPlan]
+    boxes: list[BoxPlan]
+    models: dict[str, Any] = field(default_factory=dict)  # source segment id -> vtkPolyData (RAS)
+    measurements: list[dict] = field(default_factory=list)  # one row per segment (see results_table)
+    warnings: list[str] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+
+
+def _relabelled(array: np.ndarray, values: list[int]) -> np.ndarray:
+    """``array`` with label value ``values[i]`` -> ``i + 1`` and every other value -> 0."""
+    lut = np.zeros(int(max(values + [int(array.max()) if array.size else 0])) + 1, dtype=np.uint16)
+    for i, v in enumerate(values):
+        lut[v] = i + 1
+    dtype = np.uint8 if len(values) < 256 else np.uint16
+    return lut[array.astype(np.int64)].astype(dtype)
+
+
+def load_output_folder(out_dir: Path, load_models: bool = True) -> ScenePlan:
+    """Parse ``out_dir`` into a ``ScenePlan``.
+
+    Raises:
+        InputError: a file is missing or inconsistent (box pointing to an unknown segment, ...).
+    """
+    from medseg.io.markups import read_markups_json
+    from medseg.io.seg_nrrd import read_seg_nrrd
+
+    out_dir = Path(out_dir)
+    report_path = out_dir / "report.json"
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"MedSeg output {out_dir} has no report.json") from None
+    except ValueError as exc:
+        raise InputError(f"cannot read {report_path}: {exc}") from exc
+    labelmap = read_seg_nrrd(out_dir / "segmentation.seg.nrrd")
+    segs = list(labelmap.segments)
+    labels = _relabelled(labelmap.array, [s.label_value for s in segs])
+    seg_plans = [
+        SegmentPlan(s.id, s.name, tuple(s.color), terminology_to_string(s.terminology) if s.terminology else "", i + 1)
+        for i, s in enumerate(segs)
+    ]
+    ids = {s.id for s in segs}
+    boxes = []
+    if (out_dir / "boxes.mrk.json").is_file():
+        for b in read_markups_json(out_dir / "boxes.mrk.json"):
+            if b.segment_id is not None and b.segment_id not in ids:
+                raise InputError(f"box {b.name!r} refers to segment {b.segment_id!r}, which the segmentation lacks")
+            boxes.append(BoxPlan(b.name or b.label, tuple(b.center), tuple(b.size), b.orientation.copy(),
+                                 b.label, b.score, b.segment_id))
+    if len(boxes) != len(report.get("boxes", [])):
+        raise InputError(f"{out_dir}: boxes.mrk.json has {len(boxes)} box(es), report.json {len(report.get('boxes', []))}")
+    models = {}
+    if load_models:
+        from medseg.io.mesh_io import read_mesh
+
+        for entry in report.get("segments", []):
+            rel = entry.get("model_file")
+            if rel and entry.get("id") in ids:
+                models[entry["id"]] = read_mesh(out_dir / rel)
+    from MedSegExtensionLib.results_table import measurement_rows
+
+    return ScenePlan(
+        task=str(report.get("task", "")),
+        labels=labels,
+        ijk_to_ras=labelmap.volume.ijk_to_ras.copy(),
+        segments=seg_plans,
+        boxes=boxes,
+        models=models,
+        measurements=measurement_rows(report),
+        warnings=list(report.get("warnings", [])),
+        report=report,
+    )

@@ -1,0 +1,229 @@
+"""Commit a ``ScenePlan`` to the scene in one step, or leave the scene exactly as it was.
+
+Everything that can be prepared without the scene (label array, ROI matrices, meshes, table)
+is prepared before the first node is created. The nodes are then added inside one
+``BatchProcessState``; if anything fails, every node, segment and subject-hierarchy folder added
+so far is removed again before the error propagates. An existing output segmentation only gains
+segments (with unique names); its own segments are never changed or removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import slicer
+import vtk
+
+from MedSegExtensionLib.errors import CommitError
+from MedSegExtensionLib.result_import import BoxPlan, ScenePlan
+from MedSegExtensionLib.results_table import build_vtk_table
+
+#: node attribute linking an ROI or model node to its segment
+SEGMENT_ID_ATTRIBUTE = "MedSeg.SegmentID"
+SEGMENTATION_ID_ATTRIBUTE = "MedSeg.SegmentationID"
+SCORE_ATTRIBUTE = "MedSeg.Score"
+LABEL_ATTRIBUTE = "MedSeg.Label"
+TASK_TAG = "MedSeg.Task"
+
+
+@dataclass
+class CommitResult:
+    """What a commit added to the scene."""
+
+    segmentationNode: object
+    segmentIds: dict  # output-folder segment id -> segment id in the scene
+    roiNodes: list = field(default_factory=list)
+    modelNodes: list = field(default_factory=list)
+    tableNode: Optional[object] = None
+    folderItemIds: list = field(default_factory=list)
+    measurements: list = field(default_factory=list)  # rows with scene names and ids
+
+
+def unique_name(name: str, taken: set) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... whichever is not in ``taken`` (which is updated)."""
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate = f"{name} ({n})"
+        n += 1
+    taken.add(candidate)
+    return candidate
+
+
+def roi_matrix(box: BoxPlan) -> np.ndarray:
+    """Object-to-node matrix of an ROI: box axes in the columns, centre in the last column."""
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(box.orientation, dtype=np.float64)
+    m[:3, 3] = box.center
+    return m
+
+
+def _describe(box: BoxPlan) -> str:
+    return f"{box.label}, score {box.score:.2f}"
+
+
+class _Transaction:
+    """Remembers what was added so that ``rollback`` can remove it."""
+
+    def __init__(self) -> None:
+        self.nodes: list = []
+        self.segments: list = []  # (segmentation, id) added to a pre-existing segmentation
+        self.folders: list = []
+
+    def add_node(self, className: str, name: str):
+        node = slicer.mrmlScene.AddNewNodeByClass(className, name)
+        self.nodes.append(node)
+        return node
+
+    def rollback(self) -> None:
+        errors = []
+        for segmentation, sid in reversed(self.segments):
+            try:
+                segmentation.RemoveSegment(sid)
+            except Exception as e:  # keep undoing the rest; reported below
+                errors.append(f"segment {sid}: {e}")
+        for node in reversed(self.nodes):
+            try:
+                slicer.mrmlScene.RemoveNode(node)
+            except Exception as e:
+                errors.append(f"node {node.GetName()}: {e}")
+        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+        for item in reversed(self.folders):
+            try:
+                sh.RemoveItem(item, False, True)
+            except Exception as e:
+                errors.append(f"folder {item}: {e}")
+        if errors:
+            raise CommitError("rolling back a failed commit also failed: " + "; ".join(errors))
+
+
+def _folder(tx: _Transaction, name: str) -> int:
+    sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+    item = sh.CreateFolderItem(sh.GetSceneItemID(), name)
+    tx.folders.append(item)
+    return item
+
+
+def _put_in_folder(node, folder: int) -> None:
+    sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+    sh.SetItemParent(sh.GetItemByDataNode(node), folder)
+
+
+def _import_segments(tx: _Transaction, plan: ScenePlan, segNode, new: bool) -> dict:
+    segmentation = segNode.GetSegmentation()
+    taken = {segmentation.GetSegment(sid).GetName() for sid in segmentation.GetSegmentIDs()}
+    ids = {}
+    id_array = vtk.vtkStringArray()
+    for seg in plan.segments:
+        sid = segmentation.AddEmptySegment(seg.source_id, unique_name(seg.name, taken), seg.color)
+        if not new:
+            tx.segments.append((segmentation, sid))
+        ids[seg.source_id] = sid
+        id_array.InsertNextValue(sid)
+    if not plan.segments:
+        return ids
+    labelmap = tx.add_node("vtkMRMLLabelMapVolumeNode", "__MedSegTemporaryLabels__")
+    try:
+        labelmap.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(plan.ijk_to_ras))
+        slicer.util.updateVolumeFromArray(labelmap, plan.labels)
+        if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segNode, id_array):
+            raise CommitError("importing the MedSeg label map into the segmentation failed")
+    finally:
+        slicer.mrmlScene.RemoveNode(labelmap)
+        tx.nodes.remove(labelmap)
+    for seg in plan.segments:
+        segment = segmentation.GetSegment(ids[seg.source_id])
+        segment.SetColor(*seg.color)
+        if seg.terminology:
+            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), seg.terminology)
+        segment.SetTag(TASK_TAG, plan.task)
+    return ids
+
+
+def _add_rois(tx: _Transaction, plan: ScenePlan, segNode, ids: dict, base: str) -> list:
+    if not plan.boxes:
+        return []
+    folder = _folder(tx, f"{base} boxes")
+    nodes = []
+    for n, box in enumerate(plan.boxes, start=1):
+        roi = tx.add_node("vtkMRMLMarkupsROINode", f"{base} {box.name or f'box {n}'}")
+        roi.SetROIType(slicer.vtkMRMLMarkupsROINode.ROITypeBox)
+        roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(roi_matrix(box)))
+        roi.SetSize(*box.size)
+        roi.SetDescription(_describe(box))
+        roi.SetAttribute(LABEL_ATTRIBUTE, box.label)
+        roi.SetAttribute(SCORE_ATTRIBUTE, f"{box.score:.4f}")
+        roi.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, segNode.GetID())
+        if box.segment_source_id is not None:
+            roi.SetAttribute(SEGMENT_ID_ATTRIBUTE, ids[box.segment_source_id])
+        roi.SetLocked(True)
+        roi.CreateDefaultDisplayNodes()
+        _put_in_folder(roi, folder)
+        nodes.append(roi)
+    return nodes
+
+
+def _add_models(tx: _Transaction, plan: ScenePlan, segNode, ids: dict, base: str) -> list:
+    if not plan.models:
+        return []
+    folder = _folder(tx, f"{base} models")
+    segmentation = segNode.GetSegmentation()
+    nodes = []
+    for seg in plan.segments:
+        poly = plan.models.get(seg.source_id)
+        if poly is None:
+            continue
+        sid = ids[seg.source_id]
+        model = tx.add_node("vtkMRMLModelNode", segmentation.GetSegment(sid).GetName())
+        model.SetAndObservePolyData(poly)
+        model.CreateDefaultDisplayNodes()
+        model.GetDisplayNode().SetColor(*seg.color)
+        model.SetAttribute(SEGMENT_ID_ATTRIBUTE, sid)
+        model.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, segNode.GetID())
+        _put_in_folder(model, folder)
+        nodes.append(model)
+    return nodes
+
+
+def commit_plan(plan: ScenePlan, referenceVolumeNode, outputSegmentation=None, baseName: str = "MedSeg",
+                createModels: bool = False, createTable: bool = True) -> CommitResult:
+    """Add ``plan`` to the scene: segments (into ``outputSegmentation`` or a new segmentation named
+    ``baseName``), one locked ROI per box in a folder, optional models and table.
+
+    Raises:
+        CommitError (or the error that stopped the commit): the scene is as it was before the call.
+    """
+    if outputSegmentation is not None and outputSegmentation.GetParentTransformNode() is not None:
+        raise CommitError(f"output segmentation {outputSegmentation.GetName()!r} is under a transform; "
+                          "choose another output or harden its transform")
+    tx = _Transaction()
+    scene = slicer.mrmlScene
+    scene.StartState(scene.BatchProcessState)
+    try:
+        try:
+            new = outputSegmentation is None
+            segNode = tx.add_node("vtkMRMLSegmentationNode", baseName) if new else outputSegmentation
+            if new:
+                segNode.CreateDefaultDisplayNodes()
+                segNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+            ids = _import_segments(tx, plan, segNode, new)
+            if plan.segments:
+                segNode.CreateClosedSurfaceRepresentation()
+            rois = _add_rois(tx, plan, segNode, ids, baseName)
+            models = _add_models(tx, plan, segNode, ids, baseName) if createModels else []
+            segmentation = segNode.GetSegmentation()
+            rows = [dict(r, segment_id=ids.get(r["segment_id"], r["segment_id"]),
+                         name=segmentation.GetSegment(ids[r["segment_id"]]).GetName() if r["segment_id"] in ids else r["name"])
+                    for r in plan.measurements]
+            table = None
+            if createTable:
+                table = tx.add_node("vtkMRMLTableNode", f"{baseName} measurements")
+                table.SetAndObserveTable(build_vtk_table(rows))
+                table.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, segNode.GetID())
+        except BaseException:
+            tx.rollback()
+            raise
+    finally:
+        scene.EndState(scene.BatchProcessState)
+    return CommitResult(segNode, ids, rois, models, table, list(tx.folders), rows)

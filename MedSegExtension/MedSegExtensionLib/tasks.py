@@ -1,0 +1,40 @@
+"""The task list shown in the module panel: the single place where tasks enter the GUI.
+
+Today it lists the core's built-in registry (``medseg.pipeline.tasks.TASKS``). Learned-model
+tasks (``medseg.models``) are merged here, in ``available_tasks``, when that package provides them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the panel needs to know about a task."""
+
+    name: str
+    description: str
+    input_names: tuple[str, ...]
+    input_modalities: tuple[str, ...]
+    min_inputs: int
+    max_inputs: int
+    params: dict
+
+
+def available_tasks() -> list[TaskInfo]:
+    """Every task the core can run, in registry order (built-in tasks first)."""
+    from medseg.pipeline.tasks import TASKS
+
+    tasks = list(TASKS.values())
+    # Learned-model tasks join here once medseg.models exposes them (one registry for GUI and CLI).
+    return [
+        TaskInfo(t.name, t.description, tuple(i.name for i in t.inputs), tuple(i.modality for i in t.inputs),
+                 t.min_inputs, t.max_inputs, dict(t.params))
+        for t in tasks
+    ]
+
+
+def find_task(name: str) -> Optional[TaskInfo]:
+    return next((t for t in available_tasks() if t.name == name), None)

@@ -1,0 +1,40 @@
+"""Put the Slicer stand-in (``Testing/slicer_fake``) and the module folder on ``sys.path``.
+
+Import this module from a ``test_slicer_*.py`` file before importing ``slicer`` or the module;
+use the ``scene`` fixture for a clean scene per test. ``Testing/conftest.py`` is not involved.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTING_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTING_DIR.parent
+FAKE_DIR = TESTING_DIR / "slicer_fake"
+MODULE_DIR = REPO_ROOT / "MedSegExtension"
+REFERENCE_MD = REPO_ROOT.parent / "shared" / "slicer-api" / "REFERENCE.md"
+SUPPLEMENT_MD = FAKE_DIR / "API_SUPPLEMENT.md"
+
+for _p in (str(MODULE_DIR), str(FAKE_DIR)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import slicer  # noqa: E402  (the stand-in)
+
+
+@pytest.fixture
+def scene(tmp_path, monkeypatch):
+    """A cleared scene, popups and pip calls recorded afresh, temp files under ``tmp_path/slicer-tmp``."""
+    slicer.mrmlScene.Clear()
+    temp = tmp_path / "slicer-tmp"
+    temp.mkdir()
+    monkeypatch.setattr(slicer.app, "_temporary_path", str(temp))
+    monkeypatch.setattr(slicer.util, "_messages", [])
+    monkeypatch.setattr(slicer.util, "_pip_calls", [])
+    monkeypatch.setattr(slicer.util, "_confirm_answer", False)
+    yield slicer.mrmlScene
+    assert not slicer.mrmlScene.IsBatchProcessing(), "StartState/EndState calls were not paired"
+    slicer.mrmlScene.Clear()
