@@ -69,9 +69,9 @@ class ProcessResult:
 
 
 def _unique_folder(parent: Path, stem: str) -> Path:
-    from medseg.pipeline.output import safe_file_stem
+    from medseg.io.filenames import unique_file_stem
 
-    stem = safe_file_stem(stem, set())
+    stem = unique_file_stem(stem, set(), "medseg")
     candidate, n = parent / stem, 2
     while candidate.exists():
         candidate = parent / f"{stem}_{n}"

@@ -25,6 +25,7 @@ import numpy as np
 from medseg.core.box import Box
 from medseg.errors import InputError, OutputError
 from medseg.geometry.frames import lps_to_ras_points, ras_rotation_to_lps, ras_to_lps_points
+from medseg.io.filenames import safe_file_stem, unique_file_stem  # noqa: F401  (safe_file_stem re-exported)
 from medseg.io.atomic import atomic_write_text
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -101,20 +102,6 @@ def write_markups_json(boxes: Sequence[Box], path: PathLike, coordinate_system: 
     return atomic_write_text(path, _dumps(boxes_to_markups_json(boxes, coordinate_system)))
 
 
-_UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(1, 10)} | {f"lpt{i}" for i in range(1, 10)}
-
-
-def safe_file_stem(name: str, fallback: str) -> str:
-    """``name`` made into a portable file name stem: runs of characters other than letters,
-    digits, ``.``, ``-``, ``_`` become ``_``; no leading dots; ``fallback`` when nothing is left."""
-    stem = _UNSAFE.sub("_", str(name)).strip("._ ")
-    stem = stem[:100]
-    if not stem or stem.lower() in _WINDOWS_RESERVED:
-        stem = fallback
-    return stem
-
-
 def write_markups_per_box(boxes: Sequence[Box], folder: PathLike, coordinate_system: str = "LPS") -> List[Path]:
     """Write one ``<box name>.mrk.json`` per box into ``folder`` (created if missing).
 
@@ -130,12 +117,7 @@ def write_markups_per_box(boxes: Sequence[Box], folder: PathLike, coordinate_sys
     used: set = set()
     paths = []
     for n, box in enumerate(boxes):
-        stem = safe_file_stem(box.name or box.label, f"box_{n + 1}")
-        candidate, k = stem, 1
-        while candidate.lower() in used:
-            k += 1
-            candidate = f"{stem}_{k}"
-        used.add(candidate.lower())
+        candidate = unique_file_stem(box.name or box.label, used, f"box_{n + 1}")
         path = out / f"{candidate}.mrk.json"
         atomic_write_text(path, _dumps(boxes_to_markups_json([box], cs)))
         paths.append(path)

@@ -41,6 +41,7 @@ from medseg.core.box import Box
 from medseg.core.result import Result
 from medseg.core.volume import Volume
 from medseg.errors import InputError, OutputError
+from medseg.io.filenames import safe_file_stem
 from medseg.io.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,7 @@ def _mpl_text(text: str) -> str:
 
 
 def _safe_name(text: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)).strip("_")
-    return s[:40] or "item"
+    return safe_file_stem(text, "item", 40)
 
 
 # --------------------------------------------------------------------------- figures

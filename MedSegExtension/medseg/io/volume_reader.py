@@ -37,11 +37,9 @@ def file_format(path: Path) -> Optional[str]:
 
 def volume_name(path: Path) -> str:
     """File name without the image suffixes ("lung1_image.nrrd" -> "lung1_image")."""
-    name = path.name
-    for ending in FILE_FORMATS:
-        if name.lower().endswith(ending):
-            return name[: -len(ending)]
-    return name
+    from medseg.io.filenames import strip_image_suffix
+
+    return strip_image_suffix(path.name)
 
 
 def read_volume(

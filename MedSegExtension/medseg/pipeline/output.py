@@ -7,28 +7,16 @@ target is left untouched.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from medseg.core.result import Result
 from medseg.errors import InputError, OutputError
+from medseg.io.filenames import unique_file_stem
 from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
 
 MESH_FORMATS = ("stl", "obj", "ply", "vtp", "vtk")
-
-
-def safe_file_stem(name: str, taken: set[str]) -> str:
-    """A file-system-safe, unique stem for a segment or box name ("Right lung" -> "Right_lung")."""
-    stem = re.sub(r"[^\w.-]+", "_", name, flags=re.UNICODE).strip("._") or "segment"
-    stem = stem[:80]
-    candidate, n = stem, 2
-    while candidate.lower() in taken:
-        candidate = f"{stem}_{n}"
-        n += 1
-    taken.add(candidate.lower())
-    return candidate
 
 
 def validate_mesh_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -99,7 +87,7 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
                 pd = result.meshes[seg.id]
                 if pd is None or pd.GetNumberOfPoints() == 0:
                     continue
-                stem = safe_file_stem(seg.name, taken)
+                stem = unique_file_stem(seg.name, taken, "segment", 80)
                 for fmt in formats:
                     rel = f"models/{stem}.{fmt}"
                     write_mesh(pd, stage_dir / rel)

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from medseg.segment.ct_morph import bbox_slices, fill_holes_2d, largest_components
+from medseg.segment.morphology import bbox_slices, fill_holes_2d, largest_components
 
 #: HU thresholds
 BODY_HU = -500.0

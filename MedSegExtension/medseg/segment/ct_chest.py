@@ -43,7 +43,7 @@ from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
 from medseg.segment import ct_anatomy as anat
 from medseg.segment import ct_lesion
 from medseg.segment.base import PreprocessSpec, SegmentationOutput
-from medseg.segment.ct_morph import (
+from medseg.segment.morphology import (
     ball_footprint, bbox_slices, block_expand, block_factors, block_mean, close_mm, fill_holes_2d,
     open_small,
 )

@@ -52,6 +52,8 @@ from medseg.core.volume import Volume
 from medseg.errors import InputError
 from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
 from medseg.segment.base import PreprocessSpec, SegmentationOutput
+from medseg.segment import morphology as _morph
+from medseg.segment.morphology import dilate_mm, fill_holes_2d
 from medseg.segment.terminology import term
 
 #: How the pipeline prepares the inputs: keep the grid (1 mm data stays 1 mm), mild denoise,
@@ -126,52 +128,24 @@ class MrBrainTumorParams:
 DEFAULT_PARAMS = MrBrainTumorParams()
 
 
-# --------------------------------------------------------------------------- morphology (mm)
-def _edt_inside(mask: np.ndarray, spacing_kji: np.ndarray) -> np.ndarray:
-    """Distance (mm) from every True voxel to the nearest False voxel or the array border."""
-    padded = np.pad(mask, 1, constant_values=False)
-    d = ndi.distance_transform_edt(padded, sampling=spacing_kji)
-    return d[1:-1, 1:-1, 1:-1]
+def fill_holes_3d_and_slices(mask: np.ndarray, slice_axis: int) -> np.ndarray:
+    """Fill holes in 3D, then in every 2D slice perpendicular to ``slice_axis``."""
+    return fill_holes_2d(ndi.binary_fill_holes(mask), slice_axis)
 
 
 def erode_mm(mask: np.ndarray, radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
-    """Binary erosion by a ball of ``radius_mm`` (exact Euclidean, anisotropic spacing)."""
-    if radius_mm <= 0:
-        return mask.copy()
-    return _edt_inside(mask, spacing_kji) > radius_mm
-
-
-def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
-    """Binary dilation by a ball of ``radius_mm`` (exact Euclidean, anisotropic spacing)."""
-    if radius_mm <= 0 or not mask.any():
-        return mask.copy()
-    return ndi.distance_transform_edt(~mask, sampling=spacing_kji) <= radius_mm
+    """Erosion by a ball of ``radius_mm``; the outside of the array counts as background."""
+    return _morph.erode_mm(mask, radius_mm, spacing_kji, border_is_background=True)
 
 
 def open_mm(mask: np.ndarray, radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
-    """Opening by a ball (removes parts thinner than ``2 * radius_mm``)."""
-    return dilate_mm(erode_mm(mask, radius_mm, spacing_kji), radius_mm, spacing_kji) & mask
+    """Opening by a ball (removes parts thinner than ``2 * radius_mm``), border = background."""
+    return _morph.open_mm(mask, radius_mm, spacing_kji, border_is_background=True)
 
 
 def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
-    """Closing by a ball (bridges gaps narrower than ``2 * radius_mm``); the array border is
-    treated as outside so nothing grows from it."""
-    if radius_mm <= 0 or not mask.any():
-        return mask.copy()
-    pad = int(np.ceil(radius_mm / float(np.min(spacing_kji)))) + 1
-    p = np.pad(mask, pad, constant_values=False)
-    c = erode_mm(dilate_mm(p, radius_mm, spacing_kji), radius_mm, spacing_kji)
-    return c[pad:-pad, pad:-pad, pad:-pad] | mask
-
-
-def fill_holes_3d_and_slices(mask: np.ndarray, slice_axis: int) -> np.ndarray:
-    """Fill holes in 3D, then in every 2D slice perpendicular to ``slice_axis``."""
-    out = ndi.binary_fill_holes(mask)
-    moved = np.moveaxis(out, slice_axis, 0)
-    for s in range(moved.shape[0]):
-        if moved[s].any():
-            moved[s] = ndi.binary_fill_holes(moved[s])
-    return out
+    """Closing by a ball; nothing grows from the array border."""
+    return _morph.close_mm(mask, radius_mm, spacing_kji, border_is_background=True)
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Morphology in millimetres for the classical CT presets.
+"""Morphology in millimetres for the classical presets (CT and MR).
 
 Every radius is in mm and every operation uses the voxel spacing, so anisotropic grids behave
 (a 5 mm ball is 5 mm along every axis, whatever the slice thickness). Balls are built from
@@ -25,25 +25,44 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) 
     return ndimage.distance_transform_edt(~mask, sampling=spacing_kji) <= radius_mm
 
 
-def erode_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
-    """Voxels of ``mask`` farther than ``radius_mm`` from every background voxel in the array
-    (the array border does not count as background)."""
+def erode_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float],
+             border_is_background: bool = False) -> np.ndarray:
+    """Voxels of ``mask`` farther than ``radius_mm`` from every background voxel.
+
+    With ``border_is_background`` the outside of the array counts as background too (a mask
+    touching the array edge erodes from there as well)."""
     if radius_mm <= 0 or not mask.any():
         return mask.copy()
+    if border_is_background:
+        padded = np.pad(mask, 1, constant_values=False)
+        return (ndimage.distance_transform_edt(padded, sampling=spacing_kji) > radius_mm)[1:-1, 1:-1, 1:-1]
     if mask.all():
         return mask.copy()
     return ndimage.distance_transform_edt(mask, sampling=spacing_kji) > radius_mm
 
 
-def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float],
+             border_is_background: bool = False) -> np.ndarray:
     """Morphological closing with a ball of ``radius_mm``: fills gaps and concavities narrower
-    than the ball."""
-    return erode_mm(dilate_mm(mask, radius_mm, spacing_kji), radius_mm, spacing_kji)
+    than the ball.
+
+    With ``border_is_background`` the array is padded first so that nothing grows from the array
+    edge, and the result always contains ``mask``."""
+    if not border_is_background:
+        return erode_mm(dilate_mm(mask, radius_mm, spacing_kji), radius_mm, spacing_kji)
+    if radius_mm <= 0 or not mask.any():
+        return mask.copy()
+    pad = int(np.ceil(radius_mm / float(np.min(spacing_kji)))) + 1
+    p = np.pad(mask, pad, constant_values=False)
+    c = erode_mm(dilate_mm(p, radius_mm, spacing_kji), radius_mm, spacing_kji, border_is_background=True)
+    return c[pad:-pad, pad:-pad, pad:-pad] | mask
 
 
-def open_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+def open_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float],
+            border_is_background: bool = False) -> np.ndarray:
     """Morphological opening with a ball of ``radius_mm``: removes parts thinner than the ball."""
-    return dilate_mm(erode_mm(mask, radius_mm, spacing_kji), radius_mm, spacing_kji) & mask
+    eroded = erode_mm(mask, radius_mm, spacing_kji, border_is_background)
+    return dilate_mm(eroded, radius_mm, spacing_kji) & mask
 
 
 def fill_holes_2d(mask: np.ndarray, axis: int) -> np.ndarray:
