@@ -119,3 +119,33 @@ def test_requirements_file_matches_the_pip_requirements():
              if l.strip() and not l.startswith("#")]
     pip = [f"{r.distribution}>={r.minimum}" for r in dependencies.REQUIREMENTS if r.installer == "pip"]
     assert lines == pip
+
+
+def test_installed_learned_models_appear_in_the_task_list(tmp_path, monkeypatch):
+    """A model folder in MEDSEG_MODELS_DIR shows up as a `model:<name>` task in the panel's list."""
+    import torch
+
+    from medseg.models.authoring import save_model_folder
+
+    card = {
+        "schema": "medseg-model-card/1", "name": "tiny-sphere", "dims": 3,
+        "network": {"class": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                              "channels": [2, 4], "strides": [2]}},
+        "inputs": [{"name": "image", "modality": "CT"}],
+        "preprocessing": {"orientation": "RAS", "target_spacing_mm": [1.5, 1.5, 1.5],
+                          "normalization": {"kind": "none"}},
+        "inference": {"roi_size": [16, 16, 16], "overlap": 0.5},
+        "labels": [{"value": 1, "name": "Sphere"}],
+        "licence": {"name": "MIT", "commercial_use": True},
+        "weights": {"file": "model.pt", "sha256": "0" * 64},
+    }
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    save_model_folder(tmp_path / "models" / "tiny-sphere", card,
+                      UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(2, 4), strides=(2,)))
+    monkeypatch.setenv("MEDSEG_MODELS_DIR", str(tmp_path / "models"))
+    tasks = {t.name: t for t in available_tasks()}
+    assert "model:tiny-sphere" in tasks
+    assert tasks["model:tiny-sphere"].input_modalities == ("CT",)
+    assert list(tasks)[:3] == ["ct-chest", "mr-brain-tumor", "threshold"]

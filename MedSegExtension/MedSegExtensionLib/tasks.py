@@ -1,7 +1,8 @@
 """The task list shown in the module panel: the single place where tasks enter the GUI.
 
-Today it lists the core's built-in registry (``medseg.pipeline.tasks.TASKS``). Learned-model
-tasks (``medseg.models``) are merged here, in ``available_tasks``, when that package provides them.
+It lists the core's registry (``medseg.pipeline.tasks.available_tasks``): the built-in tasks and one
+``model:<name>`` task per learned model installed in the models directories (``MEDSEG_MODELS_DIR``
+or the MedSeg settings file), the same list ``medseg tasks`` prints.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ class TaskInfo:
 
 def available_tasks() -> list[TaskInfo]:
     """Every task the core can run, in registry order (built-in tasks first)."""
-    from medseg.pipeline.tasks import TASKS
+    from medseg.pipeline.tasks import available_tasks as core_tasks
 
-    tasks = list(TASKS.values())
-    # Learned-model tasks join here once medseg.models exposes them (one registry for GUI and CLI).
+    tasks = list(core_tasks().values())
     return [
         TaskInfo(t.name, t.description, tuple(i.name for i in t.inputs), tuple(i.modality for i in t.inputs),
                  t.min_inputs, t.max_inputs, dict(t.params))

@@ -233,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         task = model_task(args.model)
     else:
         task = get_task(args.task)
-    params = run_model_params(args) if args.model is not None or task.name.startswith("model:") else {}
+    params = run_model_params(args)  # --tta/--uncertainty; a task without them refuses them in validate()
     if args.threshold is not None:
         params["threshold"] = args.threshold
     if args.min_volume is not None:
@@ -264,16 +264,11 @@ def _run_batch(paths, task, options, args: argparse.Namespace) -> int:
     """One case per input; a failing case is reported and the rest go on."""
     from medseg.io.atomic import atomic_write_text, check_output_folder
     from medseg.io.volume_reader import read_volume
-    from medseg.pipeline.output import safe_file_stem
+    from medseg.io.filenames import strip_image_suffix, unique_file_stem
 
     args.out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
-    cases = []
-    for p in paths:
-        stem = p.name
-        for suffix in (".gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
-            stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
-        cases.append((p, args.out / safe_file_stem(stem, taken)))
+    cases = [(p, args.out / unique_file_stem(strip_image_suffix(p.name), taken, "case")) for p in paths]
     for _, out in cases:
         check_output_folder(out, args.overwrite)
     status = []
@@ -322,15 +317,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _write_demo_extras(out_dir: Path, volume, truth, report: dict) -> list[str]:
     """Save the phantom next to the results (so Slicer can show it under the segmentation) and a
     comparison with the phantom's ground truth; return the comparison as printable lines."""
-    import SimpleITK as sitk
-
-    from medseg.geometry.frames import volume_to_sitk
-    from medseg.io.atomic import atomic_path, atomic_write_text
+    from medseg.io.atomic import atomic_write_text
     from medseg.io.seg_nrrd import read_seg_nrrd
+    from medseg.pipeline.output import write_volume_nrrd
     from medseg.measure.metrics import dice
 
-    with atomic_path(out_dir / "phantom_ct.nrrd") as tmp:
-        sitk.WriteImage(volume_to_sitk(volume), str(tmp), True, imageIO="NrrdImageIO")
+    write_volume_nrrd(volume, out_dir / "phantom_ct.nrrd")
     labelmap = read_seg_nrrd(out_dir / "segmentation.seg.nrrd")
     organs = {
         "Body": truth.mask("body", "heart", "liver", "liver lesion", "airway"),

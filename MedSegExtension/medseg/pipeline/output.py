@@ -65,6 +65,7 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
 
     t0 = time.perf_counter()
     files: dict[str, str] = {}
+    taken_volumes: set[str] = {"segmentation", "report", "boxes"}
     with OutputFolder(Path(out_dir), overwrite=overwrite) as folder:
         stage_dir = Path(folder.path)
         progress(0.0, "writing segmentation")
@@ -95,6 +96,10 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
                 progress(0.2 + 0.5 * (n + 1) / max(len(segs), 1), f"model {seg.name}")
                 cancel.check()
             files["models"] = "models"
+        for vname, vol in (result.extra.get("volumes") or {}).items():
+            rel = f"{unique_file_stem(vname, taken_volumes, 'volume')}.nrrd"
+            write_volume_nrrd(vol, stage_dir / rel)
+            files[f"volume:{vname}"] = rel
         progress(0.75, "writing report")
         result.timings["write"] = time.perf_counter() - t0
         report = build_report(result, files=files, device=str(result.extra.get("device", "cpu")),
@@ -112,3 +117,14 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
         cancel.check()
     progress(1.0, "written")
     return files
+
+
+def write_volume_nrrd(volume, path: Path) -> None:
+    """Write a scalar ``Volume`` as NRRD (LPS header, as Slicer reads it), atomically."""
+    import SimpleITK as sitk
+
+    from medseg.geometry.frames import volume_to_sitk
+    from medseg.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(volume_to_sitk(volume), str(tmp), True, imageIO="NrrdImageIO")

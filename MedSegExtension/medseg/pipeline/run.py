@@ -188,6 +188,9 @@ def run_task(
         timings=timings,
         warnings=warnings,
         inputs=[describe_input(v) for v in vols],
-        extra={"lesions": dict(seg.lesions), "scores": dict(seg.scores), "device": str(device)},
+        extra={"lesions": dict(seg.lesions), "scores": dict(seg.scores), "device": str(device),
+               # extra volumes on the input grid (e.g. a learned model's uncertainty map)
+               "volumes": dict(getattr(seg, "volumes", None) or {}),
+               "review": dict(getattr(seg, "review", None) or {})},
         preview=vols[0],
     )

@@ -98,9 +98,23 @@ TASKS: dict[str, Task] = {
 }
 
 
+# --- learned-model tasks (issue 4): models found in the models directories, named "model:<name>"
+def available_tasks() -> dict[str, Task]:
+    """The built-in tasks plus one ``model:<name>`` task per learned model found in the models
+    directories (``MEDSEG_MODELS_DIR``, settings file; see ``medseg.models.registry``)."""
+    from medseg.models.registry import model_tasks
+
+    return {**TASKS, **{k: v for k, v in model_tasks().items() if k not in TASKS}}
+
+
 def get_task(name: str) -> Task:
-    """The task called ``name``; ``InputError`` listing the known tasks otherwise."""
-    try:
+    """The task called ``name`` (built-in, or ``model:<name>`` for an installed learned model);
+    ``InputError`` listing the known tasks otherwise."""
+    if name in TASKS:
         return TASKS[name]
-    except KeyError:
-        raise InputError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+    known = TASKS
+    if name.startswith("model:"):
+        known = available_tasks()
+        if name in known:
+            return known[name]
+    raise InputError(f"unknown task {name!r}; known tasks: {', '.join(sorted(known))}")

@@ -1,0 +1,21 @@
+"""Learned models: model cards, the network allow-list, safe weight loading, MONAI bundles read as
+data, model discovery, and running a model on a case."""
+
+from medseg.models.card import ModelCard, load_card, parse_card
+from medseg.models.errors import BundleError, ModelError, WeightsError
+from medseg.models.registry import ModelFolder, discover_models, model_task, model_tasks, models_dirs, open_model
+
+__all__ = [
+    "ModelCard",
+    "load_card",
+    "parse_card",
+    "BundleError",
+    "ModelError",
+    "WeightsError",
+    "ModelFolder",
+    "discover_models",
+    "model_task",
+    "model_tasks",
+    "models_dirs",
+    "open_model",
+]
