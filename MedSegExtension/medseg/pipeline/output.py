@@ -107,10 +107,12 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
         if html:
             from medseg.io.report_html import write_report_html
 
-            written = write_report_html(result, report, stage_dir)
+            t_html = time.perf_counter()
+            write_report_html(result, report, stage_dir)
             files["report_html"] = "report.html"
-            report["files"] = dict(files)
-            del written
+            result.timings["report_html"] = time.perf_counter() - t_html
+            report["timings_s"]["report_html"] = result.timings["report_html"]
+            report["total_time_s"] = float(sum(report["timings_s"].values()))
         files["report"] = "report.json"
         report["files"] = dict(files)
         write_report_json(report, stage_dir / "report.json")
