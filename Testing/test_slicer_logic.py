@@ -282,3 +282,40 @@ def test_requests_validate_inputs_and_multi_input_tasks(scene):
     seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     with pytest.raises(InputError, match="not a scalar volume"):
         logic.createRequest([seg], "threshold")
+
+
+def test_a_learned_model_task_runs_through_the_logic(scene, tmp_path, monkeypatch):
+    """An installed model (`model:<name>`) runs like a built-in task and its segment lands in place."""
+    import torch
+
+    from medseg.models.authoring import save_model_folder
+
+    conv = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():  # logits (0, 0.2 * (x - 50)): class 1 where the input is above 50
+        conv.weight.zero_()
+        conv.weight[1].fill_(0.2)
+        conv.bias.copy_(torch.tensor([0.0, -10.0]))
+    card = {
+        "schema": "medseg-model-card/1", "name": "bright-ball", "dims": 3,
+        "network": {"class": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                              "channels": [2, 4], "strides": [2]}},
+        "inputs": [{"name": "image", "modality": "CT"}],
+        "preprocessing": {"orientation": "RAS", "target_spacing_mm": [1.5, 1.5, 1.5],
+                          "normalization": {"kind": "none"}},
+        "inference": {"roi_size": [24, 24, 24], "overlap": 0.25},
+        "labels": [{"value": 1, "name": "Ball"}],
+        "licence": {"name": "MIT", "commercial_use": True},
+        "weights": {"file": "model.pt", "format": "torchscript", "sha256": "0" * 64},
+    }
+    ts = tmp_path / "ball.pt"
+    torch.jit.save(torch.jit.trace(conv.eval(), torch.zeros(1, 1, 8, 8, 8)), str(ts))
+    save_model_folder(tmp_path / "models" / "bright-ball", card, weights_file=ts)
+    monkeypatch.setenv("MEDSEG_MODELS_DIR", str(tmp_path / "models"))
+
+    node, centre = _sphere_node()
+    res = MedSegExtensionLogic().process([node], "model:bright-ball", createModels=False, createTable=True)
+    seg = res.segmentationNode
+    (sid,) = list(seg.GetSegmentation().GetSegmentIDs())
+    assert seg.GetSegmentation().GetSegment(sid).GetName() == "Ball"
+    voxel = max(GEOMETRY_CASES[CASE][1])
+    assert np.linalg.norm(segment_centroid_ras(seg, sid, node) - centre) < 0.5 * voxel
