@@ -539,25 +539,18 @@ def render_3d_vtk(
 
 def _triangles(poly, max_triangles: int) -> tuple[np.ndarray, np.ndarray]:
     """Points ``(N, 3)`` and triangles ``(M, 3)`` of a polydata, decimated to about ``max_triangles``."""
-    from vtkmodules.util.numpy_support import vtk_to_numpy
-    from vtkmodules.vtkFiltersCore import vtkQuadricDecimation, vtkTriangleFilter
+    from vtkmodules.vtkFiltersCore import vtkQuadricDecimation
 
-    tri = vtkTriangleFilter()
-    tri.SetInputData(poly)
-    tri.PassVertsOff()
-    tri.PassLinesOff()
-    tri.Update()
-    out = tri.GetOutput()
-    n = out.GetNumberOfPolys()
-    if n > max_triangles:
+    from medseg.surface.vtk_arrays import triangles_of
+
+    pts, tris = triangles_of(poly)
+    if len(tris) > max_triangles:
         dec = vtkQuadricDecimation()
-        dec.SetInputData(out)
-        dec.SetTargetReduction(1.0 - max_triangles / n)
+        dec.SetInputData(poly)
+        dec.SetTargetReduction(1.0 - max_triangles / len(tris))
         dec.Update()
-        out = dec.GetOutput()
-    pts = vtk_to_numpy(out.GetPoints().GetData()).astype(np.float64) if out.GetPoints() else np.zeros((0, 3))
-    conn = vtk_to_numpy(out.GetPolys().GetConnectivityArray()).astype(np.int64)
-    return pts, conn.reshape(-1, 3)
+        pts, tris = triangles_of(dec.GetOutput())
+    return pts, tris
 
 
 def render_3d_matplotlib(
