@@ -275,33 +275,6 @@ def _input_entries(result: Result) -> list[dict]:
     return entries
 
 
-def basic_measurements(result: Result) -> dict[str, dict]:
-    """Voxel count, volume (mL), centroid and voxel-centre bounds (RAS) per segment id, computed
-    from the label map; used for segments that ``result.measurements`` does not cover."""
-    vol = result.labelmap.volume
-    arr = vol.array
-    out: dict[str, dict] = {}
-    for seg in result.labelmap.segments:
-        kji = np.argwhere(arr == seg.label_value)
-        n = int(kji.shape[0])
-        m: dict[str, Any] = {
-            "voxel_count": n,
-            "volume_ml": n * vol.voxel_volume_mm3 / 1000.0,
-            "surface_area_mm2": None,
-            "centroid_ras": None,
-            "bounds_ras": None,
-        }
-        if n:
-            ijk = kji[:, ::-1].astype(np.float64)
-            m["centroid_ras"] = vol.ijk_to_ras_points(ijk.mean(axis=0))[0].tolist()
-            lo, hi = ijk.min(axis=0), ijk.max(axis=0)
-            corners = np.array([[a[0], b[1], c[2]] for a in (lo, hi) for b in (lo, hi) for c in (lo, hi)])
-            ras = vol.ijk_to_ras_points(corners)
-            m["bounds_ras"] = {"min": ras.min(axis=0).tolist(), "max": ras.max(axis=0).tolist()}
-        out[seg.id] = m
-    return out
-
-
 def _is_altered_structure(seg: Segment) -> bool:
     cat = (seg.terminology or {}).get("category") or {}
     return str(cat.get("code", "")) == ALTERED_STRUCTURE_CODE
@@ -441,7 +414,12 @@ def build_report(
 
     have = result.measurements or {}
     missing = [s for s in result.labelmap.segments if s.id not in have]
-    basic = basic_measurements(result) if missing else {}
+    basic: dict = {}
+    if missing:  # measure what the result does not cover, with the same code the pipeline uses
+        from medseg.core.labelmap import LabelMap
+        from medseg.measure.segments import measure_segments
+
+        basic = measure_segments(LabelMap(result.labelmap.volume, tuple(missing)), all_diameters=False)
     segments = []
     for seg in result.labelmap.segments:
         meas = dict(basic.get(seg.id, {}))

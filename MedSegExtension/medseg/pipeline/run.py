@@ -107,7 +107,6 @@ def run_task(
     from medseg.detect.boxes import boxes_for_lesions
     from medseg.measure.segments import measure_segments
     from medseg.preprocess.device import resolve_device_with_note
-    from medseg.preprocess.intensity import check_finite
     from medseg.preprocess.pipeline import labels_to_input_grid, preprocess
     from medseg.surface import labelmap_to_meshes
 
@@ -134,13 +133,7 @@ def run_task(
 
     t0 = time.perf_counter()
     sub = stage("preprocess")
-    checked = []
-    for v in vols:
-        v2, n_bad = check_finite(v, options.nan_policy)
-        if n_bad:
-            warnings.append(f"{v.name or 'input'}: replaced {n_bad} NaN/Inf voxel(s) (--nan-policy fill)")
-        checked.append(v2)
-    prep = preprocess(checked, spec, device=device, progress=sub, cancel=cancel)
+    prep = preprocess(vols, spec, device=device, progress=sub, cancel=cancel, nan_policy=options.nan_policy)
     warnings.extend(prep.notes)
     timings["preprocess"] = time.perf_counter() - t0
 

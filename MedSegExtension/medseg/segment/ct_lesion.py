@@ -12,8 +12,6 @@ from typing import Optional
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
-from scipy.spatial.distance import pdist, squareform
 
 #: smallest lesion kept: equivalent-sphere diameter (mm)
 MIN_DIAMETER_MM = 5.0
@@ -188,26 +186,16 @@ def score(f: LesionFeatures, lung_hu: float) -> float:
     return float(np.clip(s, 0.0, 1.0))
 
 
-def longest_diameter_mm(mask: np.ndarray, ijk_to_ras: np.ndarray, points_limit: int = 3000) -> float:
-    """Longest 3D extent (mm) of a mask: the largest distance between voxel centres plus the
-    voxel's own extent along that direction."""
+def longest_diameter_mm(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
+    """Longest 3D extent (mm) of a mask: the largest distance between voxel centres
+    (``medseg.measure.segments.diameter``) plus the voxel's own extent along that direction."""
+    from medseg.measure.segments import diameter
+
     idx = np.argwhere(mask)
     if len(idx) == 0:
         return 0.0
     pts = idx[:, ::-1].astype(np.float64) @ ijk_to_ras[:3, :3].T
-    cand: Optional[np.ndarray] = pts
-    if len(pts) > points_limit:
-        try:
-            cand = pts[ConvexHull(pts, qhull_options="QJ").vertices]
-        except QhullError:  # pragma: no cover - degenerate even with joggle
-            cand = pts[:: max(1, len(pts) // points_limit)]
-    if len(cand) == 1:
-        u = np.array([1.0, 0.0, 0.0])
-        d = 0.0
-    else:
-        dm = squareform(pdist(cand))
-        a, b = np.unravel_index(int(np.argmax(dm)), dm.shape)
-        d = float(dm[a, b])
-        u = (cand[b] - cand[a]) / max(d, 1e-9)
+    d, a, b = diameter(pts)
+    u = np.array([1.0, 0.0, 0.0]) if a is None or d <= 0 else (pts[b] - pts[a]) / d
     extent = float(np.sum(np.abs(u @ ijk_to_ras[:3, :3])))  # a voxel's width along u
     return d + extent

@@ -53,7 +53,7 @@ from medseg.errors import InputError
 from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
 from medseg.segment.base import PreprocessSpec, SegmentationOutput
 from medseg.segment import morphology as _morph
-from medseg.segment.morphology import dilate_mm, fill_holes_2d
+from medseg.segment.morphology import bbox_slices, dilate_mm, fill_holes_2d
 from medseg.segment.terminology import term
 
 #: How the pipeline prepares the inputs: keep the grid (1 mm data stays 1 mm), mild denoise,
@@ -199,13 +199,13 @@ def _validate(volumes: Sequence[Volume]) -> tuple[Volume, Optional[Volume]]:
             )
     flair = volumes[0]
     t1c = volumes[1] if len(volumes) == 2 else None
-    if t1c is not None and not flair.same_grid(t1c):
-        raise InputError(
-            f"mr-brain-tumor T1c volume {t1c.name!r} is not on the FLAIR grid: shape {t1c.array.shape} vs "
-            f"{flair.array.shape}, spacing {np.round(t1c.spacing, 4).tolist()} vs "
-            f"{np.round(flair.spacing, 4).tolist()}, origin {np.round(t1c.origin, 3).tolist()} vs "
-            f"{np.round(flair.origin, 3).tolist()}; resample T1c onto FLAIR first"
-        )
+    if t1c is not None:
+        from medseg.preprocess.pipeline import check_same_grid
+
+        try:
+            check_same_grid([flair, t1c])
+        except InputError as e:
+            raise InputError(f"mr-brain-tumor T1c volume {t1c.name!r} is not on the FLAIR grid: {e}") from e
     return flair, t1c
 
 
@@ -255,14 +255,6 @@ def _denoise(array: np.ndarray, spacing_kji: np.ndarray, params: MrBrainTumorPar
             return a
         return sitk.GetArrayFromImage(sitk.Median(sitk.GetImageFromArray(a), radius_ijk))
     raise InputError(f"mr-brain-tumor filter must be 'median' or 'gaussian', got {params.filter!r}")
-
-
-def _bbox(mask: np.ndarray, margin_vox: np.ndarray) -> tuple[slice, ...]:
-    idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
-    return tuple(
-        slice(max(int(i[0]) - int(m), 0), min(int(i[-1]) + int(m) + 1, n))
-        for i, m, n in zip(idx, margin_vox, mask.shape)
-    )
 
 
 def _tumour_score(z_region: np.ndarray, volume_ml: float, params: MrBrainTumorParams) -> float:
@@ -332,7 +324,7 @@ def segment_mr_brain_tumor(
 
     # Work inside the brain's bounding box (plus a margin for the morphology).
     margin = np.ceil((params.seed_margin_mm + params.close_radius_mm + 2.0) / sp).astype(int)
-    box = _bbox(brain_full, margin)
+    box = bbox_slices(brain_full, margin)
     brain = brain_full[box]
     fs = _denoise(flair.array[box], sp, params)
 
