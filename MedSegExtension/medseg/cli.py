@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -376,6 +377,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(args, "cancelled by the user; nothing was written", EXIT_CANCELLED, "medseg: ")
     except MedSegError as e:
         return _fail(args, str(e), e.exit_code, "medseg: error: ")
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _fail(args: argparse.Namespace, message: str, code: int, prefix: str) -> int:
