@@ -254,7 +254,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
         if job.error is not None:
             self.ui.statusLabel.text = str(job.error)
-            from medseg.errors import CancelledError
+            from medseg.core.errors import CancelledError
 
             if isinstance(job.error, CancelledError):
                 return
@@ -316,7 +316,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             InputError: unknown task, wrong number of inputs, a node that is not a scalar volume,
                 an input under a non-linear transform.
         """
-        from medseg.errors import InputError
+        from medseg.core.errors import InputError
         from MedSegExtensionLib.job import RunRequest, volumes_from_nodes
         from MedSegExtensionLib.tasks import find_task
 
@@ -353,7 +353,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         :param params: task parameters, e.g. {"threshold": 100.0} for the threshold task.
         :param runInProcess: True runs the core in Slicer's process (console, tests); False runs the
             ``medseg`` command as a child process and waits for it.
-        :param cancelToken: a ``medseg.pipeline.progress.CancelToken`` (in-process runs).
+        :param cancelToken: a ``medseg.core.progress.CancelToken`` (in-process runs).
         :return: ``ProcessResult`` (segmentation node, segment ids, ROI/model/table nodes, measurements).
         :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
             unchanged whenever one is raised.

@@ -15,7 +15,7 @@ def volume_node_from_sitk(img, name: str = "input"):
     """A scalar volume node with the image's voxels and geometry (LPS -> RAS by the core's frames module)."""
     import SimpleITK as sitk
 
-    from medseg.geometry.frames import ijk_to_ras_from_sitk
+    from medseg.core.frames import ijk_to_ras_from_sitk
 
     return slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(img), ijk_to_ras_from_sitk(img), name)
 

@@ -66,7 +66,7 @@ def test_existing_output_is_never_overwritten_without_flag(sphere_file, tmp_path
 
 
 def test_failure_while_writing_leaves_nothing(sphere_file, tmp_path, capsys, monkeypatch):
-    import medseg.io.seg_nrrd as seg_nrrd
+    import medseg.pipeline.output as output_mod
 
     out = tmp_path / "o"
     out.mkdir()
@@ -75,8 +75,7 @@ def test_failure_while_writing_leaves_nothing(sphere_file, tmp_path, capsys, mon
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(seg_nrrd, "write_seg_nrrd", disk_full)
-    import medseg.pipeline.output as output_mod  # noqa: F401  (write_result imports lazily)
+    monkeypatch.setattr(output_mod, "write_seg_nrrd", disk_full)
 
     rc, _, err = _run(["-q", "run", str(sphere_file), "--task", "threshold", "--threshold", "50",
                        "--out", str(out), "--overwrite"], capsys)

@@ -17,8 +17,8 @@ from medseg.detect.boxes import (
     boxes_for_lesions,
     clip_boxes_to_volume,
 )
-from medseg.errors import InputError
-from medseg.geometry import frames
+from medseg.core.errors import InputError
+from medseg.core import frames
 
 OBLIQUE = "oblique_aniso_flipped"
 

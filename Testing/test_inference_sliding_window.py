@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg.errors import CancelledError, InputError
+from medseg.core.errors import CancelledError, InputError
 from medseg.inference.sliding_window import gaussian_importance_map, n_windows, scan_windows, sliding_window_inference
-from medseg.pipeline.progress import CancelToken
+from medseg.core.progress import CancelToken
 
 
 def identity(t: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_sitk_image, sitk_index_to_ras, sphere_image
-from medseg.errors import AmbiguousInputError, InputError
+from medseg.core.errors import AmbiguousInputError, InputError
 from medseg.io.volume_reader import read_volume
 
 

@@ -16,8 +16,8 @@ import SimpleITK as sitk
 from conftest import rotation
 from pydicom.uid import generate_uid
 
-from medseg.errors import AmbiguousInputError, InputError
-from medseg.geometry.frames import lps_to_ras_points
+from medseg.core.errors import AmbiguousInputError, InputError
+from medseg.core.frames import lps_to_ras_points
 from medseg.io.volume_reader import read_volume
 
 N_ROWS, N_COLS = 12, 16

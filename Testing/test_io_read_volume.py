@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_sitk_image, sitk_index_to_ras, sitk_physical_points_ras
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.io.volume_reader import read_volume, volume_name
 
 EXTENSIONS = [".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd"]

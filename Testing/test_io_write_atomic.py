@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medseg.errors import OutputError
+from medseg.core.errors import OutputError
 from medseg.io import atomic
 from medseg.io.atomic import (
     OutputFolder,

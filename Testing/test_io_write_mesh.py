@@ -16,7 +16,7 @@ from vtkmodules.vtkIOLegacy import vtkPolyDataReader
 from vtkmodules.vtkIOPLY import vtkPLYReader
 from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
 
-from medseg.errors import InputError, OutputError
+from medseg.core.errors import InputError, OutputError
 from medseg.io import mesh_io
 from medseg.io.mesh_io import mesh_file_space, read_mesh, write_mesh
 

@@ -144,7 +144,7 @@ def test_run_bundle_from_the_cli(tmp_path):
 
     from medseg.cli import main
     from medseg.core.volume import Volume
-    from medseg.geometry.frames import volume_to_sitk
+    from medseg.core.frames import volume_to_sitk
 
     import SimpleITK as sitk
 

@@ -11,7 +11,8 @@ import pytest
 from medseg.models.allowlist import build_network, canonical_name
 from medseg.models.card import card_schema, parse_card
 from medseg.models.errors import ModelError
-from medseg.models.registry import discover_models, model_task, models_dirs
+from medseg.models.registry import discover_models, models_dirs
+from medseg.pipeline.model_tasks import model_task
 
 ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8], "strides": [2],
         "num_res_units": 1}

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from medseg.core.volume import Volume
-from medseg.errors import CancelledError, InputError
+from medseg.core.errors import CancelledError, InputError
 from medseg.models.card import LabelSpec, parse_card
 from medseg.models.postprocess import postprocess_labels, review_flags
 from medseg.models.registry import ModelFolder
-from medseg.models.runner import run_model
-from medseg.pipeline.progress import CancelToken
+from medseg.pipeline.model_tasks import run_model
+from medseg.core.progress import CancelToken
 
 
 def rotation(axis, degrees):
@@ -181,7 +181,7 @@ def lung_model(tmp_path_factory):
     from monai.networks.nets import UNet
 
     from medseg.models.authoring import save_model_folder
-    from medseg.phantom import LEFT_LUNG, RIGHT_LUNG, make_chest_phantom
+    from medseg.data.phantom import LEFT_LUNG, RIGHT_LUNG, make_chest_phantom
 
     vol, truth = make_chest_phantom(PHANTOM_SHAPE, PHANTOM_SPACING, seed=0)
     x = np.clip((vol.array.astype(np.float32) + 1000.0) / 1400.0, 0, 1).transpose(2, 1, 0)
@@ -219,8 +219,8 @@ def dice(a, b):
 
 def test_trained_unet_segments_phantom_lungs_end_to_end(lung_model, tmp_path):
     """Task path (registry -> run_task) on a new phantom whose grid axes are flipped (LPS-like)."""
-    from medseg.models.registry import model_task
-    from medseg.phantom import LEFT_LUNG, RIGHT_LUNG, make_chest_phantom
+    from medseg.pipeline.model_tasks import model_task
+    from medseg.data.phantom import LEFT_LUNG, RIGHT_LUNG, make_chest_phantom
     from medseg.pipeline.run import RunOptions, run_task
 
     vol, truth = make_chest_phantom(PHANTOM_SHAPE, PHANTOM_SPACING, seed=3, direction=np.diag([-1.0, -1.0, 1.0]))
@@ -237,8 +237,8 @@ def test_cli_run_model_folder(lung_model, tmp_path, monkeypatch):
     import SimpleITK as sitk
 
     from medseg.cli import main
-    from medseg.geometry.frames import volume_to_sitk
-    from medseg.phantom import make_chest_phantom
+    from medseg.core.frames import volume_to_sitk
+    from medseg.data.phantom import make_chest_phantom
 
     vol, _ = make_chest_phantom(PHANTOM_SHAPE, PHANTOM_SPACING, seed=5)
     src = tmp_path / "phantom ct.nrrd"

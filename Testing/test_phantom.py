@@ -9,8 +9,8 @@ import pytest
 from scipy import ndimage
 
 from conftest import rotation
-from medseg.errors import InputError
-from medseg.phantom import HU, make_chest_phantom
+from medseg.core.errors import InputError
+from medseg.data.phantom import HU, make_chest_phantom
 
 #: a sagittal-like acquisition (k along RAS x), rotated 12 degrees about a skew axis, anisotropic
 SAGITTAL_OBLIQUE = rotation((1.0, 2.0, 0.5), 12.0) @ np.array([[0, 0, 1.0], [-1.0, 0, 0], [0, -1.0, 0]])

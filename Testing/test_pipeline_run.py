@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from medseg.core.volume import Volume
-from medseg.errors import CancelledError, InputError
-from medseg.pipeline.progress import CancelToken
+from medseg.core.errors import CancelledError, InputError
+from medseg.core.progress import CancelToken
 from medseg.pipeline.run import RunOptions, run_task
 
 

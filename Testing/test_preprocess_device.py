@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from medseg.core.volume import Volume
-from medseg.errors import DeviceError
-from medseg.preprocess import denoise, device as devmod, resample
-from medseg.preprocess.device import resolve_device, resolve_device_with_note
+from medseg.core.errors import DeviceError
+from medseg.core import torch_devices as devmod
+from medseg.preprocess import denoise, resample
+from medseg.core.torch_devices import resolve_device, resolve_device_with_note
 
 
 @pytest.fixture

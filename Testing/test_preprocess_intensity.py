@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from medseg.core.volume import Volume
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.preprocess import _slabs
-from medseg.preprocess.intensity import as_float32, check_finite, normalize_ct_window, normalize_zscore
+from medseg.preprocess.intensity import as_float32, check_finite, normalize_ct_window, normalize_robust_zscore
 
 
 def vol(arr, name="ct") -> Volume:
@@ -116,9 +116,9 @@ def test_ct_window_bad_window(window):
 # ----------------------------------------------------------------------------- z-score
 def test_zscore_constant_raises():
     with pytest.raises(InputError, match="constant"):
-        normalize_zscore(vol(np.full((4, 5, 6), -1000, np.int16)))
+        normalize_robust_zscore(vol(np.full((4, 5, 6), -1000, np.int16)))
     with pytest.raises(InputError, match="constant"):
-        normalize_zscore(vol(np.full((4, 5, 6), 7.0, np.float32)), mask=np.ones((4, 5, 6), bool))
+        normalize_robust_zscore(vol(np.full((4, 5, 6), 7.0, np.float32)), mask=np.ones((4, 5, 6), bool))
 
 
 def test_zscore_matches_numpy_definition():
@@ -126,7 +126,7 @@ def test_zscore_matches_numpy_definition():
     arr = np.full((12, 20, 24), -1000, np.float32)
     arr[2:10, 4:16, 5:20] = rng.normal(50, 12, (8, 12, 15))
     arr[5, 5, 5] = 5000  # an outlier the percentile clip removes
-    out = normalize_zscore(vol(arr)).array
+    out = normalize_robust_zscore(vol(arr)).array
     fg = arr[arr > arr.min()]
     lo, hi = np.percentile(fg, [0.5, 99.5])
     c = np.clip(fg, lo, hi)
@@ -140,13 +140,13 @@ def test_zscore_with_mask_and_without_clipping():
     arr = rng.normal(10, 3, (6, 7, 8)).astype(np.float32)
     mask = np.zeros(arr.shape, bool)
     mask[1:5, 2:6, 1:7] = True
-    out = normalize_zscore(vol(arr), mask=mask, clip_percentiles=None).array
+    out = normalize_robust_zscore(vol(arr), mask=mask, clip_percentiles=None).array
     m, s = arr[mask].mean(dtype=np.float64), arr[mask].std(dtype=np.float64)
     np.testing.assert_allclose(out, (arr - m) / s, rtol=1e-5, atol=1e-5)
     with pytest.raises(InputError, match="mask shape"):
-        normalize_zscore(vol(arr), mask=np.ones((2, 2, 2), bool))
+        normalize_robust_zscore(vol(arr), mask=np.ones((2, 2, 2), bool))
     with pytest.raises(InputError, match="percentiles"):
-        normalize_zscore(vol(arr), clip_percentiles=(99, 1))
+        normalize_robust_zscore(vol(arr), clip_percentiles=(99, 1))
 
 
 def test_percentiles_match_numpy():

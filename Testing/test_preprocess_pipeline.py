@@ -9,14 +9,15 @@ import torch
 
 from conftest import grid_centre_ras, make_sitk_image, sitk_physical_points_ras, sphere_image
 from medseg.core.volume import Volume
-from medseg.errors import CancelledError, InputError
-from medseg.geometry.frames import sitk_to_volume, volume_to_sitk
-from medseg.pipeline.progress import CancelToken
-from medseg.preprocess import device as devmod
+from medseg.core.errors import CancelledError, InputError
+from medseg.core.frames import sitk_to_volume, volume_to_sitk
+from medseg.core.progress import CancelToken
+from medseg.core import torch_devices as devmod
 from medseg.preprocess.crop import apply_crop, uncrop
-from medseg.preprocess.pipeline import labels_to_input_grid, preprocess
+from medseg.preprocess.mapback import labels_to_input_grid
+from medseg.preprocess.pipeline import preprocess
 from medseg.preprocess.resample import resample_to_grid
-from medseg.segment.base import PreprocessSpec
+from medseg.core.specs import Normalization, PreprocessSpec
 
 CASE = "oblique_aniso_flipped"
 RADIUS = 14.0
@@ -43,7 +44,7 @@ def centroid_ras(vol: Volume) -> np.ndarray:
 
 
 SPEC = PreprocessSpec(target_spacing_mm=(1.5, 1.5, 1.5), denoise="gaussian", denoise_sigma_mm=1.0,
-                      normalize="ct-window", ct_window=(-200.0, 300.0), crop="body-ct", crop_margin_mm=5.0)
+                      normalize=Normalization("ct-window", window=(-200.0, 300.0)), crop="body-ct", crop_margin_mm=5.0)
 
 
 def test_preprocess_end_to_end_and_labels_back():
@@ -104,7 +105,7 @@ def test_labels_already_on_input_or_cropped_grid():
 def test_two_inputs_share_the_working_grid():
     ct, _, _ = sphere_ct()
     other = ct.with_array((ct.array // 2).astype(np.float64), name="t2")
-    prep = preprocess([ct, other], PreprocessSpec(target_spacing_mm=(2.0, 2.0, 2.0), normalize="zscore",
+    prep = preprocess([ct, other], PreprocessSpec(target_spacing_mm=(2.0, 2.0, 2.0), normalize="robust-zscore",
                                                   crop="foreground"), device="cpu")
     a, b = prep.volumes
     assert a.same_grid(b) and b.name == "t2"
@@ -179,4 +180,4 @@ def test_bad_inputs_and_options():
     with pytest.raises(InputError, match="Volume"):
         preprocess([ct.array], PreprocessSpec())
     with pytest.raises(InputError, match="constant"):
-        preprocess([ct.with_array(np.zeros_like(ct.array))], PreprocessSpec(normalize="zscore"), device="cpu")
+        preprocess([ct.with_array(np.zeros_like(ct.array))], PreprocessSpec(normalize="robust-zscore"), device="cpu")

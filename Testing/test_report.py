@@ -16,8 +16,8 @@ from medseg.core.box import Box
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.result import Result
 from medseg.core.volume import Volume, crop_volume
-from medseg.errors import InputError, MedSegError
-from medseg.geometry.frames import sitk_to_volume
+from medseg.core.errors import InputError, MedSegError
+from medseg.core.frames import sitk_to_volume
 from medseg.io import report_html as rh
 from medseg.io.report_json import (
     ReportValidationError,

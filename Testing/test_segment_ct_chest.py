@@ -11,11 +11,11 @@ import SimpleITK as sitk
 
 from conftest import rotation
 from medseg.core.volume import Volume
-from medseg.errors import CancelledError, InputError
-from medseg.geometry.frames import sitk_to_volume
-from medseg.phantom import make_chest_phantom
-from medseg.pipeline.progress import CancelToken
-from medseg.segment.base import PreprocessSpec, SegmentationOutput
+from medseg.core.errors import CancelledError, InputError
+from medseg.core.frames import sitk_to_volume
+from medseg.data.phantom import make_chest_phantom
+from medseg.core.progress import CancelToken
+from medseg.core.specs import PreprocessSpec, SegmentationOutput
 from medseg.segment.ct_chest import SPEC, segment_ct_chest
 
 SAGITTAL_OBLIQUE = rotation((1.0, 2.0, 0.5), 12.0) @ np.array([[0, 0, 1.0], [-1.0, 0, 0], [0, -1.0, 0]])
@@ -50,7 +50,7 @@ def phantom_run(request):
 
 def test_spec_keeps_hu():
     assert isinstance(SPEC, PreprocessSpec)
-    assert SPEC.normalize == "none" and SPEC.crop == "body-ct"
+    assert SPEC.normalize.kind == "none" and SPEC.crop == "body-ct"
 
 
 def test_phantom_organs_dice(phantom_run):

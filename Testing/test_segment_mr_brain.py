@@ -9,12 +9,12 @@ import SimpleITK as sitk
 
 from conftest import rotation
 from medseg.core.volume import Volume
-from medseg.errors import CancelledError, InputError
-from medseg.geometry.frames import sitk_to_volume
-from medseg.pipeline.progress import CancelToken
-from medseg.segment.base import PreprocessSpec, SegmentationOutput
+from medseg.core.errors import CancelledError, InputError
+from medseg.core.frames import sitk_to_volume
+from medseg.core.progress import CancelToken
+from medseg.core.specs import PreprocessSpec, SegmentationOutput
 from medseg.segment.mr_brain import LESION_KIND, SPEC, segment_mr_brain_tumor
-from medseg.segment.terminology import term
+from medseg.core.terminology import term
 
 #: whole-tumour Dice measured with the default constants (FLAIR only) was 0.930 / 0.633 / 0.902;
 #: the thresholds sit a few points below.
@@ -204,4 +204,4 @@ def test_progress_and_cancel():
 
 def test_spec():
     assert isinstance(SPEC, PreprocessSpec)
-    assert SPEC.normalize == "zscore" and SPEC.crop == "foreground" and SPEC.denoise in ("gaussian", "edge")
+    assert SPEC.normalize.kind == "robust-zscore" and SPEC.crop == "foreground" and SPEC.denoise in ("gaussian", "edge")

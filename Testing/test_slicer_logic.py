@@ -15,8 +15,8 @@ from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot, segment_centroid_ras, volume_node_from_sitk
 
 import slicer  # noqa: E402
-from medseg.errors import CancelledError, InputError  # noqa: E402
-from medseg.pipeline.progress import CancelToken  # noqa: E402
+from medseg.core.errors import CancelledError, InputError  # noqa: E402
+from medseg.core.progress import CancelToken  # noqa: E402
 from MedSegExtension import MedSegExtensionLogic  # noqa: E402
 from MedSegExtensionLib.errors import CommitError, StaleSceneError  # noqa: E402
 

@@ -15,7 +15,7 @@ from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot
 
 import slicer  # noqa: E402
-from medseg.errors import CancelledError, InputError  # noqa: E402
+from medseg.core.errors import CancelledError, InputError  # noqa: E402
 from MedSegExtension import MedSegExtensionLogic  # noqa: E402
 from MedSegExtensionLib.process import ChildProcess, ExitStatus, medseg_command, parse_line  # noqa: E402
 

@@ -10,7 +10,7 @@ is faster). Peak memory: GPU ``max_memory_allocated``; CPU: peak RSS growth (sam
     python benchmarks/bench_inference.py --quick         # smoke size 96x96x64
     python benchmarks/bench_inference.py --device cuda --size 512 512 300 --end-to-end
 
-``--end-to-end`` also times ``medseg.models.runner.run_model`` on the same volume through a model
+``--end-to-end`` also times ``medseg.pipeline.model_tasks.run_model`` on the same volume through a model
 folder (card + weights written to a temp folder): load + verify weights, prepare, plan, sliding
 window (AMP + chosen batch on CUDA), map back, post-process.
 """
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         from medseg.core.volume import Volume
         from medseg.models.authoring import save_model_folder
         from medseg.models.registry import open_model
-        from medseg.models.runner import run_model
+        from medseg.pipeline.model_tasks import run_model
 
         card = {"schema": "medseg-model-card/1", "name": "bench-unet", "dims": 3,
                 "network": {"class": "UNet", "args": UNET_ARGS}, "inputs": [{"name": "ct", "modality": "CT"}],

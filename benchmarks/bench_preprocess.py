@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: MedSeg resample-to-spacing + normalisation vs plain SimpleITK + numpy.
 
-Ours:     ``resample_to_spacing(volume, (1.5, 1.5, 1.5)) -> normalize_ct_window`` (or ``normalize_zscore``)
+Ours:     ``resample_to_spacing(volume, (1.5, 1.5, 1.5)) -> normalize_ct_window`` (or ``normalize_robust_zscore``)
 Baseline: ``SimpleITK.Resample`` (linear, onto the very same output grid, float32 output)
           -> numpy normalisation with the same definition.
 
@@ -39,9 +39,9 @@ import SimpleITK as sitk
 import torch
 
 from medseg.core.volume import Volume
-from medseg.geometry.frames import volume_to_sitk
-from medseg.preprocess.device import resolve_device_with_note
-from medseg.preprocess.intensity import normalize_ct_window, normalize_zscore
+from medseg.core.frames import volume_to_sitk
+from medseg.core.torch_devices import resolve_device_with_note
+from medseg.preprocess.intensity import normalize_ct_window, normalize_robust_zscore
 from medseg.preprocess.resample import resample_to_spacing, spacing_grid
 
 TARGET = (1.5, 1.5, 1.5)
@@ -73,7 +73,7 @@ def ours(volume: Volume, normalize: str, device: torch.device) -> np.ndarray:
     r = resample_to_spacing(volume, TARGET, "linear", device)
     if normalize == "ct-window":
         return normalize_ct_window(r, WINDOW[0], WINDOW[1], device).array
-    return normalize_zscore(r, None, device).array
+    return normalize_robust_zscore(r, None, device).array
 
 
 def baseline(image: sitk.Image, shape_kji, matrix_ras: np.ndarray, normalize: str) -> np.ndarray:

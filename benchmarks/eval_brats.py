@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.geometry.frames import sitk_to_volume
+from medseg.core.frames import sitk_to_volume
 from medseg.segment.mr_brain import DEFAULT_PARAMS, segment_mr_brain_tumor
 
 REPO = Path(__file__).resolve().parents[1]

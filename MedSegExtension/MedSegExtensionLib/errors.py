@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medseg.errors import MedSegError, OutputError
+from medseg.core.errors import MedSegError, OutputError
 
 
 class StaleSceneError(MedSegError):

@@ -20,8 +20,8 @@ from typing import Callable, Optional
 import slicer
 
 from medseg.core.volume import Volume
-from medseg.errors import CancelledError, InputError, OutputError
-from medseg.pipeline.progress import CancelToken
+from medseg.core.errors import CancelledError, InputError, OutputError
+from medseg.core.progress import CancelToken
 from MedSegExtensionLib.errors import ProcessError, StaleSceneError
 from MedSegExtensionLib.process import ChildProcess, ExitStatus, child_environment, medseg_command
 from MedSegExtensionLib.result_import import load_output_folder
@@ -130,7 +130,7 @@ class MedSegJob:
     # ------------------------------------------------------------------ child process
     def start(self) -> None:
         """Export the inputs and start ``medseg run`` as a child process (returns at once)."""
-        from MedSegExtensionLib.volume_bridge import write_volume_nrrd
+        from medseg.io.volume_writer import write_volume_nrrd
 
         req = self.request
         self.status = ExitStatus.RUNNING
@@ -139,7 +139,7 @@ class MedSegJob:
             paths = []
             for n, vol in enumerate(req.volumes):
                 p = tmp / f"input_{n}.nrrd"
-                write_volume_nrrd(vol, p)
+                write_volume_nrrd(vol, p, compress=False)
                 paths.append(p)
             import medseg
 

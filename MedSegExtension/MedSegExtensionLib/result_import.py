@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.io.seg_nrrd import terminology_to_string
 
 

@@ -13,7 +13,7 @@ import slicer
 import vtk
 
 from medseg.core.volume import Volume
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 
 def node_ijk_to_world(volumeNode) -> np.ndarray:
@@ -52,12 +52,3 @@ def volume_from_node(volumeNode) -> Volume:
     ijk_to_ras = node_ijk_to_world(volumeNode)
     meta = {"node_id": volumeNode.GetID(), "transformed": volumeNode.GetParentTransformNode() is not None}
     return Volume(array, ijk_to_ras, name=volumeNode.GetName(), meta=meta)
-
-
-def write_volume_nrrd(volume: Volume, path) -> None:
-    """Write ``volume`` as NRRD for the child process (LPS file, converted by the core's one frames module)."""
-    import SimpleITK as sitk
-
-    from medseg.geometry.frames import volume_to_sitk
-
-    sitk.WriteImage(volume_to_sitk(volume), str(path), False)

@@ -11,7 +11,7 @@ from medseg.core.volume import Volume
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.box import Box
 from medseg.core.result import Result
-from medseg.errors import (
+from medseg.core.errors import (
     MedSegError,
     InputError,
     AmbiguousInputError,

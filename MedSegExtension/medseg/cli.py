@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from medseg import __version__
-from medseg.errors import CancelledError, InputError, MedSegError
+from medseg.core.errors import CancelledError, InputError, MedSegError
 from medseg.models.cli_commands import add_models_subparser, add_run_model_arguments, cmd_models, run_model_params
 
 log = logging.getLogger("medseg")
@@ -52,10 +52,10 @@ def _nonneg_int(text: str) -> int:
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from medseg.pipeline.output import validate_mesh_formats
+    from medseg.core.formats import parse_mesh_formats
 
     try:
-        return validate_mesh_formats([f for f in text.split(",") if f])
+        return parse_mesh_formats([f for f in text.split(",") if f])
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -229,7 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (args.task is None) == (args.model is None):
         raise InputError("give either --task TASK or --model DIR (see `medseg tasks`, `medseg models list`)")
     if args.model is not None:
-        from medseg.models.registry import model_task
+        from medseg.pipeline.model_tasks import model_task
 
         task = model_task(args.model)
     else:
@@ -265,7 +265,8 @@ def _run_batch(paths, task, options, args: argparse.Namespace) -> int:
     """One case per input; a failing case is reported and the rest go on."""
     from medseg.io.atomic import atomic_write_text, check_output_folder
     from medseg.io.volume_reader import read_volume
-    from medseg.io.filenames import strip_image_suffix, unique_file_stem
+    from medseg.core.formats import strip_image_suffix
+    from medseg.io.filenames import unique_file_stem
 
     args.out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
@@ -298,7 +299,7 @@ def _run_batch(paths, task, options, args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from medseg.io.atomic import check_output_folder
-    from medseg.phantom import make_chest_phantom
+    from medseg.data.phantom import make_chest_phantom
 
     check_output_folder(args.out, args.overwrite)
     t0 = time.perf_counter()
@@ -320,7 +321,7 @@ def _write_demo_extras(out_dir: Path, volume, truth, report: dict) -> list[str]:
     comparison with the phantom's ground truth; return the comparison as printable lines."""
     from medseg.io.atomic import atomic_write_text
     from medseg.io.seg_nrrd import read_seg_nrrd
-    from medseg.pipeline.output import write_volume_nrrd
+    from medseg.io.volume_writer import write_volume_nrrd
     from medseg.measure.metrics import dice
 
     write_volume_nrrd(volume, out_dir / "phantom_ct.nrrd")

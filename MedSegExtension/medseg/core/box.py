@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from medseg.core.volume import Volume
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 
 @dataclass(frozen=True)

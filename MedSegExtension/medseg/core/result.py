@@ -7,15 +7,30 @@ from typing import Any, Optional
 
 from medseg.core.box import Box
 from medseg.core.labelmap import LabelMap
+from medseg.core.volume import Volume
 
 
 @dataclass
 class Result:
     """Label map + boxes + meshes + measurements + timings + warnings of one run.
 
-    ``meshes`` maps a segment id to a ``vtkPolyData`` in RAS mm.
-    ``measurements`` maps a segment id to its measurement dict (see ``medseg.measure``).
-    ``timings`` maps a stage name to seconds.
+    Everything is on the first input's grid / in RAS mm.
+
+    Attributes:
+        task: the task's name.
+        labelmap: the segmentation on the first input's grid.
+        boxes: one box per lesion (linked to its segment).
+        meshes: segment id -> ``vtkPolyData`` in RAS mm.
+        measurements: segment id -> measurement dict (keys: :class:`medseg.core.measurements.Measure`).
+        timings: stage name -> seconds.
+        warnings: human-readable warnings for the report.
+        inputs: one JSON-ready description per input (name, path, modality, geometry).
+        lesions: segment id -> lesion kind, for the segments that are lesions.
+        scores: segment id -> confidence in 0..1.
+        device: the torch device the run used (``"cpu"``, ``"cuda:0"``).
+        volumes: extra volumes on the first input's grid (e.g. ``"uncertainty"``), written as NRRD.
+        review: segment id -> reasons a learned model's segment needs review (empty list: none).
+        preview: the first input volume, for the report's overlays.
     """
 
     task: str
@@ -26,5 +41,9 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     inputs: list[dict] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-    preview: Optional[Any] = None  # the input Volume, for overlays
+    lesions: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    volumes: dict[str, Volume] = field(default_factory=dict)
+    review: dict[str, list[str]] = field(default_factory=dict)
+    preview: Optional[Volume] = None

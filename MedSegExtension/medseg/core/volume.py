@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 
 def validate_ijk_to_ras(matrix: np.ndarray, what: str = "IJK->RAS matrix") -> np.ndarray:

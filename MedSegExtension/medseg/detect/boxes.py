@@ -24,8 +24,8 @@ import numpy as np
 from medseg.core.box import Box
 from medseg.core.labelmap import LabelMap
 from medseg.core.volume import Volume
-from medseg.detect.components import label_bounding_slices, label_counts, slices_to_ijk_bounds
-from medseg.errors import InputError
+from medseg.core.components import label_bounding_slices, label_counts, slices_to_ijk_bounds
+from medseg.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 
-from medseg.preprocess.device import is_out_of_memory
+from medseg.core.torch_devices import is_out_of_memory
 
 logger = logging.getLogger("medseg")
 

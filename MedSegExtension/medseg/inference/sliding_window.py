@@ -25,8 +25,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from medseg.errors import InputError
-from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.errors import InputError
+from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 
 BLEND_MODES = ("gaussian", "constant")
 

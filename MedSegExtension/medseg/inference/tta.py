@@ -7,8 +7,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from medseg.errors import InputError
-from medseg.pipeline.progress import CancelToken
+from medseg.core.errors import InputError
+from medseg.core.progress import CancelToken
 
 
 def default_flips(n_spatial: int, all_combinations: bool = False) -> list[tuple[int, ...]]:

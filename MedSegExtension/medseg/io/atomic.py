@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from medseg.errors import MedSegError, OutputError
+from medseg.core.errors import MedSegError, OutputError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from medseg.core.volume import Volume
-from medseg.errors import AmbiguousInputError, InputError
+from medseg.core.errors import AmbiguousInputError, InputError
 
 #: relative tolerance on slice spacing before a series counts as irregular (Slicer uses 1e-2)
 SPACING_RTOL = 1e-2
@@ -168,7 +168,7 @@ def read_dicom_series(folder: Path, *, series_uid: Optional[str] = None,
     """Read one image series from ``folder`` into a ``Volume`` (HU for CT: rescale applied)."""
     import SimpleITK as sitk
 
-    from medseg.geometry.frames import lps_to_ras_matrix
+    from medseg.core.frames import lps_to_ras_matrix
 
     local: list[str] = []
     series = list_series(folder, local)

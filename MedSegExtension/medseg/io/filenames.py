@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(1, 10)} | {f"lpt{i}" for i in range(1, 10)}
@@ -29,13 +28,3 @@ def unique_file_stem(name: str, taken: set, fallback: str = "item", max_length: 
         candidate = f"{stem}_{k}"
     taken.add(candidate.lower())
     return candidate
-
-
-def strip_image_suffix(filename: str, suffixes: Optional[tuple] = None) -> str:
-    """File name without its image suffix ("ct.nii.gz" -> "ct")."""
-    from medseg.io.volume_reader import FILE_FORMATS
-
-    for ending in suffixes or tuple(FILE_FORMATS):
-        if filename.lower().endswith(ending):
-            return filename[: -len(ending)]
-    return filename

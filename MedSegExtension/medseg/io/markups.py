@@ -23,8 +23,8 @@ from typing import List, Sequence, Union
 import numpy as np
 
 from medseg.core.box import Box
-from medseg.errors import InputError, OutputError
-from medseg.geometry.frames import lps_to_ras_points, ras_rotation_to_lps, ras_to_lps_points
+from medseg.core.errors import InputError, OutputError
+from medseg.core.frames import lps_to_ras_points, ras_rotation_to_lps, ras_to_lps_points
 from medseg.io.filenames import safe_file_stem, unique_file_stem  # noqa: F401  (safe_file_stem re-exported)
 from medseg.io.atomic import atomic_write_text
 

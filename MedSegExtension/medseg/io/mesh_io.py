@@ -22,13 +22,13 @@ from typing import List, Optional, Union
 
 import numpy as np
 
-from medseg.errors import InputError, OutputError
-from medseg.geometry.frames import LPS_TO_RAS_33
+from medseg.core.errors import InputError, OutputError
+from medseg.core.formats import MESH_EXTENSIONS
+from medseg.core.frames import LPS_TO_RAS_33
 from medseg.io.atomic import atomic_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-MESH_EXTENSIONS = (".stl", ".obj", ".ply", ".vtp", ".vtk")
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 HEADER_PREFIX = "3D Slicer output. "
 SPACE_TAG = "SPACE"

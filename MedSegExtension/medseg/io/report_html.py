@@ -40,7 +40,7 @@ import numpy as np
 from medseg.core.box import Box
 from medseg.core.result import Result
 from medseg.core.volume import Volume
-from medseg.errors import InputError, OutputError
+from medseg.core.errors import InputError, OutputError
 from medseg.io.filenames import safe_file_stem
 from medseg.io.atomic import atomic_write_bytes, atomic_write_text
 
@@ -541,7 +541,7 @@ def _triangles(poly, max_triangles: int) -> tuple[np.ndarray, np.ndarray]:
     """Points ``(N, 3)`` and triangles ``(M, 3)`` of a polydata, decimated to about ``max_triangles``."""
     from vtkmodules.vtkFiltersCore import vtkQuadricDecimation
 
-    from medseg.surface.vtk_arrays import triangles_of
+    from medseg.core.mesh_arrays import triangles_of
 
     pts, tris = triangles_of(poly)
     if len(tris) > max_triangles:

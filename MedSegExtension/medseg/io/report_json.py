@@ -31,7 +31,7 @@ import numpy as np
 from medseg.core.labelmap import Segment
 from medseg.core.result import Result
 from medseg.core.volume import Volume
-from medseg.errors import InputError, MedSegError
+from medseg.core.errors import InputError, MedSegError
 from medseg.io.atomic import atomic_write_text
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -382,8 +382,8 @@ def build_report(
     Returns:
         A dict of plain JSON values matching ``report.schema.json``. Measurement keys other
         than the known ones are kept: numbers (or null) at the segment's top level, lists and
-        objects under the segment's ``extra``. ``result.extra["total_time_s"]`` is used as the
-        total when present, the sum of ``result.timings`` otherwise.
+        objects under the segment's ``extra``. The total time is the sum of ``result.timings``;
+        ``extra`` holds the lesion kinds, scores, device and review flags.
 
     Raises:
         InputError: a file path is absolute or leaves the output folder, or a value cannot
@@ -428,9 +428,7 @@ def build_report(
 
     timings = {str(k): _number_or_none(v) for k, v in (result.timings or {}).items()}
     timings = {k: max(0.0, v) for k, v in timings.items() if v is not None}
-    total = _number_or_none((result.extra or {}).get("total_time_s"))
-    if total is None:
-        total = float(sum(timings.values()))
+    total = float(sum(timings.values()))
 
     report: dict[str, Any] = {
         "medseg_version": str(__version__),
@@ -447,16 +445,12 @@ def build_report(
         "warnings": [str(w) for w in (result.warnings or [])],
         "device": str(device) or "cpu",
     }
-    extra: dict[str, Any] = {}
-    for key, value in (result.extra or {}).items():
-        if key == "total_time_s":
-            continue
-        try:
-            extra[str(key)] = to_jsonable(value)
-        except InputError:
-            pass  # free-form objects (arrays of objects, models) are not report content
-    if extra:
-        report["extra"] = extra
+    report["extra"] = {
+        "lesions": to_jsonable(result.lesions),
+        "scores": to_jsonable(result.scores),
+        "device": str(result.device),
+        "review": to_jsonable(result.review),
+    }
     return report
 
 

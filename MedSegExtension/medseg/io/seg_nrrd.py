@@ -29,8 +29,8 @@ import numpy as np
 
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.volume import Volume
-from medseg.errors import InputError, OutputError
-from medseg.geometry.frames import lps_to_ras_matrix, ras_to_lps_matrix
+from medseg.core.errors import InputError, OutputError
+from medseg.core.frames import lps_to_ras_matrix, ras_to_lps_matrix
 from medseg.io.atomic import atomic_path
 
 PathLike = Union[str, "os.PathLike[str]"]

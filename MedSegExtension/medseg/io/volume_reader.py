@@ -1,6 +1,6 @@
 """Read one input into a ``Volume``: NRRD, NIfTI, MHA/MHD files or a DICOM series folder.
 
-ITK reads every format in LPS; the conversion to RAS happens in ``medseg.geometry.frames`` only.
+ITK reads every format in LPS; the conversion to RAS happens in ``medseg.core.frames`` only.
 """
 
 from __future__ import annotations
@@ -12,33 +12,14 @@ from typing import Optional
 import numpy as np
 
 from medseg.core.volume import Volume
-from medseg.errors import InputError
-
-#: file name endings we read, with the format name recorded in ``Volume.meta["format"]``
-FILE_FORMATS = {
-    ".nii.gz": "NIfTI",
-    ".nii": "NIfTI",
-    ".nrrd": "NRRD",
-    ".nhdr": "NRRD",
-    ".mha": "MetaImage",
-    ".mhd": "MetaImage",
-}
+from medseg.core.errors import InputError
+from medseg.core.formats import image_format, strip_image_suffix
 
 _SCALAR_COMPLEX = ("complex",)
 
 
-def file_format(path: Path) -> Optional[str]:
-    name = path.name.lower()
-    for ending, fmt in FILE_FORMATS.items():
-        if name.endswith(ending):
-            return fmt
-    return None
-
-
 def volume_name(path: Path) -> str:
     """File name without the image suffixes ("lung1_image.nrrd" -> "lung1_image")."""
-    from medseg.io.filenames import strip_image_suffix
-
     return strip_image_suffix(path.name)
 
 
@@ -68,7 +49,7 @@ def read_volume(
         from medseg.io.dicom_series import read_dicom_series
 
         return read_dicom_series(p, series_uid=series_uid, warnings=warnings)
-    fmt = file_format(p)
+    fmt = image_format(p)
     if fmt is None:
         raise InputError(
             f"input {p} has an unsupported file type; use NRRD (.nrrd/.nhdr), NIfTI (.nii/.nii.gz), "
@@ -138,7 +119,7 @@ def image_to_volume(image, path: Path, fmt: str, frame: Optional[int] = None) ->
     """Check dimension and pixel type of a SimpleITK image and convert it (LPS -> RAS)."""
     import SimpleITK as sitk
 
-    from medseg.geometry.frames import sitk_to_volume
+    from medseg.core.frames import sitk_to_volume
 
     pixel = image.GetPixelIDTypeAsString()
     if any(c in pixel for c in _SCALAR_COMPLEX):

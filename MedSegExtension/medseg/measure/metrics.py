@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.core.volume import Volume
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.measure.segments import boundary_mask
 
 

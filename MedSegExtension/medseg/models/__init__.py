@@ -3,7 +3,7 @@ data, model discovery, and running a model on a case."""
 
 from medseg.models.card import ModelCard, load_card, parse_card
 from medseg.models.errors import BundleError, ModelError, WeightsError
-from medseg.models.registry import ModelFolder, discover_models, model_task, model_tasks, models_dirs, open_model
+from medseg.models.registry import ModelFolder, discover_models, models_dirs, open_model
 
 __all__ = [
     "ModelCard",
@@ -14,8 +14,6 @@ __all__ = [
     "WeightsError",
     "ModelFolder",
     "discover_models",
-    "model_task",
-    "model_tasks",
     "models_dirs",
     "open_model",
 ]

@@ -33,6 +33,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from medseg.core.terminology import TERMS
 from medseg.models.allowlist import NETWORKS, canonical_name, check_literal
 from medseg.models.card import PALETTE, ModelCard, parse_card
 from medseg.models.errors import BundleError, ModelError
@@ -337,8 +338,6 @@ def bundle_card(folder: Path) -> ModelCard:
             continue  # background
         lab = {"value": ch if inf["activation"] == "softmax" else len(labels) + 1, "channel": ch,
                "name": name, "color": list(PALETTE[len(labels) % len(PALETTE)])}
-        from medseg.segment.terminology import TERMS
-
         key = name.strip().lower().replace(" ", "_")
         if key in TERMS:
             lab["terminology"] = key

@@ -14,6 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from medseg.core.labelmap import Segment
+from medseg.core.specs import InferenceSpec, Normalization, PreprocessSpec
+from medseg.core.terminology import TERMS, term
 from medseg.models.allowlist import canonical_name, check_network_args
 from medseg.models.errors import ModelError
 
@@ -25,25 +28,6 @@ PALETTE = [
     (0.86, 0.31, 0.26), (0.30, 0.69, 0.29), (0.22, 0.49, 0.72), (0.99, 0.75, 0.18), (0.60, 0.31, 0.64),
     (0.10, 0.75, 0.80), (1.00, 0.50, 0.00), (0.65, 0.34, 0.16), (0.97, 0.51, 0.75), (0.50, 0.50, 0.50),
 ]
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Intensity normalisation of one input channel.
-
-    kind: "none", "ct-window" (clip to ``window`` HU, scale to 0..1), "scale-range" (MONAI
-    ``ScaleIntensityRange``: ``(x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min``, clipped to
-    ``[b_min, b_max]`` when ``clip``) or "zscore" (``nonzero``: statistics of non-zero voxels only).
-    """
-
-    kind: str = "none"
-    window: tuple = ()
-    a_min: float = 0.0
-    a_max: float = 1.0
-    b_min: float = 0.0
-    b_max: float = 1.0
-    clip: bool = False
-    nonzero: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,7 +46,7 @@ class LabelSpec:
     channel: int
     name: str
     color: tuple
-    terminology: Any = None  # a key of medseg.segment.terminology.TERMS, a dict, or None
+    terminology: Any = None  # a key of medseg.core.terminology.TERMS, a dict, or None
     expected_volume_ml: Optional[tuple] = None
     max_pieces: int = 1
 
@@ -110,6 +94,36 @@ class ModelCard:
     def input_normalization(self, index: int) -> Normalization:
         own = self.inputs[index].normalization
         return own if own is not None else self.normalization
+
+    def segments(self) -> tuple[Segment, ...]:
+        """One segment per label (``Segment_<value>``), with its name, colour and terminology (a key of
+        :data:`medseg.core.terminology.TERMS`, or a coded dict)."""
+        segs = []
+        for lab in self.labels:
+            t = lab.terminology
+            if isinstance(t, str):
+                t = term(t) if t in TERMS else {}
+            segs.append(Segment(f"Segment_{lab.value}", lab.name, lab.color, lab.value, dict(t or {})))
+        return tuple(segs)
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        """The card's preparation as the pipeline's spec: reorientation (3D networks), target spacing
+        (a 2D network keeps the slice spacing), normalisation per input channel."""
+        spacing = self.target_spacing_mm
+        if spacing is not None and self.dims == 2:
+            spacing = (spacing[0], spacing[1], None)
+        return PreprocessSpec(
+            target_spacing_mm=spacing,
+            orientation=self.orientation if self.dims == 3 else None,
+            normalize=self.normalization,
+            per_input_normalize=tuple(i.normalization for i in self.inputs),
+        )
+
+    def inference_spec(self) -> InferenceSpec:
+        """The card's sliding-window settings."""
+        return InferenceSpec(dims=self.dims, roi_size=self.roi_size, out_channels=self.out_channels,
+                             array_axes=self.array_axes, overlap=self.overlap, blend=self.blend,
+                             sigma_scale=self.sigma_scale, activation=self.activation, pad_value=self.pad_value)
 
     @property
     def licence_text(self) -> str:

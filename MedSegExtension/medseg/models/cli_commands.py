@@ -62,7 +62,7 @@ def _list(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from medseg.models.bundle import OVERLAY_FILE, bundle_weights_path, is_bundle
     from medseg.models.registry import open_model
-    from medseg.models.runner import load_network
+    from medseg.models.network import load_network
     from medseg.models.weights import sha256_file
 
     folder = args.folder

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medseg.errors import MedSegError
+from medseg.core.errors import MedSegError
 
 
 class ModelError(MedSegError, ValueError):

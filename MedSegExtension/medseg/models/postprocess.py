@@ -10,14 +10,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg.core.components import face_components
 from medseg.models.card import LabelSpec
-
-
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Face-connected components: (label array, sizes[1..n])."""
-    lab, n = ndimage.label(mask)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    return lab, sizes
 
 
 def postprocess_labels(
@@ -37,7 +31,7 @@ def postprocess_labels(
     for v in values:
         mask = out == v
         if min_vox > 0 or v in keep_largest:
-            lab, sizes = _components(mask)
+            lab, sizes = face_components(mask)
             sizes[0] = 0
             keep = sizes >= min_vox if min_vox > 0 else sizes > 0
             if v in keep_largest and sizes.max() > 0:
@@ -74,7 +68,7 @@ def review_flags(labels: np.ndarray, specs: Sequence[LabelSpec], voxel_mm3: floa
                     reasons.append(f"implausibly small ({ml:.3g} mL, expected {lo:g}..{hi:g} mL)")
                 elif ml > hi:
                     reasons.append(f"implausibly large ({ml:.3g} mL, expected {lo:g}..{hi:g} mL)")
-            _lab, sizes = _components(labels == s.value)
+            _lab, sizes = face_components(labels == s.value)
             pieces = np.sort(sizes[1:])[::-1]
             if len(pieces) > s.max_pieces:
                 stray = pieces[s.max_pieces:].sum() / n

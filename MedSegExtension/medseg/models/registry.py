@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -124,36 +123,3 @@ def discover_models(dirs: Optional[Iterable[Path]] = None) -> list[DiscoveredMod
             except ModelError as exc:
                 found.append(DiscoveredModel(c, None, str(exc)))
     return found
-
-
-def model_task(folder: Path):
-    """A ``Task`` that runs the model in ``folder`` (card read now, weights loaded at run time)."""
-    from medseg.models.runner import run_model
-    from medseg.pipeline.tasks import InputSpec, Task
-    from medseg.segment.base import PreprocessSpec
-
-    model = folder if isinstance(folder, ModelFolder) else open_model(folder)
-    card = model.card
-    produces = tuple(lab.name for lab in card.labels)
-    desc = card.description or f"learned model {card.name}"
-    kind = "2D network, slice by slice" if card.dims == 2 else "3D network"
-    return Task(
-        name=model.task_name,
-        description=f"{desc} ({card.network_class}, {kind}; from {model.path})",
-        inputs=tuple(InputSpec(i.name, i.modality) for i in card.inputs),
-        produces=produces,
-        params={"tta": False, "uncertainty": False},
-        runner=partial(run_model, model),
-        spec=PreprocessSpec(),
-        uses_device=True,
-        licence=card.licence_text,
-    )
-
-
-def model_tasks(dirs: Optional[Iterable[Path]] = None) -> dict:
-    """Task name -> ``Task`` for every usable discovered model (broken ones are left out)."""
-    out = {}
-    for m in discover_models(dirs):
-        if m.model is not None and m.model.task_name not in out:
-            out[m.model.task_name] = model_task(m.model)
-    return out

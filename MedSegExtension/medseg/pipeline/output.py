@@ -12,23 +12,17 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from medseg.core.result import Result
-from medseg.errors import InputError, OutputError
+from medseg.core.errors import OutputError
+from medseg.core.formats import parse_mesh_formats
+from medseg.io.atomic import OutputFolder
 from medseg.io.filenames import unique_file_stem
-from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
-
-MESH_FORMATS = ("stl", "obj", "ply", "vtp", "vtk")
-
-
-def validate_mesh_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    out = []
-    for f in formats:
-        f = f.lower().lstrip(".")
-        if f not in MESH_FORMATS:
-            raise InputError(f"unknown model format {f!r}; choose from {', '.join(MESH_FORMATS)}")
-        if f not in out:
-            out.append(f)
-    return tuple(out)
-
+from medseg.io.markups import write_markups_json, write_markups_per_box
+from medseg.io.mesh_io import write_mesh
+from medseg.io.report_html import write_report_html
+from medseg.io.report_json import build_report, write_report_json
+from medseg.io.seg_nrrd import write_seg_nrrd
+from medseg.io.volume_writer import write_volume_nrrd
+from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 
 def write_result(
     result: Result,
@@ -46,7 +40,7 @@ def write_result(
     ``boxes/<name>.mrk.json`` (one per box); ``models/<segment>.<fmt>`` (LPS, header SPACE=LPS);
     ``report.json`` (validated against the schema); ``report.html`` + ``figures/*.png``.
     """
-    formats = validate_mesh_formats(mesh_formats)
+    formats = parse_mesh_formats(mesh_formats)
     cancel = cancel or CancelToken()
     try:
         return _write_all(result, Path(out_dir), overwrite, formats, html, progress, cancel)
@@ -57,12 +51,6 @@ def write_result(
 
 
 def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> dict[str, str]:
-    from medseg.io.atomic import OutputFolder
-    from medseg.io.markups import write_markups_json, write_markups_per_box
-    from medseg.io.mesh_io import write_mesh
-    from medseg.io.report_json import build_report, write_report_json
-    from medseg.io.seg_nrrd import write_seg_nrrd
-
     t0 = time.perf_counter()
     files: dict[str, str] = {}
     taken_volumes: set[str] = {"segmentation", "report", "boxes"}
@@ -90,23 +78,21 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
                     continue
                 stem = unique_file_stem(seg.name, taken, "segment", 80)
                 for fmt in formats:
-                    rel = f"models/{stem}.{fmt}"
+                    rel = f"models/{stem}{fmt.extension}"
                     write_mesh(pd, stage_dir / rel)
                     model_files.setdefault(seg.id, []).append(rel)
                 progress(0.2 + 0.5 * (n + 1) / max(len(segs), 1), f"model {seg.name}")
                 cancel.check()
             files["models"] = "models"
-        for vname, vol in (result.extra.get("volumes") or {}).items():
+        for vname, vol in result.volumes.items():
             rel = f"{unique_file_stem(vname, taken_volumes, 'volume')}.nrrd"
             write_volume_nrrd(vol, stage_dir / rel)
             files[f"volume:{vname}"] = rel
         progress(0.75, "writing report")
         result.timings["write"] = time.perf_counter() - t0
-        report = build_report(result, files=files, device=str(result.extra.get("device", "cpu")),
+        report = build_report(result, files=files, device=result.device,
                               model_files=model_files)
         if html:
-            from medseg.io.report_html import write_report_html
-
             t_html = time.perf_counter()
             write_report_html(result, report, stage_dir)
             files["report_html"] = "report.html"
@@ -119,14 +105,3 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
         cancel.check()
     progress(1.0, "written")
     return files
-
-
-def write_volume_nrrd(volume, path: Path) -> None:
-    """Write a scalar ``Volume`` as NRRD (LPS header, as Slicer reads it), atomically."""
-    import SimpleITK as sitk
-
-    from medseg.geometry.frames import volume_to_sitk
-    from medseg.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(volume_to_sitk(volume), str(tmp), True, imageIO="NrrdImageIO")

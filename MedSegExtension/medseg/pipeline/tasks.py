@@ -1,67 +1,13 @@
-"""The task registry: what each task needs, what it produces, and how to run it.
+"""The task registry: the built-in tasks, and one ``model:<name>`` task per installed learned model.
 
-Presets are imported lazily, so listing tasks is instant.
+Presets are imported only when they run, so listing tasks is instant.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from typing import Callable, Optional
-
-from medseg.errors import InputError
-from medseg.segment.base import PreprocessSpec, SegmentationOutput
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One input of a task: a name, its modality and whether it may be left out."""
-
-    name: str
-    modality: str
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class Task:
-    """A runnable task.
-
-    ``entry`` is ``"module:function"``; the function takes ``(volumes, *, progress, cancel,
-    **params)`` and returns a ``SegmentationOutput``. ``spec_entry`` names the module
-    attribute holding its ``PreprocessSpec``. A task built at run time (a learned model) gives
-    ``runner`` and ``spec`` directly instead. With ``uses_device`` the runner also receives
-    ``device=`` (a ``torch.device``).
-    """
-
-    name: str
-    description: str
-    inputs: tuple[InputSpec, ...]
-    produces: tuple[str, ...]
-    entry: str = ""
-    spec_entry: str = ""
-    params: dict = field(default_factory=dict)
-    runner: Optional[Callable[..., SegmentationOutput]] = None
-    spec: Optional[PreprocessSpec] = None
-    uses_device: bool = False
-    licence: str = ""
-
-    @property
-    def min_inputs(self) -> int:
-        return sum(1 for i in self.inputs if i.required)
-
-    @property
-    def max_inputs(self) -> int:
-        return len(self.inputs)
-
-    def load(self) -> tuple[Callable[..., SegmentationOutput], PreprocessSpec]:
-        if self.runner is not None:
-            return self.runner, self.spec or PreprocessSpec()
-        mod_name, func_name = self.entry.split(":")
-        mod = importlib.import_module(mod_name)
-        spec_mod, spec_attr = self.spec_entry.split(":")
-        spec = getattr(importlib.import_module(spec_mod), spec_attr)
-        return getattr(mod, func_name), spec
-
+from medseg.core.errors import InputError
+from medseg.core.specs import InputSpec, Task
+from medseg.pipeline.model_tasks import model_tasks
 
 TASKS: dict[str, Task] = {
     t.name: t
@@ -98,12 +44,9 @@ TASKS: dict[str, Task] = {
 }
 
 
-# --- learned-model tasks (issue 4): models found in the models directories, named "model:<name>"
 def available_tasks() -> dict[str, Task]:
     """The built-in tasks plus one ``model:<name>`` task per learned model found in the models
     directories (``MEDSEG_MODELS_DIR``, settings file; see ``medseg.models.registry``)."""
-    from medseg.models.registry import model_tasks
-
     return {**TASKS, **{k: v for k, v in model_tasks().items() if k not in TASKS}}
 
 

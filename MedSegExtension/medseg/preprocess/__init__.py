@@ -3,9 +3,18 @@ crop, resampling, denoising, normalisation, and mapping label maps back to the i
 
 from medseg.preprocess.crop import Crop, apply_crop, body_crop_ct, foreground_crop, uncrop
 from medseg.preprocess.denoise import edge_preserving_smooth, gaussian_smooth
-from medseg.preprocess.device import resolve_device, resolve_device_with_note
-from medseg.preprocess.intensity import as_float32, check_finite, normalize_ct_window, normalize_zscore
-from medseg.preprocess.pipeline import Preprocessed, labels_to_input_grid, preprocess
+from medseg.preprocess.intensity import (
+    apply_normalization,
+    as_float32,
+    check_finite,
+    normalize_ct_window,
+    normalize_robust_zscore,
+    normalize_scale_range,
+    normalize_zscore,
+)
+from medseg.preprocess.mapback import labels_to_input_grid, probabilities_to_input_grid
+from medseg.preprocess.pipeline import Preprocessed, preprocess
+from medseg.preprocess.reorient import reorient
 from medseg.preprocess.resample import resample_to_grid, resample_to_spacing, spacing_grid
 
 __all__ = [
@@ -16,12 +25,15 @@ __all__ = [
     "uncrop",
     "edge_preserving_smooth",
     "gaussian_smooth",
-    "resolve_device",
-    "resolve_device_with_note",
     "as_float32",
     "check_finite",
     "normalize_ct_window",
     "normalize_zscore",
+    "normalize_robust_zscore",
+    "normalize_scale_range",
+    "apply_normalization",
+    "probabilities_to_input_grid",
+    "reorient",
     "Preprocessed",
     "labels_to_input_grid",
     "preprocess",

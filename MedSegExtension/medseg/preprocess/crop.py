@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.core.volume import Volume, crop_volume
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 logger = logging.getLogger("medseg")
 

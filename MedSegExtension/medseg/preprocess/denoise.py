@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from scipy.special import ive
 
 from medseg.core.volume import Volume
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.preprocess import _slabs
-from medseg.preprocess.device import DeviceLike, resolve_device, run_with_oom_fallback
+from medseg.core.torch_devices import DeviceLike, resolve_device, run_with_oom_fallback
 
 logger = logging.getLogger("medseg")
 

@@ -1,4 +1,5 @@
-"""Intensity steps: dtype policy, NaN/Inf policy, CT windowing and robust z-score.
+"""Intensity steps: dtype policy, NaN/Inf policy, and the normalisations of
+:class:`~medseg.core.vocabulary.NormalizationKind` (CT window, scale range, z-score, robust z-score).
 
 All outputs are float32 volumes on the input's grid (the voxel values change, never the geometry).
 """
@@ -12,13 +13,13 @@ import numpy as np
 import torch
 
 from medseg.core.volume import Volume
-from medseg.errors import InputError
+from medseg.core.errors import InputError
+from medseg.core.specs import Normalization
+from medseg.core.vocabulary import NanPolicy, NormalizationKind
 from medseg.preprocess import _slabs
-from medseg.preprocess.device import DeviceLike, resolve_device, run_with_oom_fallback
+from medseg.core.torch_devices import DeviceLike, resolve_device, run_with_oom_fallback
 
 logger = logging.getLogger("medseg")
-
-NAN_POLICIES = ("error", "fill")
 
 
 def _label(volume: Volume) -> str:
@@ -44,7 +45,7 @@ def as_float32(volume: Volume) -> Volume:
     return volume.with_array(volume.array.astype(np.float32))
 
 
-def check_finite(volume: Volume, policy: str = "error") -> tuple[Volume, int]:
+def check_finite(volume: Volume, policy: str = NanPolicy.ERROR) -> tuple[Volume, int]:
     """Look for NaN / +-Inf voxels.
 
     Args:
@@ -54,8 +55,7 @@ def check_finite(volume: Volume, policy: str = "error") -> tuple[Volume, int]:
     Returns:
         ``(volume, count)``: the input itself when nothing was replaced.
     """
-    if policy not in NAN_POLICIES:
-        raise InputError(f"NaN policy must be one of {NAN_POLICIES}, got {policy!r}")
+    policy = NanPolicy.parse(policy, "NaN policy")
     arr = volume.array
     if arr.dtype.kind not in "fc":
         return volume, 0
@@ -65,7 +65,7 @@ def check_finite(volume: Volume, policy: str = "error") -> tuple[Volume, int]:
         return volume, 0
     n_nan = int(np.count_nonzero(np.isnan(arr)))
     what = f"{count} non-finite voxel(s) ({n_nan} NaN, {count - n_nan} Inf) of {arr.size}"
-    if policy == "error":
+    if policy == NanPolicy.ERROR:
         raise InputError(
             f"volume {_label(volume)} has {what}; fix the input or use the NaN policy 'fill' "
             "(replaces them with the smallest finite value)"
@@ -128,13 +128,13 @@ def _percentiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
     return out
 
 
-def zscore_stats(
+def robust_zscore_stats(
     volume: Volume,
     mask: Optional[np.ndarray] = None,
     clip_percentiles: Optional[tuple[float, float]] = (0.5, 99.5),
     device: DeviceLike = "cpu",
 ) -> tuple[float, float]:
-    """(mean, std) used by :func:`normalize_zscore` (see there). Raises on a constant image."""
+    """(mean, std) used by :func:`normalize_robust_zscore` (see there). Raises on a constant image."""
     arr = volume.array
     if mask is not None:
         mask = np.asarray(mask)
@@ -173,7 +173,7 @@ def zscore_stats(
     return mean, std
 
 
-def normalize_zscore(
+def normalize_robust_zscore(
     volume: Volume,
     mask: Optional[np.ndarray] = None,
     device: DeviceLike = "cpu",
@@ -188,10 +188,57 @@ def normalize_zscore(
     ``InputError`` mentioning "constant".
     """
     dev = resolve_device(device)
-    mean, std = zscore_stats(volume, mask, clip_percentiles, dev)
+    mean, std = robust_zscore_stats(volume, mask, clip_percentiles, dev)
     inv = 1.0 / std
 
     def kernel(d: torch.device) -> np.ndarray:
         return _map_slabs(volume.array, lambda t: t.sub_(mean).mul_(inv), d)
 
-    return volume.with_array(run_with_oom_fallback(kernel, dev, "z-score normalisation"))
+    return volume.with_array(run_with_oom_fallback(kernel, dev, "robust z-score normalisation"))
+
+
+def normalize_zscore(volume: Volume, nonzero: bool = False) -> Volume:
+    """Plain z-score as MONAI's ``NormalizeIntensity`` (what MONAI bundles are trained with), float32.
+
+    ``(x - mean) / std`` with the mean and standard deviation of all voxels, or with ``nonzero`` of
+    the non-zero voxels only (which alone change). A constant image raises ``InputError``
+    mentioning "constant". Compare :func:`normalize_robust_zscore` (the presets').
+    """
+    a = as_float32(volume).array
+    sel = a != 0 if nonzero else np.ones(a.shape, dtype=bool)
+    vals = a[sel].astype(np.float64)
+    if vals.size == 0 or not vals.std() > 0:
+        raise InputError(f"volume {volume.name or '(unnamed)'} is constant"
+                         f"{' in its non-zero voxels' if nonzero else ''}; z-score normalisation needs "
+                         "varying intensities")
+    out = a.copy()
+    out[sel] = ((vals - vals.mean()) / vals.std()).astype(np.float32)
+    return volume.with_array(out)
+
+
+def normalize_scale_range(volume: Volume, a_min: float, a_max: float, b_min: float = 0.0, b_max: float = 1.0,
+                          clip: bool = False) -> Volume:
+    """MONAI's ``ScaleIntensityRange``: ``(x - a_min) / (a_max - a_min) * (b_max - b_min) + b_min``,
+    clipped to ``[b_min, b_max]`` when ``clip``; float32."""
+    if float(a_max) == float(a_min):
+        raise InputError(f"scale-range normalisation needs a_min != a_max, got {a_min}")
+    a = as_float32(volume).array
+    scale = (b_max - b_min) / (a_max - a_min)
+    out = (a - np.float32(a_min)) * np.float32(scale) + np.float32(b_min)
+    if clip:
+        np.clip(out, min(b_min, b_max), max(b_min, b_max), out=out)
+    return volume.with_array(out.astype(np.float32, copy=False))
+
+
+def apply_normalization(volume: Volume, norm: Normalization, device: DeviceLike = "cpu") -> Volume:
+    """Apply one :class:`~medseg.core.specs.Normalization` (float32 out)."""
+    kind = norm.kind
+    if kind == NormalizationKind.NONE:
+        return as_float32(volume)
+    if kind == NormalizationKind.CT_WINDOW:
+        return normalize_ct_window(volume, norm.window[0], norm.window[1], device)
+    if kind == NormalizationKind.SCALE_RANGE:
+        return normalize_scale_range(volume, norm.a_min, norm.a_max, norm.b_min, norm.b_max, norm.clip)
+    if kind == NormalizationKind.ZSCORE:
+        return normalize_zscore(volume, norm.nonzero)
+    return normalize_robust_zscore(volume, None, device)

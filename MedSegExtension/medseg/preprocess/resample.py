@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from medseg.core.volume import Volume
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 from medseg.preprocess import _slabs
-from medseg.preprocess.device import DeviceLike, resolve_device, run_with_oom_fallback
+from medseg.core.torch_devices import DeviceLike, resolve_device, run_with_oom_fallback
 
 MODES = ("linear", "nearest")
 #: tolerance (voxels) of the inside-the-buffer test, against float rounding at exact edges

@@ -38,16 +38,16 @@ from scipy import ndimage
 
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.volume import Volume
-from medseg.errors import InputError
-from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.errors import InputError
+from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 from medseg.segment import ct_anatomy as anat
 from medseg.segment import ct_lesion
-from medseg.segment.base import PreprocessSpec, SegmentationOutput
+from medseg.core.specs import PreprocessSpec, SegmentationOutput
 from medseg.segment.morphology import (
     ball_footprint, bbox_slices, block_expand, block_factors, block_mean, close_mm, fill_holes_2d,
     open_small,
 )
-from medseg.segment.terminology import term
+from medseg.core.terminology import term
 
 #: how the pipeline prepares the CT before this preset: HU kept, mild denoising, body crop
 SPEC = PreprocessSpec(

@@ -13,6 +13,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from medseg.core.diameter import diameter
+
 #: smallest lesion kept: equivalent-sphere diameter (mm)
 MIN_DIAMETER_MM = 5.0
 #: largest ratio of the longest to the shortest principal axis (vessels are elongated)
@@ -188,9 +190,7 @@ def score(f: LesionFeatures, lung_hu: float) -> float:
 
 def longest_diameter_mm(mask: np.ndarray, ijk_to_ras: np.ndarray) -> float:
     """Longest 3D extent (mm) of a mask: the largest distance between voxel centres
-    (``medseg.measure.segments.diameter``) plus the voxel's own extent along that direction."""
-    from medseg.measure.segments import diameter
-
+    (:func:`medseg.core.diameter.diameter`) plus the voxel's own extent along that direction."""
     idx = np.argwhere(mask)
     if len(idx) == 0:
         return 0.0

@@ -47,14 +47,16 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from medseg.core.components import face_components
+from medseg.core.grid import check_same_grid
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.volume import Volume
-from medseg.errors import InputError
-from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
-from medseg.segment.base import PreprocessSpec, SegmentationOutput
+from medseg.core.errors import InputError
+from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.specs import PreprocessSpec, SegmentationOutput
 from medseg.segment import morphology as _morph
 from medseg.segment.morphology import bbox_slices, dilate_mm, fill_holes_2d
-from medseg.segment.terminology import term
+from medseg.core.terminology import term
 
 #: How the pipeline prepares the inputs: keep the grid (1 mm data stays 1 mm), mild denoise,
 #: robust z-score inside the foreground, crop to the foreground with a 10 mm margin.
@@ -62,7 +64,7 @@ SPEC = PreprocessSpec(
     target_spacing_mm=None,
     denoise="gaussian",
     denoise_sigma_mm=0.5,
-    normalize="zscore",
+    normalize="robust-zscore",
     crop="foreground",
     crop_margin_mm=10.0,
 )
@@ -148,14 +150,6 @@ def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: np.ndarray) -> np.
     return _morph.close_mm(mask, radius_mm, spacing_kji, border_is_background=True)
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Face-connected labels and voxel count per label (index 0 = background, set to 0)."""
-    lab, _ = ndi.label(mask)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab, sizes
-
-
 # --------------------------------------------------------------------------- statistics
 def _robust_center_scale(values: np.ndarray) -> tuple[float, float]:
     """Median and robust sigma (1.4826 MAD; the standard deviation where the MAD is 0)."""
@@ -200,8 +194,6 @@ def _validate(volumes: Sequence[Volume]) -> tuple[Volume, Optional[Volume]]:
     flair = volumes[0]
     t1c = volumes[1] if len(volumes) == 2 else None
     if t1c is not None:
-        from medseg.preprocess.pipeline import check_same_grid
-
         try:
             check_same_grid([flair, t1c])
         except InputError as e:
@@ -235,7 +227,7 @@ def brain_mask(flair: Volume, params: MrBrainTumorParams = DEFAULT_PARAMS) -> np
     # The smoothed image gives connected, noise-free regions; the unsmoothed image gives the
     # boundary (smoothing alone would move a sharp edge outwards by about one sigma).
     fg &= flair.array > thr
-    lab, sizes = _components(fg)
+    lab, sizes = face_components(fg)
     if sizes.max(initial=0) == 0:
         return np.zeros(img.shape, dtype=bool)
     mask = lab == int(sizes.argmax())
@@ -345,7 +337,7 @@ def segment_mr_brain_tumor(
     seeds = (z > params.seed_z) & seed_zone
     cand = (z > params.grow_z) & brain
     cand = open_mm(cand, params.open_radius_mm, sp)
-    lab, _ = _components(cand)
+    lab, _ = face_components(cand)
     keep = np.unique(lab[seeds & cand])
     keep = keep[keep > 0]
     tumour = np.isin(lab, keep)
@@ -363,7 +355,7 @@ def segment_mr_brain_tumor(
     tumour = fill_holes_3d_and_slices(tumour, slice_axis) & brain
 
     step(0.85, "mr-brain-tumor: tumour regions")
-    lab, sizes = _components(tumour)
+    lab, sizes = face_components(tumour)
     min_vox = params.min_tumour_ml / voxel_ml
     order = [int(c) for c in np.argsort(sizes)[::-1] if sizes[c] >= min_vox and c > 0]
     if len(order) > params.max_tumours:

@@ -13,10 +13,10 @@ from scipy import ndimage
 
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.volume import Volume
-from medseg.errors import InputError
-from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
-from medseg.segment.base import PreprocessSpec, SegmentationOutput
-from medseg.segment.terminology import term
+from medseg.core.errors import InputError
+from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.specs import PreprocessSpec, SegmentationOutput
+from medseg.core.terminology import term
 
 SPEC = PreprocessSpec()
 

@@ -7,7 +7,7 @@ from typing import Any, Dict
 import numpy as np
 import vtk
 
-from medseg.surface.vtk_arrays import triangles_of
+from medseg.core.mesh_arrays import triangles_of
 
 
 def edge_defects(polydata: vtk.vtkPolyData) -> Dict[str, int]:

@@ -55,9 +55,10 @@ from scipy.sparse.csgraph import connected_components
 from vtk.util import numpy_support as ns
 
 from medseg.core.labelmap import LabelMap, Segment
-from medseg.errors import InputError
-from medseg.pipeline.progress import CancelToken, ProgressCallback, no_progress
-from medseg.surface.vtk_arrays import (
+from medseg.core.errors import InputError
+from medseg.core.vocabulary import SurfaceMethod
+from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.mesh_arrays import (
     compact,
     image_from_labels,
     point_normals,
@@ -68,8 +69,6 @@ from medseg.surface.vtk_arrays import (
 if TYPE_CHECKING:  # pragma: no cover
     from vtk import vtkPolyData
 
-#: methods ``labelmap_to_meshes`` accepts
-METHODS = ("surface-nets", "flying-edges")
 #: largest fraction of triangles decimation may remove
 MAX_DECIMATE = 0.95
 #: windowed-sinc iterations (Slicer's value: "ten or twenty iterations is all that is usually necessary")
@@ -98,7 +97,7 @@ class _Box:
 def labelmap_to_meshes(
     labelmap: LabelMap,
     *,
-    method: str = "surface-nets",
+    method: str = SurfaceMethod.SURFACE_NETS,
     smoothing: float = 0.5,
     decimate: float = 0.0,
     segment_ids: Optional[List[str]] = None,
@@ -147,7 +146,7 @@ def labelmap_to_meshes(
 
     values = [s.label_value for s in present]
     progress(0.05, f"extracting surfaces ({method})")
-    if method == "surface-nets":
+    if method == SurfaceMethod.SURFACE_NETS:
         per_label = _surface_nets(labels, boxes, values, smoothing, cancel)
     else:
         per_label = _flying_edges(labels, boxes, values, smoothing, cancel)
@@ -169,8 +168,7 @@ def _validate(labelmap: LabelMap, method: str, smoothing: float, decimate: float
               segment_ids: Optional[Sequence[str]]) -> List[Segment]:
     if not isinstance(labelmap, LabelMap):
         raise InputError(f"labelmap must be a LabelMap, got {type(labelmap).__name__}")
-    if method not in METHODS:
-        raise InputError(f"method must be one of {list(METHODS)}, got {method!r}")
+    SurfaceMethod.parse(method, "surface method")
     s = float(smoothing)
     if not (0.0 <= s <= 1.0):
         raise InputError(f"smoothing must be in 0..1, got {smoothing!r}")

@@ -1,29 +1,26 @@
-"""Choosing the torch device, and falling back to the CPU when a GPU runs out of memory.
+"""Resolving a device request to a present ``torch.device``, and falling back to the CPU when a GPU
+runs out of memory.
 
-Device strings accepted: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` (case and
-surrounding spaces ignored), or a ``torch.device``. ``"auto"`` picks CUDA, then MPS, then CPU.
-A well-formed request for a device that is not present (no CUDA, ``cuda:3`` with one GPU, no
-MPS) falls back to the CPU with a warning on the ``"medseg"`` logger; the warning text is also
-returned by :func:`resolve_device_with_note` so the pipeline can put it in the report.
-Anything else (``"gpu"``, ``"cuda:x"``, ``""``) raises :class:`~medseg.errors.DeviceError`.
+The accepted spellings are the device vocabulary of :mod:`medseg.core.devices` (or a
+``torch.device``). A well-formed request for a device that is not present (no CUDA, ``cuda:3`` with
+one GPU, no MPS) falls back to the CPU with a warning on the ``"medseg"`` logger; the warning text
+is also returned by :func:`resolve_device_with_note` so the pipeline can put it in the report.
+A malformed one raises :class:`~medseg.core.errors.DeviceError`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Callable, Optional, TypeVar, Union
 
 import torch
 
-from medseg.errors import DeviceError
+from medseg.core.devices import device_index
 
 logger = logging.getLogger("medseg")
 
 #: what the ``device`` argument of every preprocessing function accepts
 DeviceLike = Union[str, torch.device, None]
-
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 
 T = TypeVar("T")
 
@@ -41,21 +38,13 @@ def resolve_device_with_note(name: DeviceLike = "auto") -> tuple[torch.device, O
         text (also logged) explaining the CPU fallback.
 
     Raises:
-        DeviceError: the request is malformed (not one of auto, cpu, cuda, cuda:N, mps).
+        DeviceError: the request is malformed (see :mod:`medseg.core.devices`).
     """
     if name is None:
         name = "auto"
     if isinstance(name, torch.device):
         name = str(name)
-    if not isinstance(name, str):
-        raise DeviceError(f"device must be a string such as 'cpu' or 'cuda:0', got {name!r} ({type(name).__name__})")
-    text = name.strip().lower()
-    m = _DEVICE_RE.match(text)
-    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise DeviceError(
-            f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps'"
-        )
-    kind, index = m.group(1), m.group(2)
+    kind, index = device_index(name)
     if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device()), None
@@ -72,7 +61,7 @@ def resolve_device_with_note(name: DeviceLike = "auto") -> tuple[torch.device, O
     if not torch.cuda.is_available():
         return _fallback(f"device {name!r} requested but CUDA is not available; using the CPU")
     count = torch.cuda.device_count()
-    idx = torch.cuda.current_device() if index is None else int(index)
+    idx = torch.cuda.current_device() if index is None else index
     if idx >= count:
         return _fallback(
             f"device {name!r} requested but only {count} CUDA device(s) exist "

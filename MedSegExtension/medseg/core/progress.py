@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
-from medseg.errors import CancelledError
+from medseg.core.errors import CancelledError
 
 #: ``callback(fraction in 0..1, message)``
 ProgressCallback = Callable[[float, str], None]

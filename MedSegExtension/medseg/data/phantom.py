@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.core.volume import Volume, ijk_to_ras_from_geometry
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 # ----------------------------------------------------------------------------- label values
 BODY, RIGHT_LUNG, LEFT_LUNG, BONE, HEART, LIVER, AIRWAY = 1, 2, 3, 4, 5, 6, 7

@@ -1,4 +1,4 @@
-"""Per-label bounding boxes and counts of an integer label array, in one pass each.
+"""Connected components, and per-label bounding boxes and counts of an integer label array.
 
 Arrays are in KJI order (``array[k, j, i]``); the slices returned index that array directly.
 These run on full-size label maps (512 x 512 x 300), so nothing here builds index grids
@@ -12,7 +12,7 @@ from typing import Iterable, Optional
 import numpy as np
 from scipy import ndimage
 
-from medseg.errors import InputError
+from medseg.core.errors import InputError
 
 #: a KJI bounding box: one ``slice`` per array axis (k, j, i), stop exclusive
 KJISlices = tuple[slice, slice, slice]
@@ -61,3 +61,16 @@ def slices_to_ijk_bounds(slices: KJISlices) -> tuple[np.ndarray, np.ndarray]:
     lo = np.array([slices[2].start, slices[1].start, slices[0].start], dtype=np.int64)
     hi = np.array([slices[2].stop, slices[1].stop, slices[0].stop], dtype=np.int64) - 1
     return lo, hi
+
+
+def face_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Face-connected (6-neighbour in 3D) components of a boolean mask.
+
+    Returns:
+        ``(labels, sizes)``: component number per voxel (0 outside the mask) and the voxel count of
+        each component, ``sizes[0] = 0``.
+    """
+    labels, n = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return labels, sizes

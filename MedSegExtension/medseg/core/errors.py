@@ -6,12 +6,27 @@ Every message names the offending input or value and, where there is one, the re
 
 from __future__ import annotations
 
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit status of the ``medseg`` command (and what the Slicer module reads from its child)."""
+
+    #: success
+    OK = 0
+    #: a batch case failed, or an unexpected internal error
+    FAILED = 1
+    #: bad input or options; one line on stderr says what is wrong
+    BAD_INPUT = 2
+    #: cancelled (Ctrl-C, or the Slicer module's Cancel)
+    CANCELLED = 3
+
 
 class MedSegError(Exception):
     """Base class of every error MedSeg raises on purpose."""
 
     #: process exit code the CLI uses for this error
-    exit_code: int = 2
+    exit_code: ExitCode = ExitCode.BAD_INPUT
 
 
 class InputError(MedSegError, ValueError):
@@ -29,7 +44,7 @@ class OutputError(MedSegError, OSError):
 class CancelledError(MedSegError):
     """The user cancelled the run; nothing was written."""
 
-    exit_code = 3
+    exit_code = ExitCode.CANCELLED
 
 
 class DeviceError(MedSegError, ValueError):

@@ -1,0 +1,69 @@
+"""The file formats MedSeg reads and writes, declared once.
+
+Image files are read by :mod:`medseg.io.volume_reader`; mesh files are written and read by
+:mod:`medseg.io.mesh_io`; the CLI's ``--formats`` and the output writer parse mesh formats here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+from medseg.core.vocabulary import Choice
+
+#: image file name endings MedSeg reads, with the format name recorded in ``Volume.meta["format"]``
+#: (longest endings first, so ``.nii.gz`` wins over ``.gz``)
+IMAGE_FORMATS: dict[str, str] = {
+    ".nii.gz": "NIfTI",
+    ".nii": "NIfTI",
+    ".nrrd": "NRRD",
+    ".nhdr": "NRRD",
+    ".mha": "MetaImage",
+    ".mhd": "MetaImage",
+}
+
+
+class MeshFormat(Choice):
+    """Model format: the surface mesh file types MedSeg writes (and reads back)."""
+
+    STL = "stl"
+    OBJ = "obj"
+    PLY = "ply"
+    VTP = "vtp"
+    VTK = "vtk"
+
+    @property
+    def extension(self) -> str:
+        return "." + str(self.value)
+
+
+#: mesh file name endings, ``(".stl", ...)``
+MESH_EXTENSIONS: tuple[str, ...] = tuple(m.extension for m in MeshFormat)
+
+
+def image_format(path: Union[str, Path]) -> Optional[str]:
+    """The format name of an image file by its ending (case ignored), or None."""
+    name = Path(path).name.lower()
+    for ending, fmt in IMAGE_FORMATS.items():
+        if name.endswith(ending):
+            return fmt
+    return None
+
+
+def strip_image_suffix(filename: str, suffixes: Optional[tuple[str, ...]] = None) -> str:
+    """File name without its image suffix (``"ct.nii.gz"`` -> ``"ct"``; case ignored)."""
+    for ending in suffixes or tuple(IMAGE_FORMATS):
+        if filename.lower().endswith(ending):
+            return filename[: -len(ending)]
+    return filename
+
+
+def parse_mesh_formats(formats: Iterable[str]) -> tuple[MeshFormat, ...]:
+    """Mesh formats from user text (``"STL"``, ``".obj"``), duplicates dropped, order kept;
+    ``InputError`` naming an unknown one."""
+    out: list[MeshFormat] = []
+    for f in formats:
+        fmt = MeshFormat.parse(str(f).lower().lstrip("."), "model format")
+        if fmt not in out:
+            out.append(fmt)
+    return tuple(out)

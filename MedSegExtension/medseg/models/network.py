@@ -1,0 +1,20 @@
+"""Building a model's network and loading its verified weights."""
+
+from __future__ import annotations
+
+import torch
+
+from medseg.models.allowlist import build_network
+from medseg.models.registry import ModelFolder
+from medseg.models.weights import apply_state_dict, load_state_dict, load_torchscript
+
+
+def load_network(model: ModelFolder) -> torch.nn.Module:
+    """The card's network with its weights (SHA-256 checked first), on the CPU in eval mode."""
+    card = model.card
+    path = model.weights_path
+    if card.weights_format == "torchscript":
+        return load_torchscript(path, card.weights_sha256)
+    net = build_network(card.network_class, card.network_args, f"model {card.name}: network")
+    apply_state_dict(net, load_state_dict(path, card.weights_sha256), path)
+    return net.eval()

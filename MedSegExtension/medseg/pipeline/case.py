@@ -1,0 +1,117 @@
+"""Segment one case, the same route for every task: check inputs -> preprocess to the task's working
+grid -> the task's segmentation step -> map back onto the first input's grid.
+
+Every stage is timed, reports progress as (fraction, message) and is separated from the next by a
+cancel check. :func:`medseg.pipeline.run.run_task` continues from here with boxes, surfaces and
+measurements.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Optional
+
+import torch
+
+from medseg.core.errors import InputError, MedSegError
+from medseg.core.labelmap import LabelMap
+from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_progress
+from medseg.core.specs import SegmentationOutput, Task
+from medseg.core.torch_devices import resolve_device_with_note
+from medseg.core.volume import Volume
+from medseg.pipeline.options import RunOptions
+from medseg.preprocess.mapback import labels_to_input_grid, probabilities_to_input_grid
+from medseg.preprocess.pipeline import preprocess
+
+#: stage name -> (start, end) fraction of the whole run
+STAGES = {
+    "preprocess": (0.00, 0.15),
+    "segment": (0.15, 0.55),
+    "map_back": (0.55, 0.60),
+    "detect": (0.60, 0.63),
+    "surfaces": (0.63, 0.95),
+    "measure": (0.95, 1.00),
+}
+
+
+class Stages:
+    """Starts stages: a cancel check, a progress report with the stage's name, a ``SubProgress``
+    for the stage's own 0..1 progress, and its wall time in ``timings``."""
+
+    def __init__(self, progress: ProgressCallback, cancel: CancelToken, timings: dict[str, float]) -> None:
+        self.progress, self.cancel, self.timings = progress, cancel, timings
+        self._current: Optional[tuple[str, float]] = None
+
+    def start(self, name: str) -> SubProgress:
+        self.stop()
+        self.cancel.check()
+        a, b = STAGES[name]
+        self.progress(a, name)
+        self._current = (name, time.perf_counter())
+        return SubProgress(self.progress, a, b, self.cancel)
+
+    def stop(self) -> None:
+        if self._current is not None:
+            name, t0 = self._current
+            self.timings[name] = time.perf_counter() - t0
+            self._current = None
+
+
+def segment_case(
+    volumes: Sequence[Volume],
+    options: RunOptions,
+    *,
+    task: Task,
+    progress: ProgressCallback = no_progress,
+    cancel: Optional[CancelToken] = None,
+    timings: Optional[dict[str, float]] = None,
+) -> tuple[SegmentationOutput, torch.device]:
+    """Run ``task`` on ``volumes`` (its inputs, in order) up to the label map on the first input's grid.
+
+    Returns:
+        ``(output, device)``: the step's output with ``labelmap`` on the first input's grid (named
+        ``"<input> <task>"``) and every warning so far (device fallback, preprocessing notes, the
+        step's own), and the torch device the work ran on. ``timings`` (when given) receives
+        preprocess, segment and map_back seconds.
+
+    Raises:
+        InputError: wrong number of inputs, bad option or input; ``CancelledError`` on cancel.
+    """
+    options.validate(task)
+    vols = list(volumes)
+    if task.check_inputs is not None:
+        task.check_inputs(vols)
+    if not (task.min_inputs <= len(vols) <= task.max_inputs):
+        raise InputError(f"task {task.name} takes {task.describe_inputs()}; got {len(vols)} input(s)")
+    cancel = cancel or CancelToken()
+    timings = {} if timings is None else timings
+    stages = Stages(progress, cancel, timings)
+    run_fn, spec = task.load()
+    device, note = resolve_device_with_note(options.device)
+    warnings: list[str] = [note] if note else []
+
+    sub = stages.start("preprocess")
+    prep = preprocess(vols, spec, device=device, progress=sub, cancel=cancel, nan_policy=options.nan_policy)
+    warnings.extend(prep.notes)
+
+    sub = stages.start("segment")
+    params = {**task.params, **task.check_params(options.params)}
+    if task.uses_device:
+        params["device"] = device
+    seg = run_fn(prep.volumes, progress=sub, cancel=cancel, **params)
+
+    stages.start("map_back")
+    if seg.probabilities is not None:
+        if task.finish is None:
+            raise MedSegError(f"task {task.name} returned probabilities but has no finish step")
+        mapped = probabilities_to_input_grid(seg.probabilities, prep, device, cancel)
+        seg = task.finish(mapped, prep.reference, seg)
+    if seg.labelmap is None:
+        raise MedSegError(f"task {task.name} returned neither a label map nor probabilities")
+    label_vol = labels_to_input_grid(seg.labelmap.volume, prep, device=device)
+    seg.labelmap = LabelMap(label_vol.with_array(label_vol.array, name=f"{vols[0].name} {task.name}"),
+                            seg.labelmap.segments)
+    seg.warnings = warnings + list(seg.warnings)
+    stages.stop()
+    return seg, device

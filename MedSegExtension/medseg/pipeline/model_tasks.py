@@ -1,0 +1,178 @@
+"""Learned models as tasks: a model folder's card compiles into the pipeline's specs, so a model runs
+through the same preprocessing and map-back route as every preset.
+
+The route for a model task (:func:`medseg.pipeline.run.segment_case`):
+
+1. :func:`ModelRunner.check_inputs`: the card's number of inputs; a 3D network refuses a 2D input;
+2. preprocessing as ``card.preprocess_spec()`` says (reorientation, target spacing, normalisation
+   per input channel);
+3. :meth:`ModelRunner.predict`: the network over the working grid (sliding window, optional flip
+   TTA, 2D networks slice by slice) -> class probabilities on the working grid;
+4. the pipeline maps the probabilities back to the first input's grid (linear per channel, then
+   argmax; :func:`medseg.preprocess.mapback.probabilities_to_input_grid`);
+5. :meth:`ModelRunner.finish`: post-processing per card, "needs review" flags, scores, and the
+   uncertainty map, all on the first input's grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from medseg.core.errors import InputError
+from medseg.core.labelmap import LabelMap
+from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_progress
+from medseg.core.specs import InputSpec, Probabilities, SegmentationOutput, Task
+from medseg.core.volume import Volume
+from medseg.inference.predict import predict_volumes
+from medseg.models.network import load_network
+from medseg.models.postprocess import postprocess_labels, review_flags
+from medseg.models.registry import ModelFolder, discover_models, open_model
+from medseg.pipeline.case import segment_case
+from medseg.pipeline.options import RunOptions
+from medseg.preprocess.mapback import MappedProbabilities
+
+logger = logging.getLogger("medseg")
+
+
+class ModelRunner:
+    """The segmentation step of one model task (see the module doc for the route).
+
+    Args:
+        model: the model folder (card read, weights not yet loaded).
+        network: replaces the card's network and weights (tests with analytic networks).
+    """
+
+    def __init__(self, model: ModelFolder, network: Optional[torch.nn.Module] = None) -> None:
+        self.model = model
+        self.network = network
+
+    def check_inputs(self, volumes: Sequence[Volume]) -> None:
+        """``InputError`` for the wrong number of inputs, or a 2D input to a 3D network."""
+        card = self.model.card
+        if len(volumes) != len(card.inputs):
+            names = ", ".join(f"{i.name} ({i.modality})" for i in card.inputs)
+            raise InputError(f"model {card.name} takes {len(card.inputs)} input(s): {names}; got {len(volumes)}")
+        for v in volumes:
+            if card.dims == 3 and min(v.shape_kji) == 1:
+                raise InputError(
+                    f"model {card.name} has a 3D network, but input {v.name or '(unnamed)'} is 2D "
+                    f"(shape KJI {v.shape_kji}); use a model whose card says dims 2 for single images")
+
+    def predict(
+        self,
+        volumes: Sequence[Volume],
+        *,
+        progress: ProgressCallback = no_progress,
+        cancel: Optional[CancelToken] = None,
+        device: Optional[torch.device] = None,
+        tta: bool = False,
+        uncertainty: bool = False,
+    ) -> SegmentationOutput:
+        """Class probabilities on the working grid of ``volumes`` (the preprocessed inputs)."""
+        card = self.model.card
+        device = torch.device("cpu") if device is None else torch.device(device)
+        cancel = cancel or CancelToken()
+        warnings: list[str] = []
+        if not card.commercial_use:
+            warnings.append(f"model {card.name}: licence {card.licence_name} does not allow commercial use")
+        progress(0.0, f"loading model {card.name}")
+        net = load_network(self.model) if self.network is None else self.network.eval()
+        cancel.check()
+        progress(0.1, "inference")
+        probs, plan, notes = predict_volumes(net, volumes, card.inference_spec(), device, tta=tta,
+                                             progress=SubProgress(progress, 0.1, 1.0, cancel), cancel=cancel)
+        warnings.extend(notes)
+        if plan is not None:
+            logger.info("model %s: %s", card.name, plan.reason)
+        nearest = card.map_back == "nearest-labels"
+        if uncertainty and nearest:
+            warnings.append("uncertainty map not computed: the card maps labels back by nearest neighbour")
+        mapping = {lab.channel: lab.value for lab in card.labels}
+        return SegmentationOutput(warnings=warnings, probabilities=Probabilities(
+            probs, volumes[0], mapping, card.activation, nearest_labels=nearest, entropy=uncertainty and not nearest))
+
+    def finish(self, mapped: MappedProbabilities, reference: Volume, output: SegmentationOutput) -> SegmentationOutput:
+        """The label map on the first input's grid: post-processing, review flags, scores, uncertainty."""
+        card = self.model.card
+        vox = reference.voxel_volume_mm3
+        labels = postprocess_labels(mapped.labels, vox, card.keep_largest, card.fill_holes, card.min_size_mm3)
+        dtype = LabelMap.label_dtype(max(lab.value for lab in card.labels))
+        segments = card.segments()
+        labelmap = LabelMap(reference.with_array(labels.astype(dtype), name=f"{reference.name} {card.name}"), segments)
+        warnings = list(output.warnings)
+        flags = review_flags(labels, card.labels, vox)
+        for lab in card.labels:
+            if flags[lab.value]:
+                warnings.append(f"needs review: {lab.name}: {'; '.join(flags[lab.value])}")
+        scores = {}
+        if mapped.confidence is not None:
+            for seg in segments:
+                m = labels == seg.label_value
+                if m.any():
+                    scores[seg.id] = float(mapped.confidence[m].mean())
+        volumes = {}
+        if mapped.entropy is not None:
+            volumes["uncertainty"] = reference.with_array(mapped.entropy.astype(np.float32),
+                                                          name=f"{reference.name} uncertainty")
+        review = {f"Segment_{v}": r for v, r in flags.items()}
+        return SegmentationOutput(labelmap, {}, scores, warnings, volumes=volumes, review=review)
+
+
+def model_task(folder: Union[Path, str, ModelFolder], network: Optional[torch.nn.Module] = None) -> Task:
+    """A ``Task`` that runs the model in ``folder`` (card read now, weights loaded at run time)."""
+    model = folder if isinstance(folder, ModelFolder) else open_model(Path(folder))
+    card = model.card
+    runner = ModelRunner(model, network)
+    desc = card.description or f"learned model {card.name}"
+    kind = "2D network, slice by slice" if card.dims == 2 else "3D network"
+    return Task(
+        name=model.task_name,
+        description=f"{desc} ({card.network_class}, {kind}; from {model.path})",
+        inputs=tuple(InputSpec(i.name, i.modality) for i in card.inputs),
+        produces=tuple(lab.name for lab in card.labels),
+        params={"tta": False, "uncertainty": False},
+        runner=runner.predict,
+        spec=card.preprocess_spec(),
+        uses_device=True,
+        check_inputs=runner.check_inputs,
+        finish=runner.finish,
+        licence=card.licence_text,
+    )
+
+
+def model_tasks(dirs: Optional[Iterable[Path]] = None) -> dict[str, Task]:
+    """Task name -> ``Task`` for every usable discovered model (broken ones are left out)."""
+    out: dict[str, Task] = {}
+    for m in discover_models(dirs):
+        if m.model is not None and m.model.task_name not in out:
+            out[m.model.task_name] = model_task(m.model)
+    return out
+
+
+def run_model(
+    model: ModelFolder,
+    volumes: Sequence[Volume],
+    *,
+    progress: ProgressCallback = no_progress,
+    cancel: Optional[CancelToken] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    tta: bool = False,
+    uncertainty: bool = False,
+    network: Optional[torch.nn.Module] = None,
+) -> SegmentationOutput:
+    """Segment ``volumes`` (the card's inputs, in order, on one grid) with ``model``, through the
+    pipeline's route; the label map, uncertainty volume and flags are on the first input's grid.
+
+    ``network`` replaces the card's network and weights (tests with analytic networks).
+    """
+    task = model_task(model, network)
+    options = RunOptions(task.name, device="cpu" if device is None else str(device),
+                         params={"tta": tta, "uncertainty": uncertainty})
+    output, _device = segment_case(volumes, options, task=task, progress=progress, cancel=cancel)
+    return output

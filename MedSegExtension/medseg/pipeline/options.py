@@ -1,0 +1,54 @@
+"""``RunOptions``: the user's choices for one run (the CLI flags and the Slicer parameter node)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from medseg.core.devices import parse_device
+from medseg.core.errors import InputError
+from medseg.core.specs import Task
+from medseg.core.vocabulary import NanPolicy, SurfaceMethod
+
+#: largest fraction of model triangles ``decimate`` may remove
+MAX_DECIMATE = 0.95
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """User choices for one run; strings are parsed into the vocabularies on construction
+    (``DeviceError`` / ``InputError`` naming the bad value).
+
+    Attributes:
+        task: task name (see ``medseg tasks``).
+        device: auto, cpu, cuda, cuda:N or mps (:mod:`medseg.core.devices`).
+        nan_policy: error (refuse NaN/Inf voxels) or fill (replace them, count in warnings).
+        models: build 3D surface models.
+        surface_method: surface-nets or flying-edges.
+        smoothing: surface smoothing factor 0..1.
+        decimate: fraction of triangles to remove, 0..0.95.
+        params: task parameters (e.g. ``{"threshold": 100}`` for the threshold task; names in
+            :data:`medseg.core.specs.TASK_PARAMS`).
+    """
+
+    task: str
+    device: str = "auto"
+    nan_policy: NanPolicy = NanPolicy.ERROR
+    models: bool = True
+    surface_method: SurfaceMethod = SurfaceMethod.SURFACE_NETS
+    smoothing: float = 0.5
+    decimate: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", parse_device(self.device))
+        object.__setattr__(self, "nan_policy", NanPolicy.parse(self.nan_policy, "NaN policy"))
+        object.__setattr__(self, "surface_method", SurfaceMethod.parse(self.surface_method, "surface method"))
+
+    def validate(self, task: Task) -> None:
+        """Raise ``InputError`` naming the first bad option for ``task``."""
+        if not 0.0 <= self.smoothing <= 1.0:
+            raise InputError(f"smoothing must be in 0..1, got {self.smoothing}")
+        if not 0.0 <= self.decimate <= MAX_DECIMATE:
+            raise InputError(f"decimate must be in 0..{MAX_DECIMATE}, got {self.decimate}")
+        task.check_params(self.params)
