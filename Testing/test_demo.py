@@ -6,7 +6,7 @@ import jsonschema
 import slicerio
 
 from medseg.cli import main
-from medseg.io.report_json import load_report_schema
+from medseg.report import load_report_schema
 
 from conftest import shared_data_dir
 

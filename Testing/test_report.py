@@ -18,8 +18,8 @@ from medseg.core.result import Result
 from medseg.core.volume import Volume, crop_volume
 from medseg.core.errors import InputError, MedSegError
 from medseg.core.frames import sitk_to_volume
-from medseg.io import report_html as rh
-from medseg.io.report_json import (
+from medseg.report import report_html as rh
+from medseg.report.report_json import (
     ReportValidationError,
     build_report,
     load_report_schema,

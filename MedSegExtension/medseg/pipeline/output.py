@@ -18,8 +18,7 @@ from medseg.io.atomic import OutputFolder
 from medseg.io.filenames import unique_file_stem
 from medseg.io.markups import write_markups_json, write_markups_per_box
 from medseg.io.mesh_io import write_mesh
-from medseg.io.report_html import write_report_html
-from medseg.io.report_json import build_report, write_report_json
+from medseg.report import build_report, write_report_html, write_report_json
 from medseg.io.seg_nrrd import write_seg_nrrd
 from medseg.io.volume_writer import write_volume_nrrd
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
