@@ -13,6 +13,7 @@ import logging
 import pathlib
 from typing import Annotated, Callable, Optional, Sequence
 
+import numpy as np
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -27,9 +28,17 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# light core modules only (no torch, no SimpleITK): the glue and the rest of the core are imported
+# when a run starts, after the dependency check has had the chance to install what is missing
+from medseg.core.devices import DEVICE_CHOICES, parse_device
+from medseg.core.errors import CancelledError, InputError
+
 log = logging.getLogger("MedSeg")
 
-DEVICES = ["auto", "cpu", "cuda", "mps"]
+#: the devices the panel offers (``cuda:N`` is accepted from the console)
+DEVICES = list(DEVICE_CHOICES)
+#: task parameter -> the parameter-node field (and widget) that sets it in the panel
+PANEL_PARAMS = {"threshold": "threshold", "min_volume_mm3": "minVolume", "tta": "tta"}
 
 
 #
@@ -77,6 +86,7 @@ class MedSegExtensionParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "auto"
     threshold: float = 0.5
     minVolume: Annotated[float, WithinRange(0.0, 1.0e7)] = 0.0
+    tta: bool = False
     createModels: bool = True
     createTable: bool = True
     saveResults: bool = False
@@ -100,7 +110,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._tasks = []
 
     def setup(self) -> None:
-        import qt
+        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
 
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedSegExtension.ui"))
@@ -190,10 +200,18 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if shown:
                 optional = n >= task.min_inputs
                 label.text = f"{task.input_names[n]} ({task.input_modalities[n]}{', optional' if optional else ''}):"
-        hasThreshold = "threshold" in task.params
-        for w in (self.ui.thresholdLabel, self.ui.thresholdSpinBox, self.ui.minVolumeLabel, self.ui.minVolumeSpinBox):
-            w.setVisible(hasThreshold)
+        for param, widgets in self._paramWidgets().items():
+            for w in widgets:
+                w.setVisible(param in task.params)
         self._checkCanApply()
+
+    def _paramWidgets(self) -> dict:
+        """Task parameter -> the panel's (label, editor) widgets for it (keys: ``PANEL_PARAMS``)."""
+        return {
+            "threshold": (self.ui.thresholdLabel, self.ui.thresholdSpinBox),
+            "min_volume_mm3": (self.ui.minVolumeLabel, self.ui.minVolumeSpinBox),
+            "tta": (self.ui.ttaLabel, self.ui.ttaCheckBox),
+        }
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._job is not None:
@@ -211,10 +229,10 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return nodes
 
     def _params(self) -> dict:
+        """The task parameters the panel sets for the current task (the others keep their defaults)."""
         task = self._currentTask()
-        if "threshold" not in task.params:
-            return {}
-        return {"threshold": self._parameterNode.threshold, "min_volume_mm3": self._parameterNode.minVolume}
+        return {param: getattr(self._parameterNode, field) for param, field in PANEL_PARAMS.items()
+                if param in task.params}
 
     def onApplyButton(self) -> None:
         """Apply starts a run; while one runs the same button cancels it."""
@@ -254,8 +272,6 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
         if job.error is not None:
             self.ui.statusLabel.text = str(job.error)
-            from medseg.core.errors import CancelledError
-
             if isinstance(job.error, CancelledError):
                 return
             slicer.util.errorDisplay(_("MedSeg failed: {error}").format(error=job.error))
@@ -263,9 +279,9 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showResult(job.result)
 
     def _showResult(self, result) -> None:
-        import qt
+        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
 
-        from MedSegExtensionLib.results_table import COLUMNS, format_cell
+        from MedSegExtensionLib.results_table import COLUMNS, format_cell  # glue: after the dependency check
 
         self.ui.statusLabel.text = _("Done in {s:.1f} s: {n} segment(s), {b} box(es)").format(
             s=result.elapsedSeconds, n=len(result.segmentIds), b=len(result.roiNodes))
@@ -296,14 +312,14 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def availableTasks() -> list:
         """Tasks for the task menu (one place; learned-model tasks join in ``MedSegExtensionLib.tasks``)."""
-        from MedSegExtensionLib.tasks import available_tasks
+        from MedSegExtensionLib.tasks import available_tasks  # glue: deferred, see the imports at the top
 
         return available_tasks()
 
     @staticmethod
     def checkDependencies(confirm: Optional[Callable[[str], bool]] = None) -> bool:
         """Offer to install missing Python packages (asks first); True if Slicer must restart."""
-        from MedSegExtensionLib.dependencies import ensure
+        from MedSegExtensionLib.dependencies import ensure  # glue: deferred, see the imports at the top
 
         return ensure(confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, "MedSeg")))
 
@@ -315,8 +331,9 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         Raises:
             InputError: unknown task, wrong number of inputs, a node that is not a scalar volume,
                 an input under a non-linear transform.
+            DeviceError: a malformed device (not auto, cpu, cuda, cuda:N or mps).
         """
-        from medseg.core.errors import InputError
+        # glue: deferred until a run starts (it imports the core, torch included)
         from MedSegExtensionLib.job import RunRequest, volumes_from_nodes
         from MedSegExtensionLib.tasks import find_task
 
@@ -333,8 +350,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             raise InputError("the same volume is selected twice as input")
         if outputSegmentation is not None and not isinstance(outputSegmentation, vtkMRMLSegmentationNode):
             raise InputError(f"output {outputSegmentation.GetName()!r} is not a segmentation node")
-        if device not in DEVICES and not str(device).startswith("cuda:"):
-            raise InputError(f"device must be one of {DEVICES} or cuda:N, got {device!r}")
+        device = parse_device(device)
         return RunRequest(
             inputNodes=nodes, volumes=volumes_from_nodes(nodes), task=task, device=device, params=dict(params or {}),
             outputSegmentation=outputSegmentation, createModels=createModels, createTable=createTable,
@@ -358,7 +374,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
             unchanged whenever one is raised.
         """
-        from MedSegExtensionLib.job import MedSegJob
+        from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
 
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
                                      createTable, saveFolder)
@@ -373,7 +389,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
                      saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None):
         """Start a child-process run and return its ``MedSegJob`` at once; call ``job.poll()``
         periodically (it imports the results when the child ends) and ``job.cancel()`` to stop."""
-        from MedSegExtensionLib.job import MedSegJob
+        from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
 
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
                                      createTable, saveFolder)
@@ -401,8 +417,6 @@ class MedSegExtensionTest(ScriptedLoadableModuleTest):
         self.test_existing_segmentation_kept()
 
     def _phantom(self):
-        import numpy as np
-
         # oblique (30 degrees about S), anisotropic (0.8 x 0.8 x 2.5 mm) grid with a 6 mm ball
         shape_kji = (20, 40, 44)
         t = np.deg2rad(30.0)
@@ -419,8 +433,6 @@ class MedSegExtensionTest(ScriptedLoadableModuleTest):
         return node, centre[:3]
 
     def _centroid(self, segNode, segId, volumeNode):
-        import numpy as np
-
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segId, volumeNode)
         m = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(m)
@@ -428,8 +440,6 @@ class MedSegExtensionTest(ScriptedLoadableModuleTest):
         return (slicer.util.arrayFromVTKMatrix(m) @ np.array([kji[2], kji[1], kji[0], 1.0]))[:3]
 
     def test_threshold_phantom(self) -> None:
-        import numpy as np
-
         self.delayDisplay("MedSeg: threshold task on a phantom")
         volume, centre = self._phantom()
         result = MedSegExtensionLogic().process([volume], "threshold", params={"threshold": 100.0},

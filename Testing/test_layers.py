@@ -92,8 +92,8 @@ def test_no_import_cycles():
 
 
 def _function_level_imports(path: Path) -> list[tuple[int, str, bool]]:
-    """(line, imported module, has a comment on the line or the line above) for every import
-    inside a function body."""
+    """(line, imported module, has a comment: on the line, or on the line above the block of imports
+    it belongs to) for every import inside a function body."""
     source = path.read_text(encoding="utf-8")
     lines = source.splitlines()
     tree = ast.parse(source)
@@ -105,16 +105,28 @@ def _function_level_imports(path: Path) -> list[tuple[int, str, bool]]:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 name = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
                 text = lines[node.lineno - 1]
-                above = lines[node.lineno - 2].strip() if node.lineno >= 2 else ""
+                k = node.lineno - 2  # the line above the block of imports this one belongs to
+                while k >= 0 and lines[k].strip().startswith(("import ", "from ")) and "#" not in lines[k]:
+                    k -= 1
+                above = lines[k].strip() if k >= 0 else ""
                 found.append((node.lineno, name or "", "#" in text or above.startswith("#")))
     return sorted(set(found))
 
 
-@pytest.mark.parametrize("module, path", _modules_and_files(), ids=lambda x: str(x) if isinstance(x, str) else "")
-def test_imports_inside_functions_are_heavy_optional_libraries_with_a_reason(module, path):
+MODULES = dict(_modules_and_files())
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_inside_functions_are_heavy_optional_libraries_with_a_reason(module):
+    """In the core package, never an import of ``medseg`` inside a function. In the Slicer module and
+    its glue, the core may be imported late (Slicer loads the module before the dependency check has
+    installed torch), but every such import, like every deferred import of a heavy or optional
+    library anywhere, carries a comment saying why."""
+    path = MODULES[module]
+    in_core = module.startswith("medseg")
     bad = []
     for line, name, commented in _function_level_imports(path):
-        if name.split(".")[0] in ("medseg", "MedSegExtensionLib", "MedSegExtension"):
+        if in_core and name.split(".")[0] == "medseg":
             bad.append(f"{path.name}:{line}: imports {name} inside a function (import it at the top)")
         elif not commented:
             bad.append(f"{path.name}:{line}: imports {name} inside a function without a comment saying why")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import slicer
+
 from MedSegExtensionLib.errors import DependencyError
 
 
@@ -101,8 +103,6 @@ def ensure(confirm: Callable[[str], bool], version_of: Callable[[str], Optional[
         DependencyError: the user declined, a bundled package is too old, or the PyTorch extension
             is missing (torch is never pip-installed here).
     """
-    import slicer
-
     problems = check(version_of)
     if not problems:
         return False
@@ -118,7 +118,7 @@ def ensure(confirm: Callable[[str], bool], version_of: Callable[[str], Optional[
     torch_problem = next((p for p in problems if p.requirement.installer == "pytorch"), None)
     if torch_problem is not None:
         try:
-            import PyTorchUtils
+            import PyTorchUtils  # the PyTorch extension's module; optional, checked here
         except ModuleNotFoundError:
             raise DependencyError("MedSeg needs PyTorch: install the 'PyTorch' extension from the Extensions "
                                   "Manager, restart Slicer, then press Apply again", restartRequired=True) from None

@@ -19,13 +19,19 @@ from typing import Callable, Optional
 
 import slicer
 
-from medseg.core.volume import Volume
+import medseg
 from medseg.core.errors import CancelledError, InputError, OutputError
 from medseg.core.progress import CancelToken
+from medseg.core.volume import Volume
+from medseg.io.filenames import unique_file_stem
+from medseg.io.volume_writer import write_volume_nrrd
+from medseg.pipeline.output import write_result
+from medseg.pipeline.run import RunOptions, run_task
 from MedSegExtensionLib.errors import ProcessError, StaleSceneError
 from MedSegExtensionLib.process import ChildProcess, ExitStatus, child_environment, medseg_command
 from MedSegExtensionLib.result_import import load_output_folder
 from MedSegExtensionLib.scene_commit import CommitResult, commit_plan
+from MedSegExtensionLib.volume_bridge import volume_from_node
 
 log = logging.getLogger("MedSeg")
 
@@ -69,8 +75,6 @@ class ProcessResult:
 
 
 def _unique_folder(parent: Path, stem: str) -> Path:
-    from medseg.io.filenames import unique_file_stem
-
     stem = unique_file_stem(stem, set(), "medseg")
     candidate, n = parent / stem, 2
     while candidate.exists():
@@ -105,9 +109,6 @@ class MedSegJob:
     # ------------------------------------------------------------------ in-process
     def run_in_process(self, cancel: Optional[CancelToken] = None) -> ProcessResult:
         """Run the core here (blocking) and commit; raises on failure or cancel."""
-        from medseg.pipeline.output import write_result
-        from medseg.pipeline.run import RunOptions, run_task
-
         req = self.request
         self.status = ExitStatus.RUNNING
         cancel = cancel or CancelToken()
@@ -130,8 +131,6 @@ class MedSegJob:
     # ------------------------------------------------------------------ child process
     def start(self) -> None:
         """Export the inputs and start ``medseg run`` as a child process (returns at once)."""
-        from medseg.io.volume_writer import write_volume_nrrd
-
         req = self.request
         self.status = ExitStatus.RUNNING
         try:
@@ -141,8 +140,6 @@ class MedSegJob:
                 p = tmp / f"input_{n}.nrrd"
                 write_volume_nrrd(vol, p, compress=False)
                 paths.append(p)
-            import medseg
-
             package_parent = Path(medseg.__file__).resolve().parent.parent
             args = medseg_command(paths, req.task, tmp / "out", req.device, req.createModels, req.params)
             self._child = ChildProcess(args, env=child_environment(package_parent), cwd=tmp)
@@ -252,7 +249,5 @@ class MedSegJob:
 
 
 def volumes_from_nodes(nodes: list) -> list[Volume]:
-    from MedSegExtensionLib.volume_bridge import volume_from_node
-
     return [volume_from_node(n) for n in nodes]
 

@@ -22,15 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from medseg.core.errors import ExitCode
+from medseg.core.specs import TASK_PARAMS
+
 
 class ExitStatus(enum.Enum):
     """How a child run ended (``RUNNING`` until it has)."""
 
     RUNNING = "running"
     SUCCEEDED = "succeeded"
-    FAILED = "failed"  # medseg exit code 1 or a crash
-    BAD_INPUT = "bad input"  # medseg exit code 2
-    CANCELLED = "cancelled"  # the user cancelled (we killed it) or medseg exit code 3
+    FAILED = "failed"  # ExitCode.FAILED or a crash
+    BAD_INPUT = "bad input"  # ExitCode.BAD_INPUT
+    CANCELLED = "cancelled"  # the user cancelled (we killed it) or ExitCode.CANCELLED
     NOT_STARTED = "not started"  # the executable could not be started
 
 
@@ -58,12 +61,16 @@ def medseg_command(inputs: Sequence[Path], task: str, out_dir: Path, device: str
     if not models:
         args.append("--no-models")
     params = dict(params or {})
-    if "threshold" in params:
-        args += ["--threshold", repr(float(params.pop("threshold")))]
-    if "min_volume_mm3" in params:
-        args += ["--min-volume", repr(float(params.pop("min_volume_mm3")))]
-    if params:
-        raise ValueError(f"the medseg command has no flags for parameter(s) {sorted(params)}")
+    unknown = sorted(set(params) - set(TASK_PARAMS))
+    if unknown:
+        raise ValueError(f"the medseg command has no flags for parameter(s) {unknown}")
+    for name, value in params.items():
+        p = TASK_PARAMS[name]
+        if p.kind is bool:
+            if p.check(value):
+                args.append(p.flag)
+        else:
+            args += [p.flag, repr(p.check(value))]
     return args
 
 
@@ -94,7 +101,7 @@ def parse_line(line: str) -> ProcessEvent:
 def kill_process_tree(proc: subprocess.Popen) -> None:
     """Kill ``proc`` and every process it started; returns when ``proc`` has exited."""
     try:
-        import psutil
+        import psutil  # optional: Slicer does not ship it; the fallbacks below work without it
     except ImportError:
         psutil = None
     if psutil is not None:
@@ -188,11 +195,11 @@ class ChildProcess:
     def _finish(self) -> None:
         assert self._proc is not None
         self.returncode = self._proc.wait()
-        if self._cancelled or self.returncode == 3:
+        if self._cancelled or self.returncode == ExitCode.CANCELLED:
             self.status = ExitStatus.CANCELLED
-        elif self.returncode == 0:
+        elif self.returncode == ExitCode.OK:
             self.status = ExitStatus.SUCCEEDED
-        elif self.returncode == 2:
+        elif self.returncode == ExitCode.BAD_INPUT:
             self.status = ExitStatus.BAD_INPUT
         else:
             self.status = ExitStatus.FAILED

@@ -15,7 +15,10 @@ from typing import Any, Optional
 import numpy as np
 
 from medseg.core.errors import InputError
-from medseg.io.seg_nrrd import terminology_to_string
+from medseg.io.markups import read_markups_json
+from medseg.io.mesh_io import read_mesh
+from medseg.io.seg_nrrd import read_seg_nrrd, terminology_to_string
+from MedSegExtensionLib.results_table import measurement_rows
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,6 @@ def load_output_folder(out_dir: Path, load_models: bool = True) -> ScenePlan:
     Raises:
         InputError: a file is missing or inconsistent (box pointing to an unknown segment, ...).
     """
-    from medseg.io.markups import read_markups_json
-    from medseg.io.seg_nrrd import read_seg_nrrd
-
     out_dir = Path(out_dir)
     report_path = out_dir / "report.json"
     try:
@@ -103,14 +103,10 @@ def load_output_folder(out_dir: Path, load_models: bool = True) -> ScenePlan:
         raise InputError(f"{out_dir}: boxes.mrk.json has {len(boxes)} box(es), report.json {len(report.get('boxes', []))}")
     models = {}
     if load_models:
-        from medseg.io.mesh_io import read_mesh
-
         for entry in report.get("segments", []):
             rel = entry.get("model_file")
             if rel and entry.get("id") in ids:
                 models[entry["id"]] = read_mesh(out_dir / rel)
-    from MedSegExtensionLib.results_table import measurement_rows
-
     return ScenePlan(
         task=str(report.get("task", "")),
         labels=labels,

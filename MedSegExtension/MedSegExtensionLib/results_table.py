@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-#: (column title, row key, unit) of the measurements table, in order
+import vtk
+
+from medseg.core.measurements import Measure
+
+_CENTROID = Measure.CENTROID_RAS
+#: (column title, row key, unit) of the measurements table, in order; titles and units of the
+#: measurements come from the core's vocabulary
 COLUMNS = (
     ("Segment", "name", ""),
-    ("Volume", "volume_ml", "mL"),
-    ("Longest diameter", "longest_diameter_mm", "mm"),
-    ("Centroid R", "centroid_r", "mm"),
-    ("Centroid A", "centroid_a", "mm"),
-    ("Centroid S", "centroid_s", "mm"),
+    (Measure.VOLUME_ML.title, str(Measure.VOLUME_ML), Measure.VOLUME_ML.unit),
+    (Measure.LONGEST_DIAMETER_MM.title, str(Measure.LONGEST_DIAMETER_MM), Measure.LONGEST_DIAMETER_MM.unit),
+    ("Centroid R", "centroid_r", _CENTROID.unit),
+    ("Centroid A", "centroid_a", _CENTROID.unit),
+    ("Centroid S", "centroid_s", _CENTROID.unit),
     ("Segment ID", "segment_id", ""),
 )
 
@@ -21,12 +27,13 @@ def measurement_rows(report: Mapping) -> list[dict]:
     (or None for an empty segment), segment_id (the id in the output folder)."""
     rows = []
     for s in report.get("segments", []):
-        c = s.get("centroid_ras") or (None, None, None)
+        c = s.get(_CENTROID) or (None, None, None)
+        diameter = s.get(Measure.LONGEST_DIAMETER_MM)
         rows.append({
             "name": s["name"],
             "segment_id": s["id"],
-            "volume_ml": float(s["volume_ml"]),
-            "longest_diameter_mm": None if s.get("longest_diameter_mm") is None else float(s["longest_diameter_mm"]),
+            str(Measure.VOLUME_ML): float(s[Measure.VOLUME_ML]),
+            str(Measure.LONGEST_DIAMETER_MM): None if diameter is None else float(diameter),
             "centroid_r": c[0], "centroid_a": c[1], "centroid_s": c[2],
         })
     return rows
@@ -43,8 +50,6 @@ def format_cell(value) -> str:
 def build_vtk_table(rows: Sequence[Mapping]):
     """A ``vtkTable`` with one row per segment (names and ids as they are in the scene).
     Numbers are doubles (NaN where a value is undefined)."""
-    import vtk
-
     table = vtk.vtkTable()
     for title, key, unit in COLUMNS:
         if key in ("name", "segment_id"):

@@ -26,6 +26,7 @@ class TaskInfo:
 
 def available_tasks() -> list[TaskInfo]:
     """Every task the core can run, in registry order (built-in tasks first)."""
+    # deferred: the core's registry imports torch, which the panel must not need to open
     from medseg.pipeline.tasks import available_tasks as core_tasks
 
     tasks = list(core_tasks().values())

@@ -47,5 +47,5 @@ class CancelledError(MedSegError):
     exit_code = ExitCode.CANCELLED
 
 
-class DeviceError(MedSegError, ValueError):
-    """A device string is malformed or names a device that is not present."""
+class DeviceError(InputError):
+    """A device option is malformed (not auto, cpu, cuda, cuda:N or mps)."""

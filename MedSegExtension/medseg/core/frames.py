@@ -7,14 +7,10 @@ Converting between them flips the signs of the first two world axes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
+import SimpleITK as sitk
 
-if TYPE_CHECKING:  # pragma: no cover
-    import SimpleITK as sitk
-
-    from medseg.core.volume import Volume
+from medseg.core.volume import Volume
 
 #: 3x3 matrix that maps LPS to RAS (and, being its own inverse, RAS to LPS)
 LPS_TO_RAS_33 = np.diag([-1.0, -1.0, 1.0])
@@ -51,7 +47,7 @@ def ras_rotation_to_lps(orientation_ras: np.ndarray) -> np.ndarray:
     return RAS_TO_LPS_33 @ np.asarray(orientation_ras, dtype=np.float64)
 
 
-def ijk_to_lps_from_sitk(image: "sitk.Image") -> np.ndarray:
+def ijk_to_lps_from_sitk(image: sitk.Image) -> np.ndarray:
     """4x4 IJK->LPS matrix of a 3D SimpleITK image (direction x spacing, origin)."""
     d = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     m = np.eye(4)
@@ -60,25 +56,19 @@ def ijk_to_lps_from_sitk(image: "sitk.Image") -> np.ndarray:
     return m
 
 
-def ijk_to_ras_from_sitk(image: "sitk.Image") -> np.ndarray:
+def ijk_to_ras_from_sitk(image: sitk.Image) -> np.ndarray:
     """4x4 IJK->RAS matrix of a 3D SimpleITK image."""
     return lps_to_ras_matrix(ijk_to_lps_from_sitk(image))
 
 
-def sitk_to_volume(image: "sitk.Image", name: str = "") -> "Volume":
+def sitk_to_volume(image: sitk.Image, name: str = "") -> Volume:
     """A 3D scalar SimpleITK image -> ``Volume`` (array KJI, IJK->RAS)."""
-    import SimpleITK as sitk
-
-    from medseg.core.volume import Volume
-
     arr = sitk.GetArrayFromImage(image)
     return Volume(arr, ijk_to_ras_from_sitk(image), name)
 
 
-def volume_to_sitk(volume: "Volume") -> "sitk.Image":
+def volume_to_sitk(volume: Volume) -> sitk.Image:
     """``Volume`` -> SimpleITK image with LPS origin, spacing and direction."""
-    import SimpleITK as sitk
-
     img = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
     m = ras_to_lps_matrix(volume.ijk_to_ras)
     spacing = np.linalg.norm(m[:3, :3], axis=0)

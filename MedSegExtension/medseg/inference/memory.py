@@ -67,7 +67,7 @@ def free_memory_bytes(device: torch.device) -> int:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     try:
-        import psutil
+        import psutil  # optional (not a dependency): the CPU fallback below works without it
 
         return int(psutil.virtual_memory().available)
     except ImportError:  # psutil is optional; fall back to POSIX sysconf

@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
 
+from medseg.core.frames import lps_to_ras_matrix
 from medseg.core.volume import Volume
 from medseg.core.errors import AmbiguousInputError, InputError
 
@@ -32,9 +36,6 @@ class _Slice:
 
 
 def _read_header(path: str):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as e:
@@ -42,14 +43,10 @@ def _read_header(path: str):
 
 
 def _series_ids(folder: Path) -> list[str]:
-    import SimpleITK as sitk
-
     return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
 def _series_files(folder: Path, uid: str) -> list[str]:
-    import SimpleITK as sitk
-
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
 
 
@@ -166,10 +163,6 @@ def regular_step(gaps: np.ndarray) -> float:
 def read_dicom_series(folder: Path, *, series_uid: Optional[str] = None,
                       warnings: Optional[list[str]] = None) -> Volume:
     """Read one image series from ``folder`` into a ``Volume`` (HU for CT: rescale applied)."""
-    import SimpleITK as sitk
-
-    from medseg.core.frames import lps_to_ras_matrix
-
     local: list[str] = []
     series = list_series(folder, local)
     if not series:

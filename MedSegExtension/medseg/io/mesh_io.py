@@ -21,6 +21,18 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 import numpy as np
+from vtkmodules import vtkFiltersGeneral
+from vtkmodules.util.misc import calldata_type
+from vtkmodules.util.numpy_support import vtk_to_numpy
+from vtkmodules.util.vtkConstants import VTK_STRING
+from vtkmodules.vtkCommonCore import vtkStringArray, vtkUnsignedCharArray, vtkVersion
+from vtkmodules.vtkCommonDataModel import vtkPolyData
+from vtkmodules.vtkCommonTransforms import vtkTransform
+from vtkmodules.vtkFiltersCore import vtkTriangleFilter
+from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkOBJWriter, vtkSTLReader, vtkSTLWriter
+from vtkmodules.vtkIOLegacy import vtkPolyDataReader, vtkPolyDataWriter
+from vtkmodules.vtkIOPLY import vtkPLYReader, vtkPLYWriter
+from vtkmodules.vtkIOXML import vtkXMLPolyDataReader, vtkXMLPolyDataWriter
 
 from medseg.core.errors import InputError, OutputError
 from medseg.core.formats import MESH_EXTENSIONS
@@ -49,9 +61,6 @@ class _VTKErrors:
     """Collects the error messages a VTK object reports (instead of printing them)."""
 
     def __init__(self, *objects) -> None:
-        from vtkmodules.util.misc import calldata_type
-        from vtkmodules.util.vtkConstants import VTK_STRING
-
         self.messages: List[str] = []
 
         @calldata_type(VTK_STRING)
@@ -68,11 +77,6 @@ class _VTKErrors:
 
 def _flip_xy(polydata):
     """A new polydata with x and y negated (RAS <-> LPS); normals are turned too."""
-    from vtkmodules import vtkFiltersGeneral
-    from vtkmodules.vtkCommonCore import vtkVersion
-    from vtkmodules.vtkCommonDataModel import vtkPolyData
-    from vtkmodules.vtkCommonTransforms import vtkTransform
-
     transform = vtkTransform()
     transform.Scale(*np.diag(LPS_TO_RAS_33))
     # Slicer uses vtkTransformPolyDataFilter (it keeps texture coordinates); VTK 9.7 deprecated
@@ -88,16 +92,12 @@ def _flip_xy(polydata):
 
 
 def _shallow(polydata):
-    from vtkmodules.vtkCommonDataModel import vtkPolyData
-
     out = vtkPolyData()
     out.ShallowCopy(polydata)
     return out
 
 
 def _triangulated(polydata):
-    from vtkmodules.vtkFiltersCore import vtkTriangleFilter
-
     tri = vtkTriangleFilter()
     tri.SetInputData(polydata)
     tri.Update()
@@ -105,9 +105,6 @@ def _triangulated(polydata):
 
 
 def _validate_polydata(polydata, where: str) -> None:
-    from vtkmodules.util.numpy_support import vtk_to_numpy
-    from vtkmodules.vtkCommonDataModel import vtkPolyData
-
     if not isinstance(polydata, vtkPolyData):
         raise InputError(f"{where}: expected a vtkPolyData, got {type(polydata).__name__}")
     if polydata.GetNumberOfPoints() == 0 or polydata.GetPoints() is None:
@@ -157,16 +154,11 @@ def write_mesh(polydata_ras, path: PathLike, coordinate_system: str = "LPS") -> 
 
 def _make_writer(ext: str, mesh, header: str, spec: str, cs: str):
     if ext == ".stl":
-        from vtkmodules.vtkIOGeometry import vtkSTLWriter
-
         writer = vtkSTLWriter()
         writer.SetInputData(_triangulated(mesh))
         writer.SetFileTypeToBinary()
         writer.SetHeader(header)
     elif ext == ".ply":
-        from vtkmodules.vtkCommonCore import vtkUnsignedCharArray
-        from vtkmodules.vtkIOPLY import vtkPLYWriter
-
         writer = vtkPLYWriter()
         tri = _triangulated(mesh)
         writer.SetInputData(tri)
@@ -180,17 +172,12 @@ def _make_writer(ext: str, mesh, header: str, spec: str, cs: str):
                 break
         writer.AddComment(spec)
     elif ext == ".vtk":
-        from vtkmodules.vtkIOLegacy import vtkPolyDataWriter
-
         writer = vtkPolyDataWriter()
         writer.SetInputData(mesh)
         writer.SetFileVersion(42)
         writer.SetFileTypeToBinary()
         writer.SetHeader(header)
     else:  # .vtp
-        from vtkmodules.vtkCommonCore import vtkStringArray
-        from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
-
         fd = mesh.GetFieldData()
         if fd.GetAbstractArray(SPACE_TAG) is not None:
             fd.RemoveArray(SPACE_TAG)  # ours is a private shallow copy
@@ -208,8 +195,6 @@ def _make_writer(ext: str, mesh, header: str, spec: str, cs: str):
 def _write_obj(mesh, tmp: Path, header: str) -> None:
     """OBJ via ``vtkOBJWriter`` with Slicer's header as the first comment line (Slicer itself
     uses ``vtkOBJExporter``, which needs a render window)."""
-    from vtkmodules.vtkIOGeometry import vtkOBJWriter
-
     body_path = tmp.with_name(tmp.name + ".body")
     try:
         writer = vtkOBJWriter()
@@ -262,20 +247,12 @@ def read_mesh(path: PathLike) -> "vtkPolyData":  # noqa: F821
     name = os.fspath(p)
     space: Optional[str] = None
     if ext == ".stl":
-        from vtkmodules.vtkIOGeometry import vtkSTLReader
-
         reader = vtkSTLReader()
     elif ext == ".ply":
-        from vtkmodules.vtkIOPLY import vtkPLYReader
-
         reader = vtkPLYReader()
     elif ext == ".obj":
-        from vtkmodules.vtkIOGeometry import vtkOBJReader
-
         reader = vtkOBJReader()
     elif ext == ".vtk":
-        from vtkmodules.vtkIOLegacy import vtkPolyDataReader
-
         reader = vtkPolyDataReader()
         reader.SetFileName(name)
         if not reader.IsFilePolyData():
@@ -283,8 +260,6 @@ def read_mesh(path: PathLike) -> "vtkPolyData":  # noqa: F821
         for flag in ("Scalars", "Vectors", "Normals", "Tensors", "ColorScalars", "TCoords", "Fields"):
             getattr(reader, f"ReadAll{flag}On")()
     else:
-        from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
-
         reader = vtkXMLPolyDataReader()
     errors = _VTKErrors(reader)
     reader.SetFileName(name)
@@ -322,8 +297,6 @@ def mesh_file_space(path: PathLike) -> Optional[str]:
     p = Path(path)
     ext = _extension(p)
     if ext == ".vtp":
-        from vtkmodules.vtkIOXML import vtkXMLPolyDataReader
-
         reader = vtkXMLPolyDataReader()
         reader.SetFileName(os.fspath(p))
         reader.Update()

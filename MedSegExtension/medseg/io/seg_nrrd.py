@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
+import nrrd
 import numpy as np
 
 from medseg.core.labelmap import LabelMap, Segment
@@ -179,8 +180,6 @@ def write_seg_nrrd(
         InputError: voxel values that belong to no segment, text fields that cannot be stored.
         OutputError: the file could not be written (nothing is left behind).
     """
-    import nrrd
-
     vol = labelmap.volume
     arr = np.ascontiguousarray(vol.array)
     if arr.dtype.kind not in "ui":
@@ -281,8 +280,6 @@ def read_seg_nrrd(path: PathLike) -> LabelMap:
         InputError: missing/unreadable file, several layers (overlapping segments), a space
             other than LPS/RAS, non-integer voxel values, bad segment fields.
     """
-    import nrrd
-
     p = Path(path)
     if not p.is_file():
         raise InputError(f"segmentation file {p} does not exist")

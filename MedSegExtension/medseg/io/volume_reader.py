@@ -5,15 +5,21 @@ ITK reads every format in LPS; the conversion to RAS happens in ``medseg.core.fr
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import SimpleITK as sitk
 
+from medseg.core.frames import sitk_to_volume
 from medseg.core.volume import Volume
 from medseg.core.errors import InputError
 from medseg.core.formats import image_format, strip_image_suffix
+from medseg.io.dicom_series import read_dicom_series
 
 _SCALAR_COMPLEX = ("complex",)
 
@@ -46,8 +52,6 @@ def read_volume(
     if not p.exists():
         raise InputError(f"input {p} does not exist")
     if p.is_dir():
-        from medseg.io.dicom_series import read_dicom_series
-
         return read_dicom_series(p, series_uid=series_uid, warnings=warnings)
     fmt = image_format(p)
     if fmt is None:
@@ -55,8 +59,6 @@ def read_volume(
             f"input {p} has an unsupported file type; use NRRD (.nrrd/.nhdr), NIfTI (.nii/.nii.gz), "
             f"MetaImage (.mha/.mhd) or a DICOM series folder"
         )
-    import SimpleITK as sitk
-
     check_complete(p)
     try:
         image = sitk.ReadImage(str(p))
@@ -72,10 +74,6 @@ def check_complete(path: Path) -> None:
     Gzip files are read to their end-of-stream marker; NIfTI-1 files (``.nii`` and, once
     decompressed, ``.nii.gz``) must be at least as long as their header says.
     """
-    import gzip
-    import struct
-    import zlib
-
     name = path.name.lower()
     try:
         if name.endswith(".gz"):
@@ -117,10 +115,6 @@ def check_complete(path: Path) -> None:
 
 def image_to_volume(image, path: Path, fmt: str, frame: Optional[int] = None) -> Volume:
     """Check dimension and pixel type of a SimpleITK image and convert it (LPS -> RAS)."""
-    import SimpleITK as sitk
-
-    from medseg.core.frames import sitk_to_volume
-
     pixel = image.GetPixelIDTypeAsString()
     if any(c in pixel for c in _SCALAR_COMPLEX):
         raise InputError(f"{path}: pixel type '{pixel}' is complex; MedSeg needs a real-valued scalar image")

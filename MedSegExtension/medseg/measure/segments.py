@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 import numpy as np
 from scipy import ndimage
+from vtkmodules.vtkFiltersCore import vtkMassProperties, vtkTriangleFilter
 
 from medseg.core.labelmap import LabelMap
 from medseg.core.volume import Volume
@@ -138,8 +139,6 @@ def _recist(sub: np.ndarray, lo_ijk: np.ndarray, volume: Volume) -> dict[str, An
 # ---------------------------------------------------------------------- surface area
 def surface_area_mm2(mesh: Any) -> float:
     """Surface area (mm^2) of a ``vtkPolyData`` (or an object with a ``polydata`` attribute)."""
-    from vtkmodules.vtkFiltersCore import vtkMassProperties, vtkTriangleFilter
-
     poly = getattr(mesh, "polydata", mesh)
     if not hasattr(poly, "GetNumberOfCells"):
         raise InputError(f"mesh must be a vtkPolyData, got {type(mesh).__name__}")

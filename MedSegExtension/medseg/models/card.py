@@ -14,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+import jsonschema
+
 from medseg.core.labelmap import Segment
 from medseg.core.specs import InferenceSpec, Normalization, PreprocessSpec
 from medseg.core.terminology import TERMS, term
@@ -139,8 +141,6 @@ def card_schema() -> dict:
 
 def validate_card_dict(data: Any, where: str) -> None:
     """Validate against the JSON schema; ``ModelError`` naming the failing path."""
-    import jsonschema
-
     validator = jsonschema.Draft202012Validator(card_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from medseg.core.components import face_components
@@ -220,7 +221,7 @@ def brain_mask(flair: Volume, params: MrBrainTumorParams = DEFAULT_PARAMS) -> np
     thr = bg + max(params.brain_rel_threshold * (p99 - bg), 5.0 * noise)
     fg = img > thr
     if fg.mean() > 0.95:  # no background on the faces (tight crop): fall back to Otsu
-        from skimage.filters import threshold_otsu
+        from skimage.filters import threshold_otsu  # optional, and only for this rare fallback
 
         thr = float(threshold_otsu(img[:: 2, :: 2, :: 2]))
         fg = img > thr
@@ -240,8 +241,6 @@ def _denoise(array: np.ndarray, spacing_kji: np.ndarray, params: MrBrainTumorPar
     if params.filter == "gaussian":
         return ndi.gaussian_filter(a, sigma=params.smooth_sigma_mm / spacing_kji)
     if params.filter == "median":
-        import SimpleITK as sitk
-
         radius_ijk = [int(r) for r in np.round(params.median_radius_mm / spacing_kji)[::-1]]
         if max(radius_ijk) == 0:
             return a
