@@ -124,8 +124,8 @@ def test_batch_goes_on_past_a_bad_case(sphere_file, tmp_path, capsys):
     bad.write_bytes(b"NRRD0004\nthis is not a real header\n")
     other = _write(sitk.ReadImage(str(sphere_file)), tmp_path / "in" / "second.nii.gz")
     out = tmp_path / "batch"
-    rc, stdout, err = _run(["run", str(sphere_file), str(bad), str(other), "--task", "threshold",
-                            "--threshold", "50", "--out", str(out), "--no-html"], capsys)
+    rc, stdout, _ = _run(["run", str(sphere_file), str(bad), str(other), "--task", "threshold",
+                         "--threshold", "50", "--out", str(out), "--no-html"], capsys)
     assert rc == 1
     status = json.loads((out / "batch_status.json").read_text())
     assert [s["status"] for s in status] == ["ok", "failed", "ok"]
@@ -139,6 +139,26 @@ def test_bad_option_values_exit_2(sphere_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", str(sphere_file), "--task", "threshold", "--out", str(tmp_path / "o"), "--formats", "gif"])
     assert e.value.code == 2
-    rc, _, err = _run(["run", str(sphere_file), "--task", "threshold", "--out", str(tmp_path / "o"),
-                       "--device", "gpu:3"], capsys)
-    assert rc == 2 and "gpu:3" in err
+    with pytest.raises(SystemExit) as e:  # the device is checked by the argument parser
+        main(["run", str(sphere_file), "--task", "threshold", "--out", str(tmp_path / "o"), "--device", "gpu:3"])
+    assert e.value.code == 2 and "gpu:3" in capsys.readouterr().err
+
+
+def test_bad_device_is_one_argument_error_before_any_input_is_read(sphere_file, tmp_path, capsys, monkeypatch):
+    """Several inputs (a batch) and a bad device: one argparse error, exit 2; no case runs, nothing is written."""
+    import medseg.cli.run as cli_run
+
+    def must_not_read(*a, **k):
+        raise AssertionError("an input was read")
+
+    monkeypatch.setattr(cli_run, "read_volume", must_not_read)
+    second = _write(sitk.ReadImage(str(sphere_file)), tmp_path / "in" / "second.nrrd")
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(sphere_file), str(second), "--task", "threshold", "--device", "gpu", "--out", str(out)])
+    assert e.value.code == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert cap.err.count("error:") == 1 and "argument --device" in cap.err and "'gpu'" in cap.err
+    assert "failed" not in cap.err and "sphere.nrrd" not in cap.err
+    assert not out.exists()

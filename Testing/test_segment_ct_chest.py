@@ -53,6 +53,7 @@ def test_spec_keeps_hu():
     assert SPEC.normalize.kind == "none" and SPEC.crop == "body-ct"
 
 
+@pytest.mark.slow
 def test_phantom_organs_dice(phantom_run):
     case, vol, truth, out, seconds = phantom_run
     assert isinstance(out, SegmentationOutput)
@@ -76,6 +77,7 @@ def test_phantom_organs_dice(phantom_run):
     assert seconds < 15.0
 
 
+@pytest.mark.slow
 def test_phantom_every_lesion_found_no_false_ones(phantom_run):
     case, vol, truth, out, _ = phantom_run
     lm = out.labelmap
@@ -114,6 +116,7 @@ def test_phantom_every_lesion_found_no_false_ones(phantom_run):
         assert not vals & {s.label_value for s in lesion_segs}, name
 
 
+@pytest.mark.slow
 def test_phantom_lesions_cut_out_of_lungs(phantom_run):
     _, _, truth, out, _ = phantom_run
     lm = out.labelmap
@@ -143,6 +146,7 @@ def lung1(shared_data):
     return vol, label.array > 0, out, time.perf_counter() - t
 
 
+@pytest.mark.slow
 def test_lung1_real_tumour_found(lung1):
     vol, tumour, out, seconds = lung1
     assert tumour.sum() == 837
@@ -161,6 +165,7 @@ def test_lung1_real_tumour_found(lung1):
     assert seconds < 20.0
 
 
+@pytest.mark.slow
 def test_lung1_lungs_left_right_in_ras(lung1):
     vol, _, out, _ = lung1
     lm = out.labelmap

@@ -53,12 +53,14 @@ def brats_run(request, shared_data):
 
 
 # ----------------------------------------------------------------------------- real data
+@pytest.mark.slow
 def test_brats_whole_tumour_dice(brats_run):
     name, flair, gt, _, out = brats_run
     d = dice(tumour_mask(out), gt)
     assert d >= CASES[name], f"{name}: whole-tumour Dice {d:.3f} < {CASES[name]}"
 
 
+@pytest.mark.slow
 def test_brats_brain_mask(brats_run):
     name, _, _, brain, out = brats_run
     seg = out.labelmap.array > 0  # brain label plus tumour labels inside it
@@ -69,6 +71,7 @@ def test_brats_brain_mask(brats_run):
     assert not any("skull" in w for w in out.warnings), out.warnings
 
 
+@pytest.mark.slow
 def test_brats_tumour_location_and_segments(brats_run):
     name, flair, gt, _, out = brats_run
     pred = tumour_mask(out)
@@ -92,6 +95,7 @@ def test_brats_tumour_location_and_segments(brats_run):
     assert out.scores[tumours[0].id] == max(out.scores.values()) > 0.5
 
 
+@pytest.mark.slow
 def test_brats_with_t1c(shared_data):
     d = shared_data / "brats2015_deepmedic" / "brats_2013_pat0003_1"
     flair = _read(d, "Flair_subtrMeanDivStd.nii.gz")

@@ -92,6 +92,7 @@ def test_missing_executable_is_not_started(tmp_path):
     assert child.status is ExitStatus.NOT_STARTED and "could not start" in child.error_message
 
 
+@pytest.mark.slow
 def test_cancel_kills_the_whole_process_tree(tmp_path):
     pidfile = tmp_path / "grandchild.pid"
     child = ChildProcess(_script(tmp_path, f"""
@@ -133,6 +134,7 @@ def _small_volume():
     return slicer.util.addVolumeFromArray(arr, m, "small")
 
 
+@pytest.mark.slow
 def test_child_process_run_through_the_logic(scene):
     node = _small_volume()
     fractions = []
@@ -147,6 +149,7 @@ def test_child_process_run_through_the_logic(scene):
     assert medseg_temp_dirs() == []
 
 
+@pytest.mark.slow
 def test_child_process_cancel_and_bad_input(scene):
     node = _small_volume()
     before = scene_snapshot()

@@ -1,5 +1,7 @@
 """Per-segment measurements: volume, centroid, bounds, surface area, longest diameter, RECIST axes.
 
+The keys are :class:`medseg.core.measurements.Measure` members (equal to their key strings).
+
 Every position is RAS mm; every length mm; volumes mL. Definitions:
 
 - ``voxel_count``: voxels carrying the segment's label value.
@@ -34,6 +36,7 @@ from scipy import ndimage
 from vtkmodules.vtkFiltersCore import vtkMassProperties, vtkTriangleFilter
 
 from medseg.core.labelmap import LabelMap
+from medseg.core.measurements import Measure
 from medseg.core.volume import Volume
 from medseg.core.components import label_bounding_slices, slices_to_ijk_bounds
 from medseg.core.diameter import diameter
@@ -90,12 +93,12 @@ def _recist(sub: np.ndarray, lo_ijk: np.ndarray, volume: Volume) -> dict[str, An
     ends_ijk = ijk[[p, q]] + lo_ijk
     ends_ras = volume.ijk_to_ras_points(ends_ijk)
     result: dict[str, Any] = {
-        "recist_axial_mm": float(d_long),
-        "recist_slice_axis": _AXIS_NAMES[a],
-        "recist_slice_index": int(sidx + lo_ijk[a]),
-        "recist_endpoints_ras": _json_points(ends_ras),
-        "short_axis_mm": 0.0,
-        "short_axis_endpoints_ras": _json_points(ends_ras[:1].repeat(2, axis=0)),
+        Measure.RECIST_AXIAL_MM: float(d_long),
+        Measure.RECIST_SLICE_AXIS: _AXIS_NAMES[a],
+        Measure.RECIST_SLICE_INDEX: int(sidx + lo_ijk[a]),
+        Measure.RECIST_ENDPOINTS_RAS: _json_points(ends_ras),
+        Measure.SHORT_AXIS_MM: 0.0,
+        Measure.SHORT_AXIS_ENDPOINTS_RAS: _json_points(ends_ras[:1].repeat(2, axis=0)),
     }
     if d_long <= 0:
         return result
@@ -131,8 +134,8 @@ def _recist(sub: np.ndarray, lo_ijk: np.ndarray, volume: Volume) -> dict[str, An
     imin[strip[hit_min]] = idx[hit_min]
     ext = vmax - vmin
     b = int(np.argmax(ext))
-    result["short_axis_mm"] = float(ext[b])
-    result["short_axis_endpoints_ras"] = _json_points(pts[[imin[b], imax[b]]])
+    result[Measure.SHORT_AXIS_MM] = float(ext[b])
+    result[Measure.SHORT_AXIS_ENDPOINTS_RAS] = _json_points(pts[[imin[b], imax[b]]])
     return result
 
 
@@ -156,17 +159,17 @@ def surface_area_mm2(mesh: Any) -> float:
 # --------------------------------------------------------------------------- main
 def _empty_measurement(is_lesion: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "voxel_count": 0,
-        "volume_ml": 0.0,
-        "centroid_ras": None,
-        "bounds_ras": None,
-        "longest_diameter_mm": 0.0,
-        "longest_diameter_endpoints_ras": None,
+        Measure.VOXEL_COUNT: 0,
+        Measure.VOLUME_ML: 0.0,
+        Measure.CENTROID_RAS: None,
+        Measure.BOUNDS_RAS: None,
+        Measure.LONGEST_DIAMETER_MM: 0.0,
+        Measure.LONGEST_DIAMETER_ENDPOINTS_RAS: None,
     }
     if is_lesion:
         out.update({
-            "recist_axial_mm": 0.0, "recist_slice_axis": None, "recist_slice_index": None,
-            "recist_endpoints_ras": None, "short_axis_mm": 0.0, "short_axis_endpoints_ras": None,
+            Measure.RECIST_AXIAL_MM: 0.0, Measure.RECIST_SLICE_AXIS: None, Measure.RECIST_SLICE_INDEX: None,
+            Measure.RECIST_ENDPOINTS_RAS: None, Measure.SHORT_AXIS_MM: 0.0, Measure.SHORT_AXIS_ENDPOINTS_RAS: None,
         })
     return out
 
@@ -227,23 +230,23 @@ def measure_segments(
             kji = np.nonzero(boundary_mask(sub))
             edge_ras = volume.ijk_to_ras_points(np.stack([kji[2], kji[1], kji[0]], axis=1) + lo)
             out = {
-                "voxel_count": count,
-                "volume_ml": count * voxel_ml,
-                "centroid_ras": [float(x) for x in volume.ijk_to_ras_points(mean_ijk)[0]],
-                "bounds_ras": {
+                Measure.VOXEL_COUNT: count,
+                Measure.VOLUME_ML: count * voxel_ml,
+                Measure.CENTROID_RAS: [float(x) for x in volume.ijk_to_ras_points(mean_ijk)[0]],
+                Measure.BOUNDS_RAS: {
                     "min": [float(x) for x in edge_ras.min(axis=0) - half_voxel_ras],
                     "max": [float(x) for x in edge_ras.max(axis=0) + half_voxel_ras],
                 },
-                "longest_diameter_mm": None,
-                "longest_diameter_endpoints_ras": None,
+                Measure.LONGEST_DIAMETER_MM: None,
+                Measure.LONGEST_DIAMETER_ENDPOINTS_RAS: None,
             }
             if all_diameters or is_lesion:
                 d, p, q = diameter(edge_ras)
-                out["longest_diameter_mm"] = float(d)
-                out["longest_diameter_endpoints_ras"] = _json_points(edge_ras[[p, q]])
+                out[Measure.LONGEST_DIAMETER_MM] = float(d)
+                out[Measure.LONGEST_DIAMETER_ENDPOINTS_RAS] = _json_points(edge_ras[[p, q]])
             if is_lesion:
                 out.update(_recist(sub, lo, volume))
-        out["surface_area_mm2"] = surface_area_mm2(meshes[seg.id]) if seg.id in meshes else None
+        out[Measure.SURFACE_AREA_MM2] = surface_area_mm2(meshes[seg.id]) if seg.id in meshes else None
         results[seg.id] = {"name": seg.name, "label_value": seg.label_value, "is_lesion": is_lesion,
                            "lesion_kind": lesions.get(seg.id), **out}
     return results

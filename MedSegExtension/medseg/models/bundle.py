@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from medseg.core.terminology import TERMS
+from medseg.io.atomic import atomic_write_text
 from medseg.models.allowlist import NETWORKS, canonical_name, check_literal
 from medseg.models.card import PALETTE, ModelCard, parse_card
 from medseg.models.errors import BundleError, ModelError
+from medseg.models.weights import sha256_file
 
 OVERLAY_FILE = "medseg.json"
 WEIGHT_FILES = (("models/model.pt", "state_dict"), ("models/model.ts", "torchscript"))
@@ -364,6 +366,30 @@ def bundle_card(folder: Path) -> ModelCard:
     if "postprocess" in overlay:
         data["postprocess"] = overlay["postprocess"]
     return parse_card(data, f"bundle {folder}", source="bundle")
+
+
+def pin_bundle_weights(folder: Path) -> tuple[Path, str, Path]:
+    """Record the current SHA-256 of the bundle's weights in ``folder/medseg.json`` (trust on first use:
+    only after the user checked where the file came from), keeping the file's other keys.
+
+    Returns:
+        ``(weights file, its SHA-256, the overlay file written)``.
+
+    Raises:
+        ModelError: ``folder`` is not a MONAI bundle; ``BundleError``: no weights file, or an
+            unreadable ``medseg.json``.
+    """
+    folder = Path(folder)
+    if not is_bundle(folder):
+        raise ModelError(f"--pin is for MONAI bundles; {folder} is not one (a model card pins weights.sha256 itself)")
+    path = bundle_weights_path(folder)
+    overlay_path = folder / OVERLAY_FILE
+    overlay = _load_json(overlay_path) if overlay_path.is_file() else {}
+    if not isinstance(overlay, dict):
+        raise BundleError(f"{overlay_path} must hold an object, got {type(overlay).__name__}")
+    overlay["weights_sha256"] = sha256_file(path)
+    atomic_write_text(overlay_path, json.dumps(overlay, indent=2) + "\n")
+    return path, overlay["weights_sha256"], overlay_path
 
 
 def bundle_weights_path(folder: Path) -> Path:

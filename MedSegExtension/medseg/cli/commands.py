@@ -1,0 +1,15 @@
+"""The ``medseg`` commands: name -> the module that implements it, and its one-line help.
+
+Light on purpose (no imports): ``medseg --help`` lists the commands from here, and only the module
+of the command being run is imported (it imports the pipeline, torch included).
+"""
+
+from __future__ import annotations
+
+#: command name -> (module with ``add_parser(sub, help)``, one-line help), in the order of ``--help``
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("medseg.cli.run", "run a task on your own files"),
+    "tasks": ("medseg.cli.tasks", "list the tasks, what each needs and produces"),
+    "models": ("medseg.cli.models", "list installed learned models, or check a model folder"),
+    "demo": ("medseg.cli.demo", "build a synthetic chest CT phantom and run ct-chest on it"),
+}

@@ -1,0 +1,110 @@
+"""What the commands share: argparse value types, the output options of ``run`` and ``demo``, and
+running one case with a progress bar.
+
+The value types turn user text into the core's vocabularies (devices, mesh formats) so a bad value
+is one argparse error (exit 2) before any input is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medseg.cli.progress import Progress
+from medseg.core.devices import DEVICE_HELP, parse_device
+from medseg.core.errors import DeviceError, InputError
+from medseg.core.formats import MeshFormat, parse_mesh_formats
+from medseg.core.specs import Task
+from medseg.core.vocabulary import NanPolicy, SurfaceMethod
+from medseg.core.volume import Volume
+from medseg.pipeline.options import MAX_DECIMATE, RunOptions
+from medseg.pipeline.output import write_result
+from medseg.pipeline.run import run_task
+
+#: shares of a case's progress bar: computing, then writing the files
+COMPUTE_SHARE, WRITE_SHARE = 0.9, 0.1
+
+
+# ----------------------------------------------------------------------------- argparse value types
+def unit_float(text: str) -> float:
+    """A number in 0..1."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {text}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    """A whole number >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
+    return v
+
+
+def mesh_formats(text: str) -> tuple[MeshFormat, ...]:
+    """Comma-separated mesh formats (``stl,ply``)."""
+    try:
+        return parse_mesh_formats([f for f in text.split(",") if f])
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def device(text: str) -> str:
+    """A device string in its canonical spelling (:func:`medseg.core.devices.parse_device`)."""
+    try:
+        return parse_device(text)
+    except DeviceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# ----------------------------------------------------------------------------- shared options
+def add_output_options(sp: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``demo`` share: device, overwrite, models, report."""
+    sp.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace an existing output folder (it is replaced only after every file is written)")
+    sp.add_argument("--formats", type=mesh_formats, default=(MeshFormat.STL,), metavar="LIST",
+                    help=f"model formats, comma separated: {','.join(MeshFormat.values())} (default stl)")
+    sp.add_argument("--no-models", action="store_true", help="skip 3D models")
+    sp.add_argument("--no-html", action="store_true", help="skip report.html and its figures")
+    sp.add_argument("--smoothing", type=unit_float, default=0.5, help="model smoothing 0..1 (default 0.5)")
+    sp.add_argument("--decimate", type=unit_float, default=0.0,
+                    help=f"fraction of model triangles to remove, 0..{MAX_DECIMATE:g} (default 0)")
+    sp.add_argument("--surface-method", choices=SurfaceMethod.values(), default=SurfaceMethod.SURFACE_NETS.value)
+
+
+def run_options(args: argparse.Namespace, task: str, params: dict[str, Any]) -> RunOptions:
+    """``RunOptions`` from the parsed output options (and ``--nan-policy`` where the command has it)."""
+    return RunOptions(task=task, device=args.device, nan_policy=getattr(args, "nan_policy", NanPolicy.ERROR),
+                      models=not args.no_models, surface_method=args.surface_method,
+                      smoothing=args.smoothing, decimate=args.decimate, params=params)
+
+
+# ----------------------------------------------------------------------------- one case
+def run_case(volumes: Sequence[Volume], options: RunOptions, out_dir: Path, args: argparse.Namespace,
+             label: str, task: Task | None = None) -> dict[str, Any]:
+    """Run and write one case with a progress bar labelled ``label``; return its ``report.json``
+    with ``total_time_s`` (wall time including writing) added."""
+    t0 = time.perf_counter()
+    bar = Progress(args.quiet, label, as_json=args.progress_json)
+    try:
+        result = run_task(volumes, options, task=task, progress=lambda f, m: bar(COMPUTE_SHARE * f, m))
+        write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=args.formats, html=not args.no_html,
+                     progress=lambda f, m: bar(COMPUTE_SHARE + WRITE_SHARE * f, m))
+    finally:
+        bar.close()
+    with open(out_dir / "report.json", encoding="utf-8") as fh:
+        report: dict[str, Any] = json.load(fh)
+    report["total_time_s"] = time.perf_counter() - t0
+    return report

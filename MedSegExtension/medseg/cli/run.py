@@ -1,0 +1,141 @@
+"""``medseg run``: a task (or a learned model folder) on your own files, one case or a batch.
+
+    medseg run INPUT... --task TASK --out DIR [--device auto|cpu|cuda|cuda:N|mps] [--overwrite]
+    medseg run INPUT... --model DIR --out DIR [--tta] [--uncertainty]
+
+The task-parameter flags (``--threshold``, ``--min-volume``, ``--tta``, ``--uncertainty``) are
+generated from :data:`medseg.core.specs.TASK_PARAMS`; a flag that is not given leaves its parameter
+out (the task's default applies), and a task refuses a parameter it does not take (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from medseg.cli.commands import COMMANDS
+from medseg.cli.common import add_output_options, nonneg_int, run_case, run_options
+from medseg.cli.summary import format_summary
+from medseg.core.errors import CancelledError, ExitCode, InputError, MedSegError
+from medseg.core.formats import strip_image_suffix
+from medseg.core.specs import TASK_PARAMS, Task, TaskParam
+from medseg.core.vocabulary import NanPolicy
+from medseg.io.atomic import atomic_write_text, check_output_folder
+from medseg.io.filenames import unique_file_stem
+from medseg.io.volume_reader import read_volume
+from medseg.pipeline.model_tasks import model_task
+from medseg.pipeline.options import RunOptions
+from medseg.pipeline.tasks import get_task
+
+#: the batch's per-case status file, in the output folder
+BATCH_STATUS_FILE = "batch_status.json"
+
+
+# ----------------------------------------------------------------------------- task parameters
+def _dest(param: TaskParam) -> str:
+    return f"param_{param.name}"
+
+
+def add_task_param_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :data:`TASK_PARAMS` entry: a number (``type=float``) or a switch (``store_true``);
+    not given: ``None``."""
+    for p in TASK_PARAMS.values():
+        if p.kind is bool:
+            parser.add_argument(p.flag, dest=_dest(p), action="store_true", default=None, help=p.help)
+        else:
+            metavar = p.unit.replace("^", "").upper() if p.unit else p.flag.lstrip("-").upper()
+            parser.add_argument(p.flag, dest=_dest(p), type=p.kind, default=None, metavar=metavar, help=p.help)
+
+
+def task_params(args: argparse.Namespace) -> dict[str, Any]:
+    """``RunOptions.params`` from the parsed flags: only the parameters whose flag was given."""
+    values = {name: getattr(args, _dest(p), None) for name, p in TASK_PARAMS.items()}
+    return {name: v for name, v in values.items() if v is not None}
+
+
+# ----------------------------------------------------------------------------- parser
+def add_parser(sub: Any) -> None:
+    """Add ``run`` to the ``medseg`` subparsers."""
+    r = sub.add_parser("run", help=COMMANDS["run"][1],
+                       description="Run TASK on INPUT(s). For a one-input task, several INPUTs are a batch: "
+                                   "each gets its own folder DIR/<name>/ and a failing case does not stop the "
+                                   "others. For a multi-input task (mr-brain-tumor: FLAIR [T1c]) the INPUTs are "
+                                   "that case's inputs, in order.")
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="NRRD, NIfTI, MHA/MHD file or DICOM series folder")
+    r.add_argument("--task", default=None, help="task name (see `medseg tasks`); or give --model DIR")
+    r.add_argument("--model", type=Path, default=None, metavar="DIR",
+                   help="run the learned model in DIR (model_card.json or a MONAI bundle) instead of --task")
+    r.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    r.add_argument("--series", default=None, metavar="UID", help="DICOM SeriesInstanceUID when a folder has several")
+    r.add_argument("--frame", type=nonneg_int, default=None, metavar="N", help="frame to use from a 4D input")
+    r.add_argument("--nan-policy", choices=NanPolicy.values(), default=NanPolicy.ERROR.value,
+                   help="NaN/Inf voxels: refuse (default) or fill with the minimum finite value")
+    add_task_param_flags(r)
+    add_output_options(r)
+    r.set_defaults(handler=cmd_run, writes_output=True)
+
+
+# ----------------------------------------------------------------------------- command
+def _task(args: argparse.Namespace) -> Task:
+    if (args.task is None) == (args.model is None):
+        raise InputError("give either --task TASK or --model DIR (see `medseg tasks`, `medseg models list`)")
+    return model_task(args.model) if args.model is not None else get_task(args.task)
+
+
+def cmd_run(args: argparse.Namespace) -> ExitCode:
+    """Check the options and inputs, then run one case (or a batch) and print the summary."""
+    task = _task(args)
+    options = run_options(args, task.name, task_params(args))
+    options.validate(task)
+    paths = [Path(p) for p in args.inputs]
+    for p in paths:
+        if not p.exists():
+            raise InputError(f"input {p} does not exist")
+    if task.max_inputs == 1 and len(paths) > 1:
+        return _run_batch(paths, task, options, args)
+    if len(paths) > task.max_inputs:
+        raise InputError(f"task {task.name} takes at most {task.max_inputs} input(s), got {len(paths)}")
+    check_output_folder(args.out, args.overwrite)
+    warnings: list[str] = []
+    volumes = [read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings) for p in paths]
+    report = run_case(volumes, options, args.out, args, task.name, task=task)
+    if not args.quiet:
+        for w in warnings:
+            print(f"Warning: {w}", file=sys.stderr)
+        print(format_summary(report, args.out))
+    return ExitCode.OK
+
+
+def _run_batch(paths: list[Path], task: Task, options: RunOptions, args: argparse.Namespace) -> ExitCode:
+    """One case per input, each in ``DIR/<name>/``; a failing case is reported and the rest go on."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    cases = [(p, args.out / unique_file_stem(strip_image_suffix(p.name), taken, "case")) for p in paths]
+    for _, out in cases:
+        check_output_folder(out, args.overwrite)
+    status: list[dict[str, Any]] = []
+    for p, out in cases:
+        entry: dict[str, Any] = {"input": str(p), "output": str(out)}
+        try:
+            warnings: list[str] = []
+            vol = read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings)
+            report = run_case([vol], options, out, args, p.name, task=task)
+            entry.update(status="ok", segments=len(report["segments"]), boxes=len(report["boxes"]),
+                         warnings=warnings + report.get("warnings", []))
+        except CancelledError:
+            raise
+        except MedSegError as e:
+            entry.update(status="failed", error=str(e))
+            print(f"medseg: {p}: {e}", file=sys.stderr)
+        status.append(entry)
+    atomic_write_text(args.out / BATCH_STATUS_FILE, json.dumps(status, indent=2) + "\n")
+    failed = [s for s in status if s["status"] != "ok"]
+    if not args.quiet:
+        for s in status:
+            outcome = f": {s['error']}" if s["status"] != "ok" else f" -> {s['output']}"
+            print(f"{s['status']:7s} {s['input']}{outcome}")
+        print(f"{len(status) - len(failed)} ok, {len(failed)} failed; status in {args.out / BATCH_STATUS_FILE}")
+    return ExitCode.FAILED if failed else ExitCode.OK

@@ -1,0 +1,45 @@
+"""The table printed at the end of a run: segments with their measurements, boxes, timings.
+
+Column titles and units come from the measurement vocabulary (:mod:`medseg.core.measurements`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medseg.core.measurements import Measure, column_title
+
+
+def _xyz(c: Any) -> str:
+    return "({:.1f}, {:.1f}, {:.1f})".format(*c)
+
+
+#: the measurement columns after the segment name: (key, axis word for the title, cell text)
+COLUMNS: tuple[tuple[Measure, str, Callable[[Any], str]], ...] = (
+    (Measure.VOXEL_COUNT, "", str),
+    (Measure.VOLUME_ML, "", lambda v: f"{v:.2f}"),
+    (Measure.LONGEST_DIAMETER_MM, "", lambda v: f"{v:.1f}"),
+    (Measure.CENTROID_RAS, "RAS", _xyz),
+)
+
+
+def format_summary(report: dict[str, Any], out_dir: Path) -> str:
+    """A plain-text table of a ``report.json``'s segments and boxes plus timings and warnings."""
+    rows = [("Segment", *(column_title(key, axis) for key, axis, _ in COLUMNS))]
+    for s in report["segments"]:
+        rows.append((s["name"], *("" if s.get(key) is None else cell(s[key]) for key, _, cell in COLUMNS)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    boxes = report["boxes"]
+    lines.append(f"Boxes: {len(boxes)}" + (
+        " (" + ", ".join(f"{b['name']} {b['label']} score {b['score']:.2f}" for b in boxes) + ")" if boxes else ""))
+    t = report.get("timings_s", {})
+    lines.append("Time: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
+                 + f"; total {report.get('total_time_s', sum(t.values())):.1f}s on {report.get('device', '?')}")
+    lines.extend(f"Warning: {w}" for w in report.get("warnings", []))
+    lines.append(f"Output: {out_dir}")
+    return "\n".join(lines)
