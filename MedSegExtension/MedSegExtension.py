@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Annotated, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Annotated, Optional
 
 import numpy as np
 import slicer

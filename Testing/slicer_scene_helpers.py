@@ -6,9 +6,9 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import slicer
 
 import slicer_fake_setup  # noqa: F401  (sets sys.path)
-import slicer
 
 
 def volume_node_from_sitk(img, name: str = "input"):

@@ -3,16 +3,17 @@
 import json
 
 import jsonschema
+import pytest
 import slicerio
 
+from conftest import shared_data_dir
 from medseg.cli import main
 from medseg.report import load_report_schema
-
-from conftest import shared_data_dir
 
 SCHEMA = shared_data_dir().parent / "slicer-api" / "schemas" / "markups" / "markups-schema-v1.0.3.json"
 
 
+@pytest.mark.slow
 def test_demo_writes_everything_and_finds_every_lesion(tmp_path, capsys):
     out = tmp_path / "demo ö"
     assert main(["demo", "--out", str(out), "--formats", "stl,ply"]) == 0

@@ -7,7 +7,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import grid_centre_ras, make_sitk_image, sitk_index_to_ras, sitk_physical_points_ras, sphere_image
+from medseg.core import frames
 from medseg.core.box import Box
+from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.detect.boxes import (
     box_axes_match_volume,
@@ -17,8 +19,6 @@ from medseg.detect.boxes import (
     boxes_for_lesions,
     clip_boxes_to_volume,
 )
-from medseg.core.errors import InputError
-from medseg.core import frames
 
 OBLIQUE = "oblique_aniso_flipped"
 

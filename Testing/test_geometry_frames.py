@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from conftest import make_sitk_image, sitk_index_to_ras, sitk_physical_points_ras
-from medseg.core.volume import Volume, crop_volume, ijk_to_ras_from_geometry
-from medseg.core.errors import InputError
 from medseg.core import frames
+from medseg.core.errors import InputError
+from medseg.core.volume import Volume, crop_volume, ijk_to_ras_from_geometry
 
 
 def test_sitk_to_volume_matches_itk_points(geometry_case):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from medseg.core.errors import CancelledError, InputError
-from medseg.inference.sliding_window import gaussian_importance_map, n_windows, scan_windows, sliding_window_inference
 from medseg.core.progress import CancelToken
+from medseg.inference.sliding_window import gaussian_importance_map, n_windows, scan_windows, sliding_window_inference
 
 
 def identity(t: torch.Tensor) -> torch.Tensor:

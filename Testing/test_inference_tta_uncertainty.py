@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from medseg.core.entropy import normalised_entropy
 from medseg.core.errors import InputError
 from medseg.inference.tta import default_flips, flip_tta
-from medseg.core.entropy import normalised_entropy
 
 
 def test_flips_of_equivariant_function_change_nothing():

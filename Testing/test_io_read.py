@@ -7,7 +7,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_sitk_image, sitk_index_to_ras, sphere_image
+from conftest import sitk_index_to_ras, sphere_image
 from medseg.core.errors import AmbiguousInputError, InputError
 from medseg.io.volume_reader import read_volume
 

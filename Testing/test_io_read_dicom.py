@@ -13,9 +13,9 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import rotation
 from pydicom.uid import generate_uid
 
+from conftest import rotation
 from medseg.core.errors import AmbiguousInputError, InputError
 from medseg.core.frames import lps_to_ras_points
 from medseg.io.volume_reader import read_volume

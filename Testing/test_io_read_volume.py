@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_sitk_image, sitk_index_to_ras, sitk_physical_points_ras
 
+from conftest import make_sitk_image, sitk_index_to_ras, sitk_physical_points_ras
 from medseg.core.errors import InputError
 from medseg.io.volume_reader import read_volume, volume_name
 

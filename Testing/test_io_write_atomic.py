@@ -51,12 +51,11 @@ def test_atomic_write_creates_and_replaces(tmp_path):
 def test_enospc_half_way_keeps_original_and_leaves_no_part(tmp_path):
     target = tmp_path / "segmentation.seg.nrrd"
     target.write_bytes(b"original content")
-    with pytest.raises(OutputError, match="no space left"):
-        with atomic_path(target) as tmp:
-            assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.name.endswith(".part")
-            with open(tmp, "wb") as fh:
-                fh.write(b"half of the new")
-            enospc()
+    with pytest.raises(OutputError, match="no space left"), atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.name.endswith(".part")
+        with open(tmp, "wb") as fh:
+            fh.write(b"half of the new")
+        enospc()
     assert target.read_bytes() == b"original content"
     assert leftovers(tmp_path) == []
     assert sorted(os.listdir(tmp_path)) == ["segmentation.seg.nrrd"]
@@ -78,19 +77,17 @@ def test_enospc_on_fsync_and_on_replace(tmp_path, monkeypatch):
 
 def test_other_exceptions_propagate_unchanged_and_clean_up(tmp_path):
     target = tmp_path / "x.vtk"
-    with pytest.raises(KeyError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"partial")
-            # a writer that also made a file with a suffix added to the temp name
-            Path(str(tmp) + ".vtk").write_bytes(b"partial")
-            raise KeyError("boom")
+    with pytest.raises(KeyError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"partial")
+        # a writer that also made a file with a suffix added to the temp name
+        Path(str(tmp) + ".vtk").write_bytes(b"partial")
+        raise KeyError("boom")
     assert os.listdir(tmp_path) == []
 
 
 def test_writer_that_writes_nothing_is_an_error(tmp_path):
-    with pytest.raises(OutputError, match="produced no file"):
-        with atomic_path(tmp_path / "model.stl"):
-            pass
+    with pytest.raises(OutputError, match="produced no file"), atomic_path(tmp_path / "model.stl"):
+        pass
     assert os.listdir(tmp_path) == []
 
 
@@ -99,13 +96,11 @@ def test_atomic_path_keep_extension_and_bad_targets(tmp_path):
         assert tmp.suffix == ".png" and ".part" in tmp.name
         tmp.write_bytes(b"png")
     assert (tmp_path / "plot.png").read_bytes() == b"png"
-    with pytest.raises(OutputError, match="does not exist"):
-        with atomic_path(tmp_path / "missing" / "a.txt"):
-            pass
+    with pytest.raises(OutputError, match="does not exist"), atomic_path(tmp_path / "missing" / "a.txt"):
+        pass
     (tmp_path / "adir").mkdir()
-    with pytest.raises(OutputError, match="folder of that name"):
-        with atomic_path(tmp_path / "adir"):
-            pass
+    with pytest.raises(OutputError, match="folder of that name"), atomic_path(tmp_path / "adir"):
+        pass
 
 
 # --------------------------------------------------------------------------- output folder
@@ -131,10 +126,9 @@ def test_output_folder_commits_new_folder(tmp_path):
 def test_failure_half_way_leaves_target_unchanged(tmp_path):
     target = tmp_path / "case1"
     before = make_existing(target)
-    with pytest.raises(RuntimeError, match="model crashed"):
-        with OutputFolder(target, overwrite=True) as out:
-            atomic_write_text(out / "segmentation.seg.nrrd", "new")
-            raise RuntimeError("model crashed")
+    with pytest.raises(RuntimeError, match="model crashed"), OutputFolder(target, overwrite=True) as out:
+        atomic_write_text(out / "segmentation.seg.nrrd", "new")
+        raise RuntimeError("model crashed")
     assert tree_digest(target) == before
     assert os.listdir(tmp_path) == ["case1"]
     assert leftovers(tmp_path) == []
@@ -142,11 +136,10 @@ def test_failure_half_way_leaves_target_unchanged(tmp_path):
 
 def test_failure_removes_parent_folders_it_created(tmp_path):
     target = tmp_path / "runs" / "2024" / "case1"
-    with pytest.raises(RuntimeError):
-        with OutputFolder(target) as out:
-            assert (tmp_path / "runs" / "2024").is_dir()
-            atomic_write_text(out / "a.txt", "a")
-            raise RuntimeError("stop")
+    with pytest.raises(RuntimeError), OutputFolder(target) as out:
+        assert (tmp_path / "runs" / "2024").is_dir()
+        atomic_write_text(out / "a.txt", "a")
+        raise RuntimeError("stop")
     assert os.listdir(tmp_path) == []
     with OutputFolder(target) as out:
         atomic_write_text(out / "a.txt", "a")
@@ -158,9 +151,8 @@ def test_existing_non_empty_folder_needs_overwrite(tmp_path):
     before = make_existing(target)
     with pytest.raises(OutputError, match="--overwrite"):
         check_output_folder(target, overwrite=False)
-    with pytest.raises(OutputError, match="--overwrite"):
-        with OutputFolder(target, overwrite=False):
-            pass
+    with pytest.raises(OutputError, match="--overwrite"), OutputFolder(target, overwrite=False):
+        pass
     assert tree_digest(target) == before
     assert os.listdir(tmp_path) == ["case1"]
     # an existing empty folder is fine without overwrite
@@ -203,9 +195,8 @@ def test_read_only_parent(tmp_path, monkeypatch):
                 raise PermissionError(errno.EACCES, "Permission denied")
 
             monkeypatch.setattr(atomic.os, "makedirs", refuse)
-            with pytest.raises(OutputError, match="permission denied"):
-                with OutputFolder(parent / "case1"):
-                    pass
+            with pytest.raises(OutputError, match="permission denied"), OutputFolder(parent / "case1"):
+                pass
         assert os.listdir(parent) == []
     finally:
         parent.chmod(0o755)
@@ -221,19 +212,17 @@ def test_commit_failure_restores_old_folder(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst)
 
-    with pytest.raises(OutputError, match="no space left"):
-        with OutputFolder(target, overwrite=True) as out:
-            atomic_write_text(out / "report.json", "new")
-            monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(OutputError, match="no space left"), OutputFolder(target, overwrite=True) as out:
+        atomic_write_text(out / "report.json", "new")
+        monkeypatch.setattr(atomic.os, "replace", failing_replace)
     assert tree_digest(target) == before
     assert os.listdir(tmp_path) == ["case1"]
 
 
 def test_staging_folder_creation_fails_with_enospc(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.os, "makedirs", enospc)
-    with pytest.raises(OutputError, match="no space left"):
-        with OutputFolder(tmp_path / "case1"):
-            pass
+    with pytest.raises(OutputError, match="no space left"), OutputFolder(tmp_path / "case1"):
+        pass
     assert os.listdir(tmp_path) == []
 
 
@@ -246,12 +235,10 @@ def test_non_ascii_path_with_spaces(tmp_path):
 
 
 def test_paths_must_stay_inside_the_folder(tmp_path):
-    with pytest.raises(OutputError):
-        with OutputFolder(tmp_path / "case1") as out:
-            out / "../escape.txt"
-    with pytest.raises(OutputError):
-        with OutputFolder(tmp_path / "case2") as out:
-            out / "/etc/passwd"
+    with pytest.raises(OutputError), OutputFolder(tmp_path / "case1") as out:
+        out / "../escape.txt"
+    with pytest.raises(OutputError), OutputFolder(tmp_path / "case2") as out:
+        out / "/etc/passwd"
     assert os.listdir(tmp_path) == []
     with pytest.raises(OutputError, match="not open"):
         OutputFolder(tmp_path / "case3").path

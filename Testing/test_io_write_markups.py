@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import GEOMETRY_CASES, REPO_ROOT, make_sitk_image, rotation, sitk_index_to_ras
+from medseg.core import frames
 from medseg.core.box import Box
 from medseg.core.errors import InputError
-from medseg.core import frames
 from medseg.io.markups import (
     MARKUPS_SCHEMA,
     boxes_to_markups_json,

@@ -15,13 +15,13 @@ import slicerio
 import slicerio.segmentation
 
 from conftest import make_sitk_image, sitk_physical_points_ras, sphere_image
-from medseg.core.labelmap import LabelMap, Segment
-from medseg.core.volume import Volume
-from medseg.core.errors import InputError, OutputError
 from medseg.core import frames
+from medseg.core.errors import InputError, OutputError
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.terminology import term
+from medseg.core.volume import Volume
 from medseg.io import seg_nrrd
 from medseg.io.seg_nrrd import read_seg_nrrd, terminology_from_string, terminology_to_string, write_seg_nrrd
-from medseg.core.terminology import term
 
 CASE = "oblique_aniso_flipped"
 SLICERIO_DATA = Path(slicerio.__file__).resolve().parent / "data"

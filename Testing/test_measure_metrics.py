@@ -7,8 +7,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from conftest import grid_centre_ras, make_sitk_image, sitk_physical_points_ras, sphere_image
-from medseg.core.errors import InputError
 from medseg.core import frames
+from medseg.core.errors import InputError
 from medseg.measure.metrics import dice, hausdorff95_mm, mean_surface_distance_mm, surface_distances_mm
 
 OBLIQUE = "oblique_aniso_flipped"

@@ -9,11 +9,11 @@ from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist
 
 from conftest import grid_centre_ras, make_sitk_image, sitk_index_to_ras, sitk_physical_points_ras, sphere_image
-from medseg.core.labelmap import LabelMap, Segment
-from medseg.core.volume import Volume
-from medseg.core.errors import InputError
 from medseg.core import frames
 from medseg.core.diameter import diameter
+from medseg.core.errors import InputError
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.volume import Volume
 from medseg.measure.segments import measure_segments
 
 OBLIQUE = "oblique_aniso_flipped"

@@ -141,12 +141,11 @@ def test_unknown_targets_and_bad_references_are_refused(tmp_path, path, value, m
 def test_run_bundle_from_the_cli(tmp_path):
     """`medseg run --model BUNDLE` on a NRRD file: exit 0, a segmentation on the input grid."""
     import nrrd
+    import SimpleITK as sitk
 
     from medseg.cli import main
-    from medseg.core.volume import Volume
     from medseg.core.frames import volume_to_sitk
-
-    import SimpleITK as sitk
+    from medseg.core.volume import Volume
 
     b = make_bundle(tmp_path / "spleen bundle")
     rng = np.random.default_rng(0)

@@ -12,8 +12,8 @@ from medseg.models import weights as W
 from medseg.models.allowlist import build_network
 from medseg.models.authoring import save_model_folder
 from medseg.models.errors import WeightsError
-from medseg.models.registry import open_model
 from medseg.models.network import load_network
+from medseg.models.registry import open_model
 
 ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [2, 4], "strides": [2], "num_res_units": 1}
 CARD = {

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from medseg.core.volume import Volume
 from medseg.core.errors import CancelledError, InputError
 from medseg.core.progress import CancelToken
+from medseg.core.volume import Volume
 from medseg.pipeline.run import RunOptions, run_task
 
 

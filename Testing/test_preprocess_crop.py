@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_sitk_image, sitk_physical_points_ras
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
 from medseg.core.frames import sitk_to_volume
+from medseg.core.volume import Volume
 from medseg.preprocess.crop import Crop, apply_crop, body_crop_ct, foreground_crop, uncrop
 
 CASE = "oblique_aniso_flipped"

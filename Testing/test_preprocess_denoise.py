@@ -7,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_sitk_image, sitk_physical_points_ras
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
 from medseg.core.frames import sitk_to_volume
+from medseg.core.volume import Volume
 from medseg.preprocess import _slabs
 from medseg.preprocess.denoise import discrete_gaussian_kernel, edge_preserving_smooth, gaussian_smooth
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.core.volume import Volume
-from medseg.core.errors import DeviceError
 from medseg.core import torch_devices as devmod
-from medseg.preprocess import denoise, resample
+from medseg.core.errors import DeviceError
 from medseg.core.torch_devices import resolve_device, resolve_device_with_note
+from medseg.core.volume import Volume
+from medseg.preprocess import denoise, resample
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
+from medseg.core.volume import Volume
 from medseg.preprocess import _slabs
 from medseg.preprocess.intensity import as_float32, check_finite, normalize_ct_window, normalize_robust_zscore
 

@@ -8,16 +8,16 @@ import SimpleITK as sitk
 import torch
 
 from conftest import grid_centre_ras, make_sitk_image, sitk_physical_points_ras, sphere_image
-from medseg.core.volume import Volume
+from medseg.core import torch_devices as devmod
 from medseg.core.errors import CancelledError, InputError
 from medseg.core.frames import sitk_to_volume, volume_to_sitk
 from medseg.core.progress import CancelToken
-from medseg.core import torch_devices as devmod
+from medseg.core.specs import Normalization, PreprocessSpec
+from medseg.core.volume import Volume
 from medseg.preprocess.crop import apply_crop, uncrop
 from medseg.preprocess.mapback import labels_to_input_grid
 from medseg.preprocess.pipeline import preprocess
 from medseg.preprocess.resample import resample_to_grid
-from medseg.core.specs import Normalization, PreprocessSpec
 
 CASE = "oblique_aniso_flipped"
 RADIUS = 14.0
@@ -55,7 +55,7 @@ def test_preprocess_end_to_end_and_labels_back():
     assert work.array.dtype == np.float32
     np.testing.assert_allclose(work.spacing, 1.5)
     np.testing.assert_allclose(work.direction, ct.direction, atol=1e-12)
-    assert 0.0 <= work.array.min() and work.array.max() <= 1.0
+    assert work.array.min() >= 0.0 and work.array.max() <= 1.0
     assert prep.reference is ct and prep.crop is not None and not prep.crop.is_whole
     assert set(prep.timings) == {"validate", "cast", "crop", "resample", "denoise", "normalize", "total"}
     fr = [f for f, _ in seen]

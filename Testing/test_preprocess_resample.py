@@ -7,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_sitk_image, rotation, sitk_physical_points_ras
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
 from medseg.core.frames import sitk_to_volume, volume_to_sitk
+from medseg.core.volume import Volume
 from medseg.preprocess import _slabs
 from medseg.preprocess.resample import resample_to_grid, resample_to_spacing, spacing_grid
 

@@ -10,12 +10,12 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import rotation
-from medseg.core.volume import Volume
 from medseg.core.errors import CancelledError, InputError
 from medseg.core.frames import sitk_to_volume
-from medseg.data.phantom import make_chest_phantom
 from medseg.core.progress import CancelToken
 from medseg.core.specs import PreprocessSpec, SegmentationOutput
+from medseg.core.volume import Volume
+from medseg.data.phantom import make_chest_phantom
 from medseg.segment.ct_chest import SPEC, segment_ct_chest
 
 SAGITTAL_OBLIQUE = rotation((1.0, 2.0, 0.5), 12.0) @ np.array([[0, 0, 1.0], [-1.0, 0, 0], [0, -1.0, 0]])

@@ -8,7 +8,14 @@ import pytest
 from medseg.core.volume import ijk_to_ras_from_geometry
 from medseg.segment import ct_lesion
 from medseg.segment.morphology import (
-    ball_footprint, block_expand, block_factors, block_mean, close_mm, dilate_mm, erode_mm, fill_holes_2d,
+    ball_footprint,
+    block_expand,
+    block_factors,
+    block_mean,
+    close_mm,
+    dilate_mm,
+    erode_mm,
+    fill_holes_2d,
     open_small,
 )
 

@@ -8,13 +8,13 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import rotation
-from medseg.core.volume import Volume
 from medseg.core.errors import CancelledError, InputError
 from medseg.core.frames import sitk_to_volume
 from medseg.core.progress import CancelToken
 from medseg.core.specs import PreprocessSpec, SegmentationOutput
-from medseg.segment.mr_brain import LESION_KIND, SPEC, segment_mr_brain_tumor
 from medseg.core.terminology import term
+from medseg.core.volume import Volume
+from medseg.segment.mr_brain import LESION_KIND, SPEC, segment_mr_brain_tumor
 
 #: whole-tumour Dice measured with the default constants (FLAIR only) was 0.930 / 0.633 / 0.902;
 #: the thresholds sit a few points below.

@@ -7,9 +7,8 @@ import re
 import typing
 import xml.etree.ElementTree as ET
 
+import slicer_cmake_lists as lists
 from slicer_fake_setup import MODULE_DIR, REPO_ROOT
-
-import slicer_cmake_lists as lists  # noqa: E402
 
 UI = MODULE_DIR / "Resources" / "UI" / "MedSegExtension.ui"
 CODE = MODULE_DIR / "MedSegExtension.py"
@@ -59,8 +58,8 @@ def test_ui_top_level_and_scene_connections():
 
 
 def test_parameter_bindings_fit_slicers_gui_connectors():
-    from slicer_fake_setup import slicer  # noqa: F401  (stand-in on sys.path)
     import MedSegExtension as module
+    from slicer_fake_setup import slicer  # noqa: F401  (stand-in on sys.path)
 
     hints = typing.get_type_hints(module.MedSegExtensionParameterNode, include_extras=True)
     bound = {}

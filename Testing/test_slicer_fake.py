@@ -7,15 +7,14 @@ import re
 import types
 
 import pytest
+import slicer
+import slicer.i18n
+import slicer.parameterNodeWrapper
+import slicer.ScriptedLoadableModule
+import slicer.util
+from slicer import _mrml
 
 from slicer_fake_setup import FAKE_DIR, REFERENCE_MD, SUPPLEMENT_MD  # noqa: F401  (sets sys.path)
-
-import slicer  # noqa: E402
-import slicer.i18n  # noqa: E402
-import slicer.parameterNodeWrapper  # noqa: E402
-import slicer.ScriptedLoadableModule  # noqa: E402
-import slicer.util  # noqa: E402
-from slicer import _mrml  # noqa: E402
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -164,7 +163,7 @@ def test_stand_in_refuses_unknown_api():
         slicer.util.getNode("x")  # debugging-only helper, not provided
     node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScalarVolumeNode")
     with pytest.raises(AttributeError):
-        node.HardenTransform()  # noqa: B018
+        node.HardenTransform()
     with pytest.raises(TypeError):
         node.SetAttribute("x", 1)  # attributes are strings in MRML
 

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import slicer
 import vtk
 
 from conftest import GEOMETRY_CASES, grid_centre_ras, make_sitk_image, sitk_physical_points_ras, sphere_image
+from medseg.core.errors import CancelledError, InputError
+from medseg.core.progress import CancelToken
+from MedSegExtension import MedSegExtensionLogic
+from MedSegExtensionLib.errors import CommitError, StaleSceneError
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot, segment_centroid_ras, volume_node_from_sitk
-
-import slicer  # noqa: E402
-from medseg.core.errors import CancelledError, InputError  # noqa: E402
-from medseg.core.progress import CancelToken  # noqa: E402
-from MedSegExtension import MedSegExtensionLogic  # noqa: E402
-from MedSegExtensionLib.errors import CommitError, StaleSceneError  # noqa: E402
 
 CASE = "oblique_aniso_flipped"
 RADIUS_MM = 8.0

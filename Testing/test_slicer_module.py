@@ -9,14 +9,13 @@ import types
 import typing
 
 import pytest
+import slicer
 
+import MedSegExtension as module
+from MedSegExtensionLib import dependencies
+from MedSegExtensionLib.errors import DependencyError
+from MedSegExtensionLib.tasks import available_tasks
 from slicer_fake_setup import FAKE_DIR, MODULE_DIR, scene  # noqa: F401
-
-import slicer  # noqa: E402
-import MedSegExtension as module  # noqa: E402
-from MedSegExtensionLib import dependencies  # noqa: E402
-from MedSegExtensionLib.errors import DependencyError  # noqa: E402
-from MedSegExtensionLib.tasks import available_tasks  # noqa: E402
 
 
 def test_module_metadata():

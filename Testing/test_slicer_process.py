@@ -10,14 +10,13 @@ import time
 
 import numpy as np
 import pytest
+import slicer
 
+from medseg.core.errors import CancelledError, InputError
+from MedSegExtension import MedSegExtensionLogic
+from MedSegExtensionLib.process import ChildProcess, ExitStatus, medseg_command, parse_line
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot
-
-import slicer  # noqa: E402
-from medseg.core.errors import CancelledError, InputError  # noqa: E402
-from MedSegExtension import MedSegExtensionLogic  # noqa: E402
-from MedSegExtensionLib.process import ChildProcess, ExitStatus, medseg_command, parse_line  # noqa: E402
 
 
 def _script(tmp_path, body: str):

@@ -8,13 +8,13 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import grid_centre_ras, make_sitk_image, sitk_physical_points_ras, sphere_image
-from medseg.core.labelmap import LabelMap, Segment
-from medseg.core.volume import Volume
 from medseg.core.errors import CancelledError, InputError
 from medseg.core.frames import sitk_to_volume
-from medseg.core.progress import CancelToken
-from medseg.surface import labelmap_to_meshes, mesh_stats
+from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.mesh_arrays import triangles_of
+from medseg.core.progress import CancelToken
+from medseg.core.volume import Volume
+from medseg.surface import labelmap_to_meshes, mesh_stats
 
 METHODS = ["surface-nets", "flying-edges"]
 #: off-grid shift of the ball centre from the grid centre, RAS mm

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import vtk
 
-from medseg.surface import mesh_stats
 from medseg.core.mesh_arrays import point_normals, polydata_from_arrays, triangles_of
+from medseg.surface import mesh_stats
 
 #: unit cube corners and its 12 triangles wound counter-clockwise seen from outside
 CUBE_POINTS = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0],

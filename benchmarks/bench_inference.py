@@ -25,13 +25,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSegExtension"))
 
-from medseg.inference.memory import estimate_plan  # noqa: E402
-from medseg.inference.sliding_window import n_windows, sliding_window_inference  # noqa: E402
+from medseg.inference.memory import estimate_plan
+from medseg.inference.sliding_window import n_windows, sliding_window_inference
 
 UNET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128, 256],
              "strides": [2, 2, 2, 2], "num_res_units": 2}

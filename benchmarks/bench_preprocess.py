@@ -38,9 +38,9 @@ import psutil
 import SimpleITK as sitk
 import torch
 
-from medseg.core.volume import Volume
 from medseg.core.frames import volume_to_sitk
 from medseg.core.torch_devices import resolve_device_with_note
+from medseg.core.volume import Volume
 from medseg.preprocess.intensity import normalize_ct_window, normalize_robust_zscore
 from medseg.preprocess.resample import resample_to_spacing, spacing_grid
 
@@ -101,7 +101,7 @@ class PeakRSS:
         self.proc = psutil.Process(os.getpid())
         self.interval = interval
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         gc.collect()
         self.start = self.proc.memory_info().rss
         self.peak = self.start

@@ -24,8 +24,8 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, Tuple
 
 import numpy as np
 import vtk
@@ -33,16 +33,16 @@ from vtk.util import numpy_support as ns
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSegExtension"))
 
-from medseg.core.labelmap import LabelMap, Segment  # noqa: E402
-from medseg.core.volume import Volume  # noqa: E402
-from medseg.surface import labelmap_to_meshes, mesh_stats, smoothing_pass_band  # noqa: E402
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.volume import Volume
+from medseg.surface import labelmap_to_meshes, mesh_stats, smoothing_pass_band
 
 SMOOTHING = 0.5
 VOLUME_TOLERANCE = 0.02
 
 
 # ----------------------------------------------------------------------------- input
-def ellipsoid_labelmap(shape_kji: Tuple[int, int, int], n_labels: int, radii: Tuple[float, float],
+def ellipsoid_labelmap(shape_kji: tuple[int, int, int], n_labels: int, radii: tuple[float, float],
                        seed: int = 0) -> LabelMap:
     """``n_labels`` random non-overlapping ellipsoids (semi-axes in ``radii`` voxels), uint8/uint16."""
     rng = np.random.default_rng(seed)
@@ -73,7 +73,7 @@ def ellipsoid_labelmap(shape_kji: Tuple[int, int, int], n_labels: int, radii: Tu
 
 
 # ----------------------------------------------------------------------------- baseline
-def baseline_per_label(labelmap: LabelMap) -> Dict[str, vtk.vtkPolyData]:
+def baseline_per_label(labelmap: LabelMap) -> dict[str, vtk.vtkPolyData]:
     """One discrete-marching-cubes + windowed-sinc + transform + normals pipeline per label."""
     padded = np.pad(labelmap.array, 1)
     matrix = vtk.vtkMatrix4x4()
@@ -126,7 +126,7 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def measure(fn: Callable[[], Dict[str, vtk.vtkPolyData]], repeat: int):
+def measure(fn: Callable[[], dict[str, vtk.vtkPolyData]], repeat: int):
     """(best wall seconds, best process-CPU seconds, over ``repeat`` runs; last result).
 
     CPU time is reported too because this machine's cores are shared: with VTK's Sequential SMP
@@ -166,7 +166,7 @@ def child(side: str, labelmap: LabelMap) -> None:
     del result
 
 
-def check(name: str, labelmap: LabelMap, meshes: Dict[str, vtk.vtkPolyData]) -> float:
+def check(name: str, labelmap: LabelMap, meshes: dict[str, vtk.vtkPolyData]) -> float:
     """Assert every mesh is closed with volume within 2 % of the voxel volume; return worst error."""
     counts = labelmap.voxel_counts()
     worst = 0.0

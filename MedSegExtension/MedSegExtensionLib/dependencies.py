@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import slicer
 
@@ -59,7 +59,7 @@ def version_tuple(text: str) -> tuple:
     return tuple(parts)
 
 
-def installed_version(distribution: str) -> Optional[str]:
+def installed_version(distribution: str) -> str | None:
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -69,7 +69,7 @@ def installed_version(distribution: str) -> Optional[str]:
 @dataclass(frozen=True)
 class Problem:
     requirement: Requirement
-    installed: Optional[str]
+    installed: str | None
 
     def describe(self) -> str:
         r = self.requirement
@@ -77,7 +77,7 @@ class Problem:
         return f"{r.distribution} >= {r.minimum} ({have})"
 
 
-def check(version_of: Callable[[str], Optional[str]] = installed_version) -> list[Problem]:
+def check(version_of: Callable[[str], str | None] = installed_version) -> list[Problem]:
     """Every requirement that is missing or older than its minimum."""
     problems = []
     for r in REQUIREMENTS:
@@ -89,12 +89,12 @@ def check(version_of: Callable[[str], Optional[str]] = installed_version) -> lis
     return problems
 
 
-def _bundled_version(module: str) -> Optional[str]:
+def _bundled_version(module: str) -> str | None:
     mod = sys.modules.get(module)
     return getattr(mod, "__version__", None) if mod is not None else None
 
 
-def ensure(confirm: Callable[[str], bool], version_of: Callable[[str], Optional[str]] = installed_version) -> bool:
+def ensure(confirm: Callable[[str], bool], version_of: Callable[[str], str | None] = installed_version) -> bool:
     """Install what ``check`` reports, after ``confirm(message)`` returns True.
 
     Returns True when Slicer must be restarted (a package that was already imported was upgraded).

@@ -13,9 +13,9 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import slicer
 
@@ -51,10 +51,10 @@ class RunRequest:
     task: str
     device: str = "auto"
     params: dict = field(default_factory=dict)
-    outputSegmentation: Optional[object] = None
+    outputSegmentation: object | None = None
     createModels: bool = False
     createTable: bool = True
-    saveFolder: Optional[Path] = None
+    saveFolder: Path | None = None
     baseName: str = "MedSeg"
     keepTemporaryFiles: bool = False
 
@@ -67,10 +67,10 @@ class ProcessResult:
     segmentIds: dict
     roiNodes: list
     modelNodes: list
-    tableNode: Optional[object]
+    tableNode: object | None
     measurements: list
     warnings: list
-    savedFolder: Optional[Path]
+    savedFolder: Path | None
     elapsedSeconds: float
 
 
@@ -86,14 +86,14 @@ def _unique_folder(parent: Path, stem: str) -> Path:
 class MedSegJob:
     """Runs one ``RunRequest``. ``status`` is an ``ExitStatus``; ``result`` or ``error`` is set at the end."""
 
-    def __init__(self, request: RunRequest, progress: Optional[Progress] = None) -> None:
+    def __init__(self, request: RunRequest, progress: Progress | None = None) -> None:
         self.request = request
         self.progress: Progress = progress or (lambda f, m: None)
         self.status = ExitStatus.NOT_STARTED
-        self.result: Optional[ProcessResult] = None
-        self.error: Optional[BaseException] = None
-        self.tempDir: Optional[Path] = None
-        self._child: Optional[ChildProcess] = None
+        self.result: ProcessResult | None = None
+        self.error: BaseException | None = None
+        self.tempDir: Path | None = None
+        self._child: ChildProcess | None = None
         self._t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ temp folder
@@ -107,7 +107,7 @@ class MedSegJob:
         self.tempDir = None
 
     # ------------------------------------------------------------------ in-process
-    def run_in_process(self, cancel: Optional[CancelToken] = None) -> ProcessResult:
+    def run_in_process(self, cancel: CancelToken | None = None) -> ProcessResult:
         """Run the core here (blocking) and commit; raises on failure or cancel."""
         req = self.request
         self.status = ExitStatus.RUNNING
@@ -218,8 +218,8 @@ class MedSegJob:
         req = self.request
         self.progress(_COMPUTE_SHARE, "importing results")
         plan = load_output_folder(out_dir, load_models=req.createModels)
-        staged: Optional[Path] = None
-        final: Optional[Path] = None
+        staged: Path | None = None
+        final: Path | None = None
         if req.saveFolder is not None:
             parent = Path(req.saveFolder)
             try:

@@ -18,9 +18,9 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from medseg.core.errors import ExitCode
 from medseg.core.specs import TASK_PARAMS
@@ -44,7 +44,7 @@ class ProcessEvent:
     kind: str
     fraction: float = 0.0
     message: str = ""
-    exit_code: Optional[int] = None
+    exit_code: int | None = None
 
 
 def python_executable() -> str:
@@ -54,7 +54,7 @@ def python_executable() -> str:
 
 
 def medseg_command(inputs: Sequence[Path], task: str, out_dir: Path, device: str = "auto",
-                   models: bool = True, params: Optional[dict] = None) -> list[str]:
+                   models: bool = True, params: dict | None = None) -> list[str]:
     """The ``medseg run`` command line (as an argument list) for one case."""
     args = [python_executable(), "-m", "medseg.cli", "--progress-json", "run", *[str(p) for p in inputs],
             "--task", task, "--out", str(out_dir), "--device", device, "--no-html"]
@@ -130,17 +130,17 @@ def kill_process_tree(proc: subprocess.Popen) -> None:
 class ChildProcess:
     """One running child: start, ``poll()`` for events, ``cancel()``, ``status``."""
 
-    def __init__(self, args: Sequence[str], env: Optional[dict] = None, cwd: Optional[Path] = None) -> None:
+    def __init__(self, args: Sequence[str], env: dict | None = None, cwd: Path | None = None) -> None:
         self.args = list(args)
         self.env = env
         self.cwd = cwd
         self.status = ExitStatus.RUNNING
-        self.returncode: Optional[int] = None
+        self.returncode: int | None = None
         self.error_message = ""
         self.log: list[str] = []
-        self._events: "queue.Queue[Optional[ProcessEvent]]" = queue.Queue()
-        self._proc: Optional[subprocess.Popen] = None
-        self._reader: Optional[threading.Thread] = None
+        self._events: queue.Queue[ProcessEvent | None] = queue.Queue()
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
         self._stderr: list[str] = []
         self._cancelled = False
 
@@ -212,7 +212,7 @@ class ChildProcess:
         return self.status is ExitStatus.RUNNING
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
     def cancel(self) -> None:

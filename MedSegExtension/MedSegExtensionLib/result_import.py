@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class BoxPlan:
     orientation: np.ndarray
     label: str
     score: float
-    segment_source_id: Optional[str]
+    segment_source_id: str | None
 
 
 @dataclass

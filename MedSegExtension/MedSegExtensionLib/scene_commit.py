@@ -10,7 +10,6 @@ segments (with unique names); its own segments are never changed or removed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import slicer
@@ -36,7 +35,7 @@ class CommitResult:
     segmentIds: dict  # output-folder segment id -> segment id in the scene
     roiNodes: list = field(default_factory=list)
     modelNodes: list = field(default_factory=list)
-    tableNode: Optional[object] = None
+    tableNode: object | None = None
     folderItemIds: list = field(default_factory=list)
     measurements: list = field(default_factory=list)  # rows with scene names and ids
 

@@ -8,7 +8,6 @@ or the MedSeg settings file), the same list ``medseg tasks`` prints.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -37,5 +36,5 @@ def available_tasks() -> list[TaskInfo]:
     ]
 
 
-def find_task(name: str) -> Optional[TaskInfo]:
+def find_task(name: str) -> TaskInfo | None:
     return next((t for t in available_tasks() if t.name == name), None)

@@ -12,8 +12,8 @@ import numpy as np
 import slicer
 import vtk
 
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
+from medseg.core.volume import Volume
 
 
 def node_ijk_to_world(volumeNode) -> np.ndarray:

@@ -7,30 +7,30 @@ This package never imports ``slicer``, ``qt`` or ``ctk``; the Slicer module
 World coordinates inside the core are RAS millimetres; image arrays are in KJI order.
 """
 
-from medseg.core.volume import Volume
-from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.box import Box
-from medseg.core.result import Result
 from medseg.core.errors import (
-    MedSegError,
-    InputError,
     AmbiguousInputError,
-    OutputError,
     CancelledError,
+    InputError,
+    MedSegError,
+    OutputError,
 )
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.result import Result
+from medseg.core.volume import Volume
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Volume",
-    "LabelMap",
-    "Segment",
-    "Box",
-    "Result",
-    "MedSegError",
-    "InputError",
     "AmbiguousInputError",
-    "OutputError",
+    "Box",
     "CancelledError",
+    "InputError",
+    "LabelMap",
+    "MedSegError",
+    "OutputError",
+    "Result",
+    "Segment",
+    "Volume",
     "__version__",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -30,7 +29,7 @@ class Box:
     orientation: np.ndarray
     label: str
     score: float
-    segment_id: Optional[str] = None
+    segment_id: str | None = None
     name: str = ""
 
     def __post_init__(self) -> None:

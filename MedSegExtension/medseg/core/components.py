@@ -7,7 +7,7 @@ of the whole array.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -18,7 +18,7 @@ from medseg.core.errors import InputError
 KJISlices = tuple[slice, slice, slice]
 
 
-def label_bounding_slices(array: np.ndarray, label_values: Iterable[int]) -> dict[int, Optional[KJISlices]]:
+def label_bounding_slices(array: np.ndarray, label_values: Iterable[int]) -> dict[int, KJISlices | None]:
     """The tight KJI bounding slices of each label value (``None`` when the value is absent).
 
     One ``scipy.ndimage.find_objects`` pass over ``array``, limited to the largest value asked for.
@@ -37,7 +37,7 @@ def label_bounding_slices(array: np.ndarray, label_values: Iterable[int]) -> dic
     # uint64 is the one integer type find_objects may not take as is
     src = arr.astype(np.int64) if arr.dtype == np.uint64 else arr
     found = ndimage.find_objects(src, max_label=values[-1])
-    out: dict[int, Optional[KJISlices]] = {}
+    out: dict[int, KJISlices | None] = {}
     for v in values:
         sl = found[v - 1] if v - 1 < len(found) else None
         out[v] = None if sl is None else tuple(sl)  # type: ignore[assignment]

@@ -13,7 +13,6 @@ a note).
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from medseg.core.errors import DeviceError
 
@@ -46,7 +45,7 @@ def parse_device(name: object) -> str:
     return text
 
 
-def device_index(name: str) -> tuple[str, Optional[int]]:
+def device_index(name: str) -> tuple[str, int | None]:
     """``(kind, index)`` of a parsed device string: ``("cuda", 1)``, ``("cpu", None)``."""
     text = parse_device(name)
     kind, _, index = text.partition(":")

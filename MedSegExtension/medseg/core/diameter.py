@@ -5,8 +5,6 @@ Shared by the measurements (longest diameter, RECIST axes) and the lesion rules 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
@@ -64,7 +62,7 @@ def _hull_candidates(points: np.ndarray) -> np.ndarray:
     return np.arange(n)
 
 
-def diameter(points: np.ndarray) -> tuple[float, Optional[int], Optional[int]]:
+def diameter(points: np.ndarray) -> tuple[float, int | None, int | None]:
     """Largest distance between two of ``points`` (N, D) in their units, and the two row indices.
 
     Uses the convex hull to cut the candidates; ``(0.0, None, None)`` for no points.

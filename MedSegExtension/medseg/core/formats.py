@@ -6,8 +6,8 @@ Image files are read by :mod:`medseg.io.volume_reader`; mesh files are written a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional, Union
 
 from medseg.core.vocabulary import Choice
 
@@ -41,7 +41,7 @@ class MeshFormat(Choice):
 MESH_EXTENSIONS: tuple[str, ...] = tuple(m.extension for m in MeshFormat)
 
 
-def image_format(path: Union[str, Path]) -> Optional[str]:
+def image_format(path: str | Path) -> str | None:
     """The format name of an image file by its ending (case ignored), or None."""
     name = Path(path).name.lower()
     for ending, fmt in IMAGE_FORMATS.items():
@@ -50,7 +50,7 @@ def image_format(path: Union[str, Path]) -> Optional[str]:
     return None
 
 
-def strip_image_suffix(filename: str, suffixes: Optional[tuple[str, ...]] = None) -> str:
+def strip_image_suffix(filename: str, suffixes: tuple[str, ...] | None = None) -> str:
     """File name without its image suffix (``"ct.nii.gz"`` -> ``"ct"``; case ignored)."""
     for ending in suffixes or tuple(IMAGE_FORMATS):
         if filename.lower().endswith(ending):

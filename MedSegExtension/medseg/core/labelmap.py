@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
+from medseg.core.volume import Volume
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,11 @@ class LabelMap:
         raise InputError(f"too many labels ({max_label}); at most 65535 are supported")
 
     @classmethod
-    def empty_like(cls, volume: Volume, max_label: int = 255) -> "LabelMap":
+    def empty_like(cls, volume: Volume, max_label: int = 255) -> LabelMap:
         arr = np.zeros(volume.array.shape, dtype=cls.label_dtype(max_label))
         return cls(volume.with_array(arr), ())
 
-    def with_segments(self, array: np.ndarray, segments: Sequence[Segment]) -> "LabelMap":
+    def with_segments(self, array: np.ndarray, segments: Sequence[Segment]) -> LabelMap:
         return LabelMap(self.volume.with_array(array), tuple(segments))
 
     def voxel_counts(self) -> dict[str, int]:
@@ -101,7 +101,7 @@ class LabelMap:
         return {s.id: int(counts[s.label_value]) for s in self.segments}
 
 
-def segment_by_value(segments: Sequence[Segment], value: int) -> Optional[Segment]:
+def segment_by_value(segments: Sequence[Segment], value: int) -> Segment | None:
     for s in segments:
         if s.label_value == value:
             return s

@@ -6,8 +6,6 @@ of the points is whatever the caller says it is (IJK voxel indices or RAS mm).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import numpy as np
 import vtk
 from vtk.util import numpy_support as ns
@@ -16,7 +14,7 @@ from vtk.util import numpy_support as ns
 NORMALS_NAME = "Normals"
 
 
-def image_from_labels(array_kji: np.ndarray, origin_ijk: Tuple[float, float, float],
+def image_from_labels(array_kji: np.ndarray, origin_ijk: tuple[float, float, float],
                       copy: bool = True) -> vtk.vtkImageData:
     """Wrap a label array (K, J, I) as ``vtkImageData`` with unit spacing and origin ``origin_ijk``.
 
@@ -37,7 +35,7 @@ def image_from_labels(array_kji: np.ndarray, origin_ijk: Tuple[float, float, flo
     return image
 
 
-def triangles_of(polydata: vtk.vtkPolyData) -> Tuple[np.ndarray, np.ndarray]:
+def triangles_of(polydata: vtk.vtkPolyData) -> tuple[np.ndarray, np.ndarray]:
     """``(points (N, 3) float64, triangles (T, 3) int64)`` of a polydata whose polys are triangles.
 
     Non-triangle polygons are triangulated first (``vtkTriangleFilter``); verts and lines are ignored.
@@ -79,7 +77,7 @@ def point_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
 
 
 def polydata_from_arrays(points: np.ndarray, triangles: np.ndarray,
-                         normals: Optional[np.ndarray] = None) -> vtk.vtkPolyData:
+                         normals: np.ndarray | None = None) -> vtk.vtkPolyData:
     """A triangle ``vtkPolyData`` from ``points (N, 3)`` (stored float32) and ``triangles (T, 3)``.
 
     ``normals`` (N, 3), when given, become the active point normals named ``Normals``.
@@ -103,7 +101,7 @@ def polydata_from_arrays(points: np.ndarray, triangles: np.ndarray,
     return pd
 
 
-def compact(points: np.ndarray, triangles: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def compact(points: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop points no triangle uses and renumber the triangles accordingly."""
     if triangles.shape[0] == 0:
         return np.zeros((0, 3), dtype=points.dtype), np.zeros((0, 3), dtype=np.int64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from medseg.core.errors import CancelledError
 
@@ -38,7 +38,7 @@ class SubProgress:
     """Maps a stage's own 0..1 progress into the slice ``[start, end]`` of the whole run."""
 
     def __init__(self, parent: ProgressCallback, start: float, end: float,
-                 cancel: Optional[CancelToken] = None) -> None:
+                 cancel: CancelToken | None = None) -> None:
         self.parent, self.start, self.end, self.cancel = parent, start, end, cancel
 
     def __call__(self, fraction: float, message: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from medseg.core.box import Box
 from medseg.core.labelmap import LabelMap
@@ -46,4 +46,4 @@ class Result:
     device: str = "cpu"
     volumes: dict[str, Volume] = field(default_factory=dict)
     review: dict[str, list[str]] = field(default_factory=dict)
-    preview: Optional[Volume] = None
+    preview: Volume | None = None

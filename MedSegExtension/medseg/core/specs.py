@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,12 +76,12 @@ class PreprocessSpec:
         crop_margin_mm: margin kept around the crop (mm).
     """
 
-    target_spacing_mm: Optional[tuple[Optional[float], Optional[float], Optional[float]]] = None
-    orientation: Optional[str] = None
+    target_spacing_mm: tuple[float | None, float | None, float | None] | None = None
+    orientation: str | None = None
     denoise: DenoiseMode = DenoiseMode.NONE
     denoise_sigma_mm: float = 1.0
     normalize: Normalization = field(default_factory=Normalization)
-    per_input_normalize: tuple[Optional[Normalization], ...] = ()
+    per_input_normalize: tuple[Normalization | None, ...] = ()
     crop: CropMode = CropMode.NONE
     crop_margin_mm: float = 10.0
 
@@ -153,11 +154,11 @@ class SegmentationOutput:
         review: segment id -> reasons the segment needs review (empty list: none).
     """
 
-    labelmap: Optional[LabelMap] = None
+    labelmap: LabelMap | None = None
     lesions: dict[str, str] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    probabilities: Optional[Probabilities] = None
+    probabilities: Probabilities | None = None
     volumes: dict[str, Volume] = field(default_factory=dict)
     review: dict[str, list[str]] = field(default_factory=dict)
 
@@ -244,11 +245,11 @@ class Task:
     entry: str = ""
     spec_entry: str = ""
     params: dict[str, Any] = field(default_factory=dict)
-    runner: Optional[Runner] = None
-    spec: Optional[PreprocessSpec] = None
+    runner: Runner | None = None
+    spec: PreprocessSpec | None = None
     uses_device: bool = False
-    check_inputs: Optional[Callable[[Sequence[Volume]], None]] = None
-    finish: Optional[Callable[..., SegmentationOutput]] = None
+    check_inputs: Callable[[Sequence[Volume]], None] | None = None
+    finish: Callable[..., SegmentationOutput] | None = None
     licence: str = ""
 
     def __post_init__(self) -> None:

@@ -11,7 +11,8 @@ A malformed one raises :class:`~medseg.core.errors.DeviceError`.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, TypeVar, Union
+from collections.abc import Callable
+from typing import TypeVar, Union
 
 import torch
 
@@ -30,7 +31,7 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def resolve_device_with_note(name: DeviceLike = "auto") -> tuple[torch.device, Optional[str]]:
+def resolve_device_with_note(name: DeviceLike = "auto") -> tuple[torch.device, str | None]:
     """Resolve a device request to a present ``torch.device``.
 
     Returns:
@@ -95,7 +96,7 @@ def run_with_oom_fallback(kernel: Callable[[torch.device], T], device: torch.dev
     """
     try:
         return kernel(device)
-    except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM
+    except Exception as exc:
         if not is_out_of_memory(exc):
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

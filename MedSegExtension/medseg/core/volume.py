@@ -7,8 +7,8 @@ SimpleITK's ``GetArrayFromImage`` give). World coordinates are RAS millimetres.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -102,14 +102,14 @@ class Volume:
         inv = self.ras_to_ijk
         return p @ inv[:3, :3].T + inv[:3, 3]
 
-    def same_grid(self, other: "Volume", atol: float = 1e-4) -> bool:
+    def same_grid(self, other: Volume, atol: float = 1e-4) -> bool:
         """True when both volumes have the same shape and IJK->RAS matrix (within ``atol`` mm)."""
         return self.array.shape == other.array.shape and np.allclose(
             self.ijk_to_ras, other.ijk_to_ras, atol=atol
         )
 
     # -------------------------------------------------------------- derivation
-    def with_array(self, array: np.ndarray, name: Optional[str] = None) -> "Volume":
+    def with_array(self, array: np.ndarray, name: str | None = None) -> Volume:
         """A new volume on the same grid with other voxel values (shapes must match)."""
         arr = np.asarray(array)
         if arr.shape != self.array.shape:
@@ -122,9 +122,9 @@ class Volume:
         array: np.ndarray,
         spacing: Sequence[float] = (1.0, 1.0, 1.0),
         origin: Sequence[float] = (0.0, 0.0, 0.0),
-        direction: Optional[np.ndarray] = None,
+        direction: np.ndarray | None = None,
         name: str = "",
-    ) -> "Volume":
+    ) -> Volume:
         """Build a volume from RAS ``origin`` (mm), ``spacing`` along i, j, k (mm) and a
         3x3 RAS ``direction`` whose columns are the axis directions."""
         return cls(array, ijk_to_ras_from_geometry(spacing, origin, direction), name)
@@ -133,7 +133,7 @@ class Volume:
 def ijk_to_ras_from_geometry(
     spacing: Sequence[float],
     origin: Sequence[float],
-    direction: Optional[np.ndarray] = None,
+    direction: np.ndarray | None = None,
 ) -> np.ndarray:
     """Compose a 4x4 IJK->RAS matrix from spacing (mm), RAS origin (mm) and RAS direction columns."""
     sp = np.asarray(spacing, dtype=np.float64).reshape(3)

@@ -25,14 +25,14 @@ noise. Generation of the default grid (96 x 160 x 192 voxels) takes well under 2
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medseg.core.volume import Volume, ijk_to_ras_from_geometry
 from medseg.core.errors import InputError
+from medseg.core.volume import Volume, ijk_to_ras_from_geometry
 
 # ----------------------------------------------------------------------------- label values
 BODY, RIGHT_LUNG, LEFT_LUNG, BONE, HEART, LIVER, AIRWAY = 1, 2, 3, 4, 5, 6, 7
@@ -252,7 +252,7 @@ class _Canvas:
         return (slice(a[2], b[2]), slice(a[1], b[1]), slice(a[0], b[0]))
 
     def paint(self, sl: tuple[slice, slice, slice], mask_fn: Callable[[np.ndarray], np.ndarray],
-              hu: float, label: Optional[int], where_labels: Optional[Sequence[int]] = None) -> None:
+              hu: float, label: int | None, where_labels: Sequence[int] | None = None) -> None:
         p = self.p[sl]
         if p.size == 0:
             return
@@ -274,8 +274,8 @@ def make_chest_phantom(
     shape_kji: Sequence[int] = (96, 160, 192),
     spacing_mm: Sequence[float] = (1.5, 1.5, 2.5),
     seed: int = 0,
-    direction: Optional[np.ndarray] = None,
-    origin: Optional[Sequence[float]] = None,
+    direction: np.ndarray | None = None,
+    origin: Sequence[float] | None = None,
     *,
     lung_lesions: bool = True,
     noise_hu: float = 15.0,

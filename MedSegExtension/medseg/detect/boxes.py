@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
 
 import numpy as np
 
 from medseg.core.box import Box
-from medseg.core.labelmap import LabelMap
-from medseg.core.volume import Volume
 from medseg.core.components import label_bounding_slices, label_counts, slices_to_ijk_bounds
 from medseg.core.errors import InputError
+from medseg.core.labelmap import LabelMap
+from medseg.core.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ _INDEX_TOL = 1e-6
 _MIN_EXTENT = 1e-6
 
 
-def _warn(warnings: Optional[list[str]], message: str) -> None:
+def _warn(warnings: list[str] | None, message: str) -> None:
     if warnings is None:
         logger.warning(message)
     else:
@@ -58,7 +59,7 @@ def box_from_ijk_bounds(
     volume: Volume,
     label: str = "",
     score: float = 1.0,
-    segment_id: Optional[str] = None,
+    segment_id: str | None = None,
     name: str = "",
 ) -> Box:
     """The voxel-aligned box covering voxels ``lo..hi`` (inclusive integer IJK indices), voxel edges included.
@@ -131,9 +132,9 @@ def _aligned_box_from_continuous(lo_c: np.ndarray, hi_c: np.ndarray, volume: Vol
 def boxes_for_lesions(
     labelmap: LabelMap,
     lesions: dict[str, str],
-    scores: Optional[dict[str, float]] = None,
+    scores: dict[str, float] | None = None,
     min_volume_mm3: float = 0.0,
-    warnings: Optional[list[str]] = None,
+    warnings: list[str] | None = None,
 ) -> list[Box]:
     """One voxel-aligned box per lesion segment, tight around its voxels (voxel edges included).
 
@@ -196,7 +197,7 @@ def boxes_for_lesions(
 
 
 # ---------------------------------------------------------------------- clipping
-def _coerce_box(item: BoxLike, volume: Volume) -> Optional[Box]:
+def _coerce_box(item: BoxLike, volume: Volume) -> Box | None:
     """A ``Box`` from a box or detector mapping; None when it is degenerate or invalid."""
     if isinstance(item, Box):
         return item
@@ -251,7 +252,7 @@ def _separated(c1, a1, h1, c2, a2, h2) -> bool:
 
 
 def clip_boxes_to_volume(
-    boxes: Sequence[BoxLike], volume: Volume, warnings: Optional[list[str]] = None
+    boxes: Sequence[BoxLike], volume: Volume, warnings: list[str] | None = None
 ) -> list[Box]:
     """Clip detector boxes to the image's extent (voxel edges included); drop unusable ones.
 

@@ -7,8 +7,8 @@ from medseg.inference.sliding_window import gaussian_importance_map, scan_window
 __all__ = [
     "InferencePlan",
     "estimate_plan",
-    "run_with_plan_fallback",
     "gaussian_importance_map",
+    "run_with_plan_fallback",
     "scan_windows",
     "sliding_window_inference",
 ]

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -106,9 +107,9 @@ def estimate_plan(
     out_channels: int,
     roi_size: Sequence[int],
     device: torch.device,
-    network: Optional[torch.nn.Module] = None,
-    n_windows: Optional[int] = None,
-    free_bytes: Optional[int] = None,
+    network: torch.nn.Module | None = None,
+    n_windows: int | None = None,
+    free_bytes: int | None = None,
 ) -> InferencePlan:
     """Choose an :class:`InferencePlan` before the run (see module doc).
 
@@ -180,7 +181,7 @@ def run_with_plan_fallback(run: Callable[[InferencePlan], T], plan: InferencePla
     for i, p in enumerate(candidates):
         try:
             return run(p), p, notes
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled
+        except Exception as exc:
             if not is_out_of_memory(exc) or i == len(candidates) - 1:
                 raise
             if p.sw_device.type == "cuda" or p.out_device.type == "cuda":

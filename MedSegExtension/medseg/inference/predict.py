@@ -7,8 +7,7 @@ checked between windows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Callable, Optional
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,8 +51,8 @@ def predict_probabilities(
     *,
     tta: bool = False,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
-    plan: Optional[InferencePlan] = None,
+    cancel: CancelToken | None = None,
+    plan: InferencePlan | None = None,
 ) -> tuple[np.ndarray, InferencePlan, list[str]]:
     """Class probabilities ``(C_out, *spatial)`` float32 for one network input ``x`` ``(C, *spatial)``.
 
@@ -99,8 +98,8 @@ def predict_volumes(
     *,
     tta: bool = False,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
-) -> tuple[np.ndarray, Optional[InferencePlan], list[str]]:
+    cancel: CancelToken | None = None,
+) -> tuple[np.ndarray, InferencePlan | None, list[str]]:
     """Class probabilities ``(C_out, K, J, I)`` on the grid of ``volumes`` (the network's input
     channels, in order, on one grid): one 3D pass, or slice by slice for a 2D network.
 
@@ -115,7 +114,7 @@ def predict_volumes(
                                                    cancel=cancel)
         return from_network_layout(probs, spec.array_axes), plan, notes
     k = volumes[0].shape_kji[0]
-    plan_used: Optional[InferencePlan] = None
+    plan_used: InferencePlan | None = None
     slices = []
     for s in range(k):
         x = to_network_layout([a[s] for a in arrays], spec.array_axes)

@@ -20,7 +20,7 @@ is checked and progress reported after every batch of tiles; mixed precision (``
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ BLEND_MODES = ("gaussian", "constant")
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _as_tuple(value: Union[int, float, Sequence], n: int, what: str) -> tuple:
+def _as_tuple(value: int | float | Sequence, n: int, what: str) -> tuple:
     if isinstance(value, (int, float)):
         return (value,) * n
     t = tuple(value)
@@ -44,9 +44,9 @@ def _as_tuple(value: Union[int, float, Sequence], n: int, what: str) -> tuple:
 
 def gaussian_importance_map(
     roi_size: Sequence[int],
-    sigma_scale: Union[float, Sequence[float]] = 0.125,
+    sigma_scale: float | Sequence[float] = 0.125,
     mode: str = "gaussian",
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Weight of each voxel of a window, shape ``roi_size`` (see module doc); no zeros."""
@@ -58,7 +58,7 @@ def gaussian_importance_map(
     scales = _as_tuple(sigma_scale, len(roi), "sigma_scale")
     if any(not s > 0 for s in scales):
         raise InputError(f"sigma_scale must be > 0, got {list(scales)}")
-    w: Optional[torch.Tensor] = None
+    w: torch.Tensor | None = None
     for i, (n, s) in enumerate(zip(roi, scales)):
         x = torch.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=torch.float32, device=device)
         g = torch.exp(x**2 / (-2 * (n * s) ** 2))
@@ -82,7 +82,7 @@ def scan_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: Se
     return [tuple(slice(s, s + r) for s, r in zip(starts, roi_size)) for starts in flat]
 
 
-def check_window_args(roi_size: Sequence[int], overlap: Union[float, Sequence[float]], n_spatial: int) -> tuple:
+def check_window_args(roi_size: Sequence[int], overlap: float | Sequence[float], n_spatial: int) -> tuple:
     """Validate ``roi_size`` and ``overlap``; return them as tuples (InputError naming the bad value)."""
     roi = tuple(int(r) for r in _as_tuple(roi_size, n_spatial, "roi_size"))
     if any(r < 1 for r in roi):
@@ -97,19 +97,19 @@ def sliding_window_inference(
     inputs: torch.Tensor,
     predictor: Predictor,
     roi_size: Sequence[int],
-    overlap: Union[float, Sequence[float]] = 0.25,
+    overlap: float | Sequence[float] = 0.25,
     *,
     mode: str = "gaussian",
-    sigma_scale: Union[float, Sequence[float]] = 0.125,
+    sigma_scale: float | Sequence[float] = 0.125,
     sw_batch_size: int = 1,
-    sw_device: Union[str, torch.device, None] = None,
-    out_device: Union[str, torch.device, None] = None,
+    sw_device: str | torch.device | None = None,
+    out_device: str | torch.device | None = None,
     out_dtype: torch.dtype = torch.float32,
-    tile_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    tile_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     amp: bool = False,
     pad_value: float = 0.0,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
+    cancel: CancelToken | None = None,
 ) -> torch.Tensor:
     """Run ``predictor`` over windows of ``inputs`` and blend the outputs.
 
@@ -162,7 +162,7 @@ def sliding_window_inference(
 
     jobs = [(b, w) for b in range(batch) for w in windows]
     total = len(jobs)
-    out: Optional[torch.Tensor] = None
+    out: torch.Tensor | None = None
     use_amp = bool(amp) and sw_dev.type == "cuda"
     sbs = int(sw_batch_size)
     for start in range(0, total, sbs):
@@ -203,7 +203,7 @@ def sliding_window_inference(
     return out
 
 
-def n_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: Union[float, Sequence[float]]) -> int:
+def n_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float | Sequence[float]) -> int:
     """Number of windows per image (after padding to the ROI) - for progress and memory plans."""
     n_sp = len(image_size)
     roi, ov = check_window_args(roi_size, overlap, n_sp)

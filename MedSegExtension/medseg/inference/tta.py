@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,8 +23,8 @@ def flip_tta(
     predict: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     flips: Sequence[Sequence[int]],
-    cancel: Optional[CancelToken] = None,
-    on_run: Optional[Callable[[int, int], None]] = None,
+    cancel: CancelToken | None = None,
+    on_run: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Mean of ``flip(predict(flip(x)))`` over ``flips``.
 
@@ -43,7 +43,7 @@ def flip_tta(
     for f in flips:
         if any(not 0 <= a < n_sp for a in f):
             raise InputError(f"flip axes must be in 0..{n_sp - 1}, got {list(f)}")
-    total: Optional[torch.Tensor] = None
+    total: torch.Tensor | None = None
     for i, f in enumerate(flips):
         if cancel is not None:
             cancel.check()

@@ -20,9 +20,10 @@ import logging
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Union
 
 from medseg.core.errors import MedSegError, OutputError
 
@@ -105,11 +106,10 @@ def atomic_path(path: PathLike, keep_extension: bool = False) -> Iterator[Path]:
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (fsync'd temp file + ``os.replace``). Returns the path."""
     target = Path(path)
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     return target
 
 
@@ -168,7 +168,7 @@ class OutputFolder:
     def __init__(self, path: PathLike, overwrite: bool = False) -> None:
         self.target = Path(os.path.abspath(os.fspath(path)))
         self.overwrite = bool(overwrite)
-        self._staging: Optional[Path] = None
+        self._staging: Path | None = None
         self._existing_ancestor = self.target.parent
         self.committed = False
 
@@ -195,7 +195,7 @@ class OutputFolder:
         return p
 
     # --------------------------------------------------------------- lifecycle
-    def __enter__(self) -> "OutputFolder":
+    def __enter__(self) -> OutputFolder:
         check_output_folder(self.target, self.overwrite)
         staging = self.target.parent / f".{self.target.name}{PARTIAL_MARKER}{secrets.token_hex(4)}"
         self._existing_ancestor = _nearest_existing(self.target.parent)
@@ -238,7 +238,7 @@ class OutputFolder:
 
     def _commit(self, staging: Path) -> None:
         target = self.target
-        aside: Optional[Path] = None
+        aside: Path | None = None
         if target.exists() or target.is_symlink():
             if not self.overwrite and target.is_dir() and any(target.iterdir()):
                 raise OutputError(

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
+from medseg.core.errors import AmbiguousInputError, InputError
 from medseg.core.frames import lps_to_ras_matrix
 from medseg.core.volume import Volume
-from medseg.core.errors import AmbiguousInputError, InputError
 
 #: relative tolerance on slice spacing before a series counts as irregular (Slicer uses 1e-2)
 SPACING_RTOL = 1e-2
@@ -54,7 +53,7 @@ def _is_image(ds) -> bool:
     return all(hasattr(ds, k) for k in ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns"))
 
 
-def list_series(folder: Path, warnings: Optional[list[str]] = None) -> dict[str, dict]:
+def list_series(folder: Path, warnings: list[str] | None = None) -> dict[str, dict]:
     """Image series in ``folder``: UID -> {"files", "description", "modality"}; non-image series and
     unreadable files are left out with a warning."""
     found: dict[str, dict] = {}
@@ -160,8 +159,8 @@ def regular_step(gaps: np.ndarray) -> float:
     return smallest
 
 
-def read_dicom_series(folder: Path, *, series_uid: Optional[str] = None,
-                      warnings: Optional[list[str]] = None) -> Volume:
+def read_dicom_series(folder: Path, *, series_uid: str | None = None,
+                      warnings: list[str] | None = None) -> Volume:
     """Read one image series from ``folder`` into a ``Volume`` (HU for CT: rescale applied)."""
     local: list[str] = []
     series = list_series(folder, local)

@@ -17,16 +17,17 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import Union
 
 import numpy as np
 
 from medseg.core.box import Box
 from medseg.core.errors import InputError, OutputError
 from medseg.core.frames import lps_to_ras_points, ras_rotation_to_lps, ras_to_lps_points
-from medseg.io.filenames import safe_file_stem, unique_file_stem  # noqa: F401  (safe_file_stem re-exported)
 from medseg.io.atomic import atomic_write_text
+from medseg.io.filenames import safe_file_stem, unique_file_stem  # noqa: F401  (safe_file_stem re-exported)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -102,7 +103,7 @@ def write_markups_json(boxes: Sequence[Box], path: PathLike, coordinate_system: 
     return atomic_write_text(path, _dumps(boxes_to_markups_json(boxes, coordinate_system)))
 
 
-def write_markups_per_box(boxes: Sequence[Box], folder: PathLike, coordinate_system: str = "LPS") -> List[Path]:
+def write_markups_per_box(boxes: Sequence[Box], folder: PathLike, coordinate_system: str = "LPS") -> list[Path]:
     """Write one ``<box name>.mrk.json`` per box into ``folder`` (created if missing).
 
     File names come from the box names, sanitised (``safe_file_stem``) and made unique
@@ -159,7 +160,7 @@ def markup_to_box(markup: dict, where: str = "markup") -> Box:
     )
 
 
-def read_markups_json(path: PathLike) -> List[Box]:
+def read_markups_json(path: PathLike) -> list[Box]:
     """The ROI markups of a ``.mrk.json`` file as ``Box`` es in RAS (other markup types are
     ignored). Boxes without MedSeg fields get ``label`` = name and ``score`` = 1.0."""
     p = Path(path)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Union
 
 import numpy as np
 from vtkmodules import vtkFiltersGeneral
@@ -61,7 +61,7 @@ class _VTKErrors:
     """Collects the error messages a VTK object reports (instead of printing them)."""
 
     def __init__(self, *objects) -> None:
-        self.messages: List[str] = []
+        self.messages: list[str] = []
 
         @calldata_type(VTK_STRING)
         def _on_error(caller, event, message=None):
@@ -219,7 +219,7 @@ def _write_obj(mesh, tmp: Path, header: str) -> None:
 
 
 # --------------------------------------------------------------------------- read
-def _space_from_text(text: Optional[str]) -> Optional[str]:
+def _space_from_text(text: str | None) -> str | None:
     if not text:
         return None
     if "SPACE=RAS" in text:
@@ -229,7 +229,7 @@ def _space_from_text(text: Optional[str]) -> Optional[str]:
     return None
 
 
-def read_mesh(path: PathLike) -> "vtkPolyData":  # noqa: F821
+def read_mesh(path: PathLike) -> vtkPolyData:
     """Read a mesh file into a ``vtkPolyData`` in RAS mm.
 
     The coordinate system comes from the file (``SPACE=`` header/comment, or the VTP ``SPACE``
@@ -245,7 +245,7 @@ def read_mesh(path: PathLike) -> "vtkPolyData":  # noqa: F821
     if not p.is_file():
         raise InputError(f"mesh file {p} does not exist")
     name = os.fspath(p)
-    space: Optional[str] = None
+    space: str | None = None
     if ext == ".stl":
         reader = vtkSTLReader()
     elif ext == ".ply":
@@ -292,7 +292,7 @@ def read_mesh(path: PathLike) -> "vtkPolyData":  # noqa: F821
     return _flip_xy(mesh) if space == "LPS" else mesh
 
 
-def mesh_file_space(path: PathLike) -> Optional[str]:
+def mesh_file_space(path: PathLike) -> str | None:
     """The coordinate system a mesh file states (``"LPS"``/``"RAS"``), or None if it states none."""
     p = Path(path)
     ext = _extension(p)

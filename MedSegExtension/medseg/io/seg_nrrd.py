@@ -22,16 +22,17 @@ outside the first segment's box.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Union
 
 import nrrd
 import numpy as np
 
-from medseg.core.labelmap import LabelMap, Segment
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError, OutputError
 from medseg.core.frames import lps_to_ras_matrix, ras_to_lps_matrix
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.volume import Volume
 from medseg.io.atomic import atomic_path
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -80,7 +81,7 @@ def _check_text(value: str, what: str, forbidden: str = "") -> str:
     return s
 
 
-def _coded(entry: Optional[Mapping], what: str) -> str:
+def _coded(entry: Mapping | None, what: str) -> str:
     if not entry:
         return "^^"
     try:
@@ -159,7 +160,7 @@ def _present_values(array: np.ndarray) -> np.ndarray:
 def write_seg_nrrd(
     labelmap: LabelMap,
     path: PathLike,
-    conversion_parameters: Optional[Mapping[str, str]] = None,
+    conversion_parameters: Mapping[str, str] | None = None,
     closed_surface: bool = False,
     compression_level: int = 6,
 ) -> None:
@@ -347,8 +348,8 @@ def read_seg_nrrd(path: PathLike) -> LabelMap:
 
 
 __all__ = [
-    "write_seg_nrrd",
     "read_seg_nrrd",
-    "terminology_to_string",
     "terminology_from_string",
+    "terminology_to_string",
+    "write_seg_nrrd",
 ]

@@ -10,15 +10,13 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Optional
 
-import numpy as np
 import SimpleITK as sitk
 
-from medseg.core.frames import sitk_to_volume
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
 from medseg.core.formats import image_format, strip_image_suffix
+from medseg.core.frames import sitk_to_volume
+from medseg.core.volume import Volume
 from medseg.io.dicom_series import read_dicom_series
 
 _SCALAR_COMPLEX = ("complex",)
@@ -30,11 +28,11 @@ def volume_name(path: Path) -> str:
 
 
 def read_volume(
-    path: "str | os.PathLike[str]",
+    path: str | os.PathLike[str],
     *,
-    series_uid: Optional[str] = None,
-    frame: Optional[int] = None,
-    warnings: Optional[list[str]] = None,
+    series_uid: str | None = None,
+    frame: int | None = None,
+    warnings: list[str] | None = None,
 ) -> Volume:
     """Read ``path`` (an image file or a DICOM series folder) into a ``Volume`` (KJI, IJK->RAS).
 
@@ -113,7 +111,7 @@ def check_complete(path: Path) -> None:
             break
 
 
-def image_to_volume(image, path: Path, fmt: str, frame: Optional[int] = None) -> Volume:
+def image_to_volume(image, path: Path, fmt: str, frame: int | None = None) -> Volume:
     """Check dimension and pixel type of a SimpleITK image and convert it (LPS -> RAS)."""
     pixel = image.GetPixelIDTypeAsString()
     if any(c in pixel for c in _SCALAR_COMPLEX):

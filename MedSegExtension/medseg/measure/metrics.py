@@ -8,13 +8,11 @@ change distances, so this is exact for oblique volumes too.
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 from scipy import ndimage
 
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
+from medseg.core.volume import Volume
 from medseg.measure.segments import boundary_mask
 
 
@@ -35,7 +33,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int(np.count_nonzero(a & b)) / (na + nb)
 
 
-def _spacing_kji(volume: Union[Volume, np.ndarray, tuple], shape: tuple) -> np.ndarray:
+def _spacing_kji(volume: Volume | np.ndarray | tuple, shape: tuple) -> np.ndarray:
     if isinstance(volume, Volume):
         if volume.array.shape != tuple(shape):
             raise InputError(f"mask shape {tuple(shape)} does not match volume {volume.name!r} shape "
@@ -48,7 +46,7 @@ def _spacing_kji(volume: Union[Volume, np.ndarray, tuple], shape: tuple) -> np.n
 
 
 def surface_distances_mm(
-    a: np.ndarray, b: np.ndarray, volume: Union[Volume, np.ndarray, tuple]
+    a: np.ndarray, b: np.ndarray, volume: Volume | np.ndarray | tuple
 ) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances (mm): from each boundary voxel of ``a`` to the nearest boundary voxel
     of ``b``, and from ``b`` to ``a``.
@@ -72,7 +70,7 @@ def surface_distances_mm(
     return d_ab, d_ba
 
 
-def hausdorff95_mm(a: np.ndarray, b: np.ndarray, volume: Union[Volume, np.ndarray, tuple],
+def hausdorff95_mm(a: np.ndarray, b: np.ndarray, volume: Volume | np.ndarray | tuple,
                    percentile: float = 95.0) -> float:
     """Symmetric 95th-percentile Hausdorff distance (mm) between the surfaces of two masks.
 
@@ -93,7 +91,7 @@ def hausdorff95_mm(a: np.ndarray, b: np.ndarray, volume: Union[Volume, np.ndarra
     return float(max(np.percentile(d_ab, percentile), np.percentile(d_ba, percentile)))
 
 
-def mean_surface_distance_mm(a: np.ndarray, b: np.ndarray, volume: Union[Volume, np.ndarray, tuple]) -> float:
+def mean_surface_distance_mm(a: np.ndarray, b: np.ndarray, volume: Volume | np.ndarray | tuple) -> float:
     """Average symmetric surface distance (mm): mean of both directed distance sets together.
 
     0.0 when both masks are empty, ``inf`` when exactly one is.

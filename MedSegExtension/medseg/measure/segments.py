@@ -29,21 +29,21 @@ Empty segments get zero counts, volumes and diameters and null positions; nothin
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from vtkmodules.vtkFiltersCore import vtkMassProperties, vtkTriangleFilter
 
-from medseg.core.labelmap import LabelMap
-from medseg.core.measurements import Measure
-from medseg.core.volume import Volume
 from medseg.core.components import label_bounding_slices, slices_to_ijk_bounds
 from medseg.core.diameter import diameter
 from medseg.core.errors import InputError
+from medseg.core.labelmap import LabelMap
+from medseg.core.measurements import Measure
+from medseg.core.volume import Volume
 
 _AXIS_NAMES = ("i", "j", "k")
-def _structure(in_plane_of: Optional[int] = None) -> np.ndarray:
+def _structure(in_plane_of: int | None = None) -> np.ndarray:
     """6-connected cross (3D), or the 4-connected cross in the planes normal to array axis ``in_plane_of``."""
     s = ndimage.generate_binary_structure(3, 1)
     if in_plane_of is not None:
@@ -54,7 +54,7 @@ def _structure(in_plane_of: Optional[int] = None) -> np.ndarray:
     return s
 
 
-def boundary_mask(mask: np.ndarray, in_plane_of: Optional[int] = None) -> np.ndarray:
+def boundary_mask(mask: np.ndarray, in_plane_of: int | None = None) -> np.ndarray:
     """Voxels of ``mask`` with at least one face neighbour outside it (outside the array counts as outside).
 
     With ``in_plane_of`` (an array axis), only neighbours within the same slice across that axis count.
@@ -176,8 +176,8 @@ def _empty_measurement(is_lesion: bool) -> dict[str, Any]:
 
 def measure_segments(
     labelmap: LabelMap,
-    lesions: Optional[dict[str, str]] = None,
-    meshes: Optional[dict] = None,
+    lesions: dict[str, str] | None = None,
+    meshes: dict | None = None,
     all_diameters: bool = True,
 ) -> dict[str, dict]:
     """Measure every segment of ``labelmap`` (definitions in this module's docstring).

@@ -6,14 +6,14 @@ from medseg.models.errors import BundleError, ModelError, WeightsError
 from medseg.models.registry import ModelFolder, discover_models, models_dirs, open_model
 
 __all__ = [
-    "ModelCard",
-    "load_card",
-    "parse_card",
     "BundleError",
+    "ModelCard",
     "ModelError",
-    "WeightsError",
     "ModelFolder",
+    "WeightsError",
     "discover_models",
+    "load_card",
     "models_dirs",
     "open_model",
+    "parse_card",
 ]

@@ -92,7 +92,7 @@ def check_network_args(name: str, args: dict, where: str = "network.args") -> No
         check_literal(v, f"{where}.{k}")
 
 
-def build_network(name: str, args: dict, where: str = "network") -> "torch.nn.Module":
+def build_network(name: str, args: dict, where: str = "network") -> torch.nn.Module:
     """Construct the allow-listed class ``name`` with literal ``args``, in eval mode on the CPU."""
     check_network_args(name, args, f"{where}.args")
     cls = network_class(name)

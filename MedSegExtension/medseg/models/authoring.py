@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -14,8 +13,8 @@ from medseg.models.card import CARD_FILE, ModelCard, parse_card
 from medseg.models.weights import sha256_file
 
 
-def save_model_folder(folder: Path, card: dict, network: Optional[torch.nn.Module] = None,
-                      weights_file: Optional[Path] = None) -> ModelCard:
+def save_model_folder(folder: Path, card: dict, network: torch.nn.Module | None = None,
+                      weights_file: Path | None = None) -> ModelCard:
     """Write ``folder/model_card.json`` and the weights, with ``weights.sha256`` filled in.
 
     Args:

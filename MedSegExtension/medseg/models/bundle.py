@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from medseg.core.terminology import TERMS
 from medseg.io.atomic import atomic_write_text
@@ -241,7 +241,7 @@ def _preprocessing(r: _Resolver, notes: list) -> dict:
     return out
 
 
-def _inferer(r: _Resolver, metadata_roi: Optional[list]) -> dict:
+def _inferer(r: _Resolver, metadata_roi: list | None) -> dict:
     if r.has("inferer"):
         inf = r.get("inferer")
         if not isinstance(inf, dict) or "_target_" not in inf:
@@ -281,7 +281,7 @@ def _activation(r: _Resolver) -> str:
     return "softmax"
 
 
-def _metadata_io(meta: dict, source: str) -> tuple[list, list, Optional[list]]:
+def _metadata_io(meta: dict, source: str) -> tuple[list, list, list | None]:
     fmt = meta.get("network_data_format", {})
     ins = fmt.get("inputs", {}) if isinstance(fmt, dict) else {}
     outs = fmt.get("outputs", {}) if isinstance(fmt, dict) else {}

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jsonschema
 
@@ -37,7 +37,7 @@ class InputChannel:
     name: str
     modality: str
     description: str = ""
-    normalization: Optional[Normalization] = None
+    normalization: Normalization | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class LabelSpec:
     name: str
     color: tuple
     terminology: Any = None  # a key of medseg.core.terminology.TERMS, a dict, or None
-    expected_volume_ml: Optional[tuple] = None
+    expected_volume_ml: tuple | None = None
     max_pieces: int = 1
 
 
@@ -67,13 +67,13 @@ class ModelCard:
     licence_name: str
     commercial_use: bool
     weights_file: str
-    weights_sha256: Optional[str]
+    weights_sha256: str | None
     weights_format: str = "state_dict"
     description: str = ""
     version: str = ""
     array_axes: str = "ijk"
-    orientation: Optional[str] = None
-    target_spacing_mm: Optional[tuple] = None
+    orientation: str | None = None
+    target_spacing_mm: tuple | None = None
     normalization: Normalization = field(default_factory=Normalization)
     overlap: float = 0.5
     blend: str = "gaussian"
@@ -150,7 +150,7 @@ def validate_card_dict(data: Any, where: str) -> None:
         raise ModelError(f"{where}: {path}: {e.message}{more}")
 
 
-def parse_normalization(d: Optional[dict]) -> Optional[Normalization]:
+def parse_normalization(d: dict | None) -> Normalization | None:
     if d is None:
         return None
     kind = d["kind"]

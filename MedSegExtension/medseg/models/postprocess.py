@@ -5,7 +5,7 @@ All on the input grid; sizes in mm^3 use the input's voxel volume.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

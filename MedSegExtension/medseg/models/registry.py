@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
 
 from medseg.models.bundle import bundle_card, bundle_weights_path, is_bundle
 from medseg.models.card import CARD_FILE, ModelCard, load_card
@@ -50,7 +50,7 @@ class DiscoveredModel:
     """One entry of :func:`discover_models`: a usable model, or a folder that failed with ``error``."""
 
     path: Path
-    model: Optional[ModelFolder]
+    model: ModelFolder | None
     error: str = ""
 
 
@@ -107,7 +107,7 @@ def models_dirs() -> list[Path]:
     return out
 
 
-def discover_models(dirs: Optional[Iterable[Path]] = None) -> list[DiscoveredModel]:
+def discover_models(dirs: Iterable[Path] | None = None) -> list[DiscoveredModel]:
     """Every model folder in ``dirs`` (default :func:`models_dirs`), a directory itself or its subfolders.
 
     Broken folders are returned with their error, so ``medseg models list`` can show them.

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Union
 
 import torch
 
@@ -78,7 +78,7 @@ def load_state_dict(path: Path, expected_sha256: str) -> dict:
     return extract_state_dict(obj, path)
 
 
-def extract_state_dict(obj: object, path: Union[Path, str]) -> dict:
+def extract_state_dict(obj: object, path: Path | str) -> dict:
     """The tensor mapping inside a loaded checkpoint (plain, or under ``state_dict``/``model``/...)."""
     if isinstance(obj, Mapping):
         for key in NESTED_KEYS:
@@ -97,7 +97,7 @@ def extract_state_dict(obj: object, path: Union[Path, str]) -> dict:
     return sd
 
 
-def apply_state_dict(network: torch.nn.Module, state: dict, path: Union[Path, str] = "weights") -> None:
+def apply_state_dict(network: torch.nn.Module, state: dict, path: Path | str = "weights") -> None:
     """Load ``state`` into ``network``; ``WeightsError`` listing missing, unexpected and mis-shaped keys."""
     own = network.state_dict()
     missing = sorted(set(own) - set(state))

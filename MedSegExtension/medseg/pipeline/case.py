@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 
@@ -41,7 +40,7 @@ class Stages:
 
     def __init__(self, progress: ProgressCallback, cancel: CancelToken, timings: dict[str, float]) -> None:
         self.progress, self.cancel, self.timings = progress, cancel, timings
-        self._current: Optional[tuple[str, float]] = None
+        self._current: tuple[str, float] | None = None
 
     def start(self, name: str) -> SubProgress:
         self.stop()
@@ -64,8 +63,8 @@ def segment_case(
     *,
     task: Task,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
-    timings: Optional[dict[str, float]] = None,
+    cancel: CancelToken | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[SegmentationOutput, torch.device]:
     """Run ``task`` on ``volumes`` (its inputs, in order) up to the label map on the first input's grid.
 

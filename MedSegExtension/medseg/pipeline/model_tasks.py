@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -48,7 +47,7 @@ class ModelRunner:
         network: replaces the card's network and weights (tests with analytic networks).
     """
 
-    def __init__(self, model: ModelFolder, network: Optional[torch.nn.Module] = None) -> None:
+    def __init__(self, model: ModelFolder, network: torch.nn.Module | None = None) -> None:
         self.model = model
         self.network = network
 
@@ -69,8 +68,8 @@ class ModelRunner:
         volumes: Sequence[Volume],
         *,
         progress: ProgressCallback = no_progress,
-        cancel: Optional[CancelToken] = None,
-        device: Optional[torch.device] = None,
+        cancel: CancelToken | None = None,
+        device: torch.device | None = None,
         tta: bool = False,
         uncertainty: bool = False,
     ) -> SegmentationOutput:
@@ -124,7 +123,7 @@ class ModelRunner:
         return SegmentationOutput(labelmap, {}, scores, warnings, volumes=volumes, review=review)
 
 
-def model_task(folder: Union[Path, str, ModelFolder], network: Optional[torch.nn.Module] = None) -> Task:
+def model_task(folder: Path | str | ModelFolder, network: torch.nn.Module | None = None) -> Task:
     """A ``Task`` that runs the model in ``folder`` (card read now, weights loaded at run time)."""
     model = folder if isinstance(folder, ModelFolder) else open_model(Path(folder))
     card = model.card
@@ -146,7 +145,7 @@ def model_task(folder: Union[Path, str, ModelFolder], network: Optional[torch.nn
     )
 
 
-def model_tasks(dirs: Optional[Iterable[Path]] = None) -> dict[str, Task]:
+def model_tasks(dirs: Iterable[Path] | None = None) -> dict[str, Task]:
     """Task name -> ``Task`` for every usable discovered model (broken ones are left out)."""
     out: dict[str, Task] = {}
     for m in discover_models(dirs):
@@ -160,11 +159,11 @@ def run_model(
     volumes: Sequence[Volume],
     *,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    cancel: CancelToken | None = None,
+    device: str | torch.device | None = None,
     tta: bool = False,
     uncertainty: bool = False,
-    network: Optional[torch.nn.Module] = None,
+    network: torch.nn.Module | None = None,
 ) -> SegmentationOutput:
     """Segment ``volumes`` (the card's inputs, in order, on one grid) with ``model``, through the
     pipeline's route; the label map, uncertainty volume and flags are on the first input's grid.

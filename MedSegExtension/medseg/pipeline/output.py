@@ -8,20 +8,21 @@ target is left untouched.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-from medseg.core.result import Result
 from medseg.core.errors import OutputError
 from medseg.core.formats import parse_mesh_formats
+from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.result import Result
 from medseg.io.atomic import OutputFolder
 from medseg.io.filenames import unique_file_stem
 from medseg.io.markups import write_markups_json, write_markups_per_box
 from medseg.io.mesh_io import write_mesh
-from medseg.report import build_report, write_report_html, write_report_json
 from medseg.io.seg_nrrd import write_seg_nrrd
 from medseg.io.volume_writer import write_volume_nrrd
-from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.report import build_report, write_report_html, write_report_json
+
 
 def write_result(
     result: Result,
@@ -31,7 +32,7 @@ def write_result(
     mesh_formats: Sequence[str] = ("stl",),
     html: bool = True,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
+    cancel: CancelToken | None = None,
 ) -> dict[str, str]:
     """Write segmentation, boxes, models and reports into ``out_dir``; return {what: relative path}.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Optional
 
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 from medseg.core.result import Result
@@ -46,9 +45,9 @@ def run_task(
     volumes: Sequence[Volume],
     options: RunOptions,
     *,
-    task: Optional[Task] = None,
+    task: Task | None = None,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
+    cancel: CancelToken | None = None,
 ) -> Result:
     """Run ``options.task`` (or ``task``) on ``volumes`` (the task's inputs in order) and return the ``Result``.
 

@@ -7,7 +7,7 @@ preallocated numpy array on the host.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ SLAB_BYTES = 32 * 1024 * 1024
 _WIDEN = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.uint64): np.int64}
 
 
-def slab_slices(per_slice_bytes: int, halo: int = 0, budget: Optional[int] = None) -> int:
+def slab_slices(per_slice_bytes: int, halo: int = 0, budget: int | None = None) -> int:
     """Number of k-slices per slab (at least 1) so a slab plus its halo fits ``budget``
     (default :data:`SLAB_BYTES`, read at call time)."""
     budget = SLAB_BYTES if budget is None else budget

@@ -9,14 +9,14 @@ array back into the source shape.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medseg.core.volume import Volume, crop_volume
 from medseg.core.errors import InputError
+from medseg.core.volume import Volume, crop_volume
 
 logger = logging.getLogger("medseg")
 
@@ -59,7 +59,7 @@ class Crop:
         return tuple(slice(a, b) for a, b in zip(self.lo_kji, self.hi_kji))  # type: ignore[return-value]
 
     @classmethod
-    def whole(cls, shape_kji: Sequence[int], note: str = "") -> "Crop":
+    def whole(cls, shape_kji: Sequence[int], note: str = "") -> Crop:
         return cls((0, 0, 0), tuple(shape_kji), tuple(shape_kji), note)  # type: ignore[arg-type]
 
 

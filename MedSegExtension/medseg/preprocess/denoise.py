@@ -8,17 +8,17 @@ slabs of k-slices with a halo wide enough that the result equals the whole-volum
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.special import ive
 
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
-from medseg.preprocess import _slabs
 from medseg.core.torch_devices import DeviceLike, resolve_device, run_with_oom_fallback
+from medseg.core.volume import Volume
+from medseg.preprocess import _slabs
 
 logger = logging.getLogger("medseg")
 
@@ -137,7 +137,7 @@ def edge_preserving_smooth(
     volume: Volume,
     sigma_mm: float,
     device: DeviceLike = "cpu",
-    conductance: Optional[float] = None,
+    conductance: float | None = None,
     kappa: float = 2.0,
     max_iterations: int = 100,
 ) -> Volume:

@@ -7,17 +7,17 @@ All outputs are float32 volumes on the input's grid (the voxel values change, ne
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
 from medseg.core.specs import Normalization
-from medseg.core.vocabulary import NanPolicy, NormalizationKind
-from medseg.preprocess import _slabs
 from medseg.core.torch_devices import DeviceLike, resolve_device, run_with_oom_fallback
+from medseg.core.vocabulary import NanPolicy, NormalizationKind
+from medseg.core.volume import Volume
+from medseg.preprocess import _slabs
 
 logger = logging.getLogger("medseg")
 
@@ -130,8 +130,8 @@ def _percentiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:
 
 def robust_zscore_stats(
     volume: Volume,
-    mask: Optional[np.ndarray] = None,
-    clip_percentiles: Optional[tuple[float, float]] = (0.5, 99.5),
+    mask: np.ndarray | None = None,
+    clip_percentiles: tuple[float, float] | None = (0.5, 99.5),
     device: DeviceLike = "cpu",
 ) -> tuple[float, float]:
     """(mean, std) used by :func:`normalize_robust_zscore` (see there). Raises on a constant image."""
@@ -175,9 +175,9 @@ def robust_zscore_stats(
 
 def normalize_robust_zscore(
     volume: Volume,
-    mask: Optional[np.ndarray] = None,
+    mask: np.ndarray | None = None,
     device: DeviceLike = "cpu",
-    clip_percentiles: Optional[tuple[float, float]] = (0.5, 99.5),
+    clip_percentiles: tuple[float, float] | None = (0.5, 99.5),
 ) -> Volume:
     """Robust z-score: ``(x - mean) / std`` for every voxel, float32.
 

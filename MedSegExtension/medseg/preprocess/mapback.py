@@ -17,17 +17,16 @@ outside the crop).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 
+from medseg.core.entropy import entropy_term
 from medseg.core.errors import InputError
 from medseg.core.progress import CancelToken
 from medseg.core.specs import Probabilities
 from medseg.core.torch_devices import DeviceLike, resolve_device
 from medseg.core.volume import Volume
-from medseg.core.entropy import entropy_term
 from medseg.preprocess.crop import uncrop
 from medseg.preprocess.pipeline import Preprocessed
 from medseg.preprocess.resample import resample_to_grid
@@ -44,8 +43,8 @@ class MappedProbabilities:
     """
 
     labels: np.ndarray
-    confidence: Optional[np.ndarray] = None
-    entropy: Optional[np.ndarray] = None
+    confidence: np.ndarray | None = None
+    entropy: np.ndarray | None = None
 
 
 def labels_to_input_grid(label_volume: Volume, prep: Preprocessed, device: DeviceLike = "cpu") -> Volume:
@@ -74,7 +73,7 @@ def labels_to_input_grid(label_volume: Volume, prep: Preprocessed, device: Devic
 
 
 def probabilities_to_input_grid(probs: Probabilities, prep: Preprocessed, device: DeviceLike = "cpu",
-                                cancel: Optional[CancelToken] = None) -> MappedProbabilities:
+                                cancel: CancelToken | None = None) -> MappedProbabilities:
     """Labels (and confidence, entropy) on the first input's grid from class probabilities on the
     working grid (see the module doc; ``probs.nearest_labels`` maps labels, not probabilities)."""
     dev = resolve_device(device)
@@ -83,8 +82,8 @@ def probabilities_to_input_grid(probs: Probabilities, prep: Preprocessed, device
         raise InputError(f"probabilities must be (C, K, J, I) on the working grid {probs.grid.shape_kji}, "
                          f"got shape {tuple(probs.array.shape)}")
     mapping = {int(c): int(v) for c, v in probs.channel_to_value.items()}
-    conf: Optional[np.ndarray] = None
-    ent: Optional[np.ndarray] = None
+    conf: np.ndarray | None = None
+    ent: np.ndarray | None = None
     if probs.nearest_labels:
         labels = labels_nearest(_work_labels(probs.array, mapping, probs.activation), probs.grid, target, dev)
     elif probs.activation == "softmax":
@@ -125,8 +124,8 @@ def softmax_to_labels(
     channel_to_value: dict,
     device: torch.device,
     want_entropy: bool = False,
-    cancel: Optional[CancelToken] = None,
-) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    cancel: CancelToken | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Argmax labels on ``reference``'s grid from ``(C, K, J, I)`` probabilities on ``work``'s grid.
 
     Returns:
@@ -134,7 +133,7 @@ def softmax_to_labels(
         winning probability, and the normalised entropy (0..1) when asked.
     """
     n = probs.shape[0]
-    best_p: Optional[np.ndarray] = None
+    best_p: np.ndarray | None = None
     best_c = np.zeros(reference.shape_kji, dtype=np.int32)
     ent = np.zeros(reference.shape_kji, dtype=np.float32) if want_entropy else None
     for c in range(n):
@@ -167,7 +166,7 @@ def sigmoid_to_labels(
     device: torch.device,
     want_entropy: bool = False,
     threshold: float = 0.5,
-) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Independent channels: each ``p > threshold`` sets its label (later channels win overlaps)."""
     labels = np.zeros(reference.shape_kji, dtype=np.int32)
     conf = np.zeros(reference.shape_kji, dtype=np.float32)

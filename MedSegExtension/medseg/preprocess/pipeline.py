@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -59,7 +58,7 @@ class Preprocessed:
 
     volumes: list
     reference: Volume
-    crop: Optional[Crop]
+    crop: Crop | None
     notes: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     device: str = "cpu"
@@ -95,7 +94,7 @@ def collect_warnings(notes: list) -> Iterator[list]:
         log.removeHandler(handler)
 
 
-def to_spacing(volume: Volume, target_mm: Sequence[Optional[float]], device: DeviceLike = "cpu") -> Volume:
+def to_spacing(volume: Volume, target_mm: Sequence[float | None], device: DeviceLike = "cpu") -> Volume:
     """``volume`` resampled (linear) to ``target_mm`` along i, j, k; an entry None keeps that axis'
     spacing, and a volume that already has the spacing is returned as it is."""
     sp = tuple(float(volume.spacing[a]) if s is None else float(s) for a, s in enumerate(target_mm))
@@ -109,7 +108,7 @@ def preprocess(
     spec: PreprocessSpec,
     device: DeviceLike = "auto",
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
+    cancel: CancelToken | None = None,
     nan_policy: str = NanPolicy.ERROR,
 ) -> Preprocessed:
     """Bring the inputs onto the working grid as ``spec`` says (module doc for the order).
@@ -161,7 +160,7 @@ def preprocess(
         timings["cast"] = time.perf_counter() - t
 
         t = begin(2, "cropping")
-        crop: Optional[Crop] = None
+        crop: Crop | None = None
         if spec.crop == CropMode.BODY_CT:
             crop = body_crop_ct(work[0], margin_mm=spec.crop_margin_mm)
         elif spec.crop == CropMode.FOREGROUND:

@@ -7,7 +7,6 @@ voxel keeps its RAS position (like MONAI's ``Orientation`` with closest-axis mat
 from __future__ import annotations
 
 import itertools
-from typing import Optional
 
 import numpy as np
 
@@ -29,7 +28,7 @@ def orientation_plan(volume: Volume, axcodes: str) -> tuple[tuple[int, int, int]
         t = np.zeros(3)
         t[axis] = sign
         targets.append(t)
-    best: Optional[tuple[int, ...]] = None
+    best: tuple[int, ...] | None = None
     best_score = -1.0
     for perm in itertools.permutations(range(3)):
         score = sum(abs(float(d[:, perm[a]] @ targets[a])) for a in range(3))
@@ -41,7 +40,7 @@ def orientation_plan(volume: Volume, axcodes: str) -> tuple[tuple[int, int, int]
     return (best[0], best[1], best[2]), (flips[0], flips[1], flips[2])
 
 
-def reorient(volume: Volume, axcodes: Optional[str]) -> Volume:
+def reorient(volume: Volume, axcodes: str | None) -> Volume:
     """The same voxels with axes permuted/flipped to ``axcodes`` (exact: no interpolation); the
     volume itself when nothing changes or ``axcodes`` is None."""
     if not axcodes:

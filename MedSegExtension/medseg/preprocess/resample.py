@@ -31,16 +31,16 @@ needs. A GPU out-of-memory error reruns the whole resampling on the CPU (same an
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
-from medseg.preprocess import _slabs
 from medseg.core.torch_devices import DeviceLike, resolve_device, run_with_oom_fallback
+from medseg.core.volume import Volume
+from medseg.preprocess import _slabs
 
 MODES = ("linear", "nearest")
 #: tolerance (voxels) of the inside-the-buffer test, against float rounding at exact edges
@@ -69,7 +69,7 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _check_fill(fill: Optional[float], dtype: np.dtype) -> Optional[float]:
+def _check_fill(fill: float | None, dtype: np.dtype) -> float | None:
     if fill is None:
         return None
     f = float(fill)
@@ -97,7 +97,7 @@ def spacing_grid(volume: Volume, spacing_mm: Sequence[float]) -> tuple[tuple[int
     return (int(n_out[2]), int(n_out[1]), int(n_out[0])), m
 
 
-def _axis_aligned(src_m: np.ndarray, ref_m: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+def _axis_aligned(src_m: np.ndarray, ref_m: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """If reference axis a maps onto source axis a for every a, (scale, offset) per IJK axis."""
     a = np.linalg.solve(src_m, ref_m)
     lin = a[:3, :3]
@@ -141,7 +141,7 @@ def resample_to_grid(
     reference: Volume,
     mode: str = "linear",
     device: DeviceLike = "cpu",
-    fill: Optional[float] = 0.0,
+    fill: float | None = 0.0,
 ) -> Volume:
     """Resample ``volume`` onto ``reference``'s grid (shape and IJK->RAS; its values are ignored).
 
@@ -194,7 +194,7 @@ def _take(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     return t[..., idx]
 
 
-def _lerp_along(t: torch.Tensor, dim: int, lo: torch.Tensor, hi: torch.Tensor, w: Optional[torch.Tensor]):
+def _lerp_along(t: torch.Tensor, dim: int, lo: torch.Tensor, hi: torch.Tensor, w: torch.Tensor | None):
     """Linear (w given) or nearest (w None) 1D resampling of ``t`` along ``dim`` (a new tensor)."""
     a = _take(t, dim, lo)
     if w is None:
@@ -218,7 +218,7 @@ def _resample_separable(
     scale_ijk: np.ndarray,
     offset_ijk: np.ndarray,
     mode: str,
-    fill: Optional[float],
+    fill: float | None,
     device: torch.device,
 ) -> np.ndarray:
     """Axis-aligned resampling: ``x_src[a] = scale[a] * x_out[a] + offset[a]`` for a in i, j, k.
@@ -304,7 +304,7 @@ def _resample_general(
     out_shape: tuple[int, int, int],
     ref_to_src: np.ndarray,
     mode: str,
-    fill: Optional[float],
+    fill: float | None,
     device: torch.device,
 ) -> np.ndarray:
     """Resampling for any affine map ``ref_to_src`` (4x4, reference IJK -> source IJK)."""

@@ -31,23 +31,29 @@ pieces; ground-glass lesions below -400 HU are not seen.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medseg.core.labelmap import LabelMap, Segment
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
+from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.specs import PreprocessSpec, SegmentationOutput
+from medseg.core.terminology import term
+from medseg.core.volume import Volume
 from medseg.segment import ct_anatomy as anat
 from medseg.segment import ct_lesion
-from medseg.core.specs import PreprocessSpec, SegmentationOutput
 from medseg.segment.morphology import (
-    ball_footprint, bbox_slices, block_expand, block_factors, block_mean, close_mm, fill_holes_2d,
+    ball_footprint,
+    bbox_slices,
+    block_expand,
+    block_factors,
+    block_mean,
+    close_mm,
+    fill_holes_2d,
     open_small,
 )
-from medseg.core.terminology import term
 
 #: how the pipeline prepares the CT before this preset: HU kept, mild denoising, body crop
 SPEC = PreprocessSpec(
@@ -133,7 +139,7 @@ def _refine(mask_w: np.ndarray, cond_full: np.ndarray, factors: Sequence[int]) -
 
 
 def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = no_progress,
-                     cancel: Optional[CancelToken] = None) -> SegmentationOutput:
+                     cancel: CancelToken | None = None) -> SegmentationOutput:
     """Segment body, lungs, bones and lung lesions of a chest CT.
 
     Args:

@@ -8,7 +8,6 @@ matrix, so they do not depend on the grid's orientation or anisotropy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 from scipy import ndimage
@@ -68,7 +67,7 @@ class LesionFeatures:
     stub_contact: float = 0.0
     fill: float = 1.0
     n_slices: int = 0
-    neighbour_tissue: Optional[float] = None
+    neighbour_tissue: float | None = None
     at_scan_end: bool = False
     accepted: bool = False
     reason: str = ""

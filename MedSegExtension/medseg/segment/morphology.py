@@ -10,7 +10,7 @@ Arrays are KJI; ``spacing_kji`` is the voxel size along (k, j, i) in mm.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

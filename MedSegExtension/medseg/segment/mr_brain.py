@@ -41,23 +41,23 @@ enclosed by the FLAIR-bright region, so hole filling misses them (BraTS 2013 pat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from medseg.core.components import face_components
+from medseg.core.errors import InputError
 from medseg.core.grid import check_same_grid
 from medseg.core.labelmap import LabelMap, Segment
-from medseg.core.volume import Volume
-from medseg.core.errors import InputError
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 from medseg.core.specs import PreprocessSpec, SegmentationOutput
+from medseg.core.terminology import term
+from medseg.core.volume import Volume
 from medseg.segment import morphology as _morph
 from medseg.segment.morphology import bbox_slices, dilate_mm, fill_holes_2d
-from medseg.core.terminology import term
 
 #: How the pipeline prepares the inputs: keep the grid (1 mm data stays 1 mm), mild denoise,
 #: robust z-score inside the foreground, crop to the foreground with a 10 mm margin.
@@ -173,7 +173,7 @@ def _background_level(image: np.ndarray) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- validation
-def _validate(volumes: Sequence[Volume]) -> tuple[Volume, Optional[Volume]]:
+def _validate(volumes: Sequence[Volume]) -> tuple[Volume, Volume | None]:
     if not isinstance(volumes, (list, tuple)) or len(volumes) not in (1, 2):
         n = len(volumes) if isinstance(volumes, (list, tuple)) else type(volumes).__name__
         raise InputError(f"mr-brain-tumor needs [FLAIR] or [FLAIR, T1c] volumes, got {n}")
@@ -261,7 +261,7 @@ def segment_mr_brain_tumor(
     volumes: list[Volume],
     *,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
+    cancel: CancelToken | None = None,
     params: MrBrainTumorParams = DEFAULT_PARAMS,
 ) -> SegmentationOutput:
     """Brain and whole-tumour segmentation of skull-stripped brain MR.

@@ -6,17 +6,15 @@ as the simplest end-to-end path through the pipeline, which the geometry tests u
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 from scipy import ndimage
 
-from medseg.core.labelmap import LabelMap, Segment
-from medseg.core.volume import Volume
 from medseg.core.errors import InputError
+from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 from medseg.core.specs import PreprocessSpec, SegmentationOutput
 from medseg.core.terminology import term
+from medseg.core.volume import Volume
 
 SPEC = PreprocessSpec()
 
@@ -33,7 +31,7 @@ def segment_threshold(
     threshold: float = 0.5,
     min_volume_mm3: float = 0.0,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
+    cancel: CancelToken | None = None,
 ) -> SegmentationOutput:
     """Label each 26-connected region with value >= ``threshold`` (input units) as a lesion.
 

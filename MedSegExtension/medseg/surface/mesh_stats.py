@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import vtk
@@ -10,7 +10,7 @@ import vtk
 from medseg.core.mesh_arrays import triangles_of
 
 
-def edge_defects(polydata: vtk.vtkPolyData) -> Dict[str, int]:
+def edge_defects(polydata: vtk.vtkPolyData) -> dict[str, int]:
     """Counts of boundary edges (used by one polygon) and non-manifold edges (used by > 2),
     via ``vtkFeatureEdges``."""
     counts = {"boundary_edges": 0, "non_manifold_edges": 0}
@@ -28,7 +28,7 @@ def edge_defects(polydata: vtk.vtkPolyData) -> Dict[str, int]:
     return counts
 
 
-def mesh_stats(polydata: vtk.vtkPolyData) -> Dict[str, Any]:
+def mesh_stats(polydata: vtk.vtkPolyData) -> dict[str, Any]:
     """Size and shape of a triangle surface, in the units and frame of its points (RAS mm for
     the meshes ``labelmap_to_meshes`` makes).
 
@@ -46,7 +46,7 @@ def mesh_stats(polydata: vtk.vtkPolyData) -> Dict[str, Any]:
     """
     points, tris = triangles_of(polydata)
     defects = edge_defects(polydata)
-    stats: Dict[str, Any] = {
+    stats: dict[str, Any] = {
         "closed": False,
         "volume_mm3": 0.0,
         "signed_volume_mm3": 0.0,

@@ -44,8 +44,9 @@ Pipeline (both methods):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import vtk
@@ -54,10 +55,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from vtk.util import numpy_support as ns
 
-from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.errors import InputError
-from medseg.core.vocabulary import SurfaceMethod
-from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.mesh_arrays import (
     compact,
     image_from_labels,
@@ -65,6 +64,8 @@ from medseg.core.mesh_arrays import (
     polydata_from_arrays,
     triangles_of,
 )
+from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.vocabulary import SurfaceMethod
 
 if TYPE_CHECKING:  # pragma: no cover
     from vtk import vtkPolyData
@@ -100,10 +101,10 @@ def labelmap_to_meshes(
     method: str = SurfaceMethod.SURFACE_NETS,
     smoothing: float = 0.5,
     decimate: float = 0.0,
-    segment_ids: Optional[List[str]] = None,
+    segment_ids: list[str] | None = None,
     progress: ProgressCallback = no_progress,
-    cancel: Optional[CancelToken] = None,
-) -> Dict[str, "vtkPolyData"]:
+    cancel: CancelToken | None = None,
+) -> dict[str, vtkPolyData]:
     """One closed triangle surface per segment, points in RAS mm, outward unit point normals.
 
     Args:
@@ -128,7 +129,7 @@ def labelmap_to_meshes(
     """
     segments = _validate(labelmap, method, smoothing, decimate, segment_ids)
     _check(cancel)
-    meshes: Dict[str, vtk.vtkPolyData] = {}
+    meshes: dict[str, vtk.vtkPolyData] = {}
     if not segments:
         progress(1.0, "no segments to mesh")
         return meshes
@@ -165,7 +166,7 @@ def labelmap_to_meshes(
 
 # --------------------------------------------------------------------------- validation
 def _validate(labelmap: LabelMap, method: str, smoothing: float, decimate: float,
-              segment_ids: Optional[Sequence[str]]) -> List[Segment]:
+              segment_ids: Sequence[str] | None) -> list[Segment]:
     if not isinstance(labelmap, LabelMap):
         raise InputError(f"labelmap must be a LabelMap, got {type(labelmap).__name__}")
     SurfaceMethod.parse(method, "surface method")
@@ -179,7 +180,7 @@ def _validate(labelmap: LabelMap, method: str, smoothing: float, decimate: float
         return list(labelmap.segments)
     if isinstance(segment_ids, str):
         raise InputError(f"segment_ids must be a list of ids, got the string {segment_ids!r}")
-    out: List[Segment] = []
+    out: list[Segment] = []
     for key in segment_ids:
         try:
             seg = labelmap.segment(key)
@@ -192,7 +193,7 @@ def _validate(labelmap: LabelMap, method: str, smoothing: float, decimate: float
     return out
 
 
-def _check(cancel: Optional[CancelToken]) -> None:
+def _check(cancel: CancelToken | None) -> None:
     if cancel is not None:
         cancel.check()
 
@@ -212,11 +213,11 @@ def _as_vtk_labels(array: np.ndarray) -> np.ndarray:
     return a.astype(dtype)
 
 
-def _bounding_boxes(labels: np.ndarray, values: Sequence[int]) -> Dict[int, Optional[_Box]]:
+def _bounding_boxes(labels: np.ndarray, values: Sequence[int]) -> dict[int, _Box | None]:
     """KJI bounding box of each requested label value (``None`` when it has no voxel), one pass."""
     top = max(values)
     slices = ndimage.find_objects(labels, max_label=top)
-    out: Dict[int, Optional[_Box]] = {}
+    out: dict[int, _Box | None] = {}
     for v in values:
         sl = slices[v - 1] if v - 1 < len(slices) else None
         out[v] = None if sl is None else _Box(np.array([x.start for x in sl]), np.array([x.stop for x in sl]))
@@ -227,7 +228,7 @@ def _union(boxes: Sequence[_Box]) -> _Box:
     return _Box(np.min([b.lo for b in boxes], axis=0), np.max([b.hi for b in boxes], axis=0))
 
 
-def _padded_image(labels: np.ndarray, box: _Box) -> Tuple[vtk.vtkImageData, np.ndarray]:
+def _padded_image(labels: np.ndarray, box: _Box) -> tuple[vtk.vtkImageData, np.ndarray]:
     """The crop ``labels[box]`` with one voxel of background around it, origin at its IJK corner.
 
     Returns the image and the array it shares memory with (keep both alive together).
@@ -239,7 +240,7 @@ def _padded_image(labels: np.ndarray, box: _Box) -> Tuple[vtk.vtkImageData, np.n
     return image_from_labels(padded, tuple(corner_ijk), copy=False), padded
 
 
-def _touching_groups(values: Sequence[int], boxes: Dict[int, Optional[_Box]]) -> List[List[int]]:
+def _touching_groups(values: Sequence[int], boxes: dict[int, _Box | None]) -> list[list[int]]:
     """Labels grouped so that labels whose boxes (grown by one voxel) overlap, directly or through
     others, are in the same group; labels in different groups can never touch."""
     lo = np.array([boxes[v].lo for v in values]) - 1
@@ -250,7 +251,7 @@ def _touching_groups(values: Sequence[int], boxes: Dict[int, Optional[_Box]]) ->
 
 
 # --------------------------------------------------------------------------- VTK stages
-def _run(algorithm: vtk.vtkAlgorithm, cancel: Optional[CancelToken]) -> vtk.vtkPolyData:
+def _run(algorithm: vtk.vtkAlgorithm, cancel: CancelToken | None) -> vtk.vtkPolyData:
     """Update a VTK filter, aborting it from its progress events when ``cancel`` is set."""
     if cancel is not None:
         def on_progress(obj, _event):
@@ -264,7 +265,7 @@ def _run(algorithm: vtk.vtkAlgorithm, cancel: Optional[CancelToken]) -> vtk.vtkP
     return algorithm.GetOutput()
 
 
-def _smooth(polydata: vtk.vtkPolyData, smoothing: float, cancel: Optional[CancelToken]) -> vtk.vtkPolyData:
+def _smooth(polydata: vtk.vtkPolyData, smoothing: float, cancel: CancelToken | None) -> vtk.vtkPolyData:
     if smoothing <= 0 or polydata.GetNumberOfPolys() == 0:
         return polydata
     ws = vtk.vtkWindowedSincPolyDataFilter()
@@ -278,8 +279,8 @@ def _smooth(polydata: vtk.vtkPolyData, smoothing: float, cancel: Optional[Cancel
     return _run(ws, cancel)
 
 
-def _surface_nets(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], values: Sequence[int],
-                  smoothing: float, cancel: Optional[CancelToken]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+def _surface_nets(labels: np.ndarray, boxes: dict[int, _Box | None], values: Sequence[int],
+                  smoothing: float, cancel: CancelToken | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``vtkSurfaceNets3D`` over the union box of all labels, or over the union box of each group
     of possibly touching labels when those boxes hold fewer voxels; smoothed jointly per run and
     split per label (IJK)."""
@@ -289,15 +290,15 @@ def _surface_nets(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], values: 
                      for g in (_union([boxes[v] for v in grp]) for grp in groups))
     if whole.n_voxels + _PER_CALL_VOXELS <= split_cost:
         groups = [list(values)]
-    out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for group in groups:
         _check(cancel)
         out.update(_surface_nets_run(labels, boxes, group, smoothing, cancel))
     return out
 
 
-def _surface_nets_run(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], values: Sequence[int],
-                      smoothing: float, cancel: Optional[CancelToken]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+def _surface_nets_run(labels: np.ndarray, boxes: dict[int, _Box | None], values: Sequence[int],
+                      smoothing: float, cancel: CancelToken | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """One ``vtkSurfaceNets3D`` run for ``values`` over their union box, split per label."""
     image, _keep_alive = _padded_image(labels, _union([boxes[v] for v in values]))
     sn = vtk.vtkSurfaceNets3D()
@@ -320,7 +321,7 @@ def _surface_nets_run(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], valu
     label, face, flip = label[keep], face[keep], flip[keep]
     order = np.argsort(label, kind="stable")
     label, face, flip = label[order], face[order], flip[order]
-    out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for v in values:
         a, b = np.searchsorted(label, [v, v + 1])
         sel = tris[face[a:b]]
@@ -330,14 +331,14 @@ def _surface_nets_run(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], valu
     return out
 
 
-def _flying_edges(labels: np.ndarray, boxes: Dict[int, Optional[_Box]], values: Sequence[int],
-                  smoothing: float, cancel: Optional[CancelToken]) -> Dict[int, Tuple[np.ndarray, np.ndarray]]:
+def _flying_edges(labels: np.ndarray, boxes: dict[int, _Box | None], values: Sequence[int],
+                  smoothing: float, cancel: CancelToken | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``vtkDiscreteFlyingEdges3D``: one run with every label, or one run per label's own box,
     whichever scans fewer voxels (the filter scans the image once per contour value)."""
     own = [boxes[v] for v in values]
     union = _union(own)
     groups = [list(values)] if _joint_is_cheaper(union, own) else [[v] for v in values]
-    out: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for group in groups:
         _check(cancel)
         image, _keep_alive = _padded_image(labels, _union([boxes[v] for v in group]))
@@ -385,7 +386,7 @@ def _finish(points_ijk: np.ndarray, tris: np.ndarray, ijk_to_ras: np.ndarray, mi
     return polydata_from_arrays(points, tris, point_normals(points, tris))
 
 
-def _decimate(points: np.ndarray, tris: np.ndarray, fraction: float) -> Tuple[np.ndarray, np.ndarray]:
+def _decimate(points: np.ndarray, tris: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     qd = vtk.vtkQuadricDecimation()
     qd.SetInputData(polydata_from_arrays(points, tris))
     qd.SetTargetReduction(float(fraction))
