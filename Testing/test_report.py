@@ -10,22 +10,25 @@ import re
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import grid_centre_ras, sphere_image
 
+from conftest import grid_centre_ras, sphere_image
 from medseg.core.box import Box
-from medseg.core.labelmap import LabelMap, Segment
-from medseg.core.result import Result
-from medseg.core.volume import Volume, crop_volume
 from medseg.core.errors import InputError, MedSegError
 from medseg.core.frames import sitk_to_volume
-from medseg.report import report_html as rh
-from medseg.report.report_json import (
-    ReportValidationError,
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.measurements import Measure
+from medseg.core.result import Result
+from medseg.core.volume import Volume, crop_volume
+from medseg.report import planes, view3d
+from medseg.report.html_page import write_report_html
+from medseg.report.json_report import (
+    OPTIONAL_SEGMENT_MEASURES,
+    REQUIRED_SEGMENT_MEASURES,
+    SEGMENT_MEASURES,
     build_report,
-    load_report_schema,
-    validate_report,
     write_report_json,
 )
+from medseg.report.schema import ReportValidationError, load_report_schema, validate_report
 
 LESION_NAME = "Lesion <b>1</b> & co"
 WARNING = '<script>alert("x")</script> slice spacing is irregular'
@@ -130,6 +133,70 @@ def test_schema_loads_and_is_valid_draft_2020_12():
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["additionalProperties"] is False
     assert load_report_schema() is not load_report_schema()  # callers get their own copy
+
+
+#: a value of every measurement key, as medseg.measure.segments gives them (RAS mm, mm, mL)
+EVERY_MEASURE = {
+    Measure.VOXEL_COUNT: 10,
+    Measure.VOLUME_ML: 0.5,
+    Measure.SURFACE_AREA_MM2: 30.0,
+    Measure.CENTROID_RAS: [1.0, 2.0, 3.0],
+    Measure.BOUNDS_RAS: {"min": [0.0, 0.0, 0.0], "max": [2.0, 4.0, 6.0]},
+    Measure.LONGEST_DIAMETER_MM: 7.0,
+    Measure.LONGEST_DIAMETER_ENDPOINTS_RAS: [[0.0, 0.0, 0.0], [2.0, 4.0, 6.0]],
+    Measure.RECIST_AXIAL_MM: 4.0,
+    Measure.RECIST_SLICE_AXIS: "k",
+    Measure.RECIST_SLICE_INDEX: 3,
+    Measure.RECIST_ENDPOINTS_RAS: [[0.0, 0.0, 3.0], [2.0, 4.0, 3.0]],
+    Measure.SHORT_AXIS_MM: 2.0,
+    Measure.SHORT_AXIS_ENDPOINTS_RAS: [[1.0, 0.0, 3.0], [1.0, 2.0, 3.0]],
+}
+#: the unit a number's key names by its suffix ("units in the key name", says the schema)
+UNIT_OF_SUFFIX = {"mm": "mm", "mm2": "mm²", "ml": "mL"}
+
+
+def _types(spec: dict) -> set:
+    t = spec.get("type", [])
+    return {t} if isinstance(t, str) else set(t)
+
+
+def test_schema_declares_the_measurement_vocabulary(result):
+    """report.schema.json and medseg.core.measurements cannot drift apart: every Measure key that
+    build_report places at the top level of a segment entry is declared in $defs.segment, and the
+    numbers the schema declares in mm, mm² or mL are exactly the Measure keys with those units."""
+    seg_schema = load_report_schema()["$defs"]["segment"]
+    props = seg_schema["properties"]
+    assert set(EVERY_MEASURE) == set(Measure), "give the new Measure key a value in EVERY_MEASURE"
+    assert set(SEGMENT_MEASURES) <= set(Measure)
+
+    # what build_report places by name: declared, and required exactly when always there
+    undeclared = [str(k) for k in SEGMENT_MEASURES if str(k) not in props]
+    assert undeclared == []
+    assert {str(k) for k in REQUIRED_SEGMENT_MEASURES} <= set(seg_schema["required"])
+    assert not {str(k) for k in OPTIONAL_SEGMENT_MEASURES} & set(seg_schema["required"])
+
+    # and it is what build_report really does with every key measured
+    rep = build_report(Result("t", result.labelmap, measurements={"organ": dict(EVERY_MEASURE)}))
+    validate_report(rep)
+    entry = rep["segments"][0]
+    top = {k for k in entry if k in Measure.values()}
+    assert {str(k) for k in SEGMENT_MEASURES} <= top
+    assert top & set(props) == {str(k) for k in SEGMENT_MEASURES}
+    for k in top - set(props):  # the others go where the schema's additionalProperties allows
+        assert isinstance(entry[k], (int, float)) and not isinstance(entry[k], bool), k
+
+    # units: a declared integer is a count; a declared number names its unit, which is Measure's
+    numbers = {k for k, spec in props.items() if "number" in _types(spec)}
+    for key in numbers:
+        assert key in Measure.values(), f"{key}: a number the vocabulary does not know"
+        assert UNIT_OF_SUFFIX.get(key.rsplit("_", 1)[-1], "") == Measure(key).unit, key
+    for key in (k for k, spec in props.items() if "integer" in _types(spec) and k in Measure.values()):
+        assert Measure(key).unit == "", key
+    scalar_in_units = {
+        str(k) for k in SEGMENT_MEASURES
+        if k.unit in UNIT_OF_SUFFIX.values() and isinstance(entry[k], float)
+    }
+    assert scalar_in_units == numbers
 
 
 def test_build_report_is_plain_json_and_valid(result, report):
@@ -250,12 +317,12 @@ def test_measure_segments_style_dicts(result):
     r = Result("t", result.labelmap, measurements={"organ": organ, "lesion": lesion})
     rep = build_report(r)
     validate_report(rep)
-    o, l = rep["segments"]
+    o, les = rep["segments"]
     assert o["is_lesion"] is False and o["longest_diameter_mm"] == 3.0
     assert o["extra"] == {"longest_diameter_endpoints_ras": [[0, 0, 0], [3, 0, 0]]}
-    assert l["is_lesion"] is True and l["lesion_kind"] == "nodule"
-    assert l["recist_slice_index"] == 4 and l["short_axis_mm"] == 1.5 and l["extra"] == {"recist_slice_axis": "k"}
-    assert l["name"] == LESION_NAME and l["label_value"] == 2
+    assert les["is_lesion"] is True and les["lesion_kind"] == "nodule"
+    assert les["recist_slice_index"] == 4 and les["short_axis_mm"] == 1.5 and les["extra"] == {"recist_slice_axis": "k"}
+    assert les["name"] == LESION_NAME and les["label_value"] == 2
 
 
 def test_build_report_rejects_paths_outside_the_output(result):
@@ -298,30 +365,30 @@ def test_report_without_inputs_or_measurements_uses_the_label_map():
 # --------------------------------------------------------------------------- orientation helpers
 def test_plane_layouts_follow_slicer_conventions():
     ras = Volume.from_geometry(np.zeros((3, 3, 3)), direction=np.eye(3))
-    lay = {l.name: l for l in rh.plane_layouts(ras)}
+    lay = {p.name: p for p in planes.plane_layouts(ras)}
     assert lay["axial"].labels == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
     assert lay["axial"].axis == 2 and lay["axial"].h_flip and not lay["axial"].v_flip
     assert lay["coronal"].labels == {"left": "R", "right": "L", "top": "S", "bottom": "I"}
     assert lay["sagittal"].labels == {"left": "A", "right": "P", "top": "S", "bottom": "I"}
     # an LPS-ordered image (as DICOM/ITK give): i runs to the left, j to posterior
     lps = Volume.from_geometry(np.zeros((3, 3, 3)), direction=np.diag([-1.0, -1.0, 1.0]))
-    ax = rh.plane_layouts(lps)[0]
+    ax = planes.plane_layouts(lps)[0]
     assert ax.name == "axial" and not ax.h_flip and ax.v_flip
     assert ax.labels == {"left": "R", "right": "L", "top": "A", "bottom": "P"}
     # a sagittally acquired image: i = A, j = S, k = R
     sag = Volume.from_geometry(np.zeros((3, 3, 3)), direction=np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float))
-    assert {l.name: l.axis for l in rh.plane_layouts(sag)} == {"axial": 1, "coronal": 0, "sagittal": 2}
-    assert rh.orientation_letters((0.8, 0.0, -0.6)) == "RI"
+    assert {p.name: p.axis for p in planes.plane_layouts(sag)} == {"axial": 1, "coronal": 0, "sagittal": 2}
+    assert planes.orientation_letters((0.8, 0.0, -0.6)) == "RI"
 
 
 def test_plane_layouts_on_an_oblique_flipped_volume(result):
     vol = result.preview
-    for lay in rh.plane_layouts(vol):
-        _, _, want_right, _, want_up = rh._PLANES[lay.name]
+    for lay in planes.plane_layouts(vol):
+        _, _, want_right, _, want_up = planes._PLANES[lay.name]
         assert np.dot(lay.right, want_right) > 0.5 and np.dot(lay.up, want_up) > 0.5
         assert abs(np.dot(lay.right, lay.up)) < 1e-9
-        assert lay.labels["right"] == rh.orientation_letters(lay.right)
-        assert lay.labels["left"] == rh.orientation_letters(-np.asarray(lay.right))
+        assert lay.labels["right"] == planes.orientation_letters(lay.right)
+        assert lay.labels["left"] == planes.orientation_letters(-np.asarray(lay.right))
         assert {lay.axis, lay.h_axis, lay.v_axis} == {0, 1, 2}
 
 
@@ -332,50 +399,50 @@ def test_image_and_overlay_coordinates_agree(result):
     arr = np.zeros(vol.array.shape, np.uint8)
     arr[ijk[2], ijk[1], ijk[0]] = 1
     one = vol.with_array(arr)
-    for lay in rh.plane_layouts(vol):
-        img = rh._arrange(rh._slice_hv(one, lay, int(ijk[lay.axis])), lay)
+    for lay in planes.plane_layouts(vol):
+        img = planes.arrange(planes.slice_hv(one, lay, int(ijk[lay.axis])), lay)
         (row, col), = np.argwhere(img)
-        x, y = rh._to_plot(ijk[None, :].astype(float), lay, vol)[0]
+        x, y = planes.to_plot(ijk[None, :].astype(float), lay, vol)[0]
         assert x == pytest.approx(col * vol.spacing[lay.h_axis]) and y == pytest.approx(row * vol.spacing[lay.v_axis])
 
 
 def test_label_slice_on_another_grid_matches(result):
     lab = result.labelmap.volume
     cropped = crop_volume(lab, (2, 5, 7), (10, 60, 66))
-    for lay in rh.plane_layouts(lab):
+    for lay in planes.plane_layouts(lab):
         idx = 6
-        same = rh._slice_hv(lab, lay, idx)
-        other = rh._label_slice_hv(cropped, lab, lay, idx)
+        same = planes.slice_hv(lab, lay, idx)
+        other = planes.label_slice_hv(cropped, lab, lay, idx)
         inside = np.zeros(lab.shape_kji, bool)
         inside[2:10, 5:60, 7:66] = True
-        mask = rh._slice_hv(lab.with_array(inside), lay, idx)
+        mask = planes.slice_hv(lab.with_array(inside), lay, idx)
         assert np.array_equal(other[mask], same[mask]) and not other[~mask].any()
 
 
 def test_box_section():
     vol = Volume.from_geometry(np.zeros((10, 10, 10)), (1.0, 2.0, 1.0), (0, 0, 0))
     box = Box((5.0, 10.0, 5.0), (4.0, 6.0, 2.0), np.eye(3), "n", 0.5)
-    poly = rh.box_section_ijk(box, vol, 2, 5.0)
+    poly = planes.box_section_ijk(box, vol, 2, 5.0)
     assert poly.shape == (4, 3) and np.allclose(poly[:, 2], 5.0)
     assert np.allclose(poly[:, 0].min(), 3.0) and np.allclose(poly[:, 0].max(), 7.0)
     assert np.allclose(poly[:, 1].min(), 3.5) and np.allclose(poly[:, 1].max(), 6.5)
-    assert rh.box_section_ijk(box, vol, 2, 7.0).shape == (0, 3)
+    assert planes.box_section_ijk(box, vol, 2, 7.0).shape == (0, 3)
     # a box aligned with an oblique volume cuts a rectangle of the box's size
     r = _make_result()
     v = r.preview
     b = r.boxes[0]
     k = float(np.rint(v.ras_to_ijk_points(b.center)[0][2]))
-    sec = rh.box_section_ijk(b, v, 2, k)
+    sec = planes.box_section_ijk(b, v, 2, k)
     assert sec.shape[0] == 4
     ext_mm = (sec.max(axis=0) - sec.min(axis=0))[:2] * v.spacing[:2]
     assert np.allclose(ext_mm, b.size[:2], atol=1e-6)
 
 
 def test_display_window(result):
-    assert rh.display_window(result.preview, "CT") == rh.CT_WINDOW
-    assert rh.display_window(result.preview, None) == rh.CT_WINDOW  # HU with air
+    assert planes.display_window(result.preview, "CT") == planes.CT_WINDOW
+    assert planes.display_window(result.preview, None) == planes.CT_WINDOW  # HU with air
     mr = result.preview.with_array(np.linspace(0, 1000, result.preview.array.size).reshape(result.preview.array.shape))
-    lo, hi = rh.display_window(mr, "MR")
+    lo, hi = planes.display_window(mr, "MR")
     assert lo == pytest.approx(10, abs=1) and hi == pytest.approx(990, abs=1)
 
 
@@ -406,12 +473,12 @@ def _centre_of(rgb, channel):
 @pytest.mark.parametrize("method", ["vtk", "matplotlib"])
 def test_3d_view_is_an_anterior_view(method):
     res = _three_spheres()
-    if method == "vtk" and not rh.vtk_offscreen_available()[0]:
+    if method == "vtk" and not view3d.vtk_offscreen_available()[0]:
         # no offscreen OpenGL on this machine: the probe says why, and the report uses matplotlib
         # (checked in test_3d_view_falls_back_and_never_fails)
-        assert rh.vtk_offscreen_available()[1]
+        assert view3d.vtk_offscreen_available()[1]
         method = "matplotlib"
-    data = rh.render_3d_vtk(res, (200, 200)) if method == "vtk" else rh.render_3d_matplotlib(res, (300, 300))
+    data = view3d.render_3d_vtk(res, (200, 200)) if method == "vtk" else view3d.render_3d_matplotlib(res, (300, 300))
     rgb = _png_rgb(data)
     r_row, r_col = _centre_of(rgb, 0)
     l_row, l_col = _centre_of(rgb, 2)
@@ -423,26 +490,26 @@ def test_3d_view_is_an_anterior_view(method):
 
 def test_3d_view_falls_back_and_never_fails(tmp_path, monkeypatch):
     res = _three_spheres()
-    monkeypatch.setattr(rh, "_vtk_probe_cache", (False, "no OpenGL (test)"))
-    used, note = rh.render_3d_view(res, tmp_path / "v.png")
+    monkeypatch.setattr(view3d, "_vtk_probe_cache", (False, "no OpenGL (test)"))
+    used, note = view3d.render_3d_view(res, tmp_path / "v.png")
     assert used == "matplotlib" and "no OpenGL (test)" in note
     assert (tmp_path / "v.png").read_bytes().startswith(PNG_MAGIC)
 
     def boom(*a, **k):
         raise RuntimeError("renderer exploded")
 
-    monkeypatch.setattr(rh, "render_3d_matplotlib", boom)
-    used, note = rh.render_3d_view(res, tmp_path / "w.png")
+    monkeypatch.setattr(view3d, "render_3d_matplotlib", boom)
+    used, note = view3d.render_3d_view(res, tmp_path / "w.png")
     assert used is None and "renderer exploded" in note and not (tmp_path / "w.png").exists()
-    monkeypatch.setenv(rh.RENDERER_ENV, "none")
-    assert rh.render_3d_view(res, tmp_path / "x.png") == (None, "3D view turned off")
+    monkeypatch.setenv(view3d.RENDERER_ENV, "none")
+    assert view3d.render_3d_view(res, tmp_path / "x.png") == (None, "3D view turned off")
     with pytest.raises(InputError):
-        rh.render_3d_view(res, tmp_path / "y.png", "opengl-please")
+        view3d.render_3d_view(res, tmp_path / "y.png", "opengl-please")
 
 
 # --------------------------------------------------------------------------- HTML
 def test_report_html(result, report, tmp_path):
-    written = rh.write_report_html(result, report, tmp_path)
+    written = write_report_html(result, report, tmp_path)
     assert written[-1] == "report.html"
     pngs = [w for w in written if w.endswith(".png")]
     assert "figures/view3d.png" in pngs
@@ -480,7 +547,7 @@ def test_report_html_without_image_or_meshes(tmp_path):
     r.meshes = {}
     r.boxes = []
     rep = build_report(r)
-    written = rh.write_report_html(r, rep, tmp_path / "new_folder")
+    written = write_report_html(r, rep, tmp_path / "new_folder")
     assert "figures/view3d.png" not in written and "report.html" in written
     page = (tmp_path / "new_folder" / "report.html").read_text(encoding="utf-8")
     assert "No 3D view: no meshes in this result" in page

@@ -1,0 +1,228 @@
+"""``report.html``: a self-contained page with the tables of ``report.json``, slice figures and a 3D view.
+
+Written next to ``report.json`` by :func:`write_report_html`, with its PNGs in ``figures/`` (see
+:mod:`medseg.report.figures` and :mod:`medseg.report.view3d`). The tables come from the report
+dict, so page and JSON agree: positions in RAS mm, volumes in mL, lengths in mm, times in s.
+All text that comes from users or data (segment names, warnings, paths) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from html.entities import codepoint2name
+from pathlib import Path
+from typing import Any
+
+from medseg.core.errors import OutputError
+from medseg.core.measurements import Measure
+from medseg.core.result import Result
+from medseg.io.atomic import PathLike, atomic_write_text
+from medseg.report.figures import FIGURES_DIR, write_slice_figures
+from medseg.report.view3d import VIEW3D_SIZE, render_3d_view
+
+#: the number columns of the measurements table: (measurement, heading without its unit, format)
+MEASUREMENT_COLUMNS: tuple[tuple[Measure, str, str], ...] = (
+    (Measure.VOLUME_ML, "volume", "{:.3f}"),
+    (Measure.SURFACE_AREA_MM2, "surface", "{:.1f}"),
+    (Measure.LONGEST_DIAMETER_MM, "longest diameter", "{:.1f}"),
+    (Measure.RECIST_AXIAL_MM, "RECIST axial", "{:.1f}"),
+    (Measure.SHORT_AXIS_MM, "short axis", "{:.1f}"),
+)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#222;max-width:1400px}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em;margin:.4em 0} \
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.sw{display:inline-block;width:.9em;height:.9em;border:1px solid #555;margin-right:.4em;vertical-align:middle}
+figure{margin:.6em 0} figure img{max-width:100%;border:1px solid #ccc} figcaption{font-size:.85em;color:#555}
+.warn{color:#8a4b00} .meta{color:#555;font-size:.9em}
+"""
+
+
+def _e(value: Any) -> str:
+    """``value`` as escaped HTML text (``None`` -> empty)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value: Any, fmt: str = "{:.2f}") -> str:
+    """A number formatted with ``fmt`` (a dash for ``None``; other values as text)."""
+    if value is None:
+        return "&mdash;"
+    try:
+        return _e(fmt.format(float(value)))
+    except (TypeError, ValueError):
+        return _e(value)
+
+
+def _vec(value: Any) -> str:
+    """A point or size as ``(x, y, z)`` with one decimal (a dash for ``None``)."""
+    if value is None:
+        return "&mdash;"
+    return _e("(" + ", ".join(f"{float(x):.1f}" for x in value) + ")")
+
+
+def _href(rel: str) -> str:
+    """A relative file path as an escaped, percent-encoded link target."""
+    return _e(urllib.parse.quote(str(rel).replace("\\", "/"), safe="/._-~"))
+
+
+def _swatch(color: Sequence[float]) -> str:
+    """A small square in ``color`` (RGB in 0..1)."""
+    r, g, b = (round(255 * min(max(float(c), 0.0), 1.0)) for c in color)
+    return f'<span class="sw" style="background:rgb({r},{g},{b})"></span>'
+
+
+def _unit(unit: str) -> str:
+    """A unit as HTML, non-ASCII characters as named references (``"mm²"`` -> ``"mm&sup2;"``)."""
+    return "".join(f"&{codepoint2name[ord(c)]};" if ord(c) in codepoint2name else html.escape(c) for c in unit)
+
+
+def _measurements_table(segs: list, w: Callable[[str], None]) -> None:
+    """The measurements table: one row per segment entry of the report, units from :class:`Measure`."""
+    w("<h2>Measurements</h2><table><tr><th>segment</th><th>label</th><th>lesion</th>"
+      + "".join(f"<th>{heading} ({_unit(key.unit)})</th>" for key, heading, _ in MEASUREMENT_COLUMNS)
+      + f"<th>centroid (RAS {_unit(Measure.CENTROID_RAS.unit)})</th><th>voxels</th><th>model</th></tr>")
+    for s in segs:
+        lesion = _e(s.get("lesion_kind") or "yes") if s.get("is_lesion") else ""
+        models = s.get("model_files") or ([s["model_file"]] if s.get("model_file") else [])
+        model = "<br>".join(f'<a href="{_href(m)}">{_e(m)}</a>' for m in models)
+        w(
+            f"<tr><td>{_swatch(s.get('color', (0.5, 0.5, 0.5)))}{_e(s.get('name'))}</td>"
+            f"<td class=\"num\">{_e(s.get('label_value'))}</td><td>{lesion}</td>"
+            + "".join(f'<td class="num">{_num(s.get(key), fmt)}</td>' for key, _, fmt in MEASUREMENT_COLUMNS)
+            + f"<td>{_vec(s.get(Measure.CENTROID_RAS))}</td><td class=\"num\">{_e(s.get(Measure.VOXEL_COUNT))}</td>"
+            f"<td>{model}</td></tr>"
+        )
+    w("</table>")
+
+
+def render_html(report: Mapping, figures: list[tuple[str, str]], view3d: str | None, view3d_note: str) -> str:
+    """The page's HTML text: the tables of ``report``, the slice ``figures`` ((relative PNG path,
+    caption) each), the 3D view PNG (``view3d``, or None with the reason in ``view3d_note``)."""
+    segs = list(report.get("segments", []))
+    boxes = list(report.get("boxes", []))
+    out: list[str] = []
+    w = out.append
+    w("<!DOCTYPE html>")
+    w('<html lang="en"><head><meta charset="utf-8">')
+    w(f"<title>MedSeg report: {_e(report.get('task'))}</title>")
+    w(f"<style>{_CSS}</style></head><body>")
+    w(f"<h1>MedSeg report: {_e(report.get('task'))}</h1>")
+    w(
+        f'<p class="meta">Created {_e(report.get("created"))} &middot; MedSeg {_e(report.get("medseg_version"))} '
+        f'&middot; device {_e(report.get("device"))} '
+        f'&middot; total time {_num(report.get("total_time_s"), "{:.1f}")} s '
+        f'&middot; coordinates {_e(report.get("coordinate_system"))} ({_e(report.get("units"))})</p>'
+    )
+
+    warnings = list(report.get("warnings", []))
+    if warnings:
+        w('<h2>Warnings</h2><ul class="warn">')
+        for text in warnings:
+            w(f"<li>{_e(text)}</li>")
+        w("</ul>")
+
+    w("<h2>Inputs</h2><table><tr><th>name</th><th>modality</th><th>size (i, j, k)</th>"
+      "<th>spacing (mm)</th><th>origin (RAS mm)</th><th>path</th></tr>")
+    for inp in report.get("inputs", []):
+        size = " &times; ".join(_e(int(s)) for s in inp.get("shape_ijk", []))
+        spacing = " &times; ".join(_e(f"{float(s):.3g}") for s in inp.get("spacing_mm", []))
+        w(f"<tr><td>{_e(inp.get('name'))}</td><td>{_e(inp.get('modality', ''))}</td><td>{size}</td>"
+          f"<td>{spacing}</td><td>{_vec(inp.get('origin_ras'))}</td><td>{_e(inp.get('path', ''))}</td></tr>")
+    w("</table>")
+
+    _measurements_table(segs, w)
+
+    if boxes:
+        w("<h2>Lesion boxes</h2><table><tr><th>name</th><th>label</th><th>score</th><th>segment</th>"
+          "<th>centre (RAS mm)</th><th>size (mm)</th><th>markups</th></tr>")
+        names = {s.get("id"): s.get("name") for s in segs}
+        for b in boxes:
+            seg = names.get(b.get("segment_id"), b.get("segment_id")) if b.get("segment_id") else ""
+            mk = f'<a href="{_href(b["markups_file"])}">{_e(b["markups_file"])}</a>' if b.get("markups_file") else ""
+            w(f"<tr><td>{_e(b.get('name'))}</td><td>{_e(b.get('label'))}</td>"
+              f"<td class=\"num\">{_num(b.get('score'), '{:.3f}')}</td><td>{_e(seg)}</td>"
+              f"<td>{_vec(b.get('center_ras'))}</td><td>{_vec(b.get('size_mm'))}</td><td>{mk}</td></tr>")
+        w("</table>")
+
+    w("<h2>Slices</h2>")
+    w('<p class="meta">Image planes closest to axial, coronal and sagittal, laid out as in Slicer; the '
+      "letters at the edges give the patient direction of each image edge. Segments are filled and "
+      "outlined in their colours; dashed outlines are lesion boxes cut by the plane; + marks the point "
+      "the planes pass through.</p>")
+    for rel, caption in figures:
+        w(f'<figure><img src="{_href(rel)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>')
+
+    w("<h2>3D view</h2>")
+    if view3d:
+        w(f'<figure><img src="{_href(view3d)}" alt="3D view of the models" width="{VIEW3D_SIZE[0]}">'
+          "<figcaption>Anterior view: patient right on the left, superior up; with lesions present, "
+          "other structures are drawn see-through. "
+          f"{_e(view3d_note)}</figcaption></figure>")
+    else:
+        w(f'<p class="meta">No 3D view: {_e(view3d_note)}</p>')
+
+    timings = report.get("timings_s", {}) or {}
+    w("<h2>Timings</h2><table><tr><th>stage</th><th>seconds</th></tr>")
+    for stage, sec in timings.items():
+        w(f"<tr><td>{_e(stage)}</td><td class=\"num\">{_num(sec, '{:.3f}')}</td></tr>")
+    w(f"<tr><th>total</th><th class=\"num\">{_num(report.get('total_time_s'), '{:.3f}')}</th></tr></table>")
+
+    files = report.get("files", {}) or {}
+    if files:
+        w("<h2>Files</h2><ul>")
+        for name, rel in files.items():
+            w(f'<li>{_e(name)}: <a href="{_href(rel)}">{_e(rel)}</a></li>')
+        w("</ul>")
+    w("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+
+
+def write_report_html(
+    result: Result,
+    report: Mapping,
+    out_dir: PathLike,
+    renderer_3d: str = "auto",
+) -> list[str]:
+    """Write ``report.html`` and its PNGs (``figures/``) into ``out_dir``.
+
+    Args:
+        result: the run's result; ``result.preview`` (the input volume) is the slice
+            background, else the label map itself is shown.
+        report: the dict from ``build_report`` (tables come from it, so page and JSON agree).
+        out_dir: the output folder (created if missing).
+        renderer_3d: "auto", "vtk", "matplotlib" or "none" (see ``render_3d_view``).
+
+    Returns:
+        The relative paths written (``"report.html"`` last), with ``/`` separators.
+
+    Raises:
+        OutputError: a file could not be written (none is left half-written).
+        InputError: ``renderer_3d`` is not one of the names above.
+    """
+    out = Path(out_dir)
+    fig_dir = out / FIGURES_DIR
+    try:
+        os.makedirs(fig_dir, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create report folder {fig_dir}: {exc.strerror or exc}") from exc
+
+    figures = write_slice_figures(result, report, out)
+    written = [rel for rel, _ in figures]
+
+    rel3d = f"{FIGURES_DIR}/view3d.png"
+    lesion_ids = frozenset(s["id"] for s in report.get("segments", []) if s.get("is_lesion"))
+    method, note = render_3d_view(result, out / rel3d, renderer_3d, lesion_ids)
+    if method is not None:
+        written.append(rel3d)
+
+    atomic_write_text(out / "report.html", render_html(report, figures, rel3d if method else None, note))
+    written.append("report.html")
+    return written
