@@ -194,7 +194,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.taskDescriptionLabel.text = task.description
         labels = (self.ui.inputVolumeLabel, self.ui.inputVolume2Label, self.ui.inputVolume3Label)
         selectors = (self.ui.inputVolumeSelector, self.ui.inputVolume2Selector, self.ui.inputVolume3Selector)
-        for n, (label, selector) in enumerate(zip(labels, selectors)):
+        for n, (label, selector) in enumerate(zip(labels, selectors, strict=True)):
             shown = n < task.max_inputs
             label.setVisible(shown)
             selector.setVisible(shown)
@@ -259,7 +259,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.start()
 
     def _onProgress(self, fraction: float, message: str) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.value = int(round(100 * fraction))  # noqa: RUF046  # numpy < 2: round() may not give an int
         self.ui.statusLabel.text = message
         log.info("MedSeg %3d%% %s", int(100 * fraction), message)
 

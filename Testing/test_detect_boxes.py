@@ -256,7 +256,7 @@ def test_clip_drops_oblique_box_outside_whose_index_bounds_overlap():
     corner = vol.ijk_to_ras_points([-0.5, -0.5, 5.5])[0]
     h, t = 10.0, 15.0  # disjoint (gap t - h) but its index-aligned bounds reach into the image (t < 2h)
     box = Box(corner - t * axes[:, 0], [2 * h, 2 * h, 10.0], axes, "outside", 0.5)
-    lo_c, hi_c = box_to_continuous_ijk(box, vol)
+    _lo_c, hi_c = box_to_continuous_ijk(box, vol)
     assert hi_c[0] > -0.5 and hi_c[1] > -0.5  # the enclosing index box overlaps the image
     warnings: list[str] = []
     assert clip_boxes_to_volume([box], vol, warnings) == []

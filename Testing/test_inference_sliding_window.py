@@ -25,7 +25,7 @@ def identity(t: torch.Tensor) -> torch.Tensor:
     ],
 )
 def test_identity_network_reproduces_input(shape, roi, overlap, mode):
-    x = torch.randn((2, 3) + shape, generator=torch.Generator().manual_seed(1))
+    x = torch.randn((2, 3, *shape), generator=torch.Generator().manual_seed(1))
     y = sliding_window_inference(x, identity, roi, overlap, mode=mode, sw_batch_size=3)
     assert y.shape == x.shape
     assert torch.allclose(y, x, atol=1e-5)
@@ -50,7 +50,7 @@ def test_agrees_with_monai_sliding_window(shape, roi, overlap, sw_batch):
 
     torch.manual_seed(0)
     net = UNet(3, 1, 3, (2, 4, 8), (2, 2), num_res_units=2).eval()
-    x = torch.randn((1, 1) + shape)
+    x = torch.randn((1, 1, *shape))
     with torch.no_grad():
         ref = monai_swi(x, roi, sw_batch, net, overlap=overlap, mode="gaussian")
         ours = sliding_window_inference(x, net, roi, overlap, mode="gaussian", sw_batch_size=sw_batch)

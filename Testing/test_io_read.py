@@ -82,7 +82,7 @@ def _series(tmp_path, shared_data, n=5, name="series"):
         ds.SeriesInstanceUID = uid
         ds.SOPInstanceUID = pydicom.uid.generate_uid()
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [float(x) for x in base + [0, 0, 1.25 * k]]
+        ds.ImagePositionPatient = [float(x) for x in base + np.array([0, 0, 1.25 * k])]  # element-wise
         ds.save_as(folder / f"s{k:02d}.dcm")
     return folder, uid
 
@@ -106,7 +106,7 @@ def test_two_series_are_ambiguous(tmp_path, shared_data):
         read_volume(folder)
     assert uid_a in str(e.value) and uid_b in str(e.value)
     assert read_volume(folder, series_uid=uid_b).shape_ijk[2] == 4
-    with pytest.raises(InputError, match="no image series 1.2.3"):
+    with pytest.raises(InputError, match=r"no image series 1.2.3"):
         read_volume(folder, series_uid="1.2.3")
 
 
@@ -115,7 +115,7 @@ def test_sheared_series_refused(tmp_path, shared_data):
     for k, f in enumerate(sorted(folder.iterdir())):
         ds = pydicom.dcmread(f)
         p = np.array(ds.ImagePositionPatient, dtype=float)
-        ds.ImagePositionPatient = [float(x) for x in p + [0, 0.8 * k, 0]]
+        ds.ImagePositionPatient = [float(x) for x in p + np.array([0, 0.8 * k, 0])]  # element-wise
         ds.save_as(f)
     with pytest.raises(InputError, match="gantry tilt"):
         read_volume(folder)
@@ -151,7 +151,7 @@ def test_4d_needs_a_frame(tmp_path):
         read_volume(p)
     vol = read_volume(p, frame=1)
     assert vol.shape_kji == (4, 5, 6) and np.all(vol.array == 10)
-    with pytest.raises(InputError, match="0..2"):
+    with pytest.raises(InputError, match=r"0..2"):
         read_volume(p, frame=3)
 
 
@@ -176,7 +176,7 @@ def test_missing_unsupported_corrupt(tmp_path):
         read_volume(tmp_path / "x.png")
     bad = tmp_path / "bad.nrrd"
     bad.write_bytes(np.random.default_rng(0).bytes(300))
-    with pytest.raises(InputError, match="bad.nrrd"):
+    with pytest.raises(InputError, match=r"bad.nrrd"):
         read_volume(bad)
     noise = np.random.default_rng(1).integers(-1000, 1000, size=(20, 30, 40)).astype(np.int16)
     good = tmp_path / "t.nii.gz"
@@ -185,7 +185,7 @@ def test_missing_unsupported_corrupt(tmp_path):
     data = good.read_bytes()
     assert len(data) > 4000
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="cut.nii.gz"):
+    with pytest.raises(InputError, match=r"cut.nii.gz"):
         read_volume(cut)
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()

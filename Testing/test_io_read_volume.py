@@ -63,7 +63,8 @@ def test_roundtrip_geometry_and_values(odd_dir, geometry_case, ext):
 
 @pytest.mark.parametrize(
     "pixel,dtype",
-    [(sitk.sitkUInt8, np.uint8), (sitk.sitkUInt16, np.uint16), (sitk.sitkInt32, np.int32), (sitk.sitkFloat64, np.float64)],
+    [(sitk.sitkUInt8, np.uint8), (sitk.sitkUInt16, np.uint16), (sitk.sitkInt32, np.int32),
+     (sitk.sitkFloat64, np.float64)],
 )
 def test_dtype_kept_as_read(tmp_path, pixel, dtype):
     img = _random_image("axial_iso", pixel)

@@ -241,4 +241,4 @@ def test_paths_must_stay_inside_the_folder(tmp_path):
         out / "/etc/passwd"
     assert os.listdir(tmp_path) == []
     with pytest.raises(OutputError, match="not open"):
-        OutputFolder(tmp_path / "case3").path
+        _ = OutputFolder(tmp_path / "case3").path

@@ -45,8 +45,10 @@ def oblique_boxes() -> list:
     direction_lps = np.asarray(GEOMETRY_CASES["oblique_aniso_flipped"][3])
     direction_ras = frames.LPS_TO_RAS_33 @ direction_lps
     return [
-        Box(sitk_index_to_ras(img, (30, 20, 5)), (7.0, 4.2, 15.0), direction_ras, "lung nodule", 0.87, "nodule_1", "Lesion 1"),
-        Box((12.5, -30.0, 41.0), (20.0, 18.0, 25.0), rotation((0.3, -1.0, 2.0), 47.0), "liver lesion", 0.5, None, "Lesion 2"),
+        Box(sitk_index_to_ras(img, (30, 20, 5)), (7.0, 4.2, 15.0), direction_ras, "lung nodule", 0.87, "nodule_1",
+            "Lesion 1"),
+        Box((12.5, -30.0, 41.0), (20.0, 18.0, 25.0), rotation((0.3, -1.0, 2.0), 47.0), "liver lesion", 0.5, None,
+            "Lesion 2"),
     ]
 
 
@@ -93,7 +95,7 @@ def test_round_trip_oblique_boxes(tmp_path, validator, cs):
     assert [m["coordinateSystem"] for m in doc["markups"]] == [cs, cs]
     back = read_markups_json(path)
     assert len(back) == len(boxes)
-    for a, b in zip(boxes, back):
+    for a, b in zip(boxes, back, strict=True):
         np.testing.assert_allclose(b.center, a.center, atol=1e-12)
         np.testing.assert_allclose(b.size, a.size, atol=1e-12)
         np.testing.assert_allclose(b.orientation, a.orientation, atol=1e-12)
@@ -124,7 +126,7 @@ def test_one_file_per_box(tmp_path, validator):
     names = [p.name for p in paths]
     assert names == ["Lesion_1.mrk.json", "lesion_1_2.mrk.json", "evil_Läsion_3.mrk.json", "box_4.mrk.json"]
     assert all(p.parent == tmp_path / "boxes" for p in paths)
-    for p, box in zip(paths, boxes):
+    for p, box in zip(paths, boxes, strict=True):
         validate_file(validator, p)
         (back,) = read_markups_json(p)
         np.testing.assert_allclose(back.corners(), box.corners(), atol=1e-12)
@@ -146,7 +148,8 @@ def test_empty_list_and_bad_input(tmp_path, validator):
     bad.write_text(json.dumps({"@schema": "https://example.org/other.json#", "markups": []}))
     with pytest.raises(InputError, match="@schema"):
         read_markups_json(bad)
-    no_orientation = {"@schema": MARKUPS_SCHEMA, "markups": [{"type": "ROI", "center": [0.0, 0.0, 0.0], "size": [1.0, 1.0, 1.0]}]}
+    no_orientation = {"@schema": MARKUPS_SCHEMA,
+                      "markups": [{"type": "ROI", "center": [0.0, 0.0, 0.0], "size": [1.0, 1.0, 1.0]}]}
     bad.write_text(json.dumps(no_orientation))
     with pytest.raises(InputError, match="orientation"):
         read_markups_json(bad)

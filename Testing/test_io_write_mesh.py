@@ -181,7 +181,7 @@ def test_failed_write_leaves_previous_file(tmp_path, monkeypatch):
             return 0
 
     monkeypatch.setattr(mesh_io, "_make_writer", lambda *a, **k: HalfWriter())
-    with pytest.raises(OutputError, match="m.vtk"):
+    with pytest.raises(OutputError, match=r"m.vtk"):
         write_mesh(sphere(), path)
     assert path.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["m.vtk"]

@@ -59,7 +59,7 @@ def test_slicerio_reads_segment_metadata(tmp_path):
     assert [s["name"] for s in got] == ["Right lung", "Nodule 1", "Empty"]
     assert [s["labelValue"] for s in got] == [1, 2, 3]
     assert [s["layer"] for s in got] == [0, 0, 0]
-    for s, ref in zip(got, lm.segments):
+    for s, ref in zip(got, lm.segments, strict=True):
         np.testing.assert_allclose(s["color"], ref.color, atol=1e-12)
     t0 = got[0]["terminology"]
     assert t0["contextName"] == "Segmentation category and type - DICOM master list"
@@ -76,7 +76,8 @@ def test_slicerio_reads_segment_metadata(tmp_path):
     assert seg["referenceImageExtentOffset"] == [0, 0, 0]
     assert seg["containedRepresentationNames"] == ["Binary labelmap"]
     # slicerio's own terminology matcher finds the segment by code
-    query = {"category": ["SCT", "49755003", ""], "type": ["SCT", "27925004", ""], "anatomicRegion": ["SCT", "39607008", ""]}
+    query = {"category": ["SCT", "49755003", ""], "type": ["SCT", "27925004", ""],
+             "anatomicRegion": ["SCT", "39607008", ""]}
     found = slicerio.segmentation.segments_from_terminology(seg, query)
     assert [s["id"] for s in found] == ["nodule_1"]
     # geometry and voxels as slicerio sees them (pynrrd default index order: voxels[i, j, k])
@@ -136,9 +137,9 @@ def test_extents_are_shared_and_cover_every_labelled_voxel(tmp_path):
     # nothing labelled: the full grid
     empty = LabelMap(lm.volume.with_array(np.zeros_like(lm.array)), lm.segments)
     write_seg_nrrd(empty, path)
-    I, J, K = lm.volume.shape_ijk
+    ni, nj, nk = lm.volume.shape_ijk
     for s in slicerio.read_segmentation(str(path), skip_voxels=True)["segments"]:
-        assert s["extent"] == [0, I - 1, 0, J - 1, 0, K - 1]
+        assert s["extent"] == [0, ni - 1, 0, nj - 1, 0, nk - 1]
 
 
 def test_round_trip_and_simpleitk_geometry(tmp_path, geometry_case):
@@ -195,9 +196,10 @@ def test_terminology_string_round_trip():
         "typeModifier": ["SCT", "7771000", "Left"],
         "anatomicContextName": "Anatomic codes - DICOM master list",
     }) == s
-    other = dict(term("mass", region="liver"), context="Segmentation category and type - 3D Slicer General Anatomy list")
+    other = dict(term("mass", region="liver"),
+                 context="Segmentation category and type - 3D Slicer General Anatomy list")
     assert terminology_from_string(terminology_to_string(other)) == other
-    with pytest.raises(InputError, match="separator|must not contain"):
+    with pytest.raises(InputError, match=r"separator|must not contain"):
         terminology_to_string({"category": t["category"], "type": {"scheme": "SCT", "code": "1", "meaning": "a~b"}})
 
 
@@ -260,7 +262,7 @@ def test_files_written_by_slicer(tmp_path):
     out = tmp_path / "again.seg.nrrd"
     write_seg_nrrd(lm, out)
     again = slicerio.read_segmentation(str(out))
-    for a, b in zip(again["segments"], ref["segments"]):
+    for a, b in zip(again["segments"], ref["segments"], strict=False):
         assert (a["id"], a["name"], a["labelValue"]) == (b["id"], b["name"], b["labelValue"])
         np.testing.assert_allclose(a["color"], b["color"], atol=1e-12)
         assert a["terminology"] == b["terminology"]

@@ -61,7 +61,7 @@ METADATA = {
 }
 
 
-def make_bundle(root: Path, inference: dict = None, pin: bool = True, network=None) -> Path:
+def make_bundle(root: Path, inference: dict | None = None, pin: bool = True, network=None) -> Path:
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
     (root / "configs" / "metadata.json").write_text(json.dumps(METADATA), encoding="utf-8")
@@ -90,7 +90,7 @@ def test_unpinned_bundle_is_refused_until_pinned(tmp_path, capsys):
     from medseg.cli import main
 
     b = make_bundle(tmp_path / "b", pin=False)
-    with pytest.raises(BundleError, match="no SHA-256 is pinned.*--pin"):
+    with pytest.raises(BundleError, match=r"no SHA-256 is pinned.*--pin"):
         bundle_card(b)
     assert main(["models", "verify", str(b), "--pin"]) == 0
     assert "pinned model.pt" in capsys.readouterr().out
@@ -119,7 +119,7 @@ def test_expressions_in_needed_keys_are_refused_and_never_run(tmp_path, path, ke
     marker = tmp_path / "X"
     evil = f"$__import__('os').system('touch {marker}')"
     b = make_bundle(tmp_path / "b", _edit(path, evil))
-    with pytest.raises(BundleError, match="expression|must be") as e:
+    with pytest.raises(BundleError, match=r"expression|must be") as e:
         bundle_card(b)
     assert key_named in str(e.value)
     assert not marker.exists()
@@ -157,7 +157,7 @@ def test_run_bundle_from_the_cli(tmp_path):
     rc = main(["-q", "run", str(src), "--model", str(b), "--out", str(out), "--no-models", "--no-html",
                "--device", "cpu"])
     assert rc == 0
-    data, header = nrrd.read(str(out / "segmentation.seg.nrrd"))
+    data, _header = nrrd.read(str(out / "segmentation.seg.nrrd"))
     assert data.shape[-3:] == vol.shape_ijk
     report = json.loads((out / "report.json").read_text())
     assert report["task"].startswith("model:")

@@ -105,7 +105,7 @@ def test_2d_network_on_one_slice_and_3d_network_refuses_it():
     stack = distance_volume((5, 30, 30), (0.5, 0.5, 2.0), np.eye(3), (0, 0, 0))
     out = run_model(model(card2d), [stack], network=threshold_net(2, 4.0))
     assert ((out.labelmap.array == 1) != (stack.array < 4.0)).mean() < 0.01
-    with pytest.raises(InputError, match="3D network.*is 2D"):
+    with pytest.raises(InputError, match=r"3D network.*is 2D"):
         run_model(model(card_dict()), [xray], network=threshold_net(3, 6.0))
 
 

@@ -93,7 +93,7 @@ def test_lesion_table_matches_labels(which, default_phantom, oblique_phantom):
 
 
 def test_contacts_wall_and_mediastinum(default_phantom):
-    vol, truth = default_phantom
+    _vol, truth = default_phantom
     lab = truth.labels
     lung_like = np.isin(lab, [2, 3, 8, 9])
     for name in ("Nodule 4 (chest wall)", "Mass (mediastinum)"):

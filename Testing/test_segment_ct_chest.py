@@ -22,13 +22,13 @@ SAGITTAL_OBLIQUE = rotation((1.0, 2.0, 0.5), 12.0) @ np.array([[0, 0, 1.0], [-1.
 AXIAL_FLIPPED = rotation((0, 0, 1), 15.0) @ rotation((1, 0, 0), 6.0) @ np.diag([-1.0, 1.0, 1.0])
 
 PHANTOM_CASES = {
-    "default": dict(),
+    "default": {},
     # k along RAS x (sagittal slices), rotated 12 degrees about a skew axis, 1.5 x 1.6 x 2.5 mm
-    "sagittal_oblique": dict(shape_kji=(120, 150, 170), spacing_mm=(1.5, 1.6, 2.5), seed=2,
-                             direction=SAGITTAL_OBLIQUE),
+    "sagittal_oblique": {"shape_kji": (120, 150, 170), "spacing_mm": (1.5, 1.6, 2.5), "seed": 2,
+                         "direction": SAGITTAL_OBLIQUE},
     # axial, flipped i axis (det < 0), rotated 15 + 6 degrees, off-centre origin, 1.7 x 1.6 x 2.5 mm
-    "axial_flipped": dict(shape_kji=(96, 150, 176), spacing_mm=(1.7, 1.6, 2.5), seed=1,
-                          direction=AXIAL_FLIPPED, origin=(20.0, -30.0, 100.0)),
+    "axial_flipped": {"shape_kji": (96, 150, 176), "spacing_mm": (1.7, 1.6, 2.5), "seed": 1,
+                      "direction": AXIAL_FLIPPED, "origin": (20.0, -30.0, 100.0)},
 }
 
 
@@ -89,7 +89,7 @@ def test_phantom_every_lesion_found_no_false_ones(phantom_run):
         tm = truth.labels == t.label_value
         values, counts = np.unique(lm.array[tm], return_counts=True)
         seg = None
-        for v, c in sorted(zip(values, counts), key=lambda vc: -vc[1]):
+        for v, _count in sorted(zip(values, counts, strict=True), key=lambda vc: -vc[1]):
             seg = next((s for s in lesion_segs if s.label_value == v), None)
             if seg is not None:
                 break
@@ -128,7 +128,7 @@ def test_phantom_lesions_cut_out_of_lungs(phantom_run):
 
 
 def test_no_lesion_phantom_gives_no_lesion_segments():
-    vol, truth = make_chest_phantom(lung_lesions=False, seed=4)
+    vol, _truth = make_chest_phantom(lung_lesions=False, seed=4)
     out = segment_ct_chest([vol])
     assert out.lesions == {} and out.scores == {}
     assert [s.name for s in out.labelmap.segments] == ["Body", "Right lung", "Left lung", "Bones"]

@@ -39,7 +39,7 @@ def test_dilate_erode_are_balls_in_mm():
 
 
 def test_closing_fills_a_notch_narrower_than_the_ball():
-    z, y, x = _grid()
+    _z, y, x = _grid()
     slab = np.abs(x) <= 20
     notch = slab & ~((np.abs(y) <= 4) & (x > 10))  # 8 mm wide, 10 mm deep notch
     closed = close_mm(notch, 8.0, SP)

@@ -55,7 +55,7 @@ def brats_run(request, shared_data):
 # ----------------------------------------------------------------------------- real data
 @pytest.mark.slow
 def test_brats_whole_tumour_dice(brats_run):
-    name, flair, gt, _, out = brats_run
+    name, _flair, gt, _, out = brats_run
     d = dice(tumour_mask(out), gt)
     assert d >= CASES[name], f"{name}: whole-tumour Dice {d:.3f} < {CASES[name]}"
 
@@ -191,7 +191,7 @@ def test_other_bad_inputs_raise():
     bad[1, 2, 3] = np.nan
     with pytest.raises(InputError, match="non-finite"):
         segment_mr_brain_tumor([good.with_array(bad)])
-    with pytest.raises(InputError, match="T1c .*constant"):
+    with pytest.raises(InputError, match=r"T1c .*constant"):
         segment_mr_brain_tumor([good, good.with_array(np.zeros_like(good.array))])
 
 

@@ -63,7 +63,7 @@ def test_parameter_bindings_fit_slicers_gui_connectors():
 
     hints = typing.get_type_hints(module.MedSegExtensionParameterNode, include_extras=True)
     bound = {}
-    for name, w in _widgets().items():
+    for w in _widgets().values():
         for prop in w.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 bound[prop.findtext("string")] = w.get("class")

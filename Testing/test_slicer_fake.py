@@ -148,7 +148,7 @@ def test_stand_in_functions_accept_the_documented_call_forms():
 
 
 def test_supplement_rows_cite_a_slicer_source_file():
-    rows = [l for l in SUPPLEMENT_MD.read_text(encoding="utf-8").splitlines() if l.startswith("| `")]
+    rows = [line for line in SUPPLEMENT_MD.read_text(encoding="utf-8").splitlines() if line.startswith("| `")]
     assert rows
     for row in rows:
         assert re.search(r"(Libs|Base|Modules)/[\w/]+\.(h|py|cxx)", row), row

@@ -19,6 +19,10 @@ from MedSegExtensionLib.errors import CommitError, StaleSceneError
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot, segment_centroid_ras, volume_node_from_sitk
 
+# `scene` is a pytest fixture imported from slicer_fake_setup; the tests take it as an argument,
+# which pyflakes reads as redefining the import
+# ruff: noqa: F811
+
 CASE = "oblique_aniso_flipped"
 RADIUS_MM = 8.0
 
@@ -123,7 +127,7 @@ def test_linear_parent_transform_is_hardened_on_a_copy(scene):
     c = [0.0, 0.0, 0.0]
     res.roiNodes[0].GetCenter(c)
     assert np.linalg.norm(np.array(c) - expected) < 0.35
-    seg, sid = res.segmentationNode, list(res.segmentIds.values())[0]
+    seg, sid = res.segmentationNode, next(iter(res.segmentIds.values()))
     assert np.linalg.norm(segment_centroid_ras(seg, sid, node) - expected) < 0.35
     assert scene_snapshot()["nodes"][node.GetID()] == before  # the input node itself is untouched
 
@@ -192,7 +196,8 @@ def test_failure_mid_commit_leaves_the_scene_as_it_was(scene, monkeypatch):
         calls["n"] = 0
         before = scene_snapshot()
         with pytest.raises(RuntimeError, match="injected"):
-            _run(node, outputSegmentation=output, createModels=True, saveFolder=str(slicer.app.temporaryPath) + "/saved")
+            _run(node, outputSegmentation=output, createModels=True,
+                 saveFolder=str(slicer.app.temporaryPath) + "/saved")
         assert scene_snapshot() == before
         assert not scene.IsBatchProcessing()
         assert medseg_temp_dirs() == []
@@ -268,7 +273,7 @@ def test_requests_validate_inputs_and_multi_input_tasks(scene):
     assert [v.name for v in req.volumes] == ["flair", "t1c"] and req.baseName == "flair mr-brain-tumor"
     assert np.allclose(req.volumes[1].ijk_to_ras, req.volumes[0].ijk_to_ras)
     assert len(logic.createRequest([flair], "mr-brain-tumor").volumes) == 1  # T1c is optional
-    with pytest.raises(InputError, match="takes 1..2"):
+    with pytest.raises(InputError, match=r"takes 1..2"):
         logic.createRequest([flair, t1c, flair], "mr-brain-tumor")
     with pytest.raises(InputError, match="twice"):
         logic.createRequest([flair, flair], "mr-brain-tumor")

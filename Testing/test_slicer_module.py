@@ -17,6 +17,10 @@ from MedSegExtensionLib.errors import DependencyError
 from MedSegExtensionLib.tasks import available_tasks
 from slicer_fake_setup import FAKE_DIR, MODULE_DIR, scene  # noqa: F401
 
+# `scene` is a pytest fixture imported from slicer_fake_setup; the tests take it as an argument,
+# which pyflakes reads as redefining the import
+# ruff: noqa: F811
+
 
 def test_module_metadata():
     parent = types.SimpleNamespace()
@@ -50,9 +54,9 @@ def test_task_list_comes_from_the_core_registry():
 
 
 def test_loading_the_module_file_imports_no_heavy_library():
-    code = ("import sys; sys.path[:0] = [%r, %r]; import MedSegExtension; "
+    code = (f"import sys; sys.path[:0] = [{str(MODULE_DIR)!r}, {str(FAKE_DIR)!r}]; import MedSegExtension; "
             "heavy = [m for m in ('torch', 'monai', 'scipy', 'SimpleITK', 'medseg.pipeline.run') if m in sys.modules]; "
-            "print(heavy)" % (str(MODULE_DIR), str(FAKE_DIR)))
+            "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -114,8 +118,8 @@ def test_bundled_packages_are_never_installed(scene):
 
 
 def test_requirements_file_matches_the_pip_requirements():
-    lines = [l.strip() for l in dependencies.requirements_file().read_text().splitlines()
-             if l.strip() and not l.startswith("#")]
+    lines = [line.strip() for line in dependencies.requirements_file().read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
     pip = [f"{r.distribution}>={r.minimum}" for r in dependencies.REQUIREMENTS if r.installer == "pip"]
     assert lines == pip
 

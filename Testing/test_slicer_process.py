@@ -18,6 +18,10 @@ from MedSegExtensionLib.process import ChildProcess, ExitStatus, medseg_command,
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot
 
+# `scene` is a pytest fixture imported from slicer_fake_setup; the tests take it as an argument,
+# which pyflakes reads as redefining the import
+# ruff: noqa: F811
+
 
 def _script(tmp_path, body: str):
     p = tmp_path / "child.py"
@@ -119,7 +123,8 @@ def test_command_line_carries_inputs_and_task_parameters(tmp_path):
     args = medseg_command([tmp_path / "flair.nrrd", tmp_path / "t1c.nrrd"], "mr-brain-tumor", tmp_path / "out", "cpu")
     assert args[1:5] == ["-m", "medseg.cli", "--progress-json", "run"]
     assert str(tmp_path / "t1c.nrrd") in args and args[args.index("--device") + 1] == "cpu"
-    args = medseg_command([tmp_path / "a.nrrd"], "threshold", tmp_path / "o", params={"threshold": 7, "min_volume_mm3": 2})
+    args = medseg_command([tmp_path / "a.nrrd"], "threshold", tmp_path / "o",
+                          params={"threshold": 7, "min_volume_mm3": 2})
     assert args[args.index("--threshold") + 1] == "7.0" and "--min-volume" in args
     with pytest.raises(ValueError, match="no flags"):
         medseg_command([tmp_path / "a.nrrd"], "x", tmp_path / "o", params={"sigma": 1})

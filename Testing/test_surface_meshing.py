@@ -145,7 +145,7 @@ def five_balls(case: str):
     radii = [6.0, 7.0, 8.0, 6.5, 7.0]
     arr = np.zeros(pts.shape[:3], np.uint8)
     centres = []
-    for n, (off, r) in enumerate(zip(offsets, radii), start=1):
+    for n, (off, r) in enumerate(zip(offsets, radii, strict=True), start=1):
         c = c0 + np.array(off, float)
         arr[np.linalg.norm(pts - c, axis=-1) <= r] = n
         centres.append(c)
@@ -238,9 +238,9 @@ def test_invalid_options_name_the_bad_value():
     lm = LabelMap(Volume.from_geometry(np.ones((3, 3, 3), np.uint8)), (seg(1),))
     with pytest.raises(InputError, match="marching"):
         labelmap_to_meshes(lm, method="marching")
-    with pytest.raises(InputError, match="1.5"):
+    with pytest.raises(InputError, match=r"1.5"):
         labelmap_to_meshes(lm, smoothing=1.5)
-    with pytest.raises(InputError, match="0.99"):
+    with pytest.raises(InputError, match=r"0.99"):
         labelmap_to_meshes(lm, decimate=0.99)
     with pytest.raises(InputError, match="Liver"):
         labelmap_to_meshes(lm, segment_ids=["Liver"])

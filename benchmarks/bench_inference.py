@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     net = UNet(**UNET_ARGS).eval().to(device)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand((1, 1) + size, generator=g).to(device)
+    x = torch.rand((1, 1, *size), generator=g).to(device)
     plan = estimate_plan(size, 1, 2, roi, device, net, n_windows(size, roi, 0.5))
     bs = args.sw_batch_size or plan.sw_batch_size
     print(f"device {device}, volume {size} (IJK), ROI {roi}, overlap 0.5, gaussian, {n_windows(size, roi, 0.5)} "

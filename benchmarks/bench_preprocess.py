@@ -215,7 +215,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     print(f"SimpleITK threads={sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}, torch {torch.__version__}, "
-          f"SimpleITK {sitk.Version.VersionString()}, CPU cores={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+          f"SimpleITK {sitk.Version.VersionString()}, CPU cores={os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     sizes = [(64, 64, 24)] if args.quick else [(256, 256, 128), (512, 512, 300)]
     ratios = [run_size(s, args.normalize, device, max(1, args.repeat)) for s in sizes]
     print(f"\nratios (baseline/ours): {', '.join(f'{r:.2f}' for r in ratios)}")

@@ -11,9 +11,9 @@ Input: random non-overlapping ellipsoids (5 and 20 labels) in a 200 x 200 x 150 
 oblique, anisotropic, mirrored IJK->RAS matrix (``--quick``: 80 x 80 x 60).
 
 Before timing, both sides must give a closed surface per label whose enclosed volume is within 2 %
-of the voxel volume (asserted). Times are the best of ``--repeat`` runs in this process; peak memory is measured in a fresh child process per side
-(same input, built there from the same seed): the rise of the resident-set high-water mark
-(``VmHWM``) during one call over the RSS just before it.
+of the voxel volume (asserted). Times are the best of ``--repeat`` runs in this process; peak memory is
+measured in a fresh child process per side (same input, built there from the same seed): the rise of the
+resident-set high-water mark (``VmHWM``) during one call over the RSS just before it.
 
 Usage: python benchmarks/bench_surfaces.py [--quick] [--repeat N]
 """
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
           f"volume KJI {shape}, smoothing {SMOOTHING}")
     for n_labels in (5, 20):
         lm = ellipsoid_labelmap(shape, n_labels, radii, seed=n_labels)
-        t_base, c_base, base = measure(lambda: baseline_per_label(lm), args.repeat)
+        t_base, c_base, base = measure(lambda lm=lm: baseline_per_label(lm), args.repeat)
         e_base = check("baseline", lm, base)
         del base
         m_base = peak_in_child("baseline", args.quick, n_labels)
@@ -204,7 +204,8 @@ def main(argv=None) -> int:
         print(f"  baseline per-label DMC+sinc : wall {t_base:6.3f} s  cpu {c_base:6.3f} s  "
               f"peak +{m_base:5.1f} MiB  worst volume error {100 * e_base:.2f} %")
         for method in ("surface-nets", "flying-edges"):
-            t, c, ours = measure(lambda: labelmap_to_meshes(lm, method=method, smoothing=SMOOTHING), args.repeat)
+            t, c, ours = measure(
+                lambda lm=lm, method=method: labelmap_to_meshes(lm, method=method, smoothing=SMOOTHING), args.repeat)
             e = check(method, lm, ours)
             tris = sum(p.GetNumberOfPolys() for p in ours.values())
             del ours

@@ -91,7 +91,8 @@ def main(argv=None) -> int:
                 n: dice(tumour_mask(segment_mr_brain_tumor([c["flair"]], params=p)), c["gt"])
                 for n, c in cases.items()
             }
-            print("grid", (seed_z, grow_z, open_r), {n: round(d, 3) for n, d in table[(seed_z, grow_z, open_r)].items()})
+            print("grid", (seed_z, grow_z, open_r),
+                  {n: round(d, 3) for n, d in table[(seed_z, grow_z, open_r)].items()})
         for held in cases:
             train = [n for n in cases if n != held]
             best = max(grid, key=lambda g: (np.mean([table[g][n] for n in train]), -abs(g[0] - 3.0)))

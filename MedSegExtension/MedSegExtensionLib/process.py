@@ -9,6 +9,7 @@ is available, else the process group on POSIX, else the process).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -94,8 +95,8 @@ def parse_line(line: str) -> ProcessEvent:
     if not isinstance(obj, dict) or obj.get("type") not in ("progress", "result", "error"):
         return ProcessEvent("log", message=text)
     code = obj.get("exit_code")
-    return ProcessEvent(obj["type"], float(obj.get("fraction", 0.0) or 0.0), str(obj.get("message", obj.get("out", ""))),
-                        None if code is None else int(code))
+    return ProcessEvent(obj["type"], float(obj.get("fraction", 0.0) or 0.0),
+                        str(obj.get("message", obj.get("out", ""))), None if code is None else int(code))
 
 
 def kill_process_tree(proc: subprocess.Popen) -> None:
@@ -111,17 +112,13 @@ def kill_process_tree(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             children = []
         for p in children:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-            except psutil.NoSuchProcess:
-                pass
         proc.kill()
         psutil.wait_procs(children, timeout=5)
     elif os.name == "posix":
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own session (start_new_session)
-        except ProcessLookupError:
-            pass
     else:
         proc.kill()
     proc.wait()

@@ -63,7 +63,7 @@ class ScenePlan:
 
 def _relabelled(array: np.ndarray, values: list[int]) -> np.ndarray:
     """``array`` with label value ``values[i]`` -> ``i + 1`` and every other value -> 0."""
-    lut = np.zeros(int(max(values + [int(array.max()) if array.size else 0])) + 1, dtype=np.uint16)
+    lut = np.zeros(int(max([*values, int(array.max()) if array.size else 0])) + 1, dtype=np.uint16)
     for i, v in enumerate(values):
         lut[v] = i + 1
     dtype = np.uint8 if len(values) < 256 else np.uint16
@@ -100,7 +100,8 @@ def load_output_folder(out_dir: Path, load_models: bool = True) -> ScenePlan:
             boxes.append(BoxPlan(b.name or b.label, tuple(b.center), tuple(b.size), b.orientation.copy(),
                                  b.label, b.score, b.segment_id))
     if len(boxes) != len(report.get("boxes", [])):
-        raise InputError(f"{out_dir}: boxes.mrk.json has {len(boxes)} box(es), report.json {len(report.get('boxes', []))}")
+        raise InputError(f"{out_dir}: boxes.mrk.json has {len(boxes)} box(es), "
+                         f"report.json {len(report.get('boxes', []))}")
     models = {}
     if load_models:
         for entry in report.get("segments", []):

@@ -52,10 +52,7 @@ def build_vtk_table(rows: Sequence[Mapping]):
     Numbers are doubles (NaN where a value is undefined)."""
     table = vtk.vtkTable()
     for title, key, unit in COLUMNS:
-        if key in ("name", "segment_id"):
-            col = vtk.vtkStringArray()
-        else:
-            col = vtk.vtkDoubleArray()
+        col = vtk.vtkStringArray() if key in ("name", "segment_id") else vtk.vtkDoubleArray()
         col.SetName(f"{title} ({unit})" if unit else title)
         for r in rows:
             v = r[key]

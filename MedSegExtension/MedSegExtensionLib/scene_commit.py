@@ -213,7 +213,8 @@ def commit_plan(plan: ScenePlan, referenceVolumeNode, outputSegmentation=None, b
             models = _add_models(tx, plan, segNode, ids, baseName) if createModels else []
             segmentation = segNode.GetSegmentation()
             rows = [dict(r, segment_id=ids.get(r["segment_id"], r["segment_id"]),
-                         name=segmentation.GetSegment(ids[r["segment_id"]]).GetName() if r["segment_id"] in ids else r["name"])
+                         name=(segmentation.GetSegment(ids[r["segment_id"]]).GetName() if r["segment_id"] in ids
+                               else r["name"]))
                     for r in plan.measurements]
             table = None
             if createTable:

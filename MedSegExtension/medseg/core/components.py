@@ -40,7 +40,7 @@ def label_bounding_slices(array: np.ndarray, label_values: Iterable[int]) -> dic
     out: dict[int, KJISlices | None] = {}
     for v in values:
         sl = found[v - 1] if v - 1 < len(found) else None
-        out[v] = None if sl is None else tuple(sl)  # type: ignore[assignment]
+        out[v] = None if sl is None else tuple(sl)
     return out
 
 

@@ -21,7 +21,8 @@ DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 #: what a user may pick from a list (``cuda:N`` is typed)
 DEVICE_CHOICES = DEVICE_KINDS
 #: help text shared by the CLI and the Slicer module
-DEVICE_HELP = "auto (best present), cpu, cuda, cuda:N (GPU index N) or mps; an absent GPU falls back to the CPU with a note"
+DEVICE_HELP = ("auto (best present), cpu, cuda, cuda:N (GPU index N) or mps; an absent GPU falls back to the CPU "
+               "with a note")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 

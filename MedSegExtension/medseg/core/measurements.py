@@ -33,7 +33,7 @@ class Measure(Choice):
         return _UNITS[self][0]
 
     @property
-    def title(self) -> str:
+    def title(self) -> str:  # type: ignore[override]  # deliberately shadows str.title(): the column title
         """A column title for tables."""
         return _UNITS[self][1]
 

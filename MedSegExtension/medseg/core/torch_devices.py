@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar, Union
+from typing import TypeVar
 
 import torch
 
@@ -21,7 +21,7 @@ from medseg.core.devices import device_index
 logger = logging.getLogger("medseg")
 
 #: what the ``device`` argument of every preprocessing function accepts
-DeviceLike = Union[str, torch.device, None]
+DeviceLike = str | torch.device | None
 
 T = TypeVar("T")
 

@@ -151,7 +151,7 @@ def crop_volume(volume: Volume, lo_kji: Sequence[int], hi_kji: Sequence[int]) ->
     voxel keeps its RAS position."""
     lo = np.asarray(lo_kji, dtype=int)
     hi = np.asarray(hi_kji, dtype=int)
-    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=False))
     m = volume.ijk_to_ras.copy()
     m[:3, 3] = volume.ijk_to_ras_points(lo[::-1].astype(float))[0]
     return Volume(volume.array[sl], m, volume.name, dict(volume.meta))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
@@ -115,8 +116,19 @@ class PhantomTruth:
         return self.of_kind("lung nodule", "lung mass")
 
 
+#: three numbers: x, y, z
+_XYZ = tuple[float, float, float]
+
+
+def _xyz(values) -> _XYZ:
+    """Three numbers as a tuple of floats (x, y, z)."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
 # ----------------------------------------------------------------------------- implicit shapes
-def _ellipsoid(p: np.ndarray, centre: Sequence[float], axes: Sequence[float], grow: float = 0.0) -> np.ndarray:
+def _ellipsoid(p: np.ndarray, centre: Sequence[float], axes: Sequence[float] | np.ndarray,
+               grow: float = 0.0) -> np.ndarray:
     """Points ``p`` (..., 3) inside an axis-aligned ellipsoid grown by ``grow`` mm (approximately)."""
     c = np.asarray(centre, dtype=np.float32)
     a = np.asarray(axes, dtype=np.float32) + np.float32(grow)
@@ -171,7 +183,7 @@ def _first_exit(inside: Callable[[np.ndarray], np.ndarray], start: Sequence[floa
     return pts[max(first_out - 1, 0)]
 
 
-def _lung_lesion_layout() -> list[tuple[str, str, tuple, tuple, str, str]]:
+def _lung_lesion_layout() -> list[tuple[str, str, _XYZ, _XYZ, str, str]]:
     """(name, kind, centre, diameters xyz, side, location) of each lung lesion, anatomical frame."""
     right = lambda q: _lung_inside(q, +1)  # noqa: E731
     # wall nodule: tangent to the lateral chest wall of the right lung
@@ -186,9 +198,9 @@ def _lung_lesion_layout() -> list[tuple[str, str, tuple, tuple, str, str]]:
         ("Nodule 1", "lung nodule", (78.0, 28.0, -12.0), (8.0, 8.0, 8.0), "right", "inside lung"),
         ("Nodule 2", "lung nodule", (-68.0, -32.0, 52.0), (6.0, 6.0, 6.0), "left", "inside lung"),
         ("Nodule 3", "lung nodule", (-78.0, 12.0, 8.0), (12.0, 10.0, 11.0), "left", "inside lung"),
-        ("Nodule 4 (chest wall)", "lung nodule", tuple(float(v) for v in wall_c), (2 * wall_r,) * 3,
+        ("Nodule 4 (chest wall)", "lung nodule", _xyz(wall_c), (2 * wall_r, 2 * wall_r, 2 * wall_r),
          "right", "touches chest wall"),
-        ("Mass (mediastinum)", "lung mass", tuple(float(v) for v in mass_c), (2 * mass_r,) * 3,
+        ("Mass (mediastinum)", "lung mass", _xyz(mass_c), (2 * mass_r, 2 * mass_r, 2 * mass_r),
          "right", "touches mediastinum"),
     ]
 
@@ -238,7 +250,7 @@ class _Canvas:
         self.hu = np.full(shape_kji, HU["air"], dtype=np.float32)
         self.lab = np.zeros(shape_kji, dtype=np.uint8)
 
-    def box(self, lo: Sequence[float], hi: Sequence[float]) -> tuple[slice, slice, slice]:
+    def box(self, lo: Sequence[float] | np.ndarray, hi: Sequence[float] | np.ndarray) -> tuple[slice, slice, slice]:
         """KJI slices covering the anatomical-frame box [lo, hi] (mm)."""
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         ijk = (corners + self.centre) @ self.inv[:3, :3].T + self.inv[:3, 3]
@@ -338,17 +350,19 @@ def make_chest_phantom(
     for side, label in ((+1, RIGHT_LUNG), (-1, LEFT_LUNG)):
         lo = (20.0 if side > 0 else -ax, -ay, -90.0)
         hi = (ax if side > 0 else -20.0, ay, 130.0)
-        cv.paint(cv.box(lo, hi), lambda q, s=side: _lung_inside(q, s), HU["lung"], label)
+        cv.paint(cv.box(lo, hi), partial(_lung_inside, side=side), HU["lung"], label)
     # trachea and main bronchi (air)
     tx, ty = _TRACHEA_XY
     cv.paint(cv.box((tx - 10, ty - 10, _CARINA_Z - 10), (tx + 10, ty + 10, 1e4)),
              lambda q: _disc_xy(q, _TRACHEA_XY, _TRACHEA_R) & (q[..., 2] >= _CARINA_Z), HU["air"], AIRWAY)
     carina = np.array([tx, ty, _CARINA_Z], dtype=np.float32)
     for side in (+1, -1):
-        end = np.array([_HILUM[0] * side, _HILUM[1], _HILUM[2] + 8.0], dtype=np.float32)
-        lo = np.minimum(carina, end) - 8
-        hi = np.maximum(carina, end) + 8
-        cv.paint(cv.box(lo, hi), lambda q, e=end: _segment_distance(q, carina, e)[0] <= 6.0,
+        bronchus_end = np.array([_HILUM[0] * side, _HILUM[1], _HILUM[2] + 8.0], dtype=np.float32)
+
+        def bronchus(q, e=bronchus_end):
+            return _segment_distance(q, carina, e)[0] <= 6.0
+
+        cv.paint(cv.box(np.minimum(carina, bronchus_end) - 8, np.maximum(carina, bronchus_end) + 8), bronchus,
                  HU["air"], AIRWAY, where_labels=(BODY, RIGHT_LUNG, LEFT_LUNG, AIRWAY))
     # pulmonary vessels (tapering tubes, only inside the lung of their side)
     for side, label, lung in ((+1, RIGHT_VESSELS, RIGHT_LUNG), (-1, LEFT_VESSELS, LEFT_LUNG)):
@@ -360,9 +374,8 @@ def make_chest_phantom(
                 d, t = _segment_distance(q, a, b)
                 return d <= _VESSEL_R_ROOT + (_VESSEL_R_TIP - _VESSEL_R_ROOT) * t
 
-            lo = np.minimum(root, e) - 4
-            hi = np.maximum(root, e) + 4
-            cv.paint(cv.box(lo, hi), tube, HU["vessel"], label, where_labels=(lung, label))
+            cv.paint(cv.box(np.minimum(root, e) - 4, np.maximum(root, e) + 4), tube, HU["vessel"], label,
+                     where_labels=(lung, label))
     # bone: vertebral bodies (cortical shell + cancellous), discs, arches, ribs, sternum
     spine_box = cv.box((-20, -100, -1e4), (20, -30, 1e4))
     cv.paint(spine_box, lambda q: _disc_xy(q, _SPINE_XY, _SPINE_R), HU["cortical"], BONE)
@@ -381,12 +394,12 @@ def make_chest_phantom(
     structures = [
         PhantomStructure("Body", BODY, "body", (0.0, 0.0, 0.0), (2 * ax, 2 * ay, float(fov[2]))),
         PhantomStructure("Right lung", RIGHT_LUNG, "lung", (_LUNG_CENTRE[0], _LUNG_CENTRE[1], _LUNG_CENTRE[2]),
-                         tuple(2 * a for a in _LUNG_AXES), "right"),
+                         _xyz(2 * a for a in _LUNG_AXES), "right"),
         PhantomStructure("Left lung", LEFT_LUNG, "lung", (-_LUNG_CENTRE[0], _LUNG_CENTRE[1], _LUNG_CENTRE[2]),
-                         tuple(2 * a for a in _LUNG_AXES), "left"),
+                         _xyz(2 * a for a in _LUNG_AXES), "left"),
         PhantomStructure("Bones", BONE, "bone", (0.0, 0.0, 0.0), (2 * _RIB_AXES[0], 2 * _RIB_AXES[1], 240.0)),
-        PhantomStructure("Heart", HEART, "heart", _HEART_CENTRE, tuple(2 * a for a in _HEART_AXES), "left"),
-        PhantomStructure("Liver", LIVER, "liver", _LIVER_CENTRE, tuple(2 * a for a in _LIVER_AXES), "right"),
+        PhantomStructure("Heart", HEART, "heart", _HEART_CENTRE, _xyz(2 * a for a in _HEART_AXES), "left"),
+        PhantomStructure("Liver", LIVER, "liver", _LIVER_CENTRE, _xyz(2 * a for a in _LIVER_AXES), "right"),
         PhantomStructure("Airway", AIRWAY, "airway", (_TRACHEA_XY[0], _TRACHEA_XY[1], _CARINA_Z),
                          (2 * _TRACHEA_R, 2 * _TRACHEA_R, 80.0)),
         PhantomStructure("Right pulmonary vessels", RIGHT_VESSELS, "vessel", _HILUM, (60.0, 90.0, 120.0), "right"),
@@ -401,11 +414,11 @@ def make_chest_phantom(
     structures.append(PhantomStructure("Liver lesion", LIVER_LESION, "liver lesion", ll_c, (2 * ll_r,) * 3, "right"))
 
     if lung_lesions:
-        for n, (lname, kind, c, dia, side, where) in enumerate(_lung_lesion_layout()):
+        for n, (lname, kind, c, dia, lside, where) in enumerate(_lung_lesion_layout()):
             semi = np.asarray(dia, dtype=float) / 2.0
             cv.paint(cv.box(np.subtract(c, semi), np.add(c, semi)),
-                     lambda q, c=c, s=semi: _ellipsoid(q, c, s), HU["lung_lesion"], FIRST_LUNG_LESION + n)
-            structures.append(PhantomStructure(lname, FIRST_LUNG_LESION + n, kind, c, tuple(dia), side, where))
+                     partial(_ellipsoid, centre=c, axes=semi), HU["lung_lesion"], FIRST_LUNG_LESION + n)
+            structures.append(PhantomStructure(lname, FIRST_LUNG_LESION + n, kind, c, dia, lside, where))
 
     for s in structures:
         if s.kind in ("lung nodule", "lung mass", "liver lesion") and not _grid_fits(cv, np.asarray(s.centre_ras)):
@@ -425,7 +438,7 @@ def make_chest_phantom(
 
     # structure centres in world RAS
     world = tuple(
-        PhantomStructure(s.name, s.label_value, s.kind, tuple(float(v) for v in np.add(s.centre_ras, centre)),
+        PhantomStructure(s.name, s.label_value, s.kind, _xyz(np.add(s.centre_ras, centre)),
                          s.size_mm, s.side, s.location)
         for s in structures
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 #: a box, or a mapping with keys ``center`` (RAS mm), ``size`` (mm), optional ``orientation``
 #: (3x3, columns = box axes in RAS; default the volume's direction), ``label``, ``score``,
 #: ``segment_id``, ``name`` (what a detector returns before validation)
-BoxLike = Union[Box, Mapping[str, Any]]
+BoxLike = Box | Mapping[str, Any]
 
 #: faces closer than this (in voxels) to a voxel centre count as passing through it
 _INDEX_TOL = 1e-6
@@ -54,8 +54,8 @@ def _plural(n: int, word: str) -> str:
 
 # ----------------------------------------------------------------- world <-> voxel
 def box_from_ijk_bounds(
-    lo: Sequence[int],
-    hi: Sequence[int],
+    lo: Sequence[int] | np.ndarray,
+    hi: Sequence[int] | np.ndarray,
     volume: Volume,
     label: str = "",
     score: float = 1.0,

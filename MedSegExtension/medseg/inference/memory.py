@@ -170,14 +170,15 @@ def fallback_ladder(plan: InferencePlan) -> list[InferencePlan]:
     return ladder
 
 
-def run_with_plan_fallback(run: Callable[[InferencePlan], T], plan: InferencePlan) -> tuple[T, InferencePlan, list[str]]:
+def run_with_plan_fallback(run: Callable[[InferencePlan], T],
+                           plan: InferencePlan) -> tuple[T, InferencePlan, list[str]]:
     """Run ``run(plan)``; on out-of-memory walk :func:`fallback_ladder`. Other errors propagate.
 
     Returns:
         ``(result, plan that succeeded, notes)``: one note per fallback taken (also logged).
     """
     notes: list[str] = []
-    candidates = [plan] + fallback_ladder(plan)
+    candidates = [plan, *fallback_ladder(plan)]
     for i, p in enumerate(candidates):
         try:
             return run(p), p, notes
@@ -188,7 +189,8 @@ def run_with_plan_fallback(run: Callable[[InferencePlan], T], plan: InferencePla
                 torch.cuda.empty_cache()
             nxt = candidates[i + 1]
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            note = f"{nxt.reason} (was: {p.sw_batch_size} window(s) on {p.sw_device}, output on {p.out_device}; {first})"
+            note = (f"{nxt.reason} (was: {p.sw_batch_size} window(s) on {p.sw_device}, "
+                    f"output on {p.out_device}; {first})")
             logger.warning(note)
             notes.append(note)
     raise AssertionError("unreachable")  # pragma: no cover

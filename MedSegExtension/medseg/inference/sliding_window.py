@@ -59,7 +59,7 @@ def gaussian_importance_map(
     if any(not s > 0 for s in scales):
         raise InputError(f"sigma_scale must be > 0, got {list(scales)}")
     w: torch.Tensor | None = None
-    for i, (n, s) in enumerate(zip(roi, scales)):
+    for i, (n, s) in enumerate(zip(roi, scales, strict=True)):
         x = torch.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=torch.float32, device=device)
         g = torch.exp(x**2 / (-2 * (n * s) ** 2))
         w = g if w is None else w.unsqueeze(-1) * g[(None,) * i]
@@ -68,10 +68,11 @@ def gaussian_importance_map(
     return torch.clamp_(w, min=floor).to(dtype)
 
 
-def scan_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: Sequence[float]) -> list[tuple[slice, ...]]:
+def scan_windows(image_size: Sequence[int], roi_size: Sequence[int],
+                 overlap: Sequence[float]) -> list[tuple[slice, ...]]:
     """Window slices over an (already padded, ``>= roi``) image; MONAI's ``dense_patch_slices`` order."""
     starts_per_axis = []
-    for n, r, o in zip(image_size, roi_size, overlap):
+    for n, r, o in zip(image_size, roi_size, overlap, strict=False):
         step = r if r == n else max(int(r * (1 - o)), 1)
         count = 1
         while (count - 1) * step + r < n:
@@ -79,7 +80,7 @@ def scan_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: Se
         starts_per_axis.append([min(i * step, n - r) for i in range(count)])
     grids = torch.meshgrid(*[torch.tensor(s) for s in starts_per_axis], indexing="ij")
     flat = torch.stack([g.reshape(-1) for g in grids], dim=1).tolist()
-    return [tuple(slice(s, s + r) for s, r in zip(starts, roi_size)) for starts in flat]
+    return [tuple(slice(s, s + r) for s, r in zip(starts, roi_size, strict=False)) for starts in flat]
 
 
 def check_window_args(roi_size: Sequence[int], overlap: float | Sequence[float], n_spatial: int) -> tuple:
@@ -169,7 +170,8 @@ def sliding_window_inference(
         if cancel is not None:
             cancel.check()
         chunk = jobs[start:start + sbs]
-        tiles = torch.cat([x[(slice(b, b + 1), slice(None)) + w] for b, w in chunk]).to(sw_dev)
+        tile_index = [(slice(b, b + 1), slice(None), *w) for b, w in chunk]
+        tiles = torch.cat([x[i] for i in tile_index]).to(sw_dev)
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             pred = predictor(tiles)
         if tile_fn is not None:
@@ -183,9 +185,10 @@ def sliding_window_inference(
         pred = pred.mul_(weight) if not pred.requires_grad else pred * weight  # in place, as MONAI does
         pred = pred.to(device=out_dev, dtype=out_dtype)
         if out is None:
-            out = torch.zeros((batch, pred.shape[1]) + size, dtype=out_dtype, device=out_dev)
-        for (b, w), p in zip(chunk, pred):
-            out[(b, slice(None)) + w] += p
+            out = torch.zeros((batch, pred.shape[1], *size), dtype=out_dtype, device=out_dev)
+        for (b, w), p in zip(chunk, pred, strict=True):
+            out_index: tuple[int | slice, ...] = (b, slice(None), *w)
+            out[out_index] += p
         progress(min(start + sbs, total) / total, f"tile {min(start + sbs, total)}/{total}")
     assert out is not None
     if out_dtype == torch.float32:
@@ -207,9 +210,9 @@ def n_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float
     """Number of windows per image (after padding to the ROI) - for progress and memory plans."""
     n_sp = len(image_size)
     roi, ov = check_window_args(roi_size, overlap, n_sp)
-    size = [max(int(s), r) for s, r in zip(image_size, roi)]
+    size = [max(int(s), r) for s, r in zip(image_size, roi, strict=True)]
     total = 1
-    for n, r, o in zip(size, roi, ov):
+    for n, r, o in zip(size, roi, ov, strict=True):
         step = r if r == n else max(int(r * (1 - o)), 1)
         total *= max(1, math.ceil((n - r) / step) + 1) if n > r else 1
     return total

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Literal, Union
 
 from medseg.core.errors import MedSegError, OutputError
 
@@ -148,7 +148,8 @@ def check_output_folder(path: PathLike, overwrite: bool = False) -> Path:
     if not parent.is_dir():
         raise OutputError(f"cannot create output folder {target}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot create output folder {target}: folder {parent} is not writable; choose another location")
+        raise OutputError(
+            f"cannot create output folder {target}: folder {parent} is not writable; choose another location")
     return target
 
 
@@ -218,7 +219,7 @@ class OutputFolder:
                 return
             p = p.parent
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         staging = self._staging
         self._staging = None
         if staging is None:

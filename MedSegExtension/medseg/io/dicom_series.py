@@ -92,7 +92,8 @@ def list_series(folder: Path, warnings: list[str] | None = None) -> dict[str, di
         if others:
             shown = ", ".join(Path(p).name for p in others[:_MAX_LISTED])
             more = f" and {len(others) - _MAX_LISTED} more" if len(others) > _MAX_LISTED else ""
-            warnings.append(f"skipped {len(others)} file(s) in {folder} that are not part of a DICOM image series (non-DICOM, or RTSTRUCT/SEG objects): {shown}{more}")
+            warnings.append(f"skipped {len(others)} file(s) in {folder} that are not part of a DICOM image series "
+                            f"(non-DICOM, or RTSTRUCT/SEG objects): {shown}{more}")
     return found
 
 
@@ -101,7 +102,7 @@ def _slices(headers, files) -> tuple[list[_Slice], np.ndarray]:
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     out = []
-    for ds, f in zip(headers, files):
+    for ds, f in zip(headers, files, strict=True):
         if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-4):
             raise InputError(f"{f}: image orientation differs from the rest of the series; cannot stack the slices")
         pos = np.array(ds.ImagePositionPatient, dtype=float)
@@ -217,7 +218,8 @@ def read_dicom_series(folder: Path, *, series_uid: str | None = None,
 
 def _regularise(arr: np.ndarray, distances: np.ndarray, dz: float) -> np.ndarray:
     """Linearly interpolate slices at ``distances`` (mm) onto a regular grid of step ``dz``."""
-    target = distances[0] + dz * np.arange(int(round((distances[-1] - distances[0]) / dz)) + 1)
+    # int(): with numpy < 2, round() of a numpy float is a numpy float
+    target = distances[0] + dz * np.arange(int(round((distances[-1] - distances[0]) / dz)) + 1)  # noqa: RUF046
     idx = np.clip(np.searchsorted(distances, target, side="right") - 1, 0, len(distances) - 2)
     t = ((target - distances[idx]) / (distances[idx + 1] - distances[idx]))[:, None, None]
     lo = arr[idx].astype(np.float32)

@@ -147,7 +147,9 @@ def markup_to_box(markup: dict, where: str = "markup") -> Box:
     if cs == "LPS":
         center = lps_to_ras_points(center)
         orientation = ras_rotation_to_lps(orientation)  # the same sign flip, its own inverse
-    extra = markup.get("medseg") if isinstance(markup.get("medseg"), dict) else {}
+    extra = markup.get("medseg")
+    if not isinstance(extra, dict):
+        extra = {}
     name = str(markup.get("name", ""))
     return Box(
         center=center,

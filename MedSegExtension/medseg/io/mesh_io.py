@@ -16,6 +16,7 @@ and turns normals with the points. Writes are atomic; inputs are never modified.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Union
@@ -131,7 +132,8 @@ def write_mesh(polydata_ras, path: PathLike, coordinate_system: str = "LPS") -> 
     target = Path(path)
     ext = _extension(target)
     if ext not in MESH_EXTENSIONS:
-        raise OutputError(f"cannot write mesh {target}: unknown extension {ext or '(none)'!r}; use one of {list(MESH_EXTENSIONS)}")
+        raise OutputError(f"cannot write mesh {target}: unknown extension {ext or '(none)'!r}; "
+                          f"use one of {list(MESH_EXTENSIONS)}")
     cs = _check_cs(coordinate_system)
     _validate_polydata(polydata_ras, f"mesh for {target.name}")
     mesh = _flip_xy(polydata_ras) if cs == "LPS" else _shallow(polydata_ras)
@@ -153,6 +155,7 @@ def write_mesh(polydata_ras, path: PathLike, coordinate_system: str = "LPS") -> 
 
 
 def _make_writer(ext: str, mesh, header: str, spec: str, cs: str):
+    writer: vtkSTLWriter | vtkPLYWriter | vtkPolyDataWriter | vtkXMLPolyDataWriter
     if ext == ".stl":
         writer = vtkSTLWriter()
         writer.SetInputData(_triangulated(mesh))
@@ -212,10 +215,8 @@ def _write_obj(mesh, tmp: Path, header: str) -> None:
                     break
                 out.write(chunk)
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(body_path)
-        except FileNotFoundError:
-            pass
 
 
 # --------------------------------------------------------------------------- read
@@ -241,11 +242,13 @@ def read_mesh(path: PathLike) -> vtkPolyData:
     p = Path(path)
     ext = _extension(p)
     if ext not in MESH_EXTENSIONS:
-        raise InputError(f"cannot read mesh {p}: unknown extension {ext or '(none)'!r}; use one of {list(MESH_EXTENSIONS)}")
+        raise InputError(f"cannot read mesh {p}: unknown extension {ext or '(none)'!r}; "
+                         f"use one of {list(MESH_EXTENSIONS)}")
     if not p.is_file():
         raise InputError(f"mesh file {p} does not exist")
     name = os.fspath(p)
     space: str | None = None
+    reader: vtkSTLReader | vtkPLYReader | vtkOBJReader | vtkPolyDataReader | vtkXMLPolyDataReader
     if ext == ".stl":
         reader = vtkSTLReader()
     elif ext == ".ply":
@@ -270,11 +273,12 @@ def read_mesh(path: PathLike) -> vtkPolyData:
     if mesh is None or mesh.GetNumberOfPoints() == 0:
         raise InputError(f"mesh file {p} holds no points (empty or not a {ext} mesh)")
 
-    if ext in (".stl", ".vtk"):
+    # the reader class follows from ext: .stl/.vtk keep a header, .obj a comment, .ply comments
+    if isinstance(reader, (vtkSTLReader, vtkPolyDataReader)):
         space = _space_from_text(reader.GetHeader())
-    elif ext == ".obj":
+    elif isinstance(reader, vtkOBJReader):
         space = _space_from_text(reader.GetComment())
-    elif ext == ".ply":
+    elif isinstance(reader, vtkPLYReader):
         comments = reader.GetComments()
         for i in range(comments.GetNumberOfValues()):
             space = _space_from_text(comments.GetValue(i))
@@ -301,7 +305,9 @@ def mesh_file_space(path: PathLike) -> str | None:
         reader.SetFileName(os.fspath(p))
         reader.Update()
         arr = reader.GetOutput().GetFieldData().GetAbstractArray(SPACE_TAG)
-        return _space_from_text(f"{SPACE_TAG}={arr.GetValue(0)}") if arr is not None and arr.GetNumberOfValues() else None
+        if arr is None or not arr.GetNumberOfValues():
+            return None
+        return _space_from_text(f"{SPACE_TAG}={arr.GetValue(0)}")
     with open(p, "rb") as fh:
         head = fh.read(4096).decode("latin-1")
     return _space_from_text(head)

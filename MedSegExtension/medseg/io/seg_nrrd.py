@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Union
+from typing import Union, cast
 
 import nrrd
 import numpy as np
@@ -185,7 +185,7 @@ def write_seg_nrrd(
     arr = np.ascontiguousarray(vol.array)
     if arr.dtype.kind not in "ui":
         raise InputError(f"label map {vol.name!r} must have an integer dtype, got {arr.dtype}")
-    values = set(int(v) for v in _present_values(arr)) - {0}
+    values = {int(v) for v in _present_values(arr)} - {0}
     declared = {s.label_value for s in labelmap.segments}
     orphans = sorted(values - declared)
     if orphans:
@@ -298,18 +298,19 @@ def read_seg_nrrd(path: PathLike) -> LabelMap:
 
     space = str(header.get("space", "left-posterior-superior")).lower()
     if space in ("left-posterior-superior", "lps"):
-        to_ras = lps_to_ras_matrix
+        from_lps = True
     elif space in ("right-anterior-superior", "ras"):
-        to_ras = np.asarray
+        from_lps = False
     else:
-        raise InputError(f"segmentation {p} uses space {space!r}; only left-posterior-superior and right-anterior-superior are supported")
+        raise InputError(f"segmentation {p} uses space {space!r}; only left-posterior-superior and "
+                         "right-anterior-superior are supported")
     m = np.eye(4)
     directions = header.get("space directions")
     if directions is None:
         raise InputError(f"segmentation {p} has no 'space directions' field")
     m[:3, :3] = np.asarray(directions, dtype=np.float64).T
     m[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=np.float64)
-    ijk_to_ras = np.asarray(to_ras(m), dtype=np.float64)
+    ijk_to_ras = np.asarray(lps_to_ras_matrix(m) if from_lps else m, dtype=np.float64)
 
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or np.any(data != np.round(data)) or np.any(data < 0):
@@ -334,8 +335,11 @@ def read_seg_nrrd(path: PathLike) -> LabelMap:
         if "LabelValue" not in f:
             raise InputError(f"segmentation {p}: segment {n} ({seg_id!r}) has no LabelValue field")
         if int(f.get("Layer", "0") or 0) != 0:
-            raise InputError(f"segmentation {p}: segment {seg_id!r} is in layer {f['Layer']}; only one layer is supported")
-        color = tuple(float(c) for c in f["Color"].split()) if "Color" in f else _GRAY
+            raise InputError(
+                f"segmentation {p}: segment {seg_id!r} is in layer {f['Layer']}; only one layer is supported")
+        # any number of values: Segment refuses a colour that is not 3 values in 0..1
+        color = cast("tuple[float, float, float]",
+                     tuple(float(c) for c in f["Color"].split()) if "Color" in f else _GRAY)
         tags = _parse_tags(f.get("Tags", ""))
         term = terminology_from_string(tags[TERMINOLOGY_TAG]) if tags.get(TERMINOLOGY_TAG) else {}
         segments.append(Segment(seg_id, f.get("Name", seg_id), color, int(f["LabelValue"]), term))

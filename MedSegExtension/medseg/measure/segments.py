@@ -84,7 +84,7 @@ def _recist(sub: np.ndarray, lo_ijk: np.ndarray, volume: Volume) -> dict[str, An
     starts = np.flatnonzero(np.r_[True, np.diff(slice_coord) != 0])
     ends = np.r_[starts[1:], len(ijk)]
     best = (-1.0, 0, 0, 0)
-    for s0, s1 in zip(starts, ends):
+    for s0, s1 in zip(starts, ends, strict=True):
         plane = ijk[s0:s1][:, in_plane] * spacing[in_plane]  # in-plane mm coordinates (distances kept)
         d, p, q = diameter(plane)
         if d > best[0]:
@@ -103,12 +103,12 @@ def _recist(sub: np.ndarray, lo_ijk: np.ndarray, volume: Volume) -> dict[str, An
     if d_long <= 0:
         return result
     # short axis: all voxel centres of that slice, in strips one voxel wide along the long axis
-    take = [slice(None)] * 3
+    take: list[slice | int] = [slice(None)] * 3
     take[arr_axis] = sidx
     plane_kji = np.nonzero(sub[tuple(take)])
     full = np.zeros((len(plane_kji[0]), 3), dtype=np.int64)
     kept = [ax for ax in range(3) if ax != arr_axis]
-    for col, arr_ax in zip(plane_kji, kept):
+    for col, arr_ax in zip(plane_kji, kept, strict=True):
         full[:, 2 - arr_ax] = col
     full[:, a] = sidx
     pts = volume.ijk_to_ras_points(full + lo_ijk)
@@ -242,6 +242,7 @@ def measure_segments(
             }
             if all_diameters or is_lesion:
                 d, p, q = diameter(edge_ras)
+                assert p is not None and q is not None  # a segment with voxels has boundary voxels
                 out[Measure.LONGEST_DIAMETER_MM] = float(d)
                 out[Measure.LONGEST_DIAMETER_ENDPOINTS_RAS] = _json_points(edge_ras[[p, q]])
             if is_lesion:

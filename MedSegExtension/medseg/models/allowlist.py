@@ -62,7 +62,8 @@ def check_literal(value: Any, where: str) -> None:
                 raise ModelError(f"{where} contains a nested _target_ ({v!r}); only literal arguments are accepted")
             check_literal(v, f"{where}.{k}")
         return
-    raise ModelError(f"{where} must be a literal (number, string, boolean, null, list, object), got {type(value).__name__}")
+    raise ModelError(
+        f"{where} must be a literal (number, string, boolean, null, list, object), got {type(value).__name__}")
 
 
 def _tupleize(value: Any) -> Any:
@@ -74,7 +75,7 @@ def _tupleize(value: Any) -> Any:
     return value
 
 
-def network_class(name: str) -> type:
+def network_class(name: str) -> type[torch.nn.Module]:
     mod, attr = NETWORKS[canonical_name(name)]
     return getattr(importlib.import_module(mod), attr)
 

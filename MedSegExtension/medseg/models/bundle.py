@@ -30,6 +30,7 @@ checked where the file came from). The same file may also give ``licence`` (``na
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,10 +139,10 @@ class _Resolver:
         if value.startswith("@"):
             ref = value[1:]
             if ref in _seen:
-                raise BundleError(f"{self.source}: {where} is a circular reference ({' -> '.join(_seen + (ref,))})")
+                raise BundleError(f"{self.source}: {where} is a circular reference ({' -> '.join((*_seen, ref))})")
             if not self.has(ref):
                 raise BundleError(f"{self.source}: {where} refers to {value!r}, which is not in the config")
-            return self.deref(self._lookup(ref), f"{where} (-> {ref})", _seen + (ref,))
+            return self.deref(self._lookup(ref), f"{where} (-> {ref})", (*_seen, ref))
         return value
 
     def resolve(self, value: Any, where: str) -> Any:
@@ -178,7 +179,7 @@ def _network(r: _Resolver, notes: list) -> tuple[str, dict]:
         raise BundleError(f"{r.source}: {key} must be an object with a _target_, got {type(net).__name__}")
     target = r.deref(net["_target_"], f"{key}._target_")
     try:
-        cls = canonical_name(target if not isinstance(target, str) else target)
+        cls = canonical_name(target)
     except ModelError:
         raise BundleError(
             f"{r.source}: {key}._target_ is {target!r}, which is not an allow-listed network "
@@ -192,6 +193,15 @@ def _network(r: _Resolver, notes: list) -> tuple[str, dict]:
             continue
         args[k] = r.literal(v, f"{key}.{k}")
     return cls, args
+
+
+def _transform_arg(r: _Resolver, t: dict, where: str, k: str, default: Any = None, required: bool = False) -> Any:
+    """Argument ``k`` of the transform ``t`` (at ``where``) as a literal; ``default`` when absent."""
+    if k not in t:
+        if required:
+            raise BundleError(f"{r.source}: {where}.{k} is missing")
+        return default
+    return r.literal(t[k], f"{where}.{k}")
 
 
 def _preprocessing(r: _Resolver, notes: list) -> dict:
@@ -219,14 +229,7 @@ def _preprocessing(r: _Resolver, notes: list) -> dict:
             raise BundleError(
                 f"{r.source}: {where}._target_ is {t['_target_']!r}, a transform MedSeg does not know; it reads "
                 f"{sorted(USED_TRANSFORMS)} and skips {sorted(SKIPPED_TRANSFORMS)}")
-
-        def arg(k: str, default: Any = None, required: bool = False) -> Any:
-            if k not in t:
-                if required:
-                    raise BundleError(f"{r.source}: {where}.{k} is missing")
-                return default
-            return r.literal(t[k], f"{where}.{k}")
-
+        arg = partial(_transform_arg, r, t, where)
         if name.startswith("Orientation"):
             out["orientation"] = arg("axcodes", required=True)
         elif name.startswith("Spacing"):
@@ -291,7 +294,7 @@ def _metadata_io(meta: dict, source: str) -> tuple[list, list, list | None]:
     cdef = out.get("channel_def")
     if not isinstance(cdef, dict) or not cdef:
         raise BundleError(f"{source}: network_data_format.outputs.*.channel_def is missing; it names each label")
-    first_in = next(iter(ins.values()), {}) if ins else {}
+    first_in: dict[str, Any] = next(iter(ins.values()), {}) if ins else {}
     modality = str(first_in.get("modality", "image"))
     n_in = int(first_in.get("num_channels", 1))
     in_def = first_in.get("channel_def", {}) or {}
@@ -334,7 +337,7 @@ def bundle_card(folder: Path) -> ModelCard:
     weights = next(((rel, fmt) for rel, fmt in WEIGHT_FILES if (folder / rel).is_file()), None)
     if weights is None:
         raise BundleError(f"bundle {folder} has neither models/model.pt nor models/model.ts")
-    labels = []
+    labels: list[dict[str, Any]] = []
     for ch, name in channels:
         if inf["activation"] == "softmax" and ch == 0:
             continue  # background

@@ -19,6 +19,7 @@ import jsonschema
 from medseg.core.labelmap import Segment
 from medseg.core.specs import InferenceSpec, Normalization, PreprocessSpec
 from medseg.core.terminology import TERMS, term
+from medseg.core.vocabulary import NormalizationKind
 from medseg.models.allowlist import canonical_name, check_network_args
 from medseg.models.errors import ModelError
 
@@ -67,7 +68,7 @@ class ModelCard:
     licence_name: str
     commercial_use: bool
     weights_file: str
-    weights_sha256: str | None
+    weights_sha256: str
     weights_format: str = "state_dict"
     description: str = ""
     version: str = ""
@@ -166,7 +167,7 @@ def parse_normalization(d: dict | None) -> Normalization | None:
                              b_max=float(d["b_max"]), clip=bool(d.get("clip", False)))
     if kind == "zscore":
         return Normalization(kind, nonzero=bool(d.get("nonzero", False)))
-    return Normalization("none")
+    return Normalization(NormalizationKind.NONE)
 
 
 def _label_set(value: Any, labels: tuple, what: str) -> tuple:
@@ -197,9 +198,8 @@ def parse_card(data: dict, where: str = "model card", source: str = "card") -> M
     if spacing is not None and len(spacing) != dims:
         raise ModelError(f"{where}: preprocessing.target_spacing_mm has {len(spacing)} values but dims is {dims}")
     orient = pre.get("orientation")
-    if orient is not None:
-        if len(orient) != 3 or sorted(_axis_of(c) for c in orient) != [0, 1, 2]:
-            raise ModelError(f"{where}: preprocessing.orientation must name each of R/L, A/P, S/I once, got {orient!r}")
+    if orient is not None and (len(orient) != 3 or sorted(_axis_of(c) for c in orient) != [0, 1, 2]):
+        raise ModelError(f"{where}: preprocessing.orientation must name each of R/L, A/P, S/I once, got {orient!r}")
     args = net["args"]
     sd = args.get("spatial_dims", 3)
     if sd != dims:
@@ -234,7 +234,7 @@ def parse_card(data: dict, where: str = "model card", source: str = "card") -> M
     return ModelCard(
         name=data["name"], dims=dims, network_class=cls, network_args=dict(args), inputs=inputs, labels=labels_t,
         roi_size=roi, licence_name=lic["name"], commercial_use=bool(lic["commercial_use"]),
-        weights_file=w["file"], weights_sha256=w.get("sha256"), weights_format=w.get("format", "state_dict"),
+        weights_file=w["file"], weights_sha256=w["sha256"], weights_format=w.get("format", "state_dict"),
         description=data.get("description", ""), version=data.get("version", ""),
         array_axes=data.get("array_axes", "ijk"), orientation=orient,
         target_spacing_mm=None if spacing is None else tuple(float(s) for s in spacing),

@@ -39,8 +39,9 @@ class Crop:
         hi = tuple(int(x) for x in self.hi_kji)
         shape = tuple(int(x) for x in self.source_shape_kji)
         if not (len(lo) == len(hi) == len(shape) == 3):
-            raise InputError(f"crop needs 3 values each for lo, hi and shape, got {self.lo_kji}, {self.hi_kji}, {shape}")
-        if any(not (0 <= a < b <= n) for a, b, n in zip(lo, hi, shape)):
+            raise InputError(
+                f"crop needs 3 values each for lo, hi and shape, got {self.lo_kji}, {self.hi_kji}, {shape}")
+        if any(not (0 <= a < b <= n) for a, b, n in zip(lo, hi, shape, strict=True)):
             raise InputError(f"crop box lo {lo} hi {hi} is empty or outside the source shape {shape}")
         object.__setattr__(self, "lo_kji", lo)
         object.__setattr__(self, "hi_kji", hi)
@@ -48,7 +49,7 @@ class Crop:
 
     @property
     def shape_kji(self) -> tuple[int, int, int]:
-        return tuple(b - a for a, b in zip(self.lo_kji, self.hi_kji))  # type: ignore[return-value]
+        return tuple(b - a for a, b in zip(self.lo_kji, self.hi_kji, strict=True))  # type: ignore[return-value]
 
     @property
     def is_whole(self) -> bool:
@@ -56,7 +57,7 @@ class Crop:
 
     @property
     def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.lo_kji, self.hi_kji))  # type: ignore[return-value]
+        return tuple(slice(a, b) for a, b in zip(self.lo_kji, self.hi_kji, strict=True))  # type: ignore[return-value]
 
     @classmethod
     def whole(cls, shape_kji: Sequence[int], note: str = "") -> Crop:
@@ -70,7 +71,7 @@ def _check_margin(margin_mm: float) -> float:
     return m
 
 
-def crop_from_mask(mask: np.ndarray, spacing_ijk: Sequence[float], margin_mm: float) -> Crop:
+def crop_from_mask(mask: np.ndarray, spacing_ijk: Sequence[float] | np.ndarray, margin_mm: float) -> Crop:
     """Bounding box of ``mask`` (KJI) grown by ``margin_mm`` per axis (rounded up to whole voxels),
     clipped to the image. An empty mask gives the whole image with a note."""
     margin = _check_margin(margin_mm)

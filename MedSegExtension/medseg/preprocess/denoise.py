@@ -56,7 +56,7 @@ def discrete_gaussian_kernel(variance_vox: float, max_error: float = GAUSSIAN_MA
     return k / k.sum()
 
 
-def _conv_axis(t: torch.Tensor, kernel: Sequence[float], dim: int) -> torch.Tensor:
+def _conv_axis(t: torch.Tensor, kernel: Sequence[float] | np.ndarray, dim: int) -> torch.Tensor:
     """Convolve a (K, J, I) tensor with a 1D odd kernel along ``dim``, replicate border.
 
     A sum of shifted, weighted views of the padded tensor (one in-place multiply-add per tap):

@@ -32,6 +32,7 @@ needs. A GPU out-of-memory error reruns the whole resampling on the CPU (same an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -212,6 +213,16 @@ def _half_pixel(scale: float, offset: float) -> bool:
     return scale > 0 and abs(offset - (0.5 * scale - 0.5)) <= 1e-9 * max(1.0, scale)
 
 
+def _k_weighted(x: torch.Tensor, wk: torch.Tensor) -> torch.Tensor:
+    """The k pass as one small matrix product: rows of ``wk`` = output slices, columns = slices of ``x``."""
+    return (wk @ x.reshape(wk.shape[1], -1)).reshape((wk.shape[0], *x.shape[1:]))
+
+
+def _k_take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The nearest-neighbour k pass: the slices ``idx`` of ``x``."""
+    return x[idx]
+
+
 def _resample_separable(
     array: np.ndarray,
     out_shape: tuple[int, int, int],
@@ -271,21 +282,11 @@ def _resample_separable(
             rows = np.arange(b - a)
             np.add.at(wk, (rows, klo_all[a:b] - k0), (1.0 - kw_all[a:b]).astype(np.float32))
             np.add.at(wk, (rows, khi_all[a:b] - k0), kw_all[a:b].astype(np.float32))
-            wk_t = torch.from_numpy(wk).to(device)
-
-            def kpass(x: torch.Tensor) -> torch.Tensor:
-                return (wk_t @ x.reshape(k1 - k0, -1)).reshape((b - a,) + tuple(x.shape[1:]))
+            kpass = partial(_k_weighted, wk=torch.from_numpy(wk).to(device))
         else:
-            idx = dev_idx[0][0][a:b] - k0
-
-            def kpass(x: torch.Tensor) -> torch.Tensor:
-                return x[idx]
-
+            kpass = partial(_k_take, idx=dev_idx[0][0][a:b] - k0)
         # never modifies t in place: every pass allocates (t may share memory with the input)
-        if inplane_first:
-            t = kpass(inplane(t))
-        else:
-            t = inplane(kpass(t))
+        t = kpass(inplane(t)) if inplane_first else inplane(kpass(t))
         if fill is not None:
             k_out = np.nonzero(plans[0][3][a:b])[0]
             if k_out.size:
@@ -310,17 +311,17 @@ def _resample_general(
     """Resampling for any affine map ``ref_to_src`` (4x4, reference IJK -> source IJK)."""
     linear = mode == "linear"
     n_src = np.array(array.shape[::-1], dtype=np.int64)  # (I, J, K)
-    K, J, I = out_shape
+    Ko, Jo, Io = out_shape
     out = np.empty(out_shape, dtype=np.float32 if linear else array.dtype)
     cdt = _slabs.coord_dtype(device)
     A = torch.as_tensor(ref_to_src, dtype=cdt, device=device)
-    ii = torch.arange(I, dtype=cdt, device=device).view(1, 1, I)
-    jj = torch.arange(J, dtype=cdt, device=device).view(1, J, 1)
+    ii = torch.arange(Io, dtype=cdt, device=device).view(1, 1, Io)
+    jj = torch.arange(Jo, dtype=cdt, device=device).view(1, Jo, 1)
     # about 64 bytes of temporaries per output voxel
-    step = max(1, int(_slabs.SLAB_BYTES // (64 * J * I)))
-    for a, b in _slabs.slab_ranges(K, step):
+    step = max(1, int(_slabs.SLAB_BYTES // (64 * Jo * Io)))
+    for a, b in _slabs.slab_ranges(Ko, step):
         # source block that this slab can touch (bounding box of the slab's 8 corners)
-        corners = np.array([[i, j, k, 1.0] for i in (0, I - 1) for j in (0, J - 1) for k in (a, b - 1)])
+        corners = np.array([[i, j, k, 1.0] for i in (0, Io - 1) for j in (0, Jo - 1) for k in (a, b - 1)])
         src_c = (ref_to_src @ corners.T)[:3]
         cmin, cmax = src_c.min(axis=1), src_c.max(axis=1)
         if fill is not None and (np.any(cmax < -0.5 - _EDGE_EPS) or np.any(cmin >= n_src - 0.5 + _EDGE_EPS)):
@@ -331,7 +332,7 @@ def _resample_general(
         hi = np.maximum(hi, lo + 1)
         block = array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
         kk = torch.arange(a, b, dtype=cdt, device=device).view(-1, 1, 1)
-        xyz = [A[r, 0] * ii + A[r, 1] * jj + A[r, 2] * kk + A[r, 3] for r in range(3)]  # (nk, J, I) each
+        xyz = [A[r, 0] * ii + A[r, 1] * jj + A[r, 2] * kk + A[r, 3] for r in range(3)]  # (nk, Jo, Io) each
         if linear:
             t = _slabs.float_tensor(block, device)
             size = hi - lo
@@ -345,7 +346,8 @@ def _resample_general(
             t = _slabs.raw_tensor(block, device)
             size = hi - lo
             idx = [
-                (torch.floor(xyz[r] + 0.5).clamp_(0, float(n_src[r] - 1)) - float(lo[r])).clamp_(0, float(size[r] - 1)).long()
+                (torch.floor(xyz[r] + 0.5).clamp_(0, float(n_src[r] - 1)) - float(lo[r]))
+                .clamp_(0, float(size[r] - 1)).long()
                 for r in range(3)
             ]
             flat = (idx[2] * int(size[1]) + idx[1]) * int(size[0]) + idx[0]

@@ -149,7 +149,7 @@ def bone_mask(hu_smooth: np.ndarray, body: np.ndarray, ijk_to_ras: np.ndarray,
     if not bone.any():
         return bone
     bone = fill_holes_2d(bone, axial_axis(ijk_to_ras)) & body
-    lab, n = ndimage.label(bone, structure=FULL)
+    lab, _n = ndimage.label(bone, structure=FULL)
     sizes = np.bincount(lab.ravel()) * voxel_mm3 / 1000.0
     sizes[0] = 0
     return (sizes >= min_component_ml)[lab]

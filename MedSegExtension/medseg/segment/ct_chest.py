@@ -39,8 +39,9 @@ from scipy import ndimage
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
-from medseg.core.specs import PreprocessSpec, SegmentationOutput
+from medseg.core.specs import Normalization, PreprocessSpec, SegmentationOutput
 from medseg.core.terminology import term
+from medseg.core.vocabulary import CropMode, DenoiseMode, NormalizationKind
 from medseg.core.volume import Volume
 from medseg.segment import ct_anatomy as anat
 from medseg.segment import ct_lesion
@@ -58,10 +59,10 @@ from medseg.segment.morphology import (
 #: how the pipeline prepares the CT before this preset: HU kept, mild denoising, body crop
 SPEC = PreprocessSpec(
     target_spacing_mm=None,
-    denoise="gaussian",
+    denoise=DenoiseMode.GAUSSIAN,
     denoise_sigma_mm=0.75,
-    normalize="none",
-    crop="body-ct",
+    normalize=Normalization(NormalizationKind.NONE),
+    crop=CropMode.BODY_CT,
     crop_margin_mm=10.0,
 )
 

@@ -151,7 +151,7 @@ def add_neighbour_tissue(features: list[LesionFeatures], labels: np.ndarray, can
         r = max(NEIGHBOUR_MM, f.diameter_mm / 2.0)
         margin = np.ceil(r / spacing_kji).astype(int) + 1
         sl = tuple(slice(max(b.start - m, 0), min(b.stop + m, n))
-                   for b, m, n in zip(box, margin, labels.shape))
+                   for b, m, n in zip(box, margin, labels.shape, strict=False))
         comp = labels[sl] == f.label
         near = ndimage.distance_transform_edt(~comp, sampling=spacing_kji) <= r
         extra = near & candidates[sl] & ~comp

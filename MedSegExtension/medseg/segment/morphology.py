@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 
-def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray:
+def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | np.ndarray) -> np.ndarray:
     """Voxels within ``radius_mm`` (centre to centre) of ``mask``."""
     if radius_mm <= 0 or not mask.any():
         return mask.copy()
@@ -25,7 +25,7 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float]) 
     return ndimage.distance_transform_edt(~mask, sampling=spacing_kji) <= radius_mm
 
 
-def erode_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float],
+def erode_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | np.ndarray,
              border_is_background: bool = False) -> np.ndarray:
     """Voxels of ``mask`` farther than ``radius_mm`` from every background voxel.
 
@@ -41,7 +41,7 @@ def erode_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float],
     return ndimage.distance_transform_edt(mask, sampling=spacing_kji) > radius_mm
 
 
-def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float],
+def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | np.ndarray,
              border_is_background: bool = False) -> np.ndarray:
     """Morphological closing with a ball of ``radius_mm``: fills gaps and concavities narrower
     than the ball.
@@ -58,7 +58,7 @@ def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float],
     return c[pad:-pad, pad:-pad, pad:-pad] | mask
 
 
-def open_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float],
+def open_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | np.ndarray,
             border_is_background: bool = False) -> np.ndarray:
     """Morphological opening with a ball of ``radius_mm``: removes parts thinner than the ball."""
     eroded = erode_mm(mask, radius_mm, spacing_kji, border_is_background)
@@ -68,7 +68,7 @@ def open_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float],
 def fill_holes_2d(mask: np.ndarray, axis: int) -> np.ndarray:
     """Fill holes in every 2D slice perpendicular to array ``axis`` (one vectorised call)."""
     structure = np.zeros((3, 3, 3), dtype=bool)
-    index = [slice(None)] * 3
+    index: list[slice | int] = [slice(None)] * 3
     index[axis] = 1
     structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
     return ndimage.binary_fill_holes(mask, structure=structure)
@@ -86,20 +86,21 @@ def largest_components(mask: np.ndarray, count: int = 1) -> np.ndarray:
     return np.isin(lab, keep)
 
 
-def bbox_slices(mask: np.ndarray, margin_vox: Sequence[int] = (0, 0, 0)) -> tuple[slice, ...]:
+def bbox_slices(mask: np.ndarray, margin_vox: Sequence[int] | np.ndarray = (0, 0, 0)) -> tuple[slice, ...]:
     """Slices of the bounding box of ``mask`` grown by ``margin_vox`` voxels per axis (clipped)."""
     nz = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     if any(len(v) == 0 for v in nz):
         return tuple(slice(0, 0) for _ in range(3))
     return tuple(
         slice(max(int(v[0]) - int(m), 0), min(int(v[-1]) + int(m) + 1, s))
-        for v, m, s in zip(nz, margin_vox, mask.shape)
+        for v, m, s in zip(nz, margin_vox, mask.shape, strict=False)
     )
 
 
 def block_factors(spacing_kji: Sequence[float], target_mm: float) -> tuple[int, int, int]:
     """Integer reduction factor per axis that brings the spacing near ``target_mm`` (never below 1)."""
-    return tuple(max(1, int(round(target_mm / float(s)))) for s in spacing_kji)  # type: ignore[return-value]
+    # int(): with numpy < 2, round() of a numpy float (target_mm may be one) is a numpy float
+    return tuple(max(1, int(round(target_mm / float(s)))) for s in spacing_kji)  # type: ignore[return-value]  # noqa: RUF046
 
 
 def block_mean(array: np.ndarray, factors: Sequence[int]) -> np.ndarray:
@@ -107,7 +108,7 @@ def block_mean(array: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     f = tuple(int(x) for x in factors)
     if f == (1, 1, 1):
         return array.astype(np.float32, copy=True)
-    pad = [(0, (-s) % fi) for s, fi in zip(array.shape, f)]
+    pad = [(0, (-s) % fi) for s, fi in zip(array.shape, f, strict=False)]
     a = np.pad(array.astype(np.float32, copy=False), pad, mode="edge")
     k, j, i = a.shape
     a = a.reshape(k // f[0], f[0], j // f[1], f[1], i // f[2], f[2])
@@ -131,7 +132,7 @@ def ball_footprint(radius_mm: float, spacing_kji: Sequence[float]) -> np.ndarray
     centre voxel (for small radii; use the ``*_mm`` functions for large ones)."""
     sp = np.asarray(spacing_kji, dtype=np.float64)
     half = np.floor(radius_mm / sp).astype(int)
-    grids = np.meshgrid(*[np.arange(-h, h + 1) * s for h, s in zip(half, sp)], indexing="ij")
+    grids = np.meshgrid(*[np.arange(-h, h + 1) * s for h, s in zip(half, sp, strict=True)], indexing="ij")
     return sum(g * g for g in grids) <= radius_mm * radius_mm + 1e-9
 
 

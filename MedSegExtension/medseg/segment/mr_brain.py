@@ -53,8 +53,9 @@ from medseg.core.errors import InputError
 from medseg.core.grid import check_same_grid
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
-from medseg.core.specs import PreprocessSpec, SegmentationOutput
+from medseg.core.specs import Normalization, PreprocessSpec, SegmentationOutput
 from medseg.core.terminology import term
+from medseg.core.vocabulary import CropMode, DenoiseMode, NormalizationKind
 from medseg.core.volume import Volume
 from medseg.segment import morphology as _morph
 from medseg.segment.morphology import bbox_slices, dilate_mm, fill_holes_2d
@@ -63,10 +64,10 @@ from medseg.segment.morphology import bbox_slices, dilate_mm, fill_holes_2d
 #: robust z-score inside the foreground, crop to the foreground with a 10 mm margin.
 SPEC = PreprocessSpec(
     target_spacing_mm=None,
-    denoise="gaussian",
+    denoise=DenoiseMode.GAUSSIAN,
     denoise_sigma_mm=0.5,
-    normalize="robust-zscore",
-    crop="foreground",
+    normalize=Normalization(NormalizationKind.ROBUST_ZSCORE),
+    crop=CropMode.FOREGROUND,
     crop_margin_mm=10.0,
 )
 
@@ -177,7 +178,7 @@ def _validate(volumes: Sequence[Volume]) -> tuple[Volume, Volume | None]:
     if not isinstance(volumes, (list, tuple)) or len(volumes) not in (1, 2):
         n = len(volumes) if isinstance(volumes, (list, tuple)) else type(volumes).__name__
         raise InputError(f"mr-brain-tumor needs [FLAIR] or [FLAIR, T1c] volumes, got {n}")
-    for role, v in zip(("FLAIR", "T1c"), volumes):
+    for role, v in zip(("FLAIR", "T1c"), volumes, strict=False):
         if not isinstance(v, Volume):
             raise InputError(f"mr-brain-tumor {role} input must be a Volume, got {type(v).__name__}")
         a = v.array

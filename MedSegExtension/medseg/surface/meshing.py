@@ -146,11 +146,12 @@ def labelmap_to_meshes(
     _check(cancel)
 
     values = [s.label_value for s in present]
+    found = {v: box for v, box in boxes.items() if box is not None}
     progress(0.05, f"extracting surfaces ({method})")
     if method == SurfaceMethod.SURFACE_NETS:
-        per_label = _surface_nets(labels, boxes, values, smoothing, cancel)
+        per_label = _surface_nets(labels, found, values, smoothing, cancel)
     else:
-        per_label = _flying_edges(labels, boxes, values, smoothing, cancel)
+        per_label = _flying_edges(labels, found, values, smoothing, cancel)
     _check(cancel)
 
     ijk_to_ras = labelmap.volume.ijk_to_ras
@@ -233,21 +234,21 @@ def _padded_image(labels: np.ndarray, box: _Box) -> tuple[vtk.vtkImageData, np.n
 
     Returns the image and the array it shares memory with (keep both alive together).
     """
-    crop = labels[tuple(slice(int(a), int(b)) for a, b in zip(box.lo, box.hi))]
+    crop = labels[tuple(slice(int(a), int(b)) for a, b in zip(box.lo, box.hi, strict=True))]
     padded = np.zeros(tuple(s + 2 for s in crop.shape), dtype=crop.dtype)
     padded[1:-1, 1:-1, 1:-1] = crop
     corner_ijk = (box.lo[::-1] - 1).astype(float)
     return image_from_labels(padded, tuple(corner_ijk), copy=False), padded
 
 
-def _touching_groups(values: Sequence[int], boxes: dict[int, _Box | None]) -> list[list[int]]:
+def _touching_groups(values: Sequence[int], boxes: dict[int, _Box]) -> list[list[int]]:
     """Labels grouped so that labels whose boxes (grown by one voxel) overlap, directly or through
     others, are in the same group; labels in different groups can never touch."""
     lo = np.array([boxes[v].lo for v in values]) - 1
     hi = np.array([boxes[v].hi for v in values]) + 1
     overlap = np.all((lo[:, None, :] < hi[None, :, :]) & (lo[None, :, :] < hi[:, None, :]), axis=2)
     n_groups, which = connected_components(csr_matrix(overlap), directed=False)
-    return [[v for v, g in zip(values, which) if g == n] for n in range(n_groups)]
+    return [[v for v, g in zip(values, which, strict=True) if g == n] for n in range(n_groups)]
 
 
 # --------------------------------------------------------------------------- VTK stages
@@ -279,7 +280,7 @@ def _smooth(polydata: vtk.vtkPolyData, smoothing: float, cancel: CancelToken | N
     return _run(ws, cancel)
 
 
-def _surface_nets(labels: np.ndarray, boxes: dict[int, _Box | None], values: Sequence[int],
+def _surface_nets(labels: np.ndarray, boxes: dict[int, _Box], values: Sequence[int],
                   smoothing: float, cancel: CancelToken | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``vtkSurfaceNets3D`` over the union box of all labels, or over the union box of each group
     of possibly touching labels when those boxes hold fewer voxels; smoothed jointly per run and
@@ -297,7 +298,7 @@ def _surface_nets(labels: np.ndarray, boxes: dict[int, _Box | None], values: Seq
     return out
 
 
-def _surface_nets_run(labels: np.ndarray, boxes: dict[int, _Box | None], values: Sequence[int],
+def _surface_nets_run(labels: np.ndarray, boxes: dict[int, _Box], values: Sequence[int],
                       smoothing: float, cancel: CancelToken | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """One ``vtkSurfaceNets3D`` run for ``values`` over their union box, split per label."""
     image, _keep_alive = _padded_image(labels, _union([boxes[v] for v in values]))
@@ -331,7 +332,7 @@ def _surface_nets_run(labels: np.ndarray, boxes: dict[int, _Box | None], values:
     return out
 
 
-def _flying_edges(labels: np.ndarray, boxes: dict[int, _Box | None], values: Sequence[int],
+def _flying_edges(labels: np.ndarray, boxes: dict[int, _Box], values: Sequence[int],
                   smoothing: float, cancel: CancelToken | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``vtkDiscreteFlyingEdges3D``: one run with every label, or one run per label's own box,
     whichever scans fewer voxels (the filter scans the image once per contour value)."""
