@@ -19,10 +19,6 @@ from MedSegExtensionLib.errors import CommitError, StaleSceneError
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot, segment_centroid_ras, volume_node_from_sitk
 
-# `scene` is a pytest fixture imported from slicer_fake_setup; the tests take it as an argument,
-# which pyflakes reads as redefining the import
-# ruff: noqa: F811
-
 CASE = "oblique_aniso_flipped"
 RADIUS_MM = 8.0
 

@@ -17,10 +17,6 @@ from MedSegExtensionLib.errors import DependencyError
 from MedSegExtensionLib.tasks import available_tasks
 from slicer_fake_setup import FAKE_DIR, MODULE_DIR, scene  # noqa: F401
 
-# `scene` is a pytest fixture imported from slicer_fake_setup; the tests take it as an argument,
-# which pyflakes reads as redefining the import
-# ruff: noqa: F811
-
 
 def test_module_metadata():
     parent = types.SimpleNamespace()

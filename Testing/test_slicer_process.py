@@ -18,10 +18,6 @@ from MedSegExtensionLib.process import ChildProcess, ExitStatus, medseg_command,
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot
 
-# `scene` is a pytest fixture imported from slicer_fake_setup; the tests take it as an argument,
-# which pyflakes reads as redefining the import
-# ruff: noqa: F811
-
 
 def _script(tmp_path, body: str):
     p = tmp_path / "child.py"

@@ -34,6 +34,43 @@ from scipy import ndimage
 
 from medseg.core.errors import InputError
 from medseg.core.volume import Volume, ijk_to_ras_from_geometry
+from medseg.data.phantom_anatomy import (
+    AORTA_R,
+    AORTA_XY,
+    AORTA_Z,
+    ARCH_R,
+    BODY_AXES,
+    CANAL_R,
+    CANAL_XY,
+    CARINA_Z,
+    CAVITY_AXES,
+    FAT_MM,
+    HEART_AXES,
+    HEART_CENTRE,
+    HILUM,
+    LIVER_AXES,
+    LIVER_CENTRE,
+    LUNG_AXES,
+    LUNG_CENTRE,
+    RIB_AXES,
+    SPINE_R,
+    SPINE_XY,
+    STOMACH_AXES,
+    STOMACH_CENTRE,
+    TRACHEA_R,
+    TRACHEA_XY,
+    VESSEL_ENDS,
+    VESSEL_R_ROOT,
+    VESSEL_R_TIP,
+    disc_xy,
+    ellipse_xy,
+    ellipsoid,
+    lung_inside,
+    lung_lesion_layout,
+    rib_mask,
+    segment_distance,
+    xyz,
+)
 
 # ----------------------------------------------------------------------------- label values
 BODY, RIGHT_LUNG, LEFT_LUNG, BONE, HEART, LIVER, AIRWAY = 1, 2, 3, 4, 5, 6, 7
@@ -46,24 +83,6 @@ HU = {
     "vessel": 40.0, "heart": 40.0, "liver": 60.0, "liver_lesion": 15.0, "lung_lesion": 30.0,
     "cortical": 700.0, "cancellous": 300.0, "rib": 550.0, "sternum": 400.0, "disc": 80.0,
 }
-
-# ----------------------------------------------------------------------------- anatomy (mm)
-_BODY_AXES = (135.0, 100.0)  # x, y semi-axes of the body
-_FAT_MM = 12.0
-_CAVITY_AXES = (103.0, 70.0)  # thoracic cavity (inside the ribs)
-_RIB_AXES = (109.0, 76.0)  # rib centre line
-_MEDIASTINUM_HALF_WIDTH = 22.0
-_LUNG_CENTRE = (62.0, -2.0, 10.0)  # right lung; the left one is mirrored in x
-_LUNG_AXES = (60.0, 80.0, 110.0)
-_HEART_CENTRE, _HEART_AXES = (-15.0, 20.0, -35.0), (50.0, 42.0, 48.0)
-_LIVER_CENTRE, _LIVER_AXES = (50.0, 0.0, -110.0), (90.0, 85.0, 62.0)
-_AORTA_XY, _AORTA_R, _AORTA_Z = (-24.0, -38.0), 12.0, (-130.0, 60.0)
-_SPINE_XY, _SPINE_R = (0.0, -52.0), 15.0
-_CANAL_XY, _CANAL_R, _ARCH_R = (0.0, -76.0), 6.0, 11.0
-_STOMACH_CENTRE, _STOMACH_AXES = (-60.0, 25.0, -105.0), (25.0, 20.0, 12.0)
-_TRACHEA_XY, _TRACHEA_R, _CARINA_Z = (0.0, 5.0), 9.0, 45.0
-_HILUM = (34.0, -2.0, 15.0)  # right hilum; mirrored for the left
-
 
 @dataclass(frozen=True)
 class PhantomStructure:
@@ -114,120 +133,6 @@ class PhantomTruth:
     @property
     def lung_lesions(self) -> list[PhantomStructure]:
         return self.of_kind("lung nodule", "lung mass")
-
-
-#: three numbers: x, y, z
-_XYZ = tuple[float, float, float]
-
-
-def _xyz(values) -> _XYZ:
-    """Three numbers as a tuple of floats (x, y, z)."""
-    x, y, z = (float(v) for v in values)
-    return x, y, z
-
-
-# ----------------------------------------------------------------------------- implicit shapes
-def _ellipsoid(p: np.ndarray, centre: Sequence[float], axes: Sequence[float] | np.ndarray,
-               grow: float = 0.0) -> np.ndarray:
-    """Points ``p`` (..., 3) inside an axis-aligned ellipsoid grown by ``grow`` mm (approximately)."""
-    c = np.asarray(centre, dtype=np.float32)
-    a = np.asarray(axes, dtype=np.float32) + np.float32(grow)
-    q = (p - c) / a
-    return np.einsum("...i,...i->...", q, q) <= 1.0
-
-
-def _ellipse_xy(p: np.ndarray, axes: Sequence[float], centre: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
-    return ((p[..., 0] - centre[0]) / axes[0]) ** 2 + ((p[..., 1] - centre[1]) / axes[1]) ** 2 <= 1.0
-
-
-def _disc_xy(p: np.ndarray, centre: Sequence[float], radius: float) -> np.ndarray:
-    return (p[..., 0] - centre[0]) ** 2 + (p[..., 1] - centre[1]) ** 2 <= radius * radius
-
-
-def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distance (mm) from points to the segment a-b, and the position 0..1 of the closest point."""
-    ab = (b - a).astype(np.float32)
-    t = np.clip(((p - a) @ ab) / np.float32(ab @ ab), 0.0, 1.0)
-    d = p - (a + t[..., None] * ab)
-    return np.sqrt(np.einsum("...i,...i->...", d, d)), t
-
-
-def _lung_inside(p: np.ndarray, side: int) -> np.ndarray:
-    """Implicit lung of one side (+1 right, -1 left): ellipsoid inside the thoracic cavity, lateral
-    to the mediastinum, above a domed base, away from heart, liver, aorta and spine."""
-    x = p[..., 0] * side  # mirror the left lung onto the right
-    q = np.stack([x, p[..., 1], p[..., 2]], axis=-1)
-    inside = _ellipsoid(q, _LUNG_CENTRE, _LUNG_AXES) & _ellipse_xy(p, _CAVITY_AXES)
-    inside &= x > _MEDIASTINUM_HALF_WIDTH
-    base = -72.0 + 26.0 * np.exp(-((x - 60.0) ** 2 + p[..., 1] ** 2) / (2 * 40.0 ** 2))
-    inside &= p[..., 2] > (base if side > 0 else base - 4.0)
-    inside &= ~_ellipsoid(p, _HEART_CENTRE, _HEART_AXES, grow=4.0)
-    inside &= ~_ellipsoid(p, _LIVER_CENTRE, _LIVER_AXES, grow=4.0)
-    inside &= ~_disc_xy(p, _AORTA_XY, _AORTA_R + 4.0)
-    inside &= ~_disc_xy(p, _SPINE_XY, _SPINE_R + 8.0)
-    inside &= ~_disc_xy(p, _CANAL_XY, _ARCH_R + 8.0)
-    return inside
-
-
-def _first_exit(inside: Callable[[np.ndarray], np.ndarray], start: Sequence[float],
-                direction: Sequence[float], step: float = 0.1, max_mm: float = 250.0) -> np.ndarray:
-    """The last inside point (mm, anatomical frame) walking from ``start`` along ``direction``."""
-    d = np.asarray(direction, dtype=np.float32)
-    d = d / np.linalg.norm(d)
-    t = np.arange(0.0, max_mm, step, dtype=np.float32)
-    pts = np.asarray(start, dtype=np.float32) + t[:, None] * d
-    ins = inside(pts)
-    if not ins[0]:
-        raise RuntimeError(f"phantom layout error: ray start {list(start)} is not inside")
-    first_out = int(np.argmin(ins)) if not ins.all() else len(t)
-    return pts[max(first_out - 1, 0)]
-
-
-def _lung_lesion_layout() -> list[tuple[str, str, _XYZ, _XYZ, str, str]]:
-    """(name, kind, centre, diameters xyz, side, location) of each lung lesion, anatomical frame."""
-    right = lambda q: _lung_inside(q, +1)  # noqa: E731
-    # wall nodule: tangent to the lateral chest wall of the right lung
-    wall_r = 5.0
-    exit_pt = _first_exit(right, (70.0, -25.0, 20.0), (1.0, 0.0, 0.0))
-    wall_c = exit_pt - np.array([wall_r - 0.5, 0.0, 0.0], dtype=np.float32)
-    # mass: tangent to the mediastinum (medial border of the right lung)
-    mass_r = 17.0
-    exit_pt = _first_exit(right, (60.0, 8.0, 68.0), (-1.0, 0.0, 0.0))
-    mass_c = exit_pt + np.array([mass_r - 0.5, 0.0, 0.0], dtype=np.float32)
-    return [
-        ("Nodule 1", "lung nodule", (78.0, 28.0, -12.0), (8.0, 8.0, 8.0), "right", "inside lung"),
-        ("Nodule 2", "lung nodule", (-68.0, -32.0, 52.0), (6.0, 6.0, 6.0), "left", "inside lung"),
-        ("Nodule 3", "lung nodule", (-78.0, 12.0, 8.0), (12.0, 10.0, 11.0), "left", "inside lung"),
-        ("Nodule 4 (chest wall)", "lung nodule", _xyz(wall_c), (2 * wall_r, 2 * wall_r, 2 * wall_r),
-         "right", "touches chest wall"),
-        ("Mass (mediastinum)", "lung mass", _xyz(mass_c), (2 * mass_r, 2 * mass_r, 2 * mass_r),
-         "right", "touches mediastinum"),
-    ]
-
-
-#: vessel tree of the right lung (mirrored for the left): hilum -> end points (mm, anatomical)
-_VESSEL_ENDS = [
-    (58.0, -40.0, 85.0), (88.0, -5.0, 45.0), (90.0, 45.0, 10.0),
-    (60.0, -45.0, -35.0), (88.0, 0.0, -30.0), (50.0, 30.0, -40.0),
-]
-_VESSEL_R_ROOT, _VESSEL_R_TIP = 2.5, 1.0
-
-
-def _rib_mask(p: np.ndarray) -> np.ndarray:
-    """Nine curved ribs per side: elliptic arcs around the chest wall that descend anteriorly."""
-    x, y, z = p[..., 0], p[..., 1], p[..., 2]
-    ax = np.abs(x)
-    rho = np.sqrt((ax / _RIB_AXES[0]) ** 2 + (y / _RIB_AXES[1]) ** 2)
-    r_local = np.sqrt(ax * ax + y * y)
-    d_rad = (rho - 1.0) * r_local / np.maximum(rho, 1e-3)  # ~ radial distance to the centre line
-    theta = np.degrees(np.arctan2(y, ax))  # -90 posterior .. +90 anterior
-    t = (theta + 75.0) / 130.0
-    on_arc = (t >= 0.0) & (t <= 1.0)
-    out = np.zeros(p.shape[:-1], dtype=bool)
-    for k in range(9):
-        z_rib = 104.0 - 25.0 * k - 32.0 * t
-        out |= on_arc & ((d_rad / 4.0) ** 2 + ((z - z_rib) / 5.5) ** 2 <= 1.0)
-    return out
 
 
 # ----------------------------------------------------------------------------- rasterising
@@ -329,95 +234,95 @@ def make_chest_phantom(
     cv = _Canvas(m, shape, centre)
     fov = np.linalg.norm(m[:3, :3], axis=0) * np.array([i, j, k], dtype=float)
     every = (slice(None),) * 3
-    ax, ay = _BODY_AXES
+    ax, ay = BODY_AXES
 
     # body, fat, muscle, mediastinum
-    cv.paint(every, lambda q: _ellipse_xy(q, _BODY_AXES), HU["fat"], BODY)
-    cv.paint(every, lambda q: _ellipse_xy(q, (ax - _FAT_MM, ay - _FAT_MM)), HU["muscle"], BODY)
-    cv.paint(every, lambda q: _ellipse_xy(q, _CAVITY_AXES), HU["mediastinum"], BODY)
+    cv.paint(every, lambda q: ellipse_xy(q, BODY_AXES), HU["fat"], BODY)
+    cv.paint(every, lambda q: ellipse_xy(q, (ax - FAT_MM, ay - FAT_MM)), HU["muscle"], BODY)
+    cv.paint(every, lambda q: ellipse_xy(q, CAVITY_AXES), HU["mediastinum"], BODY)
     # aorta, liver, heart, stomach gas
-    cv.paint(cv.box((-40, -55, _AORTA_Z[0]), (-8, -20, _AORTA_Z[1])),
-             lambda q: _disc_xy(q, _AORTA_XY, _AORTA_R) & (q[..., 2] >= _AORTA_Z[0]) & (q[..., 2] <= _AORTA_Z[1]),
+    cv.paint(cv.box((-40, -55, AORTA_Z[0]), (-8, -20, AORTA_Z[1])),
+             lambda q: disc_xy(q, AORTA_XY, AORTA_R) & (q[..., 2] >= AORTA_Z[0]) & (q[..., 2] <= AORTA_Z[1]),
              HU["heart"], BODY)
     liver_zone = (ax - 20.0, ay - 18.0)
-    cv.paint(cv.box(np.subtract(_LIVER_CENTRE, _LIVER_AXES), np.add(_LIVER_CENTRE, _LIVER_AXES)),
-             lambda q: _ellipsoid(q, _LIVER_CENTRE, _LIVER_AXES) & _ellipse_xy(q, liver_zone), HU["liver"], LIVER)
-    cv.paint(cv.box(np.subtract(_HEART_CENTRE, _HEART_AXES), np.add(_HEART_CENTRE, _HEART_AXES)),
-             lambda q: _ellipsoid(q, _HEART_CENTRE, _HEART_AXES), HU["heart"], HEART)
-    cv.paint(cv.box(np.subtract(_STOMACH_CENTRE, _STOMACH_AXES), np.add(_STOMACH_CENTRE, _STOMACH_AXES)),
-             lambda q: _ellipsoid(q, _STOMACH_CENTRE, _STOMACH_AXES), HU["air"], BODY)
+    cv.paint(cv.box(np.subtract(LIVER_CENTRE, LIVER_AXES), np.add(LIVER_CENTRE, LIVER_AXES)),
+             lambda q: ellipsoid(q, LIVER_CENTRE, LIVER_AXES) & ellipse_xy(q, liver_zone), HU["liver"], LIVER)
+    cv.paint(cv.box(np.subtract(HEART_CENTRE, HEART_AXES), np.add(HEART_CENTRE, HEART_AXES)),
+             lambda q: ellipsoid(q, HEART_CENTRE, HEART_AXES), HU["heart"], HEART)
+    cv.paint(cv.box(np.subtract(STOMACH_CENTRE, STOMACH_AXES), np.add(STOMACH_CENTRE, STOMACH_AXES)),
+             lambda q: ellipsoid(q, STOMACH_CENTRE, STOMACH_AXES), HU["air"], BODY)
     # lungs
     for side, label in ((+1, RIGHT_LUNG), (-1, LEFT_LUNG)):
         lo = (20.0 if side > 0 else -ax, -ay, -90.0)
         hi = (ax if side > 0 else -20.0, ay, 130.0)
-        cv.paint(cv.box(lo, hi), partial(_lung_inside, side=side), HU["lung"], label)
+        cv.paint(cv.box(lo, hi), partial(lung_inside, side=side), HU["lung"], label)
     # trachea and main bronchi (air)
-    tx, ty = _TRACHEA_XY
-    cv.paint(cv.box((tx - 10, ty - 10, _CARINA_Z - 10), (tx + 10, ty + 10, 1e4)),
-             lambda q: _disc_xy(q, _TRACHEA_XY, _TRACHEA_R) & (q[..., 2] >= _CARINA_Z), HU["air"], AIRWAY)
-    carina = np.array([tx, ty, _CARINA_Z], dtype=np.float32)
+    tx, ty = TRACHEA_XY
+    cv.paint(cv.box((tx - 10, ty - 10, CARINA_Z - 10), (tx + 10, ty + 10, 1e4)),
+             lambda q: disc_xy(q, TRACHEA_XY, TRACHEA_R) & (q[..., 2] >= CARINA_Z), HU["air"], AIRWAY)
+    carina = np.array([tx, ty, CARINA_Z], dtype=np.float32)
     for side in (+1, -1):
-        bronchus_end = np.array([_HILUM[0] * side, _HILUM[1], _HILUM[2] + 8.0], dtype=np.float32)
+        bronchus_end = np.array([HILUM[0] * side, HILUM[1], HILUM[2] + 8.0], dtype=np.float32)
 
         def bronchus(q, e=bronchus_end):
-            return _segment_distance(q, carina, e)[0] <= 6.0
+            return segment_distance(q, carina, e)[0] <= 6.0
 
         cv.paint(cv.box(np.minimum(carina, bronchus_end) - 8, np.maximum(carina, bronchus_end) + 8), bronchus,
                  HU["air"], AIRWAY, where_labels=(BODY, RIGHT_LUNG, LEFT_LUNG, AIRWAY))
     # pulmonary vessels (tapering tubes, only inside the lung of their side)
     for side, label, lung in ((+1, RIGHT_VESSELS, RIGHT_LUNG), (-1, LEFT_VESSELS, LEFT_LUNG)):
-        root = np.array([_HILUM[0] * side, _HILUM[1], _HILUM[2]], dtype=np.float32)
-        for end in _VESSEL_ENDS:
+        root = np.array([HILUM[0] * side, HILUM[1], HILUM[2]], dtype=np.float32)
+        for end in VESSEL_ENDS:
             e = np.array([end[0] * side, end[1], end[2]], dtype=np.float32)
 
             def tube(q, a=root, b=e):
-                d, t = _segment_distance(q, a, b)
-                return d <= _VESSEL_R_ROOT + (_VESSEL_R_TIP - _VESSEL_R_ROOT) * t
+                d, t = segment_distance(q, a, b)
+                return d <= VESSEL_R_ROOT + (VESSEL_R_TIP - VESSEL_R_ROOT) * t
 
             cv.paint(cv.box(np.minimum(root, e) - 4, np.maximum(root, e) + 4), tube, HU["vessel"], label,
                      where_labels=(lung, label))
     # bone: vertebral bodies (cortical shell + cancellous), discs, arches, ribs, sternum
     spine_box = cv.box((-20, -100, -1e4), (20, -30, 1e4))
-    cv.paint(spine_box, lambda q: _disc_xy(q, _SPINE_XY, _SPINE_R), HU["cortical"], BONE)
-    cv.paint(spine_box, lambda q: _disc_xy(q, _SPINE_XY, _SPINE_R - 2.5), HU["cancellous"], BONE)
-    cv.paint(spine_box, lambda q: _disc_xy(q, _SPINE_XY, _SPINE_R) & (np.mod(q[..., 2], 28.0) < 5.0),
+    cv.paint(spine_box, lambda q: disc_xy(q, SPINE_XY, SPINE_R), HU["cortical"], BONE)
+    cv.paint(spine_box, lambda q: disc_xy(q, SPINE_XY, SPINE_R - 2.5), HU["cancellous"], BONE)
+    cv.paint(spine_box, lambda q: disc_xy(q, SPINE_XY, SPINE_R) & (np.mod(q[..., 2], 28.0) < 5.0),
              HU["disc"], BODY)
-    cv.paint(spine_box, lambda q: _disc_xy(q, _CANAL_XY, _ARCH_R) & ~_disc_xy(q, _CANAL_XY, _CANAL_R),
+    cv.paint(spine_box, lambda q: disc_xy(q, CANAL_XY, ARCH_R) & ~disc_xy(q, CANAL_XY, CANAL_R),
              HU["cortical"], BONE)
-    cv.paint(spine_box, lambda q: (np.abs(q[..., 0]) <= 3.0) & (q[..., 1] <= _CANAL_XY[1] - _ARCH_R + 1.0)
+    cv.paint(spine_box, lambda q: (np.abs(q[..., 0]) <= 3.0) & (q[..., 1] <= CANAL_XY[1] - ARCH_R + 1.0)
              & (q[..., 1] >= -95.0), HU["cortical"], BONE)
-    cv.paint(every, _rib_mask, HU["rib"], BONE)
+    cv.paint(every, rib_mask, HU["rib"], BONE)
     cv.paint(cv.box((-15, 70, -50), (15, 84, 100)),
              lambda q: (np.abs(q[..., 0]) <= 15.0) & (q[..., 1] >= 72.0) & (q[..., 1] <= 82.0)
              & (q[..., 2] >= -50.0) & (q[..., 2] <= 100.0), HU["sternum"], BONE)
 
     structures = [
         PhantomStructure("Body", BODY, "body", (0.0, 0.0, 0.0), (2 * ax, 2 * ay, float(fov[2]))),
-        PhantomStructure("Right lung", RIGHT_LUNG, "lung", (_LUNG_CENTRE[0], _LUNG_CENTRE[1], _LUNG_CENTRE[2]),
-                         _xyz(2 * a for a in _LUNG_AXES), "right"),
-        PhantomStructure("Left lung", LEFT_LUNG, "lung", (-_LUNG_CENTRE[0], _LUNG_CENTRE[1], _LUNG_CENTRE[2]),
-                         _xyz(2 * a for a in _LUNG_AXES), "left"),
-        PhantomStructure("Bones", BONE, "bone", (0.0, 0.0, 0.0), (2 * _RIB_AXES[0], 2 * _RIB_AXES[1], 240.0)),
-        PhantomStructure("Heart", HEART, "heart", _HEART_CENTRE, _xyz(2 * a for a in _HEART_AXES), "left"),
-        PhantomStructure("Liver", LIVER, "liver", _LIVER_CENTRE, _xyz(2 * a for a in _LIVER_AXES), "right"),
-        PhantomStructure("Airway", AIRWAY, "airway", (_TRACHEA_XY[0], _TRACHEA_XY[1], _CARINA_Z),
-                         (2 * _TRACHEA_R, 2 * _TRACHEA_R, 80.0)),
-        PhantomStructure("Right pulmonary vessels", RIGHT_VESSELS, "vessel", _HILUM, (60.0, 90.0, 120.0), "right"),
-        PhantomStructure("Left pulmonary vessels", LEFT_VESSELS, "vessel", (-_HILUM[0], _HILUM[1], _HILUM[2]),
+        PhantomStructure("Right lung", RIGHT_LUNG, "lung", (LUNG_CENTRE[0], LUNG_CENTRE[1], LUNG_CENTRE[2]),
+                         xyz(2 * a for a in LUNG_AXES), "right"),
+        PhantomStructure("Left lung", LEFT_LUNG, "lung", (-LUNG_CENTRE[0], LUNG_CENTRE[1], LUNG_CENTRE[2]),
+                         xyz(2 * a for a in LUNG_AXES), "left"),
+        PhantomStructure("Bones", BONE, "bone", (0.0, 0.0, 0.0), (2 * RIB_AXES[0], 2 * RIB_AXES[1], 240.0)),
+        PhantomStructure("Heart", HEART, "heart", HEART_CENTRE, xyz(2 * a for a in HEART_AXES), "left"),
+        PhantomStructure("Liver", LIVER, "liver", LIVER_CENTRE, xyz(2 * a for a in LIVER_AXES), "right"),
+        PhantomStructure("Airway", AIRWAY, "airway", (TRACHEA_XY[0], TRACHEA_XY[1], CARINA_Z),
+                         (2 * TRACHEA_R, 2 * TRACHEA_R, 80.0)),
+        PhantomStructure("Right pulmonary vessels", RIGHT_VESSELS, "vessel", HILUM, (60.0, 90.0, 120.0), "right"),
+        PhantomStructure("Left pulmonary vessels", LEFT_VESSELS, "vessel", (-HILUM[0], HILUM[1], HILUM[2]),
                          (60.0, 90.0, 120.0), "left"),
     ]
 
     # liver lesion (hypodense sphere inside the liver)
     ll_c, ll_r = (55.0, 10.0, -105.0), 10.0
     cv.paint(cv.box(np.subtract(ll_c, ll_r), np.add(ll_c, ll_r)),
-             lambda q: _ellipsoid(q, ll_c, (ll_r,) * 3), HU["liver_lesion"], LIVER_LESION, where_labels=(LIVER,))
+             lambda q: ellipsoid(q, ll_c, (ll_r,) * 3), HU["liver_lesion"], LIVER_LESION, where_labels=(LIVER,))
     structures.append(PhantomStructure("Liver lesion", LIVER_LESION, "liver lesion", ll_c, (2 * ll_r,) * 3, "right"))
 
     if lung_lesions:
-        for n, (lname, kind, c, dia, lside, where) in enumerate(_lung_lesion_layout()):
+        for n, (lname, kind, c, dia, lside, where) in enumerate(lung_lesion_layout()):
             semi = np.asarray(dia, dtype=float) / 2.0
             cv.paint(cv.box(np.subtract(c, semi), np.add(c, semi)),
-                     partial(_ellipsoid, centre=c, axes=semi), HU["lung_lesion"], FIRST_LUNG_LESION + n)
+                     partial(ellipsoid, centre=c, axes=semi), HU["lung_lesion"], FIRST_LUNG_LESION + n)
             structures.append(PhantomStructure(lname, FIRST_LUNG_LESION + n, kind, c, dia, lside, where))
 
     for s in structures:
@@ -438,7 +343,7 @@ def make_chest_phantom(
 
     # structure centres in world RAS
     world = tuple(
-        PhantomStructure(s.name, s.label_value, s.kind, _xyz(np.add(s.centre_ras, centre)),
+        PhantomStructure(s.name, s.label_value, s.kind, xyz(np.add(s.centre_ras, centre)),
                          s.size_mm, s.side, s.location)
         for s in structures
     )

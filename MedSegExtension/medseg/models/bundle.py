@@ -36,7 +36,8 @@ from typing import Any
 
 from medseg.core.terminology import TERMS
 from medseg.io.atomic import atomic_write_text
-from medseg.models.allowlist import NETWORKS, canonical_name, check_literal
+from medseg.models.allowlist import NETWORKS, canonical_name
+from medseg.models.bundle_config import ConfigResolver, load_config, load_json
 from medseg.models.card import PALETTE, ModelCard, parse_card
 from medseg.models.errors import BundleError, ModelError
 from medseg.models.weights import sha256_file
@@ -61,116 +62,13 @@ def is_bundle(folder: Path) -> bool:
     return (Path(folder) / "configs" / "metadata.json").is_file()
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise BundleError(f"bundle file {path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"bundle file {path} is not valid JSON: {exc}") from exc
-
-
-def _load_config(folder: Path) -> tuple[dict, str]:
-    cfg = folder / "configs"
-    if (cfg / "inference.json").is_file():
-        data = _load_json(cfg / "inference.json")
-        name = "configs/inference.json"
-    elif (cfg / "inference.yaml").is_file():
-        try:
-            import yaml  # optional; safe_load builds only plain data
-        except ImportError:
-            raise BundleError(f"{cfg / 'inference.yaml'} is YAML; install PyYAML or convert it to "
-                              "configs/inference.json") from None
-        with open(cfg / "inference.yaml", encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-        name = "configs/inference.yaml"
-    else:
-        raise BundleError(f"bundle {folder} has no configs/inference.json")
-    if not isinstance(data, dict):
-        raise BundleError(f"bundle {folder}: {name} must hold an object, got {type(data).__name__}")
-    return data, name
-
-
-class _Resolver:
-    """Looks up keys and ``@`` references in a parsed config; refuses ``$`` and ``%``."""
-
-    def __init__(self, config: dict, source: str) -> None:
-        self.config, self.source = config, source
-
-    def has(self, key: str) -> bool:
-        try:
-            self._lookup(key)
-            return True
-        except KeyError:
-            return False
-
-    def _lookup(self, key: str) -> Any:
-        node: Any = self.config
-        for part in key.replace("::", "#").split("#"):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            elif isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                raise KeyError(key)
-        return node
-
-    def get(self, key: str) -> Any:
-        """The value at ``key`` with ``@`` references followed at the top level only (a container's
-        members are resolved when, and only when, MedSeg reads them)."""
-        try:
-            value = self._lookup(key)
-        except KeyError:
-            raise BundleError(f"{self.source}: key {key!r} is missing") from None
-        return self.deref(value, key)
-
-    def deref(self, value: Any, where: str, _seen: tuple = ()) -> Any:
-        """Follow ``@`` references of one value; refuse ``$`` expressions and ``%`` macros."""
-        if not isinstance(value, str):
-            return value
-        if value.startswith("$"):
-            raise BundleError(
-                f"{self.source}: {where} is a Python expression ({value!r}); MedSeg never evaluates "
-                "bundle expressions - replace it with a literal value")
-        if value.startswith("%"):
-            raise BundleError(f"{self.source}: {where} is a macro ({value!r}) into another file; MedSeg "
-                              "reads only configs/inference.json - replace it with the literal value")
-        if value.startswith("@"):
-            ref = value[1:]
-            if ref in _seen:
-                raise BundleError(f"{self.source}: {where} is a circular reference ({' -> '.join((*_seen, ref))})")
-            if not self.has(ref):
-                raise BundleError(f"{self.source}: {where} refers to {value!r}, which is not in the config")
-            return self.deref(self._lookup(ref), f"{where} (-> {ref})", (*_seen, ref))
-        return value
-
-    def resolve(self, value: Any, where: str) -> Any:
-        """``deref`` applied recursively (for literal arguments MedSeg uses)."""
-        value = self.deref(value, where)
-        if isinstance(value, list):
-            return [self.resolve(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            return {k: self.resolve(v, f"{where}.{k}") for k, v in value.items()}
-        return value
-
-    def literal(self, value: Any, where: str) -> Any:
-        """A resolved JSON literal, or ``BundleError`` naming ``where``."""
-        v = self.resolve(value, where)
-        try:
-            check_literal(v, where)
-        except ModelError as exc:
-            raise BundleError(f"{self.source}: {exc}") from None
-        return v
-
-
 def _target_name(target: Any, where: str, source: str) -> str:
     if not isinstance(target, str) or target.startswith("$"):
         raise BundleError(f"{source}: {where}._target_ must be a class name, got {target!r}")
     return target.rsplit(".", 1)[-1] if target.startswith("monai.") else target
 
 
-def _network(r: _Resolver, notes: list) -> tuple[str, dict]:
+def _network(r: ConfigResolver, notes: list) -> tuple[str, dict]:
     key = "network_def" if r.has("network_def") else "network"
     if not r.has(key):
         raise BundleError(f"{r.source}: no network_def; MedSeg needs the network definition as data")
@@ -195,7 +93,7 @@ def _network(r: _Resolver, notes: list) -> tuple[str, dict]:
     return cls, args
 
 
-def _transform_arg(r: _Resolver, t: dict, where: str, k: str, default: Any = None, required: bool = False) -> Any:
+def _transform_arg(r: ConfigResolver, t: dict, where: str, k: str, default: Any = None, required: bool = False) -> Any:
     """Argument ``k`` of the transform ``t`` (at ``where``) as a literal; ``default`` when absent."""
     if k not in t:
         if required:
@@ -204,7 +102,7 @@ def _transform_arg(r: _Resolver, t: dict, where: str, k: str, default: Any = Non
     return r.literal(t[k], f"{where}.{k}")
 
 
-def _preprocessing(r: _Resolver, notes: list) -> dict:
+def _preprocessing(r: ConfigResolver, notes: list) -> dict:
     if not r.has("preprocessing"):
         notes.append("no preprocessing section: inputs used as they are")
         return {}
@@ -244,7 +142,7 @@ def _preprocessing(r: _Resolver, notes: list) -> dict:
     return out
 
 
-def _inferer(r: _Resolver, metadata_roi: list | None) -> dict:
+def _inferer(r: ConfigResolver, metadata_roi: list | None) -> dict:
     if r.has("inferer"):
         inf = r.get("inferer")
         if not isinstance(inf, dict) or "_target_" not in inf:
@@ -267,7 +165,7 @@ def _inferer(r: _Resolver, metadata_roi: list | None) -> dict:
     return {"roi_size": metadata_roi, "overlap": 0.25, "blend": "constant"}
 
 
-def _activation(r: _Resolver) -> str:
+def _activation(r: ConfigResolver) -> str:
     if not r.has("postprocessing"):
         return "softmax"
     try:
@@ -310,7 +208,7 @@ def _pin(folder: Path, overlay: dict, weights_rel: str) -> str:
         return str(sha).lower()
     lf = folder / "large_files.json"
     if lf.is_file():
-        for item in _load_json(lf).get("large_files", []):
+        for item in load_json(lf).get("large_files", []):
             if item.get("path", "").lstrip("./") == weights_rel and item.get("hash_type") == "sha256":
                 return str(item["hash_val"]).lower()
     raise BundleError(
@@ -321,13 +219,13 @@ def _pin(folder: Path, overlay: dict, weights_rel: str) -> str:
 def bundle_card(folder: Path) -> ModelCard:
     """Read a MONAI bundle folder as a ``ModelCard`` (``BundleError`` naming the key on refusal)."""
     folder = Path(folder)
-    meta = _load_json(folder / "configs" / "metadata.json")
+    meta = load_json(folder / "configs" / "metadata.json")
     if not isinstance(meta, dict):
         raise BundleError(f"{folder}/configs/metadata.json must hold an object")
-    config, cfg_name = _load_config(folder)
-    r = _Resolver(config, f"bundle {folder.name} {cfg_name}")
+    config, cfg_name = load_config(folder)
+    r = ConfigResolver(config, f"bundle {folder.name} {cfg_name}")
     notes: list = []
-    overlay = _load_json(folder / OVERLAY_FILE) if (folder / OVERLAY_FILE).is_file() else {}
+    overlay = load_json(folder / OVERLAY_FILE) if (folder / OVERLAY_FILE).is_file() else {}
     cls, args = _network(r, notes)
     pre = _preprocessing(r, notes)
     inputs, channels, meta_roi = _metadata_io(meta, f"bundle {folder.name} configs/metadata.json")
@@ -387,7 +285,7 @@ def pin_bundle_weights(folder: Path) -> tuple[Path, str, Path]:
         raise ModelError(f"--pin is for MONAI bundles; {folder} is not one (a model card pins weights.sha256 itself)")
     path = bundle_weights_path(folder)
     overlay_path = folder / OVERLAY_FILE
-    overlay = _load_json(overlay_path) if overlay_path.is_file() else {}
+    overlay = load_json(overlay_path) if overlay_path.is_file() else {}
     if not isinstance(overlay, dict):
         raise BundleError(f"{overlay_path} must hold an object, got {type(overlay).__name__}")
     overlay["weights_sha256"] = sha256_file(path)
