@@ -18,6 +18,7 @@ window (AMP + chosen batch on CUDA), map back, post-process.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -147,11 +148,20 @@ def main(argv=None) -> int:
             model = open_model(Path(d) / "m")
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
+            plans: list[str] = []  # the runner logs the inference plan it chose on the "medseg" logger
+            handler = logging.Handler(logging.INFO)
+            handler.emit = lambda record: plans.append(record.getMessage())  # type: ignore[method-assign]
+            logging.getLogger("medseg").addHandler(handler)
+            logging.getLogger("medseg").setLevel(logging.INFO)
             t = time.perf_counter()
-            out = run_model(model, [vol], device=device)
+            try:
+                run_model(model, [vol], device=device)
+            finally:
+                logging.getLogger("medseg").removeHandler(handler)
             dt = time.perf_counter() - t
             peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-        print(f"end to end (run_model: verify+load, prepare, {out.plan.reason}, map back, post-process): "
+            plan = next((m.split(": ", 1)[1] for m in plans if m.startswith("model bench-unet: ")), "plan not logged")
+        print(f"end to end (run_model: verify+load, prepare, {plan}, map back, post-process): "
               f"{dt:.2f} s, GPU peak {peak:.0f} MiB")
     return 0
 

@@ -22,6 +22,7 @@ from medseg.io.mesh_io import write_mesh
 from medseg.io.seg_nrrd import write_seg_nrrd
 from medseg.io.volume_writer import write_volume_nrrd
 from medseg.report import build_report, write_report_html, write_report_json
+from medseg.report.json_report import VOLUME_FILE_PREFIX
 
 
 def write_result(
@@ -87,7 +88,7 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
         for vname, vol in result.volumes.items():
             rel = f"{unique_file_stem(vname, taken_volumes, 'volume')}.nrrd"
             write_volume_nrrd(vol, stage_dir / rel)
-            files[f"volume:{vname}"] = rel
+            files[f"{VOLUME_FILE_PREFIX}{vname}"] = rel
         progress(0.75, "writing report")
         result.timings["write"] = time.perf_counter() - t0
         report = build_report(result, files=files, device=result.device,

@@ -53,9 +53,10 @@ SEGMENT_MEASURES: tuple[Measure, ...] = REQUIRED_SEGMENT_MEASURES + OPTIONAL_SEG
 _MODEL_KEYS = ("model_file", "model_files")
 #: geometry keys of an input entry
 _GEOMETRY_KEYS = ("shape_ijk", "spacing_mm", "origin_ras", "direction_ras")
-#: ``files`` key prefixes that link an output file to a segment id / a box name
+#: ``files`` key prefixes that link an output file to a segment id / a box name / an extra volume
 MODEL_FILE_PREFIX = "model:"
 MARKUPS_FILE_PREFIX = "markups:"
+VOLUME_FILE_PREFIX = "volume:"
 
 
 # --------------------------------------------------------------------------- entries
@@ -279,6 +280,8 @@ def build_report(
         "lesions": to_jsonable(result.lesions),
         "scores": to_jsonable(result.scores),
         "device": str(result.device),
+        # extra volumes (e.g. a learned model's uncertainty map): name -> file, as in ``files``
+        "volumes": {k[len(VOLUME_FILE_PREFIX):]: v for k, v in files_out.items() if k.startswith(VOLUME_FILE_PREFIX)},
         "review": to_jsonable(result.review),
     }
     return report
