@@ -31,13 +31,13 @@ from slicer.util import VTKObservationMixin
 
 # light core modules only (no torch, no SimpleITK): the glue and the rest of the core are imported
 # when a run starts, after the dependency check has had the chance to install what is missing
-from medseg.core.devices import DEVICE_CHOICES, parse_device
+from medseg.core.devices import DEVICE_KINDS, parse_device
 from medseg.core.errors import CancelledError, InputError
 
 log = logging.getLogger("MedSeg")
 
 #: the devices the panel offers (``cuda:N`` is accepted from the console)
-DEVICES = list(DEVICE_CHOICES)
+DEVICES = list(DEVICE_KINDS)
 #: task parameter -> the parameter-node field (and widget) that sets it in the panel
 PANEL_PARAMS = {"threshold": "threshold", "min_volume_mm3": "minVolume", "tta": "tta"}
 

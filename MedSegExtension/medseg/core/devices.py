@@ -16,10 +16,8 @@ import re
 
 from medseg.core.errors import DeviceError
 
-#: device kinds, in the order ``auto`` tries them after itself
+#: the device kinds (what a user picks from a list; ``cuda:N`` is typed)
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
-#: what a user may pick from a list (``cuda:N`` is typed)
-DEVICE_CHOICES = DEVICE_KINDS
 #: help text shared by the CLI and the Slicer module
 DEVICE_HELP = ("auto (best present), cpu, cuda, cuda:N (GPU index N) or mps; an absent GPU falls back to the CPU "
                "with a note")
