@@ -15,6 +15,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 from medseg.core.errors import MedSegError
 
 #: file name of the schema inside ``medseg/schemas``
@@ -56,9 +58,6 @@ def load_report_schema() -> dict:
 @lru_cache(maxsize=1)
 def _validator() -> Any:
     """A ``jsonschema`` validator of the report schema (with format checks), built once per process."""
-    # jsonschema only when a report is validated (slow import, and Slicer installs it on demand)
-    import jsonschema
-
     schema = load_report_schema()
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
