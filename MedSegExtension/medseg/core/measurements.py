@@ -57,16 +57,6 @@ _UNITS: dict[Measure, tuple[str, str]] = {
 
 #: keys that describe a segment rather than measure it, also in each measurement dict
 SEGMENT_KEYS = ("name", "label_value", "is_lesion", "lesion_kind")
-#: the keys every segment gets (lesions also get the RECIST ones)
-BASIC: tuple[Measure, ...] = (
-    Measure.VOXEL_COUNT, Measure.VOLUME_ML, Measure.SURFACE_AREA_MM2, Measure.CENTROID_RAS, Measure.BOUNDS_RAS,
-    Measure.LONGEST_DIAMETER_MM, Measure.LONGEST_DIAMETER_ENDPOINTS_RAS,
-)
-#: the keys only lesions get
-LESION_ONLY: tuple[Measure, ...] = (
-    Measure.RECIST_AXIAL_MM, Measure.RECIST_SLICE_AXIS, Measure.RECIST_SLICE_INDEX, Measure.RECIST_ENDPOINTS_RAS,
-    Measure.SHORT_AXIS_MM, Measure.SHORT_AXIS_ENDPOINTS_RAS,
-)
 
 
 def column_title(key: Measure, axis: str = "") -> str:
