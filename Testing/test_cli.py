@@ -53,34 +53,55 @@ def test_missing_input_exit_2(tmp_path, capsys):
 
 def test_existing_output_is_never_overwritten_without_flag(sphere_file, tmp_path, capsys):
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "mine.txt").write_text("precious")
-    rc, _, err = _run(["-q", "run", str(sphere_file), "--task", "threshold", "--threshold", "50",
-                       "--out", str(out)], capsys)
+    argv = ["-q", "run", str(sphere_file), "--task", "threshold", "--threshold", "50", "--out", str(out)]
+    assert _run(argv, capsys)[0] == 0
+    before = {p: (out / p).read_bytes() for p in ("report.json", "segmentation.seg.nrrd")}
+    rc, _, err = _run(argv, capsys)
     assert rc == 2 and "--overwrite" in err
-    assert sorted(os.listdir(out)) == ["mine.txt"] and (out / "mine.txt").read_text() == "precious"
-    rc, _, _ = _run(["-q", "run", str(sphere_file), "--task", "threshold", "--threshold", "50",
-                     "--out", str(out), "--overwrite"], capsys)
+    assert {p: (out / p).read_bytes() for p in before} == before
+    rc, _, _ = _run([*argv, "--overwrite"], capsys)
     assert rc == 0
-    assert (out / "segmentation.seg.nrrd").is_file() and not (out / "mine.txt").exists()
+    assert (out / "segmentation.seg.nrrd").is_file() and (out / ".medseg-output.json").is_file()
+
+
+def test_overwrite_never_deletes_the_users_folder(sphere_file, tmp_path, capsys):
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "mine.txt").write_text("precious")
+    for flags in ([], ["--overwrite"]):
+        rc, _, err = _run(["-q", "run", str(sphere_file), "--task", "threshold", "--threshold", "50",
+                           "--out", str(docs), *flags], capsys)
+        assert rc == 2 and "not written by MedSeg" in err and err.strip().count("\n") == 0
+        assert sorted(os.listdir(docs)) == ["mine.txt"] and (docs / "mine.txt").read_text() == "precious"
+
+
+def test_overwrite_never_deletes_the_inputs(sphere_file, tmp_path, capsys):
+    folder = sphere_file.parent
+    before = sorted(os.listdir(folder))
+    for out in (folder, folder.parent):
+        rc, _, err = _run(["-q", "run", str(sphere_file), "--task", "threshold", "--threshold", "50",
+                           "--out", str(out), "--overwrite"], capsys)
+        assert rc == 2 and "input" in err and str(sphere_file) in err
+    assert sorted(os.listdir(folder)) == before and sphere_file.is_file()
 
 
 def test_failure_while_writing_leaves_nothing(sphere_file, tmp_path, capsys, monkeypatch):
     import medseg.pipeline.output as output_mod
 
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "old.txt").write_text("old result")
+    argv = ["-q", "run", str(sphere_file), "--task", "threshold", "--threshold", "50", "--out", str(out)]
+    assert _run(argv, capsys)[0] == 0
+    before = sorted(os.listdir(out))
+    report = (out / "report.json").read_bytes()
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(output_mod, "write_seg_nrrd", disk_full)
 
-    rc, _, err = _run(["-q", "run", str(sphere_file), "--task", "threshold", "--threshold", "50",
-                       "--out", str(out), "--overwrite"], capsys)
+    rc, _, err = _run([*argv, "--overwrite"], capsys)
     assert rc == 2 and "No space left" in err and str(out) in err
-    assert sorted(os.listdir(out)) == ["old.txt"]
+    assert sorted(os.listdir(out)) == before and (out / "report.json").read_bytes() == report
     assert [p for p in os.listdir(tmp_path) if "partial" in p] == []
 
 
@@ -162,3 +183,93 @@ def test_bad_device_is_one_argument_error_before_any_input_is_read(sphere_file, 
     assert cap.err.count("error:") == 1 and "argument --device" in cap.err and "'gpu'" in cap.err
     assert "failed" not in cap.err and "sphere.nrrd" not in cap.err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- signals
+_CHILD = """
+import sys, time
+import medseg.pipeline.output as output
+real = output.write_seg_nrrd
+def write_then_wait(*a, **k):
+    real(*a, **k)
+    print("STAGED", file=sys.stderr, flush=True)
+    for _ in range(300):  # a long step without a cancel check inside: the signal lands here
+        time.sleep(0.1)
+output.write_seg_nrrd = write_then_wait
+from medseg.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _start_and_signal(sphere_file, out, signum):
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, "-q", "run", str(sphere_file), "--task", "threshold",
+                              "--threshold", "50", "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = child.stderr.readline()
+    assert line.strip() == "STAGED", line + child.stderr.read()
+    staging = [p for p in os.listdir(out.parent) if ".partial-" in p]
+    assert len(staging) == 1 and (out.parent / staging[0] / "segmentation.seg.nrrd").is_file()
+    child.send_signal(getattr(signal, signum))
+    _, err = child.communicate(timeout=60)
+    return child.returncode, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_cleanly_and_leave_nothing(sphere_file, tmp_path, signum):
+    out = tmp_path / "results" / "case1"
+    rc, err = _start_and_signal(sphere_file, out, signum)
+    assert rc == 3, err
+    assert f"stopped by {signum}; nothing was written" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()  # neither the output nor its staging folder nor the parent
+
+
+@pytest.mark.slow
+def test_a_later_run_removes_what_a_killed_run_left(sphere_file, tmp_path, capsys):
+    out = tmp_path / "results" / "case1"
+    rc, _ = _start_and_signal(sphere_file, out, "SIGKILL")  # cannot be handled: the staging folder stays
+    assert rc == -9
+    left = [p for p in os.listdir(out.parent) if ".partial-" in p]
+    assert len(left) == 1
+    rc, _, _ = _run(["-q", "run", str(sphere_file), "--task", "threshold", "--threshold", "50",
+                     "--out", str(tmp_path / "results" / "case2")], capsys)
+    assert rc == 0
+    assert sorted(os.listdir(out.parent)) == ["case2"]
+
+
+# ----------------------------------------------------------------------------- options before inputs
+def test_global_options_work_after_the_command(sphere_file, tmp_path, capsys):
+    rc, out, err = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50",
+                         "--out", str(tmp_path / "o"), "-q"], capsys)
+    assert rc == 0 and out == "" and err == ""
+    rc, out, _ = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50",
+                       "--out", str(tmp_path / "p"), "--progress-json"], capsys)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert rc == 0 and events[-1]["type"] == "result" and any(e["type"] == "progress" for e in events)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--threshold", "nan"], "finite"),
+    (["--threshold", "inf"], "finite"),
+    (["--threshold", "50", "--min-volume", "-5"], "at least 0"),
+    (["--threshold", "50", "--device", "CPU"], "did you mean 'cpu'"),
+    (["--threshold", "50", "--device", "gpu:3"], "unknown device"),
+])
+def test_bad_options_are_refused_before_any_input_is_read(sphere_file, tmp_path, capsys, monkeypatch, flags, says):
+    import medseg.cli.run as run_mod
+
+    def never(*a, **k):
+        raise AssertionError("the input was read before the options were checked")
+
+    monkeypatch.setattr(run_mod, "read_volume", never)
+    try:
+        rc, _, err = _run(["run", str(sphere_file), "--task", "threshold", "--out", str(tmp_path / "o"), *flags],
+                          capsys)
+    except SystemExit as e:  # argparse errors
+        rc, err = e.code, capsys.readouterr().err
+    assert rc == 2 and says in err, err
+    assert not (tmp_path / "o").exists()

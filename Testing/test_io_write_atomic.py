@@ -17,7 +17,9 @@ from medseg.io.atomic import (
     atomic_write_bytes,
     atomic_write_text,
     check_output_folder,
+    prepare_batch_folder,
 )
+from medseg.io.output_marker import MARKER_NAME, read_marker, remove_stale_staging, write_marker
 
 
 def tree_digest(folder: Path) -> dict:
@@ -105,7 +107,9 @@ def test_atomic_path_keep_extension_and_bad_targets(tmp_path):
 
 # --------------------------------------------------------------------------- output folder
 def make_existing(folder: Path) -> dict:
+    """An earlier MedSeg output (it holds the marker)."""
     (folder / "models").mkdir(parents=True)
+    write_marker(folder)
     (folder / "segmentation.seg.nrrd").write_bytes(b"old segmentation")
     (folder / "models" / "liver.stl").write_bytes(b"old model")
     return tree_digest(folder)
@@ -119,7 +123,8 @@ def test_output_folder_commits_new_folder(tmp_path):
         atomic_write_text(out / "report.json", "{}")
         atomic_write_bytes(out / "models/liver.stl", b"mesh")
     assert out.committed
-    assert tree_digest(target).keys() == {"report.json", "models/liver.stl"}
+    assert tree_digest(target).keys() == {"report.json", "models/liver.stl", MARKER_NAME}
+    assert read_marker(target)["pid"] == os.getpid()
     assert os.listdir(tmp_path) == ["case1"]
 
 
@@ -168,7 +173,7 @@ def test_overwrite_replaces_the_folder(tmp_path):
     make_existing(target)
     with OutputFolder(target, overwrite=True) as out:
         atomic_write_text(out / "report.json", "new")
-    assert tree_digest(target).keys() == {"report.json"}
+    assert tree_digest(target).keys() == {"report.json", MARKER_NAME}
     assert os.listdir(tmp_path) == ["case1"]
 
 
@@ -242,3 +247,118 @@ def test_paths_must_stay_inside_the_folder(tmp_path):
     assert os.listdir(tmp_path) == []
     with pytest.raises(OutputError, match="not open"):
         _ = OutputFolder(tmp_path / "case3").path
+
+
+# --------------------------------------------------------------------------- never the user's folders
+def make_documents(folder: Path) -> dict:
+    """A folder of the user's own files (no MedSeg marker)."""
+    (folder / "letters").mkdir(parents=True)
+    (folder / "thesis.docx").write_bytes(b"four years of work")
+    (folder / "letters" / "to mum.txt").write_text("hello")
+    return tree_digest(folder)
+
+
+def test_overwrite_never_replaces_a_folder_medseg_did_not_write(tmp_path):
+    docs = tmp_path / "Documents"
+    before = make_documents(docs)
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=f"not written by MedSeg.*{MARKER_NAME}"):
+            check_output_folder(docs, overwrite=overwrite)
+        with pytest.raises(OutputError, match="not written by MedSeg"), OutputFolder(docs, overwrite=overwrite):
+            pass
+    assert tree_digest(docs) == before
+    assert os.listdir(tmp_path) == ["Documents"]
+
+
+def test_overwrite_never_replaces_an_input_or_a_folder_holding_one(tmp_path):
+    dicom = tmp_path / "patient" / "CT"
+    dicom.mkdir(parents=True)
+    (dicom / "IM0001.dcm").write_bytes(b"DICM slice")
+    write_marker(dicom)  # even a folder that looks like MedSeg's: it holds an input
+    image = tmp_path / "patient" / "ct.nrrd"
+    image.write_bytes(b"NRRD0004")
+    before = tree_digest(tmp_path)
+    cases = [(dicom, [dicom], "is the input"), (tmp_path / "patient", [dicom], "holds the input"),
+             (tmp_path / "patient", [image], "holds the input"), (tmp_path, [image], "holds the input")]
+    for out, inputs, says in cases:
+        with pytest.raises(OutputError, match=says):
+            check_output_folder(out, overwrite=True, inputs=inputs)
+        with pytest.raises(OutputError, match=says), OutputFolder(out, overwrite=True, inputs=inputs):
+            pass
+    # through a symbolic link to the input's folder, too
+    link = tmp_path / "link"
+    link.symlink_to(dicom, target_is_directory=True)
+    with pytest.raises(OutputError, match="holds the input"):
+        check_output_folder(link, overwrite=True, inputs=[dicom / "IM0001.dcm"])
+    assert {k: v for k, v in tree_digest(tmp_path).items() if not k.startswith("link")} == before
+
+
+def test_a_folder_filled_by_someone_else_during_the_run_is_kept(tmp_path):
+    target = tmp_path / "case1"
+    with pytest.raises(OutputError, match="changed while MedSeg ran"), OutputFolder(target, overwrite=True) as out:
+        atomic_write_text(out / "report.json", "{}")
+        before = make_documents(target)
+    assert tree_digest(target) == before
+    assert leftovers(tmp_path) == []
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def fake_staging(parent: Path, name: str, pid: int, created: float | None = None, host: str | None = None) -> Path:
+    import json
+    import socket
+    import time
+
+    folder = parent / name
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "Body.stl").write_bytes(b"patient mesh")
+    info = {"written_by": "medseg", "version": "0", "kind": "output", "host": host or socket.gethostname(),
+            "pid": pid, "created": time.time() if created is None else created}
+    (folder / MARKER_NAME).write_text(json.dumps(info))
+    return folder
+
+
+def test_a_later_run_removes_stale_staging_folders_of_its_own(tmp_path):
+    gone = dead_pid()
+    stale = fake_staging(tmp_path, f".case1.partial-{gone}-ab12cd34", gone)
+    stale_old = fake_staging(tmp_path, f".case0.old-{gone}-ab12cd34", gone)
+    # the process id was reused: the running process started after the folder was made
+    reused = fake_staging(tmp_path, f".case2.partial-{os.getppid()}-00000000", os.getppid(), created=1.0e9)
+    running = fake_staging(tmp_path, f".case3.partial-{os.getppid()}-11111111", os.getppid())
+    other_host = fake_staging(tmp_path, f".case4.partial-{gone}-22222222", gone, host="another-node")
+    not_ours = tmp_path / f".case5.partial-{gone}-33333333"
+    not_ours.mkdir()
+    (not_ours / "notes.txt").write_text("the user's")
+    with OutputFolder(tmp_path / "case9") as out:
+        atomic_write_text(out / "report.json", "{}")
+    remaining = set(os.listdir(tmp_path))
+    assert stale.name not in remaining and stale_old.name not in remaining and reused.name not in remaining
+    assert {running.name, other_host.name, not_ours.name, "case9"} <= remaining
+    assert remove_stale_staging(tmp_path) == []
+
+
+def test_batch_folder_rules(tmp_path):
+    docs = tmp_path / "Documents"
+    before = make_documents(docs)
+    with pytest.raises(OutputError, match="not written by MedSeg"):
+        prepare_batch_folder(docs)
+    assert tree_digest(docs) == before
+    case = tmp_path / "case1"
+    make_existing(case)
+    with pytest.raises(OutputError, match="single case"):
+        prepare_batch_folder(case)
+    batch = prepare_batch_folder(tmp_path / "batch")
+    assert read_marker(batch)["kind"] == "batch"
+    assert prepare_batch_folder(batch) == batch  # a batch folder MedSeg wrote may be reused
+    image = batch / "ct.nrrd"
+    image.write_bytes(b"NRRD")
+    with pytest.raises(OutputError, match="holds the input"):
+        prepare_batch_folder(batch, inputs=[image])

@@ -28,10 +28,16 @@ def test_malformed_device_raises_naming_it(bad):
     assert repr(bad) in str(err.value) or str(bad) in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["cpu", "CPU", " cpu ", torch.device("cpu")])
+@pytest.mark.parametrize("name", ["cpu", " cpu ", torch.device("cpu")])
 def test_cpu_forms(name):
     dev, note = resolve_device_with_note(name)
     assert dev == torch.device("cpu") and note is None
+
+
+@pytest.mark.parametrize("name", ["CPU", "Cuda:0", "MPS"])
+def test_upper_case_is_refused_with_a_hint(name):
+    with pytest.raises(DeviceError, match=f"did you mean '{name.lower()}'"):
+        resolve_device_with_note(name)
 
 
 def test_auto_without_gpu_is_cpu_without_note(no_gpu):

@@ -7,7 +7,8 @@
     medseg demo [--out DIR] [--overwrite]
 
 Exit codes (:class:`medseg.core.errors.ExitCode`): 0 success; 1 some cases of a batch failed (or an
-unexpected internal error); 2 bad input or options (one line on stderr says what is wrong); 3 cancelled.
+unexpected internal error); 2 bad input or options (one line on stderr says what is wrong); 3 cancelled
+(Ctrl-C, SIGTERM or SIGHUP: the run stops between steps and nothing is left half-written).
 
 One module per command (:mod:`~medseg.cli.run`, :mod:`~medseg.cli.tasks`, :mod:`~medseg.cli.models`,
 :mod:`~medseg.cli.demo`; listed in :mod:`~medseg.cli.commands`), each with ``add_parser(sub)``, which
@@ -28,7 +29,9 @@ from collections.abc import Sequence
 from medseg import __version__
 from medseg.cli.commands import COMMANDS
 from medseg.cli.progress import emit_error, emit_result
+from medseg.cli.signals import stop_on_signals
 from medseg.core.errors import CancelledError, ExitCode, MedSegError
+from medseg.core.progress import CancelToken
 
 __all__ = ["build_parser", "main"]
 
@@ -47,20 +50,30 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medseg", description="MedSeg: segment CT/MR volumes, detect lesions, "
                                 "build 3D models and reports (headless; same core as the Slicer module).")
     p.add_argument("--version", action="version", version=f"medseg {__version__}")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary table")
-    p.add_argument("--progress-json", action="store_true",
-                   help="machine-readable progress for a parent process (the Slicer module): one JSON object "
-                        "per line on stdout: {\"type\": \"progress\", \"fraction\", \"message\"}, then "
-                        "{\"type\": \"result\", \"out\"} or {\"type\": \"error\", \"message\", \"exit_code\"}")
+    _add_global_options(p, False)
     sub = p.add_subparsers(dest="command", required=True)
     chosen = None if argv is None else _command_in(argv)
     for name, (module, help_text) in COMMANDS.items():
         if argv is None or name == chosen:
             # by name, like the task registry's presets: each command module imports the pipeline
             importlib.import_module(module).add_parser(sub)
+            # the global options work after the command too (``medseg run ... -q``); SUPPRESS keeps
+            # a value given before the command
+            _add_global_options(sub.choices[name], argparse.SUPPRESS)
         else:
             sub.add_parser(name, help=help_text)
     return p
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """``-q`` and ``--progress-json``, on the main parser (default False) and on each command."""
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="no progress bar or summary table")
+    parser.add_argument("--progress-json", action="store_true", default=default,
+                        help="machine-readable progress for a parent process (the Slicer module): one JSON "
+                             "object per line on stdout: {\"type\": \"progress\", \"fraction\", \"message\"}, "
+                             "then {\"type\": \"result\", \"out\"} or {\"type\": \"error\", \"message\", "
+                             "\"exit_code\"}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,8 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     if args.progress_json:
         args.quiet = True
+    args.cancel = CancelToken()
     try:
-        rc: ExitCode = args.handler(args)
+        with stop_on_signals(args.cancel):
+            rc: ExitCode = args.handler(args)
         if args.progress_json and args.writes_output:
             emit_result(args.out, rc)
         return int(rc)

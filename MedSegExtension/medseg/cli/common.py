@@ -73,7 +73,8 @@ def add_output_options(sp: argparse.ArgumentParser) -> None:
     """The options ``run`` and ``demo`` share: device, overwrite, models, report."""
     sp.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     sp.add_argument("--overwrite", action="store_true",
-                    help="replace an existing output folder (it is replaced only after every file is written)")
+                    help="replace an existing output folder that MedSeg wrote (never a folder it did not write, "
+                         "or one that is or holds an input); it is replaced only after every file is written")
     sp.add_argument("--formats", type=mesh_formats, default=(MeshFormat.STL,), metavar="LIST",
                     help=f"model formats, comma separated: {','.join(MeshFormat.values())} (default stl)")
     sp.add_argument("--no-models", action="store_true", help="skip 3D models")
@@ -99,9 +100,10 @@ def run_case(volumes: Sequence[Volume], options: RunOptions, out_dir: Path, args
     t0 = time.perf_counter()
     bar = Progress(args.quiet, label, as_json=args.progress_json)
     try:
-        result = run_task(volumes, options, task=task, progress=lambda f, m: bar(COMPUTE_SHARE * f, m))
+        result = run_task(volumes, options, task=task, progress=lambda f, m: bar(COMPUTE_SHARE * f, m),
+                          cancel=args.cancel)
         write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=args.formats, html=not args.no_html,
-                     progress=lambda f, m: bar(COMPUTE_SHARE + WRITE_SHARE * f, m))
+                     progress=lambda f, m: bar(COMPUTE_SHARE + WRITE_SHARE * f, m), cancel=args.cancel)
     finally:
         bar.close()
     with open(out_dir / "report.json", encoding="utf-8") as fh:

@@ -23,7 +23,7 @@ from medseg.core.errors import CancelledError, ExitCode, InputError, MedSegError
 from medseg.core.formats import strip_image_suffix
 from medseg.core.specs import TASK_PARAMS, Task, TaskParam
 from medseg.core.vocabulary import NanPolicy
-from medseg.io.atomic import atomic_write_text, check_output_folder
+from medseg.io.atomic import atomic_write_text, check_output_folder, prepare_batch_folder
 from medseg.io.filenames import unique_file_stem
 from medseg.io.volume_reader import read_volume
 from medseg.pipeline.model_tasks import model_task
@@ -98,9 +98,10 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
         return _run_batch(paths, task, options, args)
     if len(paths) > task.max_inputs:
         raise InputError(f"task {task.name} takes at most {task.max_inputs} input(s), got {len(paths)}")
-    check_output_folder(args.out, args.overwrite)
+    check_output_folder(args.out, args.overwrite, inputs=paths)
     warnings: list[str] = []
     volumes = [read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings) for p in paths]
+    args.cancel.check()
     report = run_case(volumes, options, args.out, args, task.name, task=task)
     if not args.quiet:
         for w in warnings:
@@ -111,14 +112,15 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
 
 def _run_batch(paths: list[Path], task: Task, options: RunOptions, args: argparse.Namespace) -> ExitCode:
     """One case per input, each in ``DIR/<name>/``; a failing case is reported and the rest go on."""
-    args.out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     cases = [(p, args.out / unique_file_stem(strip_image_suffix(p.name), taken, "case")) for p in paths]
     for _, out in cases:
-        check_output_folder(out, args.overwrite)
+        check_output_folder(out, args.overwrite, inputs=paths)
+    prepare_batch_folder(args.out, inputs=paths)
     status: list[dict[str, Any]] = []
     for p, out in cases:
         entry: dict[str, Any] = {"input": str(p), "output": str(out)}
+        args.cancel.check()
         try:
             warnings: list[str] = []
             vol = read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings)

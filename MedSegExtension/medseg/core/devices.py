@@ -1,7 +1,7 @@
 """The device vocabulary: which device strings MedSeg accepts, parsed without importing torch.
 
-Accepted (case and surrounding spaces ignored): ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (N = GPU
-index), ``mps``. ``auto`` picks CUDA, then MPS, then the CPU. Anything else (``gpu``, ``cuda:x``,
+Accepted (surrounding spaces ignored; lower case only: ``CPU`` is refused with a hint): ``auto``,
+``cpu``, ``cuda``, ``cuda:N`` (N = GPU index), ``mps``. ``auto`` picks CUDA, then MPS, then the CPU. Anything else (``gpu``, ``cuda:x``,
 ``mps:1``, ``""``) is a :class:`~medseg.core.errors.DeviceError`, raised at the edge (the CLI's
 argument parser, the Slicer module's request) before any input is read.
 
@@ -37,10 +37,13 @@ def parse_device(name: object) -> str:
             raise DeviceError(f"device must be a string such as 'cpu' or 'cuda:0', got {name!r} "
                               f"({type(name).__name__})")
         name = str(name)
-    text = name.strip().lower()
+    text = name.strip()
     m = _DEVICE_RE.match(text)
     if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
-        raise DeviceError(f"unknown device {name!r}; use {DEVICE_HELP.split(';')[0]}")
+        hint = ""
+        if _DEVICE_RE.match(text.lower()) and text.lower() != text:
+            hint = f" (device names are lower case: did you mean {text.lower()!r}?)"
+        raise DeviceError(f"unknown device {name!r}{hint}; use {DEVICE_HELP.split(';')[0]}")
     return text
 
 

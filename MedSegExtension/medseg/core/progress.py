@@ -20,8 +20,13 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.reason = "cancelled by the user"
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str | None = None) -> None:
+        """Ask the run to stop at the next check; ``reason`` (e.g. "stopped by SIGTERM") goes into
+        the ``CancelledError`` message."""
+        if reason and not self._event.is_set():
+            self.reason = reason
         self._event.set()
 
     @property
@@ -31,7 +36,7 @@ class CancelToken:
     def check(self) -> None:
         """Raise ``CancelledError`` if cancel was requested."""
         if self._event.is_set():
-            raise CancelledError("cancelled by the user; nothing was written")
+            raise CancelledError(f"{self.reason}; nothing was written")
 
 
 class SubProgress:

@@ -183,6 +183,7 @@ class TaskParam:
         help: what it does (CLI help, tooltips).
         flag: the ``medseg run`` option that sets it.
         unit: unit of a number ("mm^3"), or "".
+        minimum: the smallest value a number may take (None: any finite number).
     """
 
     name: str
@@ -190,6 +191,7 @@ class TaskParam:
     help: str
     flag: str
     unit: str = ""
+    minimum: float | None = None
 
     def check(self, value: Any) -> Any:
         """``value`` as this parameter's type; ``InputError`` naming the parameter otherwise."""
@@ -198,8 +200,14 @@ class TaskParam:
                 return bool(value)
             raise InputError(f"task parameter {self.name} must be true or false, got {value!r}")
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise InputError(f"task parameter {self.name} must be a number, got {value!r}")
-        return float(value)
+            raise InputError(f"task parameter {self.name} ({self.flag}) must be a number, got {value!r}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise InputError(f"task parameter {self.name} ({self.flag}) must be a finite number, got {value!r}")
+        if self.minimum is not None and number < self.minimum:
+            raise InputError(f"task parameter {self.name} ({self.flag}) must be at least {self.minimum:g}, "
+                             f"got {number:g}")
+        return number
 
 
 #: every task parameter any task takes, by name
@@ -208,7 +216,7 @@ TASK_PARAMS: dict[str, TaskParam] = {
     for p in (
         TaskParam("threshold", float, "threshold task: level in input units", "--threshold"),
         TaskParam("min_volume_mm3", float, "threshold task: smallest region kept (mm^3)", "--min-volume",
-                  unit="mm^3"),
+                  unit="mm^3", minimum=0.0),
         TaskParam("tta", bool, "learned models: average predictions over axis flips", "--tta"),
         TaskParam("uncertainty", bool,
                   "learned models: compute an uncertainty map (entropy of the mean prediction)", "--uncertainty"),

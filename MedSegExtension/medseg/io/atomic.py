@@ -6,9 +6,12 @@
   writer's exception, Ctrl-C) the temporary file is removed and an existing file of the
   same name is left untouched.
 * ``OutputFolder``: a whole output folder is built in a hidden staging folder next to the
-  target (``.<name>.partial-<random>``) and renamed onto the target when the ``with`` block
-  ends without an exception. On an exception the staging folder is removed and the target
-  is untouched.
+  target (``.<name>.partial-<pid>-<random>``, holding MedSeg's marker file from the start) and
+  renamed onto the target when the ``with`` block ends without an exception. On an exception the
+  staging folder is removed and the target is untouched. An existing target is replaced only when
+  MedSeg wrote it (its marker file) and ``overwrite`` is true; never when it is or holds an input
+  (:func:`check_replaceable`). Staging folders a killed run left behind are removed by the next
+  run in the same parent folder (:func:`medseg.io.output_marker.remove_stale_staging`).
 
 Errors from the file system are raised as ``OutputError`` naming the path and a remedy.
 """
@@ -20,12 +23,21 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Union
 
 from medseg.core.errors import MedSegError, OutputError
+from medseg.io.output_marker import (
+    MARKER_NAME,
+    OLD_MARKER,
+    PARTIAL_MARKER,
+    is_medseg_folder,
+    read_marker,
+    remove_stale_staging,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +45,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: marker in the names of temporary files (``.name.<random>.part``)
 PART_SUFFIX = ".part"
-#: marker in the names of staging folders (``.name.partial-<random>``)
-PARTIAL_MARKER = ".partial-"
 
 
 def _describe_os_error(exc: OSError) -> str:
@@ -65,6 +75,11 @@ def _remove_leftovers(tmp: Path) -> None:
     for name in names:
         if name.startswith(tmp.name):
             _remove_file(tmp.parent / name)
+
+
+def _process_tag() -> str:
+    """``<pid>-<random hex>``: the process id lets a later run find staging folders left by a dead run."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _temp_sibling(target: Path, keep_extension: bool) -> Path:
@@ -128,28 +143,87 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def check_output_folder(path: PathLike, overwrite: bool = False) -> Path:
+def _real(path: PathLike) -> Path:
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def _held_input(target: Path, inputs: Sequence[PathLike]) -> Path | None:
+    """The first input that is ``target`` or lies inside it (symbolic links resolved), or None."""
+    real_target = _real(target)
+    for p in inputs:
+        real = _real(p)
+        if real == real_target or real_target in real.parents:
+            return Path(p)
+    return None
+
+
+def check_replaceable(target: Path, overwrite: bool, inputs: Sequence[PathLike] = ()) -> None:
+    """The rules for an existing output location, checked before computing and again at commit.
+
+    ``target`` may become the output folder when it does not exist, or is an empty folder, or is a
+    folder MedSeg wrote (it holds :data:`~medseg.io.output_marker.MARKER_NAME`) and ``overwrite``
+    is true. Never when it is a file, is or holds one of ``inputs``, or is a non-empty folder
+    without the marker (whatever ``overwrite`` says). Raises ``OutputError`` saying which rule.
+    """
+    if not (target.exists() or target.is_symlink()):
+        return
+    held = _held_input(target, inputs)
+    if held is not None:
+        what = "is" if _real(held) == _real(target) else "holds"
+        raise OutputError(f"output folder {target} {what} the input {held}; MedSeg never writes over its inputs: "
+                          "choose another output folder")
+    if not target.is_dir():
+        raise OutputError(f"output path {target} exists and is a file; choose a folder path")
+    if not any(target.iterdir()):
+        return
+    if not is_medseg_folder(target):
+        raise OutputError(
+            f"output folder {target} exists, is not empty and was not written by MedSeg (it has no "
+            f"{MARKER_NAME}); MedSeg replaces only folders it wrote itself, even with --overwrite: "
+            "choose another folder or an empty one")
+    if not overwrite:
+        raise OutputError(
+            f"output folder {target} exists and is not empty; use --overwrite (overwrite=True) "
+            "to replace it, or choose another folder")
+
+
+def check_output_folder(path: PathLike, overwrite: bool = False, inputs: Sequence[PathLike] = ()) -> Path:
     """Check early (before any computing) that ``path`` can become the output folder.
 
-    Raises ``OutputError`` when ``path`` is an existing file, an existing non-empty folder
-    and ``overwrite`` is false, or when the folder it would be created in is not writable.
-    Returns ``path`` made absolute.
+    Raises ``OutputError`` when ``path`` breaks a rule of :func:`check_replaceable` (a file, an
+    input or a folder holding one, a non-empty folder MedSeg did not write, or one it wrote without
+    ``overwrite``), or when the folder it would be created in is not writable. Returns ``path``
+    made absolute.
     """
     target = Path(os.path.abspath(os.fspath(path)))
-    if target.exists() or target.is_symlink():
-        if not target.is_dir():
-            raise OutputError(f"output path {target} exists and is a file; choose a folder path")
-        if not overwrite and any(target.iterdir()):
-            raise OutputError(
-                f"output folder {target} exists and is not empty; use --overwrite (overwrite=True) "
-                "to replace it, or choose another folder"
-            )
+    check_replaceable(target, overwrite, inputs)
     parent = _nearest_existing(target.parent)
     if not parent.is_dir():
         raise OutputError(f"cannot create output folder {target}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(
             f"cannot create output folder {target}: folder {parent} is not writable; choose another location")
+    return target
+
+
+def prepare_batch_folder(path: PathLike, inputs: Sequence[PathLike] = ()) -> Path:
+    """Create (or reuse) the folder that holds a batch's case folders; return it made absolute.
+
+    It may be new, empty, or a batch folder MedSeg wrote before; never a file, an input or a folder
+    holding one, or a non-empty folder MedSeg did not write. The marker (kind ``batch``) is written
+    into it. Case folders inside follow the rules of :func:`check_output_folder` one by one.
+    """
+    target = check_output_folder(path, overwrite=True, inputs=inputs)
+    marker = read_marker(target) if target.is_dir() else None
+    if marker is not None and marker.get("kind") != "batch":
+        raise OutputError(f"{target} is the output folder of a single case, not a batch folder; "
+                          "choose another folder for the batch")
+    try:
+        os.makedirs(target, exist_ok=True)
+        if marker is None:
+            write_marker(target, kind="batch")
+    except OSError as exc:
+        raise OutputError(f"cannot create the batch folder {target}: {_describe_os_error(exc)}") from exc
     return target
 
 
@@ -166,9 +240,10 @@ class OutputFolder:
     path inside it (sub-folders are created). ``out.target`` is the final folder.
     """
 
-    def __init__(self, path: PathLike, overwrite: bool = False) -> None:
+    def __init__(self, path: PathLike, overwrite: bool = False, inputs: Sequence[PathLike] = ()) -> None:
         self.target = Path(os.path.abspath(os.fspath(path)))
         self.overwrite = bool(overwrite)
+        self.inputs = tuple(inputs)
         self._staging: Path | None = None
         self._existing_ancestor = self.target.parent
         self.committed = False
@@ -197,13 +272,17 @@ class OutputFolder:
 
     # --------------------------------------------------------------- lifecycle
     def __enter__(self) -> OutputFolder:
-        check_output_folder(self.target, self.overwrite)
-        staging = self.target.parent / f".{self.target.name}{PARTIAL_MARKER}{secrets.token_hex(4)}"
+        check_output_folder(self.target, self.overwrite, self.inputs)
+        staging = self.target.parent / f".{self.target.name}{PARTIAL_MARKER}{_process_tag()}"
         self._existing_ancestor = _nearest_existing(self.target.parent)
         try:
             os.makedirs(self.target.parent, exist_ok=True)
+            remove_stale_staging(self.target.parent)
             os.makedirs(staging)
+            write_marker(staging)
         except OSError as exc:
+            if staging.is_dir():
+                self._remove_tree(staging)
             self._remove_created_parents()
             raise OutputError(f"cannot create output folder {self.target}: {_describe_os_error(exc)}") from exc
         self._staging = staging
@@ -241,12 +320,12 @@ class OutputFolder:
         target = self.target
         aside: Path | None = None
         if target.exists() or target.is_symlink():
-            if not self.overwrite and target.is_dir() and any(target.iterdir()):
+            try:
+                check_replaceable(target, self.overwrite, self.inputs)
+            except OutputError as exc:
                 raise OutputError(
-                    f"output folder {target} was filled by something else while MedSeg ran; "
-                    "nothing was written. Use --overwrite or choose another folder"
-                )
-            aside = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+                    f"output folder {target} changed while MedSeg ran; nothing was written: {exc}") from exc
+            aside = target.parent / f".{target.name}{OLD_MARKER}{_process_tag()}"
             try:
                 os.replace(target, aside)
             except OSError as exc:

@@ -2,7 +2,9 @@
 
 Everything is written into a hidden staging folder next to the target and renamed into place only
 when every file is written; on any error (or cancel) the staging folder is removed and an existing
-target is left untouched.
+target is left untouched. An existing target is replaced only when MedSeg wrote it and ``overwrite``
+is true, and never when it is or holds one of the result's inputs
+(:func:`medseg.io.atomic.check_replaceable`).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
     t0 = time.perf_counter()
     files: dict[str, str] = {}
     taken_volumes: set[str] = {"segmentation", "report", "boxes"}
-    with OutputFolder(Path(out_dir), overwrite=overwrite) as folder:
+    inputs = [i["path"] for i in result.inputs if i.get("path")]
+    with OutputFolder(Path(out_dir), overwrite=overwrite, inputs=inputs) as folder:
         stage_dir = Path(folder.path)
         progress(0.0, "writing segmentation")
         write_seg_nrrd(result.labelmap, stage_dir / "segmentation.seg.nrrd")
