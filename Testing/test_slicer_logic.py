@@ -259,6 +259,9 @@ def test_save_folder_gets_the_segmentation_and_models(scene, tmp_path):
     assert not list((tmp_path / "results").glob(".*partial"))
     second = _run(node, saveFolder=tmp_path / "results")
     assert second.savedFolder != folder  # never overwrites an earlier save
+    from medseg.io.output_marker import read_marker
+    assert read_marker(folder) is not None and read_marker(second.savedFolder) is not None
+    assert [p.name for p in (tmp_path / "results").iterdir() if p.name.startswith(".")] == []
 
 
 def test_requests_validate_inputs_and_multi_input_tasks(scene):

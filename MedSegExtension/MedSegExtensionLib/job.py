@@ -9,6 +9,7 @@ inputs and the output, i.e. patient data) is removed on success, failure and can
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -23,7 +24,9 @@ import medseg
 from medseg.core.errors import CancelledError, InputError, OutputError
 from medseg.core.progress import CancelToken
 from medseg.core.volume import Volume
+from medseg.io.atomic import OutputFolder
 from medseg.io.filenames import unique_file_stem
+from medseg.io.output_marker import MARKER_NAME
 from medseg.io.volume_writer import write_volume_nrrd
 from medseg.pipeline.output import write_result
 from medseg.pipeline.run import RunOptions, run_task
@@ -218,29 +221,23 @@ class MedSegJob:
         req = self.request
         self.progress(_COMPUTE_SHARE, "importing results")
         plan = load_output_folder(out_dir, load_models=req.createModels)
-        staged: Path | None = None
         final: Path | None = None
+        saving: contextlib.AbstractContextManager = contextlib.nullcontext()
         if req.saveFolder is not None:
-            parent = Path(req.saveFolder)
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-                final = _unique_folder(parent, req.baseName)
-                staged = parent / f".{final.name}.partial"
-                shutil.copytree(out_dir, staged)
-            except OSError as e:
-                if staged is not None:
-                    shutil.rmtree(staged, ignore_errors=True)
-                raise OutputError(f"cannot save the results to {parent}: {e}") from e
-        try:
+            # a new folder (never an existing one), built in a staging folder with MedSeg's marker and
+            # renamed into place only after the scene commit succeeded (the rules of medseg.io.atomic)
+            final = _unique_folder(Path(req.saveFolder), req.baseName)
+            saving = OutputFolder(final, overwrite=False)
+        with saving as folder:
+            if folder is not None:
+                try:
+                    shutil.copytree(out_dir, folder.path, dirs_exist_ok=True,
+                                    ignore=shutil.ignore_patterns(MARKER_NAME))
+                except OSError as e:
+                    raise OutputError(f"cannot save the results to {req.saveFolder}: {e}") from e
             self.check_inputs_present()
             committed: CommitResult = commit_plan(
                 plan, req.inputNodes[0], req.outputSegmentation, req.baseName, req.createModels, req.createTable)
-        except BaseException:
-            if staged is not None:
-                shutil.rmtree(staged, ignore_errors=True)
-            raise
-        if staged is not None:
-            staged.rename(final)
         self.status = ExitStatus.SUCCEEDED
         self.progress(1.0, "done")
         return ProcessResult(committed.segmentationNode, committed.segmentIds, committed.roiNodes,
