@@ -18,7 +18,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
+    """The real-data folder: ``MEDSEG_TEST_DATA``, default ``../shared/data`` beside the repository."""
     return Path(os.environ.get("MEDSEG_TEST_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
+
+
+def shared_root() -> Path:
+    """The shared folder that holds the data folder (``slicer-api`` lives here): the parent of
+    ``MEDSEG_TEST_DATA``. Every shared path in the tests comes from this or ``shared_data_dir``."""
+    return shared_data_dir().parent
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ``shared_root()``; a missing file fails the test (never a skip)."""
+    path = shared_root().joinpath(*parts)
+    if not path.is_file():
+        pytest.fail(f"shared test file not found: {path} (shared root {shared_root()} is the parent of "
+                    f"MEDSEG_TEST_DATA={shared_data_dir()})", pytrace=False)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Put the Slicer stand-in (``Testing/slicer_fake``) and the module folder on ``sys.path``.
 
 Import this module from a ``test_slicer_*.py`` file before importing ``slicer`` or the module;
-use the ``scene`` fixture for a clean scene per test. ``Testing/conftest.py`` is not involved.
+use the ``scene`` fixture for a clean scene per test. Only the shared folder's location comes from
+``Testing/conftest.py`` (``shared_root()``: the parent of ``MEDSEG_TEST_DATA``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import shared_root
+
 TESTING_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTING_DIR.parent
 FAKE_DIR = TESTING_DIR / "slicer_fake"
 MODULE_DIR = REPO_ROOT / "MedSegExtension"
-REFERENCE_MD = REPO_ROOT.parent / "shared" / "slicer-api" / "REFERENCE.md"
+#: Slicer's API reference in the shared folder (``<shared>/slicer-api``); missing, the tests that read it fail
+REFERENCE_MD = shared_root() / "slicer-api" / "REFERENCE.md"
 SUPPLEMENT_MD = FAKE_DIR / "API_SUPPLEMENT.md"
 
 for _p in (str(MODULE_DIR), str(FAKE_DIR)):

@@ -6,11 +6,11 @@ import jsonschema
 import pytest
 import slicerio
 
-from conftest import shared_data_dir
+from conftest import shared_file
 from medseg.cli import main
 from medseg.report import load_report_schema
 
-SCHEMA = shared_data_dir().parent / "slicer-api" / "schemas" / "markups" / "markups-schema-v1.0.3.json"
+SCHEMA = shared_file("slicer-api", "schemas", "markups", "markups-schema-v1.0.3.json")
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_demo_writes_everything_and_finds_every_lesion(tmp_path, capsys):
     out = tmp_path / "demo ö"
     assert main(["demo", "--out", str(out), "--formats", "stl,ply"]) == 0
     printed = capsys.readouterr().out
-    assert "Demo finished" in printed and "false lesions: 0" in printed
+    assert "Demo phantom" in printed and "false lesions: 0" in printed
 
     for rel in ["segmentation.seg.nrrd", "boxes.mrk.json", "report.json", "report.html", "phantom_ct.nrrd",
                 "truth_comparison.json", "figures/view3d.png", "models/Right_lung.stl", "models/Lesion_1.ply"]:

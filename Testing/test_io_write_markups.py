@@ -9,7 +9,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from conftest import GEOMETRY_CASES, REPO_ROOT, make_sitk_image, rotation, sitk_index_to_ras
+from conftest import GEOMETRY_CASES, make_sitk_image, rotation, shared_file, sitk_index_to_ras
 from medseg.core import frames
 from medseg.core.box import Box
 from medseg.core.errors import InputError
@@ -22,12 +22,12 @@ from medseg.io.markups import (
     write_markups_per_box,
 )
 
-SCHEMA_PATH = REPO_ROOT.parent / "shared" / "slicer-api" / "schemas" / "markups" / "markups-schema-v1.0.3.json"
+SCHEMA_PARTS = ("slicer-api", "schemas", "markups", "markups-schema-v1.0.3.json")
 
 
 @pytest.fixture(scope="module")
 def validator():
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = json.loads(shared_file(*SCHEMA_PARTS).read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema)
 

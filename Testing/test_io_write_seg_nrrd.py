@@ -275,3 +275,86 @@ def test_files_written_by_slicer(tmp_path):
 def test_module_uses_frames_for_lps():
     # the writer's LPS geometry is frames.ras_to_lps_matrix of the Volume's matrix (no hand flips)
     assert seg_nrrd.ras_to_lps_matrix is frames.ras_to_lps_matrix
+
+
+# --------------------------------------------------------------------------- label values that are not 1..n
+def sparse_labelmap(spec, case: str | None = None) -> LabelMap:
+    """Label map whose segments carry the given ``(id, name, label value)``; each labels its own slab
+    of voxels on a non-cubic grid (K=5, J=7, I=9, anisotropic, offset) or on a ``GEOMETRY_CASES`` grid.
+    Label values are neither consecutive nor equal to the segment's position."""
+    if case is None:
+        vol = Volume.from_geometry(np.zeros((5, 7, 9), np.uint8), (0.7, 1.3, 2.5), (-3.0, 4.0, 10.0))
+    else:
+        vol = frames.sitk_to_volume(make_sitk_image(case))
+    arr = np.zeros(vol.array.shape, np.uint8)
+    ni = arr.shape[2]
+    rng = np.random.default_rng(7)
+    segments = []
+    for n, (seg_id, name, value) in enumerate(spec):
+        lo, hi = n * ni // (len(spec) + 1), (n + 1) * ni // (len(spec) + 1)
+        arr[:, :, lo:hi] = value
+        segments.append(Segment(seg_id, name, tuple(rng.random(3)), value))
+    arr[0, 0, :] = 0  # some background inside every slab
+    return LabelMap(vol.with_array(arr, name="labels"), tuple(segments))
+
+
+SPARSE_CASES = {
+    # labels 1, 4, 7 (position + 1 would be 1, 2, 3)
+    "labels_1_4_7": [("Segment_1", "Liver", 1), ("Segment_4", "Spleen", 4), ("Segment_7", "Kidney", 7)],
+    # a real output with a value missing: no lungs, so no 2 and 3
+    "body_bones_no_lungs": [("body", "Body", 1), ("bones", "Bones", 4)],
+    # declared out of order: the file's segment order is the label map's, not sorted by value
+    "out_of_order": [("b", "B", 9), ("a", "A", 2), ("c", "C", 5)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPARSE_CASES))
+@pytest.mark.parametrize("case", [None, CASE])
+def test_round_trip_keeps_non_consecutive_label_values(tmp_path, name, case):
+    spec = SPARSE_CASES[name]
+    lm = sparse_labelmap(spec, case)
+    assert sorted(set(np.unique(lm.array).tolist()) - {0}) == sorted(v for _, _, v in spec)
+    path = tmp_path / "s.seg.nrrd"
+    write_seg_nrrd(lm, path)
+
+    # independently, with pynrrd: every segment's LabelValue and Layer, and the voxels
+    data, header = nrrd.read(str(path), index_order="C")
+    np.testing.assert_array_equal(data, lm.array)
+    assert data.shape == lm.array.shape and len(set(data.shape)) == 3  # non-cubic: no axis mix-up hides
+    for n, (seg_id, seg_name, value) in enumerate(spec):
+        assert header[f"Segment{n}_ID"] == seg_id
+        assert header[f"Segment{n}_Name"] == seg_name
+        assert header[f"Segment{n}_LabelValue"] == str(value), (n, seg_name)
+        assert header[f"Segment{n}_Layer"] == "0"
+        # the voxels that carry this segment's LabelValue are exactly the segment's voxels
+        assert np.count_nonzero(data == int(header[f"Segment{n}_LabelValue"])) == np.count_nonzero(lm.array == value)
+    assert f"Segment{len(spec)}_ID" not in header
+    # slicerio agrees
+    seg = slicerio.read_segmentation(str(path))
+    assert [(s["name"], s["labelValue"], s["layer"]) for s in seg["segments"]] == [(n, v, 0) for _, n, v in spec]
+    for _, seg_name, value in spec:
+        np.testing.assert_array_equal(slicerio.segment_mask(seg, seg_name), (lm.array == value).transpose(2, 1, 0))
+
+    # the project's reader
+    back = read_seg_nrrd(path)
+    np.testing.assert_array_equal(back.array, lm.array)
+    np.testing.assert_allclose(back.volume.ijk_to_ras, lm.volume.ijk_to_ras, atol=1e-12)
+    assert back.segments == lm.segments
+    assert [(s.name, s.label_value) for s in back.segments] == [(n, v) for _, n, v in spec]
+    for s in lm.segments:
+        np.testing.assert_array_equal(back.mask(back.segment(s.name)), lm.array == s.label_value)
+    assert back.voxel_counts() == lm.voxel_counts()
+
+
+def test_body_and_bones_without_lungs_reads_back_as_body_and_bones(tmp_path):
+    """The real failure: Body = 1, Bones = 4, no lungs. Bones must not come back as label value 2."""
+    lm = sparse_labelmap(SPARSE_CASES["body_bones_no_lungs"])
+    path = tmp_path / "s.seg.nrrd"
+    write_seg_nrrd(lm, path)
+    text = header_text(path).splitlines()
+    assert "Segment0_LabelValue:=1" in text
+    assert "Segment1_LabelValue:=4" in text
+    assert "Segment1_LabelValue:=2" not in text
+    back = read_seg_nrrd(path)
+    assert back.segment("Bones").label_value == 4
+    assert np.count_nonzero(back.mask(back.segment("Bones"))) == np.count_nonzero(lm.array == 4) > 0

@@ -27,6 +27,53 @@ def test_dice_known_overlaps():
         dice(a, a[:-1])
 
 
+@pytest.mark.parametrize(("va", "vb"), [(1, 3), (1, 2), (4, 3), (2, 5), (7, 7), (255, 256)])
+def test_dice_of_label_values_is_the_dice_of_the_masks(va, vb):
+    """Any nonzero voxel is inside, whatever its label value: 1 & 2 (or 4 & 3) share no bit, so a
+    bitwise ``a & b`` without the boolean cast would see no overlap; 7 & 7 would count 7 per voxel."""
+    a = np.zeros((6, 9, 13), dtype=np.uint16)
+    b = np.zeros_like(a)
+    a[1:5, 2:8, 0:8] = va  # 4 * 6 * 8 = 192 voxels
+    b[1:5, 2:8, 4:13] = vb  # 4 * 6 * 9 = 216 voxels, overlap 4 * 6 * 4 = 96
+    expected = 2 * 96 / (192 + 216)
+    assert dice(a, b) == pytest.approx(expected, abs=1e-12)
+    assert dice(a, b) == dice(a != 0, b != 0)
+    assert dice(b, a) == pytest.approx(expected, abs=1e-12)
+    assert dice(a, a) == 1.0
+    assert dice(a, (a != 0).astype(np.uint8) * 2) == 1.0
+
+
+def test_dice_of_multi_label_maps_and_float_masks():
+    """A label map with values 1 and 2 against one with 3: inside is nonzero, across all labels."""
+    a = np.zeros((4, 5, 10), dtype=np.uint8)
+    b = np.zeros_like(a)
+    a[:, :, 0:4] = 1
+    a[:, :, 4:8] = 2  # 2 & 3 = 2 but 2 & 1 = 0: the 1-3 and 2-1 overlaps differ bitwise
+    b[:, :, 2:6] = 3
+    b[:, :, 6:10] = 1
+    assert dice(a, b) == pytest.approx(2 * 6 / (8 + 8))  # overlap columns 2..7 of 10
+    # float masks (e.g. thresholded probabilities kept as float): nonzero is inside
+    fa = np.where(a > 0, 0.5, 0.0)
+    fb = np.where(b > 0, 0.25, 0.0)
+    assert dice(fa, fb) == pytest.approx(0.75)
+    assert dice(fa, b) == pytest.approx(0.75)
+
+
+def test_surface_metrics_ignore_label_values():
+    """HD95 and mean surface distance of label-valued masks equal those of the boolean masks."""
+    a = np.zeros((12, 14, 16), dtype=np.uint8)
+    b = np.zeros_like(a)
+    a[2:9, 3:11, 2:12] = 4
+    b[3:10, 3:12, 5:15] = 3
+    a[5, 6, 7] = 2  # a different label inside A changes nothing
+    spacing = (0.7, 1.1, 2.5)
+    ba, bb = a != 0, b != 0
+    assert hausdorff95_mm(a, b, spacing) == hausdorff95_mm(ba, bb, spacing) > 0
+    assert mean_surface_distance_mm(a, b, spacing) == mean_surface_distance_mm(ba, bb, spacing) > 0
+    for got, ref in zip(surface_distances_mm(a, b, spacing), surface_distances_mm(ba, bb, spacing), strict=True):
+        np.testing.assert_array_equal(got, ref)
+
+
 def _analytic_hd95(radius: float, offset: float) -> float:
     """95th percentile of the distance from sphere A's surface to sphere B's (same radius, centres `offset`
     apart); area is uniform in z along the offset axis (Archimedes), so z is sampled uniformly."""

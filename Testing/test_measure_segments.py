@@ -211,3 +211,39 @@ def test_uint16_label_values_above_255():
     np.testing.assert_allclose(m["centroid_ras"], vol.ijk_to_ras_points([22.0, 11.0, 2.5])[0], atol=1e-9)
     sp = vol.spacing
     assert m["longest_diameter_mm"] == pytest.approx(np.linalg.norm([4 * sp[0], 2 * sp[1], 1 * sp[2]]))
+
+
+def test_neighbouring_segments_with_non_consecutive_labels_measure_only_their_own_voxels():
+    """Body = 1 around Bones = 4 (two bars with body between them, inside the bones' bounding box), a
+    one-voxel label 7, and a declared Lungs = 2 with no voxels: each segment counts only voxels equal
+    to its own label value, even where another label lies inside its bounding box."""
+    shape = (6, 10, 14)  # K, J, I: non-cubic
+    arr = np.zeros(shape, np.uint8)
+    arr[1:5, 1:9, 1:13] = 1
+    arr[2:4, 2:4, 2:12] = 4
+    arr[2:4, 6:8, 2:12] = 4  # body voxels at j = 4, 5 lie inside the bones' bounding box
+    arr[3, 8, 12] = 7  # inside the body's bounding box
+    spacing = (0.7, 1.3, 2.5)
+    vol = Volume.from_geometry(arr, spacing, (-3.0, 4.0, 10.0), np.diag([-1.0, 1.0, 1.0]))
+    segs = (Segment("body", "Body", (1.0, 0.8, 0.6), 1), Segment("lungs", "Lungs", (0.2, 0.5, 1.0), 2),
+            Segment("bones", "Bones", (1.0, 1.0, 0.9), 4), Segment("x", "Marker", (1.0, 0.0, 0.0), 7))
+    res = measure_segments(LabelMap(vol, segs), lesions={"x": "nodule"})
+    assert list(res) == ["body", "lungs", "bones", "x"]
+    assert [res[s.id]["label_value"] for s in segs] == [1, 2, 4, 7]
+    half = 0.5 * np.abs(vol.ijk_to_ras[:3, :3]).sum(axis=1)
+    for s in segs:
+        m = res[s.id]
+        mask = arr == s.label_value
+        assert m["voxel_count"] == int(mask.sum()), s.name
+        if not mask.any():
+            assert m["centroid_ras"] is None and m["bounds_ras"] is None
+            continue
+        pts = vol.ijk_to_ras_points(np.argwhere(mask)[:, ::-1])
+        np.testing.assert_allclose(m["centroid_ras"], pts.mean(axis=0), atol=1e-9, err_msg=s.name)
+        np.testing.assert_allclose(m["bounds_ras"]["min"], pts.min(axis=0) - half, atol=1e-9, err_msg=s.name)
+        np.testing.assert_allclose(m["bounds_ras"]["max"], pts.max(axis=0) + half, atol=1e-9, err_msg=s.name)
+        assert m["longest_diameter_mm"] == pytest.approx(float(pdist(pts).max()) if len(pts) > 1 else 0.0)
+    assert res["body"]["voxel_count"] == 4 * 8 * 12 - 2 * 2 * 2 * 10 - 1
+    assert res["bones"]["voxel_count"] == 2 * 2 * 2 * 10
+    assert res["x"]["voxel_count"] == 1 and res["x"]["recist_axial_mm"] == 0.0
+    assert res["lungs"]["voxel_count"] == 0

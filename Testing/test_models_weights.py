@@ -93,24 +93,67 @@ def test_model_folder_with_mismatching_network(tmp_path):
         load_network(open_model(tmp_path / "m"))
 
 
-def test_nested_and_dataparallel_checkpoints(tmp_path):
+def _seeded_network(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
     net = build_network("UNet", ARGS)
+    with torch.no_grad():  # every parameter and buffer away from its initial value
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    return net.eval()
+
+
+@pytest.mark.parametrize("layout", ["nested", "dataparallel", "nested_dataparallel", "model_key"])
+def test_nested_and_dataparallel_checkpoints(tmp_path, layout):
+    saved = {k: v.clone() for k, v in _seeded_network(1).state_dict().items()}
+    prefixed = {"module." + k: v for k, v in saved.items()}
+    checkpoint = {
+        "nested": {"state_dict": saved, "epoch": 3},
+        "dataparallel": prefixed,
+        "nested_dataparallel": {"state_dict": prefixed, "epoch": 3},
+        "model_key": {"model": saved, "optimizer_step": 12},
+    }[layout]
     path = tmp_path / "ckpt.pt"
-    torch.save({"state_dict": {"module." + k: v for k, v in net.state_dict().items()}, "epoch": 3}, path)
+    torch.save(checkpoint, path)
+
     sd = W.load_state_dict(path, W.sha256_file(path))
-    W.apply_state_dict(build_network("UNet", ARGS), sd)
+    assert list(sd) == list(saved)  # the "module." prefix is gone, order kept
+    for k, v in saved.items():
+        assert sd[k].dtype == v.dtype and sd[k].shape == v.shape, k
+        assert torch.equal(sd[k], v), k
+
+    target = _seeded_network(2)
+    assert not all(torch.equal(target.state_dict()[k], v) for k, v in saved.items())
+    W.apply_state_dict(target, sd, path)
+    for k, v in target.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    x = torch.linspace(-2.0, 2.0, 8 * 8 * 8).reshape(1, 1, 8, 8, 8)
+    reference = build_network("UNet", ARGS).eval()
+    reference.load_state_dict(saved)
+    with torch.no_grad():
+        assert torch.equal(target(x), reference(x))
 
 
 def test_torchscript_model_folder(tmp_path):
-    net = build_network("UNet", ARGS)
+    net = _seeded_network(3)
+    x = torch.randn(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = net(x)
     ts = tmp_path / "net.ts"
-    torch.jit.script(torch.nn.Conv3d(1, 2, 1)).save(str(ts))
+    torch.jit.save(torch.jit.script(net.train()), str(ts))  # saved in training mode: loading sets eval
+    net.eval()
     card = copy.deepcopy(CARD)
     card["weights"] = {"file": "model.ts", "format": "torchscript"}
     save_model_folder(tmp_path / "m", card, weights_file=ts)
     loaded = load_network(open_model(tmp_path / "m"))
     assert isinstance(loaded, torch.jit.ScriptModule)
-    del net
+    assert not loaded.training
+    with torch.no_grad():
+        got = loaded(x)
+        other = loaded(torch.zeros_like(x))
+    assert got.shape == expected.shape == (1, 2, 8, 8, 8)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not torch.equal(other, expected)  # the output depends on the input: not a constant
 
 
 def test_old_torch_is_refused(tmp_path, monkeypatch):
