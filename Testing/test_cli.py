@@ -273,3 +273,72 @@ def test_bad_options_are_refused_before_any_input_is_read(sphere_file, tmp_path,
         rc, err = e.code, capsys.readouterr().err
     assert rc == 2 and says in err, err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- what the user reads
+def test_read_warnings_are_in_the_report_and_the_summary_once(sphere_file, tmp_path, capsys, monkeypatch):
+    import medseg.cli.run as run_mod
+
+    real = run_mod.read_volume
+
+    def read_with_a_warning(path, *, warnings, **kw):
+        warnings.append("2 RTSTRUCT files were skipped")
+        return real(path, warnings=warnings, **kw)
+
+    monkeypatch.setattr(run_mod, "read_volume", read_with_a_warning)
+    rc, out, err = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50",
+                         "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["warnings"][0] == "2 RTSTRUCT files were skipped"
+    assert (out + err).count("2 RTSTRUCT files were skipped") == 1
+
+
+def test_one_total_time_in_the_terminal_and_the_report(sphere_file, tmp_path, capsys):
+    import re
+
+    rc, out, _ = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50",
+                         "--out", str(tmp_path / "o"), "--no-html"], capsys)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rc == 0 and "read" in report["timings_s"]
+    assert report["total_time_s"] == pytest.approx(sum(report["timings_s"].values()))
+    printed = float(re.search(r"total (\d+\.\d)s", out).group(1))
+    assert printed == round(report["total_time_s"], 1)
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(sphere_file, tmp_path, capsys):
+    rc, _, err = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50",
+                       "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0 and "\r" not in err
+    lines = [line for line in err.splitlines() if "%" in line]
+    assert len(lines) >= 3 and lines[-1].split(": ", 1)[1].startswith("100%")
+
+
+def test_summary_lists_at_most_ten_boxes():
+    from pathlib import Path
+
+    from medseg.cli.summary import MAX_BOX_LINES, format_summary
+
+    boxes = [{"name": f"Lesion {i}", "label": "lesion", "score": 0.5} for i in range(1, 209)]
+    report = {"segments": [], "boxes": boxes, "timings_s": {"read": 1.0}, "total_time_s": 1.0, "warnings": []}
+    text = format_summary(report, Path("out"))
+    assert max(len(line) for line in text.splitlines()) < 120
+    assert "Lesion 10:" in text and "Lesion 11:" not in text and MAX_BOX_LINES == 10
+    assert "and 198 more" in text
+
+
+def test_reader_limits_are_options(sphere_file, tmp_path, capsys):
+    rc, _, err = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50",
+                       "--out", str(tmp_path / "o"), "--max-voxels", "1000"], capsys)
+    assert rc == 2 and "--max-voxels" in err and not (tmp_path / "o").exists()
+    header = tmp_path / "hdr" / "escape.nhdr"
+    header.parent.mkdir()
+    raw = sitk.GetArrayFromImage(sitk.ReadImage(str(sphere_file))).astype("<i2")
+    (tmp_path / "data.raw").write_bytes(raw.tobytes())
+    header.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: {} {} {}\nspacings: 1 1 1\n"
+                      "encoding: raw\nendian: little\ndata file: ../data.raw\n".format(*raw.shape[::-1]))
+    argv = ["run", str(header), "--task", "threshold", "--threshold", "50", "--no-html", "--no-models"]
+    rc, _, err = _run([*argv, "--out", str(tmp_path / "p")], capsys)
+    assert rc == 2 and "--allow-external-data" in err and not (tmp_path / "p").exists()
+    rc, _, _ = _run([*argv, "--out", str(tmp_path / "q"), "--allow-external-data"], capsys)
+    assert rc == 0 and (tmp_path / "q" / "report.json").is_file()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,15 +40,24 @@ def unit_float(text: str) -> float:
     return v
 
 
-def nonneg_int(text: str) -> int:
-    """A whole number >= 0."""
+def _whole_number(text: str, minimum: int) -> int:
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+    if v < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {v}")
     return v
+
+
+def nonneg_int(text: str) -> int:
+    """A whole number >= 0."""
+    return _whole_number(text, 0)
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    return _whole_number(text, 1)
 
 
 def mesh_formats(text: str) -> tuple[MeshFormat, ...]:
@@ -94,19 +102,23 @@ def run_options(args: argparse.Namespace, task: str, params: dict[str, Any]) -> 
 
 # ----------------------------------------------------------------------------- one case
 def run_case(volumes: Sequence[Volume], options: RunOptions, out_dir: Path, args: argparse.Namespace,
-             label: str, task: Task | None = None) -> dict[str, Any]:
-    """Run and write one case with a progress bar labelled ``label``; return its ``report.json``
-    with ``total_time_s`` (wall time including writing) added."""
-    t0 = time.perf_counter()
+             label: str, task: Task | None = None, notes: Sequence[str] = (),
+             read_time_s: float | None = None) -> dict[str, Any]:
+    """Run and write one case with a progress bar labelled ``label``; return its ``report.json``.
+
+    ``notes`` (the reader's warnings) join the report's one warnings list; ``read_time_s`` (reading
+    the inputs) is the ``read`` stage of its timings, so ``total_time_s`` (the sum of the stages) is
+    the one total the terminal, ``report.json`` and ``report.html`` show.
+    """
     bar = Progress(args.quiet, label, as_json=args.progress_json)
+    timings = {} if read_time_s is None else {"read": float(read_time_s)}
     try:
         result = run_task(volumes, options, task=task, progress=lambda f, m: bar(COMPUTE_SHARE * f, m),
-                          cancel=args.cancel)
+                          cancel=args.cancel, notes=notes, timings=timings)
         write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=args.formats, html=not args.no_html,
                      progress=lambda f, m: bar(COMPUTE_SHARE + WRITE_SHARE * f, m), cancel=args.cancel)
     finally:
         bar.close()
     with open(out_dir / "report.json", encoding="utf-8") as fh:
         report: dict[str, Any] = json.load(fh)
-    report["total_time_s"] = time.perf_counter() - t0
     return report

@@ -44,12 +44,13 @@ def cmd_demo(args: argparse.Namespace) -> ExitCode:
     check_output_folder(args.out, args.overwrite)
     t0 = time.perf_counter()
     volume, truth = make_chest_phantom(seed=args.seed)
-    report = run_case([volume], run_options(args, DEMO_TASK, {}), args.out, args, f"demo {DEMO_TASK}")
+    # making the phantom stands in for reading an input: the report's "read" stage
+    report = run_case([volume], run_options(args, DEMO_TASK, {}), args.out, args, f"demo {DEMO_TASK}",
+                      read_time_s=time.perf_counter() - t0)
     comparison = write_demo_extras(args.out, volume, truth)
     if not args.quiet:
         print(format_summary(report, args.out))
         print("\n".join(format_comparison(comparison)))
-        print(f"Demo finished in {time.perf_counter() - t0:.1f}s "
-              f"(phantom {'x'.join(str(n) for n in volume.shape_ijk)}, "
-              f"spacing {', '.join(f'{s:g}' for s in volume.spacing)} mm)")
+        print(f"Demo phantom {'x'.join(str(n) for n in volume.shape_ijk)} voxels, "
+              f"spacing {', '.join(f'{s:g}' for s in volume.spacing)} mm")
     return ExitCode.OK

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from medseg.cli.commands import COMMANDS
-from medseg.cli.common import add_output_options, nonneg_int, run_case, run_options
+from medseg.cli.common import add_output_options, nonneg_int, positive_int, run_case, run_options
 from medseg.cli.summary import format_summary
 from medseg.core.errors import CancelledError, ExitCode, InputError, MedSegError
 from medseg.core.formats import strip_image_suffix
@@ -25,6 +26,7 @@ from medseg.core.specs import TASK_PARAMS, Task, TaskParam
 from medseg.core.vocabulary import NanPolicy
 from medseg.io.atomic import atomic_write_text, check_output_folder, prepare_batch_folder
 from medseg.io.filenames import unique_file_stem
+from medseg.io.input_checks import DEFAULT_MAX_VOXELS
 from medseg.io.volume_reader import read_volume
 from medseg.pipeline.model_tasks import model_task
 from medseg.pipeline.options import RunOptions
@@ -73,6 +75,12 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--frame", type=nonneg_int, default=None, metavar="N", help="frame to use from a 4D input")
     r.add_argument("--nan-policy", choices=NanPolicy.values(), default=NanPolicy.ERROR.value,
                    help="NaN/Inf voxels: refuse (default) or fill with the minimum finite value")
+    r.add_argument("--max-voxels", type=positive_int, default=DEFAULT_MAX_VOXELS, metavar="N",
+                   help=f"refuse an input whose header promises more than N voxels (default {DEFAULT_MAX_VOXELS:,}; "
+                        "checked before reading, against decompression bombs)")
+    r.add_argument("--allow-external-data", action="store_true",
+                   help="read a detached header's (.nhdr, .mhd) data file even when it lies outside the "
+                        "header's folder (refused by default)")
     add_task_param_flags(r)
     add_output_options(r)
     r.set_defaults(handler=cmd_run, writes_output=True)
@@ -83,6 +91,12 @@ def _task(args: argparse.Namespace) -> Task:
     if (args.task is None) == (args.model is None):
         raise InputError("give either --task TASK or --model DIR (see `medseg tasks`, `medseg models list`)")
     return model_task(args.model) if args.model is not None else get_task(args.task)
+
+
+def _read(path: Path, args: argparse.Namespace, warnings: list[str]):
+    """One input with the reader options of the command line."""
+    return read_volume(path, series_uid=args.series, frame=args.frame, warnings=warnings,
+                       allow_external_data=args.allow_external_data, max_voxels=args.max_voxels)
 
 
 def cmd_run(args: argparse.Namespace) -> ExitCode:
@@ -100,12 +114,12 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
         raise InputError(f"task {task.name} takes at most {task.max_inputs} input(s), got {len(paths)}")
     check_output_folder(args.out, args.overwrite, inputs=paths)
     warnings: list[str] = []
-    volumes = [read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings) for p in paths]
+    t0 = time.perf_counter()
+    volumes = [_read(p, args, warnings) for p in paths]
+    read_s = time.perf_counter() - t0
     args.cancel.check()
-    report = run_case(volumes, options, args.out, args, task.name, task=task)
+    report = run_case(volumes, options, args.out, args, task.name, task=task, notes=warnings, read_time_s=read_s)
     if not args.quiet:
-        for w in warnings:
-            print(f"Warning: {w}", file=sys.stderr)
         print(format_summary(report, args.out))
     return ExitCode.OK
 
@@ -123,10 +137,12 @@ def _run_batch(paths: list[Path], task: Task, options: RunOptions, args: argpars
         args.cancel.check()
         try:
             warnings: list[str] = []
-            vol = read_volume(p, series_uid=args.series, frame=args.frame, warnings=warnings)
-            report = run_case([vol], options, out, args, p.name, task=task)
+            t0 = time.perf_counter()
+            vol = _read(p, args, warnings)
+            report = run_case([vol], options, out, args, p.name, task=task, notes=warnings,
+                              read_time_s=time.perf_counter() - t0)
             entry.update(status="ok", segments=len(report["segments"]), boxes=len(report["boxes"]),
-                         warnings=warnings + report.get("warnings", []))
+                         warnings=report.get("warnings", []))
         except CancelledError:
             raise
         except MedSegError as e:

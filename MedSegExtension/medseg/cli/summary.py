@@ -25,6 +25,10 @@ COLUMNS: tuple[tuple[Measure, str, Callable[[Any], str]], ...] = (
 )
 
 
+#: boxes listed one per line; the rest are counted (a scan can have hundreds)
+MAX_BOX_LINES = 10
+
+
 def format_summary(report: dict[str, Any], out_dir: Path) -> str:
     """A plain-text table of a ``report.json``'s segments and boxes plus timings and warnings."""
     rows = [("Segment", *(column_title(key, axis) for key, axis, _ in COLUMNS))]
@@ -35,11 +39,13 @@ def format_summary(report: dict[str, Any], out_dir: Path) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     boxes = report["boxes"]
-    lines.append(f"Boxes: {len(boxes)}" + (
-        " (" + ", ".join(f"{b['name']} {b['label']} score {b['score']:.2f}" for b in boxes) + ")" if boxes else ""))
+    lines.append(f"Boxes: {len(boxes)}")
+    lines.extend(f"  {b['name']}: {b['label']}, score {b['score']:.2f}" for b in boxes[:MAX_BOX_LINES])
+    if len(boxes) > MAX_BOX_LINES:
+        lines.append(f"  ... and {len(boxes) - MAX_BOX_LINES} more (all in report.json and boxes.mrk.json)")
     t = report.get("timings_s", {})
     lines.append("Time: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
-                 + f"; total {report.get('total_time_s', sum(t.values())):.1f}s on {report.get('device', '?')}")
+                 + f"; total {report['total_time_s']:.1f}s on {report.get('device', '?')}")
     lines.extend(f"Warning: {w}" for w in report.get("warnings", []))
     lines.append(f"Output: {out_dir}")
     return "\n".join(lines)

@@ -19,6 +19,8 @@ from pydicom.errors import InvalidDicomError
 from medseg.core.errors import AmbiguousInputError, InputError
 from medseg.core.frames import lps_to_ras_matrix
 from medseg.core.volume import Volume
+from medseg.io.input_checks import DEFAULT_MAX_VOXELS, check_promised_size
+from medseg.io.itk_access import captured_itk_messages, itk_path, python_path, report_itk_messages
 
 #: relative tolerance on slice spacing before a series counts as irregular (Slicer uses 1e-2)
 SPACING_RTOL = 1e-2
@@ -42,11 +44,15 @@ def _read_header(path: str):
 
 
 def _series_ids(folder: Path) -> list[str]:
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    with captured_itk_messages():
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(itk_path(folder)))
 
 
 def _series_files(folder: Path, uid: str) -> list[str]:
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    """The series' files as paths Python can open (ITK gives UTF-8 text; see ``itk_access``)."""
+    with captured_itk_messages():
+        names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(itk_path(folder), uid)
+    return [python_path(n) for n in names]
 
 
 def _is_image(ds) -> bool:
@@ -161,8 +167,9 @@ def regular_step(gaps: np.ndarray) -> float:
 
 
 def read_dicom_series(folder: Path, *, series_uid: str | None = None,
-                      warnings: list[str] | None = None) -> Volume:
-    """Read one image series from ``folder`` into a ``Volume`` (HU for CT: rescale applied)."""
+                      warnings: list[str] | None = None, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+    """Read one image series from ``folder`` into a ``Volume`` (HU for CT: rescale applied);
+    refuse it before decoding when rows x columns x frames exceeds ``max_voxels`` or the memory."""
     local: list[str] = []
     series = list_series(folder, local)
     if not series:
@@ -181,11 +188,15 @@ def read_dicom_series(folder: Path, *, series_uid: str | None = None,
     slices, normal = _slices(headers, files)
     median, geo_warnings = check_slice_geometry(slices, normal, folder)
     local.extend(geo_warnings)
+    _check_series_size(folder, series_uid, headers, max_voxels)
 
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([s.path for s in slices])
+    reader.SetFileNames([itk_path(s.path) for s in slices])
     try:
-        image = reader.Execute()
+        with captured_itk_messages() as messages:
+            image = reader.Execute()
+        # ITK's "non uniform sampling" is reported by check_slice_geometry in plain words
+        report_itk_messages(messages, folder, local, known=("Non uniform sampling",))
     except RuntimeError as e:
         last = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
         raise InputError(f"{folder}: cannot decode series {series_uid} ({last}); if the files are compressed, "
@@ -214,6 +225,15 @@ def read_dicom_series(folder: Path, *, series_uid: str | None = None,
     if warnings is not None:
         warnings.extend(local)
     return vol
+
+
+def _check_series_size(folder: Path, uid: str, headers, max_voxels: int) -> None:
+    """Refuse a series whose headers promise more than ``max_voxels`` voxels or the memory."""
+    ds = headers[0]
+    frames = sum(max(int(getattr(h, "NumberOfFrames", 1) or 1), 1) for h in headers)
+    bits = int(getattr(ds, "BitsAllocated", 16) or 16)
+    check_promised_size(f"{folder} (series {uid})", (int(ds.Columns), int(ds.Rows), frames),
+                        max(bits, 8) // 8, max_voxels)
 
 
 def _regularise(arr: np.ndarray, distances: np.ndarray, dz: float) -> np.ndarray:

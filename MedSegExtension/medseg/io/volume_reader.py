@@ -5,12 +5,11 @@ ITK reads every format in LPS; the conversion to RAS happens in ``medseg.core.fr
 
 from __future__ import annotations
 
-import gzip
+import math
 import os
-import struct
-import zlib
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from medseg.core.errors import InputError
@@ -18,6 +17,16 @@ from medseg.core.formats import image_format, strip_image_suffix
 from medseg.core.frames import sitk_to_volume
 from medseg.core.volume import Volume
 from medseg.io.dicom_series import read_dicom_series
+from medseg.io.image_headers import ImageHeader, NotThisFormatError, read_header
+from medseg.io.input_checks import (
+    DEFAULT_MAX_VOXELS,
+    check_data_amount,
+    check_data_inside,
+    check_geometry,
+    check_promised_size,
+    nifti_scan,
+)
+from medseg.io.itk_access import captured_itk_messages, itk_path, report_itk_messages
 
 _SCALAR_COMPLEX = ("complex",)
 
@@ -33,6 +42,8 @@ def read_volume(
     series_uid: str | None = None,
     frame: int | None = None,
     warnings: list[str] | None = None,
+    allow_external_data: bool = False,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> Volume:
     """Read ``path`` (an image file or a DICOM series folder) into a ``Volume`` (KJI, IJK->RAS).
 
@@ -40,75 +51,102 @@ def read_volume(
         path: NRRD/NIfTI/MHA/MHD file, or a folder holding one DICOM image series.
         series_uid: which series to read when a DICOM folder holds several.
         frame: which frame to take from a 4D input (refused without it).
-        warnings: list that receives human-readable warnings (skipped files, irregular slices).
+        warnings: list that receives human-readable warnings (skipped files, irregular slices,
+            what the image reader warned about).
+        allow_external_data: read detached data files (``.nhdr``/``.mhd``) that lie outside the
+            header's folder; refused by default.
+        max_voxels: most voxels the header may promise (all frames); refused above, before reading.
 
     Raises:
         InputError: missing/unsupported/corrupt file, 2D or 4D input without ``frame``, vector or
-            complex pixels. ``AmbiguousInputError`` for several DICOM series and no ``series_uid``.
+            complex pixels, data that does not match its header (size, gzip CRC), data files
+            outside the header's folder, a promised size over ``max_voxels`` or the available
+            memory, absurd geometry. ``AmbiguousInputError`` for several DICOM series and no
+            ``series_uid``.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(f"input {p} does not exist")
     if p.is_dir():
-        return read_dicom_series(p, series_uid=series_uid, warnings=warnings)
+        vol = read_dicom_series(p, series_uid=series_uid, warnings=warnings, max_voxels=max_voxels)
+        check_geometry(vol, p)
+        return vol
     fmt = image_format(p)
     if fmt is None:
         raise InputError(
             f"input {p} has an unsupported file type; use NRRD (.nrrd/.nhdr), NIfTI (.nii/.nii.gz), "
             f"MetaImage (.mha/.mhd) or a DICOM series folder"
         )
-    check_complete(p)
+    name = itk_path(p)
+    header = _header(p, name, fmt)
+    check_data_inside(p, header.data_files, allow_external_data)
+    check_promised_size(p, header.sizes, header.scalar_bytes, max_voxels)
+    nonfinite = None
+    if fmt == "NIfTI":
+        nonfinite = check_complete_nifti(header)
+    else:
+        check_data_amount(header)
     try:
-        image = sitk.ReadImage(str(p))
+        with captured_itk_messages() as messages:
+            image = sitk.ReadImage(name)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown ITK error"
-        raise InputError(f"cannot read {p} as {fmt}: the file is corrupt or not a {fmt} image ({first})") from e
-    return image_to_volume(image, p, fmt, frame=frame)
+        raise _itk_error(p, fmt, e) from e
+    report_itk_messages(messages, p, warnings)
+    vol = image_to_volume(image, p, fmt, frame=frame)
+    if nonfinite is not None and nonfinite[0].size:
+        _restore_nonfinite(vol, header, nonfinite, frame)
+    check_geometry(vol, p)
+    return vol
 
 
-def check_complete(path: Path) -> None:
-    """Refuse truncated files that ITK would silently zero-fill (seen with truncated .nii.gz).
+def _itk_error(path: Path, fmt: str, e: RuntimeError) -> InputError:
+    first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown ITK error"
+    return InputError(f"cannot read {path} as {fmt}: the file is corrupt or not a {fmt} image ({first})")
 
-    Gzip files are read to their end-of-stream marker; NIfTI-1 files (``.nii`` and, once
-    decompressed, ``.nii.gz``) must be at least as long as their header says.
-    """
-    name = path.name.lower()
+
+def _header(path: Path, name: str, fmt: str) -> ImageHeader:
+    """The file's header; where it does not even start like one, ITK's own reading of the header
+    (no data) says why when it fails too (a file that is no image at all)."""
     try:
-        if name.endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                header = fh.read(348)
-                size = len(header)
-                while True:
-                    chunk = fh.read(1 << 22)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-        else:
-            with open(path, "rb") as fh:
-                header = fh.read(348)
-            size = path.stat().st_size
-    except (EOFError, OSError, zlib.error) as e:
-        what = "the compressed file is truncated or corrupt" if name.endswith(".gz") else "cannot open it"
-        raise InputError(f"cannot read {path}: {what} ({e})") from e
-    if not name.endswith((".nii", ".nii.gz")):
+        return read_header(path, fmt)
+    except NotThisFormatError as ours:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            with captured_itk_messages():
+                reader.ReadImageInformation()
+        except RuntimeError as e:
+            raise _itk_error(path, fmt, e) from e
+        raise ours
+
+
+def check_complete_nifti(header: ImageHeader) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse a truncated NIfTI file; return the flat indices and stored values of its non-finite
+    float voxels (ITK's NIfTI reader turns them into 0)."""
+    path = header.path
+    size, idx, vals = nifti_scan(header)
+    need = int(header.data_offset or 0) + header.data_bytes
+    if size < need:
+        # a .nii.gz can be a complete gzip stream of a truncated file
+        raise InputError(f"cannot read {path}: the file is truncated "
+                         f"({size} bytes{' uncompressed' if header.encoding == 'gzip' else ''}, "
+                         f"the header needs {need})")
+    return idx, vals
+
+
+def _restore_nonfinite(vol: Volume, header: ImageHeader, nonfinite, frame: int | None) -> None:
+    """Put NaN/Inf voxels back where ITK's NIfTI reader wrote 0 (scaled like ITK scales the data)."""
+    idx, vals = nonfinite
+    if not np.issubdtype(vol.array.dtype, np.floating):
         return
-    if len(header) < 348:
-        raise InputError(f"cannot read {path}: the NIfTI header is truncated ({len(header)} of 348 bytes)")
-    for endian in ("<", ">"):
-        if struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = struct.unpack(endian + "f", header[108:112])[0]
-            n = 1
-            for d in dims[1 : 1 + max(0, min(dims[0], 7))]:
-                n *= max(int(d), 1)
-            need = int(offset) + n * max(bitpix, 8) // 8
-            if size < need:
-                # a .nii.gz can be a complete gzip stream of a truncated file
-                raise InputError(f"cannot read {path}: the file is truncated "
-                                 f"({size} bytes{' uncompressed' if name.endswith('.gz') else ''}, "
-                                 f"the header needs {need})")
-            break
+    slope, inter = header.extra["slope"], header.extra["inter"]
+    if slope != 0 and math.isfinite(slope) and math.isfinite(inter) and not (slope == 1 and inter == 0):
+        with np.errstate(invalid="ignore"):
+            vals = vals * slope + inter
+    per_frame = vol.array.size
+    start = per_frame * int(frame or 0)
+    keep = (idx >= start) & (idx < start + per_frame)
+    vol.array.flat[idx[keep] - start] = vals[keep].astype(vol.array.dtype)
 
 
 def image_to_volume(image, path: Path, fmt: str, frame: int | None = None) -> Volume:

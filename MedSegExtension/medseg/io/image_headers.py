@@ -1,0 +1,284 @@
+"""Parse the headers of NRRD, NIfTI and MetaImage files without reading their data.
+
+What a header promises (sizes, voxel type, encoding, where the data lies) is known before any
+data is decompressed, so :mod:`medseg.io.input_checks` can refuse a file that promises too much,
+names data outside its folder, or holds a different amount of data than it promises.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.core.errors import InputError
+
+#: the most header text read before a header counts as malformed (real headers are a few kB)
+_MAX_HEADER_BYTES = 1 << 20
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+class NotThisFormatError(InputError):
+    """The file does not start like a file of its format (no magic, no header size field)."""
+
+
+@dataclass
+class ImageHeader:
+    """What an image file's header promises.
+
+    Attributes:
+        sizes: samples along each axis, fastest first (vector components included).
+        scalar_bytes: bytes of one stored scalar.
+        encoding: "raw", "gzip", "bzip2", "ascii", "hex" (NRRD) or "zlib" (compressed MetaImage).
+        data_files: detached data files in order; empty when the data follows the header.
+        data_offset: byte offset of data that follows the header in ``path`` (None if detached).
+        byte_skip, line_skip: NRRD/MetaImage skips before the data (-1: data at the end of the file).
+    """
+
+    path: Path
+    fmt: str
+    sizes: tuple[int, ...]
+    scalar_bytes: int
+    type_name: str
+    encoding: str = "raw"
+    data_files: tuple[Path, ...] = ()
+    data_offset: int | None = None
+    byte_skip: int = 0
+    line_skip: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.sizes)
+
+    @property
+    def data_bytes(self) -> int:
+        return self.voxels * self.scalar_bytes
+
+    def describe(self) -> str:
+        return "x".join(str(s) for s in self.sizes)
+
+
+def read_header(path: Path, fmt: str) -> ImageHeader:
+    """The header of image file ``path`` of format ``fmt`` ("NRRD", "NIfTI", "MetaImage")."""
+    if fmt == "NRRD":
+        return _nrrd(path)
+    if fmt == "NIfTI":
+        return _nifti(path)
+    return _meta(path)
+
+
+def _bad(path: Path, what: str) -> InputError:
+    return InputError(f"cannot read {path}: {what}")
+
+
+def _int(path: Path, text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise _bad(path, f"the header's {what} '{text}' is not an integer") from None
+
+
+def _sizes(path: Path, tokens: list[str], what: str) -> tuple[int, ...]:
+    sizes = tuple(_int(path, t, what) for t in tokens)
+    if not sizes or any(s < 1 for s in sizes):
+        raise _bad(path, f"the header's {what} {' '.join(tokens)} are not positive integers")
+    return sizes
+
+
+# --------------------------------------------------------------------------------------- NRRD
+def _nrrd_type_bytes(path: Path, name: str) -> int:
+    t = " ".join(name.lower().split())
+    if t == "block":
+        raise _bad(path, "NRRD type 'block' is not an image type MedSeg reads")
+    if t == "float":
+        return 4
+    if t == "double":
+        return 8
+    for keys, size in ((("long", "64"), 8), (("char", "8"), 1), (("short", "16"), 2), (("int", "32"), 4)):
+        if any(k in t for k in keys):
+            return size
+    raise _bad(path, f"unknown NRRD type '{name}'")
+
+
+_NRRD_ENCODINGS = {"raw": "raw", "gz": "gzip", "gzip": "gzip", "bz2": "bzip2", "bzip2": "bzip2",
+                   "txt": "ascii", "text": "ascii", "ascii": "ascii", "hex": "hex"}
+
+
+def _header_lines(path: Path, data: bytes) -> list[tuple[str, int]]:
+    """(line text, byte offset after the line) up to and including the first empty line."""
+    out, pos = [], 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            out.append((data[pos:].decode("latin-1").rstrip("\r"), len(data)))
+            break
+        line = data[pos:end].decode("latin-1").rstrip("\r")
+        pos = end + 1
+        out.append((line, pos))
+        if not line:
+            break
+    return out
+
+
+def _nrrd(path: Path) -> ImageHeader:
+    with open(path, "rb") as fh:
+        head = fh.read(_MAX_HEADER_BYTES)
+    if not head.startswith(b"NRRD000"):
+        raise NotThisFormatError(f"cannot read {path}: not a NRRD file (no NRRD magic at its start)")
+    lines = _header_lines(path, head)
+    fields: dict[str, str] = {}
+    data_offset: int | None = None
+    list_files: list[str] | None = None
+    for n, (line, after) in enumerate(lines[1:], start=1):
+        if not line:
+            data_offset = after
+            break
+        if line.startswith("#") or ":=" in line:
+            continue
+        key, sep, value = line.partition(": ")
+        if not sep:
+            raise _bad(path, f"malformed NRRD header line {n + 1}: '{line[:80]}'")
+        key = key.strip().lower()
+        fields[key] = value.strip()
+        if key in ("data file", "datafile") and value.split()[:1] == ["LIST"]:
+            list_files = [ln for ln, _ in lines[n + 1:] if ln.strip()]
+            if lines and lines[-1][1] >= _MAX_HEADER_BYTES:
+                raise _bad(path, "the NRRD data file LIST is too long to check")
+            break
+    for need in ("type", "dimension", "sizes", "encoding"):
+        if need not in fields:
+            raise _bad(path, f"the NRRD header has no '{need}' field")
+    sizes = _sizes(path, fields["sizes"].split(), "sizes")
+    dim = _int(path, fields["dimension"], "dimension")
+    if dim != len(sizes):
+        raise _bad(path, f"the NRRD header's dimension {dim} does not match its sizes {fields['sizes']}")
+    encoding = _NRRD_ENCODINGS.get(fields["encoding"].lower())
+    if encoding is None:
+        raise _bad(path, f"NRRD encoding '{fields['encoding']}' is not supported; use raw or gzip")
+    data_file = fields.get("data file", fields.get("datafile"))
+    files: tuple[Path, ...] = ()
+    if data_file is not None:
+        files = _data_files(path, data_file, list_files, "NRRD data file")
+        data_offset = None
+    elif data_offset is None:
+        raise _bad(path, "the NRRD header has no data file and no blank line before attached data "
+                         "(the header is truncated or malformed)")
+    return ImageHeader(path, "NRRD", sizes, _nrrd_type_bytes(path, fields["type"]), fields["type"],
+                       encoding, files, data_offset,
+                       byte_skip=_int(path, fields.get("byte skip", fields.get("byteskip", "0")), "byte skip"),
+                       line_skip=_int(path, fields.get("line skip", fields.get("lineskip", "0")), "line skip"))
+
+
+def _data_files(path: Path, value: str, listed: list[str] | None, what: str) -> tuple[Path, ...]:
+    """Data files a detached header names: one name, ``LIST`` (names on the lines that follow) or a
+    numbered pattern ``fmt min max step [subdim]`` with one C integer conversion (``%03d``)."""
+    folder = path.parent
+    tokens = value.split()
+    if tokens[:1] == ["LIST"]:
+        if not listed:
+            raise _bad(path, f"the {what} LIST names no files")
+        return tuple(folder / name.strip() for name in listed)
+    if len(tokens) in (4, 5) and all(re.fullmatch(r"-?\d+", t) for t in tokens[1:]):
+        pattern, lo, hi, step = tokens[0], int(tokens[1]), int(tokens[2]), int(tokens[3])
+        conversions = re.findall(r"%[^%]*?[a-zA-Z%]", pattern)
+        real = [c for c in conversions if c != "%%"]
+        if len(real) != 1 or not re.fullmatch(r"%0?\d*d", real[0]):
+            raise _bad(path, f"the {what} pattern '{pattern}' is not one integer conversion like %03d; "
+                             f"MedSeg cannot check which files it names")
+        if step == 0 or (hi - lo) * step < 0 or abs(hi - lo) // abs(step) > 100_000:
+            raise _bad(path, f"the {what} numbering {lo} {hi} {step} is not a finite range")
+        return tuple(folder / (pattern % i) for i in range(lo, hi + (1 if step > 0 else -1), step))
+    return (folder / value,)
+
+
+# -------------------------------------------------------------------------------------- NIfTI
+def _nifti(path: Path) -> ImageHeader:
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(540)
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(540)
+    except (EOFError, OSError, zlib.error) as e:
+        what = "the compressed file is truncated or corrupt" if path.name.lower().endswith(".gz") else "cannot open it"
+        raise InputError(f"cannot read {path}: {what} ({e})") from e
+    if len(head) < 348:
+        raise _bad(path, f"the NIfTI header is truncated ({len(head)} of 348 bytes)")
+    for endian in ("<", ">"):
+        first = struct.unpack(endian + "i", head[:4])[0]
+        if first == 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            slope, inter = struct.unpack(endian + "2f", head[112:120])
+            break
+        if first == 540 and len(head) >= 540:
+            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+            dims = struct.unpack(endian + "8q", head[16:80])
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+            slope, inter = struct.unpack(endian + "2d", head[176:192])
+            break
+    else:
+        raise NotThisFormatError(f"cannot read {path}: not a NIfTI-1 or NIfTI-2 file "
+                                 f"(header size field is neither 348 nor 540)")
+    n = max(0, min(int(dims[0]), 7))
+    sizes = tuple(max(int(d), 1) for d in dims[1:1 + n]) or (1,)
+    return ImageHeader(path, "NIfTI", sizes, max(int(bitpix), 8) // 8, f"NIfTI datatype {datatype}",
+                       "gzip" if path.name.lower().endswith(".gz") else "raw", data_offset=offset,
+                       extra={"endian": endian, "datatype": int(datatype), "slope": float(slope),
+                              "inter": float(inter), "float": _NIFTI_FLOAT_TYPES.get(int(datatype))})
+
+
+# ---------------------------------------------------------------------------------- MetaImage
+_MET_BYTES = {"CHAR": 1, "UCHAR": 1, "SHORT": 2, "USHORT": 2, "INT": 4, "UINT": 4, "LONG": 4, "ULONG": 4,
+              "LONG_LONG": 8, "ULONG_LONG": 8, "FLOAT": 4, "DOUBLE": 8}
+
+
+def _meta(path: Path) -> ImageHeader:
+    with open(path, "rb") as fh:
+        head = fh.read(_MAX_HEADER_BYTES)
+    fields: dict[str, str] = {}
+    pos, data_offset = 0, None
+    listed: list[str] | None = None
+    while pos < len(head):
+        end = head.find(b"\n", pos)
+        end = len(head) if end < 0 else end
+        line = head[pos:end].decode("latin-1").strip()
+        pos = end + 1
+        key, sep, value = line.partition("=")
+        if not sep:
+            if line:
+                raise NotThisFormatError(f"cannot read {path}: malformed MetaImage header line '{line[:80]}'")
+            continue
+        key, value = key.strip(), value.strip()
+        fields[key] = value
+        if key == "ElementDataFile":
+            if value.split()[:1] == ["LIST"]:
+                listed = [ln.strip() for ln in head[pos:].decode("latin-1").splitlines() if ln.strip()]
+            data_offset = min(pos, len(head))
+            break
+    for need in ("NDims", "DimSize", "ElementType", "ElementDataFile"):
+        if need not in fields:
+            raise _bad(path, f"the MetaImage header has no '{need}' field")
+    sizes = _sizes(path, fields["DimSize"].split(), "DimSize")
+    channels = _int(path, fields.get("ElementNumberOfChannels", "1"), "ElementNumberOfChannels")
+    if channels > 1:
+        sizes = (channels, *sizes)
+    etype = fields["ElementType"].upper().removeprefix("MET_").removesuffix("_ARRAY")
+    if etype not in _MET_BYTES:
+        raise _bad(path, f"unknown MetaImage ElementType '{fields['ElementType']}'")
+    value = fields["ElementDataFile"]
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    files: tuple[Path, ...] = ()
+    if value.upper() != "LOCAL":
+        files = _data_files(path, value, listed, "MetaImage ElementDataFile")
+        data_offset = None
+    return ImageHeader(path, "MetaImage", sizes, _MET_BYTES[etype], fields["ElementType"],
+                       "zlib" if compressed else "raw", files, data_offset,
+                       byte_skip=_int(path, fields.get("HeaderSize", "0"), "HeaderSize"))
