@@ -298,12 +298,14 @@ def test_one_total_time_in_the_terminal_and_the_report(sphere_file, tmp_path, ca
     import re
 
     rc, out, _ = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50",
-                         "--out", str(tmp_path / "o"), "--no-html"], capsys)
+                       "--out", str(tmp_path / "o")], capsys)
     report = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert rc == 0 and "read" in report["timings_s"]
+    assert rc == 0 and {"read", "write", "report_html"} <= set(report["timings_s"])
     assert report["total_time_s"] == pytest.approx(sum(report["timings_s"].values()))
     printed = float(re.search(r"total (\d+\.\d)s", out).group(1))
     assert printed == round(report["total_time_s"], 1)
+    page = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
+    assert float(re.search(r"total time (\d+\.\d) s", page).group(1)) == printed
 
 
 def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(sphere_file, tmp_path, capsys):

@@ -470,14 +470,16 @@ def _centre_of(rgb, channel):
     return rows.mean(), cols.mean()
 
 
+def test_vtk_offscreen_rendering_works_here():
+    """The VTK path is tested, never skipped or swapped for matplotlib: this machine must render
+    offscreen (EGL without a display); when it cannot, this fails with the probe's reason."""
+    ok, detail = view3d.vtk_offscreen_available()
+    assert ok, f"VTK cannot render offscreen here: {detail}"
+
+
 @pytest.mark.parametrize("method", ["vtk", "matplotlib"])
 def test_3d_view_is_an_anterior_view(method):
     res = _three_spheres()
-    if method == "vtk" and not view3d.vtk_offscreen_available()[0]:
-        # no offscreen OpenGL on this machine: the probe says why, and the report uses matplotlib
-        # (checked in test_3d_view_falls_back_and_never_fails)
-        assert view3d.vtk_offscreen_available()[1]
-        method = "matplotlib"
     data = view3d.render_3d_vtk(res, (200, 200)) if method == "vtk" else view3d.render_3d_matplotlib(res, (300, 300))
     rgb = _png_rgb(data)
     r_row, r_col = _centre_of(rgb, 0)
@@ -488,23 +490,45 @@ def test_3d_view_is_an_anterior_view(method):
     assert abs(r_row - l_row) < 3
 
 
+@pytest.mark.parametrize("method", ["vtk", "matplotlib"])
+def test_3d_view_uses_the_renderer_asked_for(method, tmp_path):
+    used = view3d.render_3d_view(_three_spheres(), tmp_path / "v.png", method)
+    assert used == (method, f"rendered with {method}", False)
+    assert (tmp_path / "v.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def test_3d_view_falls_back_and_never_fails(tmp_path, monkeypatch):
     res = _three_spheres()
     monkeypatch.setattr(view3d, "_vtk_probe_cache", (False, "no OpenGL (test)"))
-    used, note = view3d.render_3d_view(res, tmp_path / "v.png")
-    assert used == "matplotlib" and "no OpenGL (test)" in note
+    used, note, fallback = view3d.render_3d_view(res, tmp_path / "v.png")
+    assert used == "matplotlib" and "no OpenGL (test)" in note and fallback
     assert (tmp_path / "v.png").read_bytes().startswith(PNG_MAGIC)
 
     def boom(*a, **k):
         raise RuntimeError("renderer exploded")
 
     monkeypatch.setattr(view3d, "render_3d_matplotlib", boom)
-    used, note = view3d.render_3d_view(res, tmp_path / "w.png")
-    assert used is None and "renderer exploded" in note and not (tmp_path / "w.png").exists()
+    used, note, fallback = view3d.render_3d_view(res, tmp_path / "w.png")
+    assert used is None and "renderer exploded" in note and fallback and not (tmp_path / "w.png").exists()
     monkeypatch.setenv(view3d.RENDERER_ENV, "none")
-    assert view3d.render_3d_view(res, tmp_path / "x.png") == (None, "3D view turned off")
+    assert view3d.render_3d_view(res, tmp_path / "x.png") == (None, "3D view turned off", False)
     with pytest.raises(InputError):
         view3d.render_3d_view(res, tmp_path / "y.png", "opengl-please")
+
+
+def test_3d_fallback_is_a_report_warning(result, tmp_path, monkeypatch):
+    """Without offscreen OpenGL the page still has a 3D view (matplotlib), and says why in its
+    warnings and in the report's (written to report.json after the page)."""
+    monkeypatch.setattr(view3d, "_vtk_probe_cache", (False, "no OpenGL (test)"))
+    rep = build_report(result, files=FILES, device="cpu")
+    written = write_report_html(result, rep, tmp_path)
+    assert "figures/view3d.png" in written
+    (warning,) = [w for w in rep["warnings"] if w.startswith("3D view:")]
+    assert "VTK offscreen rendering unavailable (no OpenGL (test))" in warning and "matplotlib" in warning
+    validate_report(rep)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    warnings_html = page[page.index("<h2>Warnings</h2>"):page.index("<h2>Inputs</h2>")]
+    assert "no OpenGL (test)" in warnings_html
 
 
 # --------------------------------------------------------------------------- HTML

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import html
 import os
+import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from html.entities import codepoint2name
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from medseg.core.errors import OutputError
 from medseg.core.measurements import Measure
 from medseg.core.result import Result
 from medseg.io.atomic import PathLike, atomic_write_text
-from medseg.report.figures import FIGURES_DIR, write_slice_figures
+from medseg.report.figures import FIGURES_DIR, SliceFigures, lesion_ids_of, write_slice_figures
+from medseg.report.style import Role, display_colours, segment_roles
 from medseg.report.view3d import VIEW3D_SIZE, render_3d_view
 
 #: the number columns of the measurements table: (measurement, heading without its unit, format)
@@ -82,8 +84,9 @@ def _unit(unit: str) -> str:
     return "".join(f"&{codepoint2name[ord(c)]};" if ord(c) in codepoint2name else html.escape(c) for c in unit)
 
 
-def _measurements_table(segs: list, w: Callable[[str], None]) -> None:
-    """The measurements table: one row per segment entry of the report, units from :class:`Measure`."""
+def _measurements_table(segs: list, w: Callable[[str], None], colours: Mapping[str, Sequence[float]]) -> None:
+    """The measurements table: one row per segment entry of the report, units from :class:`Measure`;
+    the swatches in the figures' colours (``colours`` by segment id, else the segment's own)."""
     w("<h2>Measurements</h2><table><tr><th>segment</th><th>label</th><th>lesion</th>"
       + "".join(f"<th>{heading} ({_unit(key.unit)})</th>" for key, heading, _ in MEASUREMENT_COLUMNS)
       + f"<th>centroid (RAS {_unit(Measure.CENTROID_RAS.unit)})</th><th>voxels</th><th>model</th></tr>")
@@ -92,7 +95,7 @@ def _measurements_table(segs: list, w: Callable[[str], None]) -> None:
         models = s.get("model_files") or ([s["model_file"]] if s.get("model_file") else [])
         model = "<br>".join(f'<a href="{_href(m)}">{_e(m)}</a>' for m in models)
         w(
-            f"<tr><td>{_swatch(s.get('color', (0.5, 0.5, 0.5)))}{_e(s.get('name'))}</td>"
+            f"<tr><td>{_swatch(colours.get(s.get('id'), s.get('color', (0.5, 0.5, 0.5))))}{_e(s.get('name'))}</td>"
             f"<td class=\"num\">{_e(s.get('label_value'))}</td><td>{lesion}</td>"
             + "".join(f'<td class="num">{_num(s.get(key), fmt)}</td>' for key, _, fmt in MEASUREMENT_COLUMNS)
             + f"<td>{_vec(s.get(Measure.CENTROID_RAS))}</td><td class=\"num\">{_e(s.get(Measure.VOXEL_COUNT))}</td>"
@@ -101,9 +104,19 @@ def _measurements_table(segs: list, w: Callable[[str], None]) -> None:
     w("</table>")
 
 
-def render_html(report: Mapping, figures: list[tuple[str, str]], view3d: str | None, view3d_note: str) -> str:
-    """The page's HTML text: the tables of ``report``, the slice ``figures`` ((relative PNG path,
-    caption) each), the 3D view PNG (``view3d``, or None with the reason in ``view3d_note``)."""
+def render_html(
+    report: Mapping,
+    figures: SliceFigures,
+    view3d: str | None,
+    view3d_note: str,
+    colours: Mapping[str, Sequence[float]] | None = None,
+    extra_warnings: Sequence[str] = (),
+) -> str:
+    """The page's HTML text: the tables of ``report``, the slice ``figures`` (and how many lesions
+    have one), the 3D view PNG (``view3d``, or None with the reason in ``view3d_note``); swatches
+    in ``colours`` (segment id -> RGB, the figures' colours); ``extra_warnings`` after the
+    report's."""
+    colours = colours or {}
     segs = list(report.get("segments", []))
     boxes = list(report.get("boxes", []))
     out: list[str] = []
@@ -120,7 +133,7 @@ def render_html(report: Mapping, figures: list[tuple[str, str]], view3d: str | N
         f'&middot; coordinates {_e(report.get("coordinate_system"))} ({_e(report.get("units"))})</p>'
     )
 
-    warnings = list(report.get("warnings", []))
+    warnings = [*report.get("warnings", []), *(x for x in extra_warnings if x not in report.get("warnings", []))]
     if warnings:
         w('<h2>Warnings</h2><ul class="warn">')
         for text in warnings:
@@ -136,7 +149,7 @@ def render_html(report: Mapping, figures: list[tuple[str, str]], view3d: str | N
           f"<td>{spacing}</td><td>{_vec(inp.get('origin_ras'))}</td><td>{_e(inp.get('path', ''))}</td></tr>")
     w("</table>")
 
-    _measurements_table(segs, w)
+    _measurements_table(segs, w, colours)
 
     if boxes:
         w("<h2>Lesion boxes</h2><table><tr><th>name</th><th>label</th><th>score</th><th>segment</th>"
@@ -152,17 +165,25 @@ def render_html(report: Mapping, figures: list[tuple[str, str]], view3d: str | N
 
     w("<h2>Slices</h2>")
     w('<p class="meta">Image planes closest to axial, coronal and sagittal, laid out as in Slicer; the '
-      "letters at the edges give the patient direction of each image edge. Segments are filled and "
-      "outlined in their colours; dashed outlines are lesion boxes cut by the plane; + marks the point "
-      "the planes pass through.</p>")
-    for rel, caption in figures:
+      "letters at the edges give the patient direction of each image edge. Organs are filled and "
+      "outlined in their colours, structures that enclose them (the body) outlined only, lesions "
+      "outlined boldly; dashed outlines are lesion boxes cut by the plane; the cyan ticks point at the "
+      "point the planes pass through, leaving it and its lesion free.</p>")
+    if figures.lesions_total > figures.lesions_shown:
+        w(f'<p class="warn"><strong>Figures for {figures.lesions_shown} of {figures.lesions_total} lesions</strong> '
+          "(the first in the order of the tables); all lesions are listed in the Measurements table above "
+          "and in report.json.</p>")
+    elif figures.lesions_total:
+        w(f'<p class="meta">Figures for all {figures.lesions_total} lesion(s).</p>')
+    for rel, caption in figures.figures:
         w(f'<figure><img src="{_href(rel)}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>')
 
     w("<h2>3D view</h2>")
     if view3d:
         w(f'<figure><img src="{_href(view3d)}" alt="3D view of the models" width="{VIEW3D_SIZE[0]}">'
-          "<figcaption>Anterior view: patient right on the left, superior up; with lesions present, "
-          "other structures are drawn see-through. "
+          "<figcaption>Anterior view: patient right on the left, superior up (letters at the edges); "
+          "structures enclosing others (the body) are a faint shell, other organs see-through when "
+          "lesions or other organs lie inside them. "
           f"{_e(view3d_note)}</figcaption></figure>")
     else:
         w(f'<p class="meta">No 3D view: {_e(view3d_note)}</p>')
@@ -183,8 +204,6 @@ def render_html(report: Mapping, figures: list[tuple[str, str]], view3d: str | N
     return "\n".join(out) + "\n"
 
 
-
-
 def write_report_html(
     result: Result,
     report: Mapping,
@@ -197,6 +216,11 @@ def write_report_html(
         result: the run's result; ``result.preview`` (the input volume) is the slice
             background, else the label map itself is shown.
         report: the dict from ``build_report`` (tables come from it, so page and JSON agree).
+            When the 3D view falls back to another renderer or fails, the reason is listed in
+            the page's warnings and appended to ``report["warnings"]`` (when the dict can be
+            changed), so a report.json written afterwards records it too. Likewise the page's own
+            time is added to ``report["timings_s"]["report_html"]`` and ``total_time_s`` before the
+            page is written.
         out_dir: the output folder (created if missing).
         renderer_3d: "auto", "vtk", "matplotlib" or "none" (see ``render_3d_view``).
 
@@ -207,6 +231,7 @@ def write_report_html(
         OutputError: a file could not be written (none is left half-written).
         InputError: ``renderer_3d`` is not one of the names above.
     """
+    t0 = time.perf_counter()
     out = Path(out_dir)
     fig_dir = out / FIGURES_DIR
     try:
@@ -214,15 +239,31 @@ def write_report_html(
     except OSError as exc:
         raise OutputError(f"cannot create report folder {fig_dir}: {exc.strerror or exc}") from exc
 
-    figures = write_slice_figures(result, report, out)
-    written = [rel for rel, _ in figures]
+    lesion_ids = lesion_ids_of(report)
+    colours = display_colours(result.labelmap.segments, lesion_ids)
+    roles = segment_roles(result.labelmap, lesion_ids)
+    figures = write_slice_figures(result, report, out, colours, roles)
+    written = [rel for rel, _ in figures.figures]
 
     rel3d = f"{FIGURES_DIR}/view3d.png"
-    lesion_ids = frozenset(s["id"] for s in report.get("segments", []) if s.get("is_lesion"))
-    method, note = render_3d_view(result, out / rel3d, renderer_3d, lesion_ids)
-    if method is not None:
+    shells = frozenset(sid for sid, role in roles.items() if role == Role.SHELL)
+    view = render_3d_view(result, out / rel3d, renderer_3d, lesion_ids, colours, shells)
+    if view.method is not None:
         written.append(rel3d)
+    extra: list[str] = []
+    if view.fallback:
+        # the 3D view was drawn by another renderer than asked for, or not at all: say so in the
+        # page's warnings and, for the report.json written after the page, in the report's
+        extra.append(f"3D view: {view.note}")
+        if isinstance(report, MutableMapping) and isinstance(report.get("warnings"), list):
+            report["warnings"].append(extra[-1])
 
-    atomic_write_text(out / "report.html", render_html(report, figures, rel3d if method else None, note))
+    if isinstance(report, MutableMapping) and isinstance(report.get("timings_s"), dict):
+        # the page's own time (figures and 3D view: nearly all of it) joins the stages before the
+        # page shows the total, so the page, report.json and the terminal show one total
+        report["timings_s"]["report_html"] = time.perf_counter() - t0
+        report["total_time_s"] = float(sum(report["timings_s"].values()))
+    page = render_html(report, figures, rel3d if view.method else None, view.note, colours, extra)
+    atomic_write_text(out / "report.html", page)
     written.append("report.html")
     return written

@@ -1,11 +1,17 @@
 """The report's 3D view: ``figures/view3d.png``, the meshes seen from the front.
 
-Anterior view: the camera looks posteriorly, patient right on the image left, superior up; mesh
-points are RAS mm. VTK renders it offscreen when an OpenGL context can be had (checked once per
-process in a child process, because a failing context can abort the process); otherwise
+Anterior view: the camera looks posteriorly (:data:`VIEW_DIRECTION`, :data:`VIEW_UP`), patient
+right on the image left, superior up; mesh points are RAS mm. The letters at the image edges
+(:func:`view_edge_labels`) are computed from that camera in the RAS frame. Shells (the body around
+the organs, see :mod:`medseg.report.style`) are drawn as a faint shell; other organs see-through
+when lesions are shown or another mesh lies inside them; lesions opaque.
+
+VTK renders it offscreen when an OpenGL context can be had (checked once per process in a child
+process, because a failing context can abort the process); otherwise
 matplotlib draws the decimated, flat-shaded triangles. Set ``MEDSEG_REPORT_3D=vtk|matplotlib|none``
 to force a renderer. A failed 3D view never fails the report: :func:`render_3d_view` says why
-it is missing.
+it is missing, and whether a renderer was unavailable or failed (``fallback``), for the report's
+warnings.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import vtkmodules.vtkRenderingFreeType  # registers the text renderer of the letters
 import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL render window)
 from vtkmodules.util.numpy_support import vtk_to_numpy
 from vtkmodules.vtkFiltersCore import vtkQuadricDecimation
@@ -27,6 +34,7 @@ from vtkmodules.vtkRenderingCore import (
     vtkPolyDataMapper,
     vtkRenderer,
     vtkRenderWindow,
+    vtkTextActor,
     vtkWindowToImageFilter,
 )
 
@@ -35,6 +43,7 @@ from medseg.core.mesh_arrays import triangles_of
 from medseg.core.result import Result
 from medseg.io.atomic import atomic_write_bytes
 from medseg.report.canvas import new_figure, png_bytes
+from medseg.report.planes import orientation_letters
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,19 @@ log = logging.getLogger(__name__)
 MAX_TRIANGLES_MPL = 4000
 #: opacity of non-lesion meshes in the 3D view when lesions are shown
 TRANSLUCENT_OPACITY = 0.3
+#: opacity of organs that hold another mesh, when there are no lesions
+ORGAN_OPACITY = 0.6
+#: opacity of shells (segments enclosing other organs, e.g. the body)
+SHELL_OPACITY = 0.12
+#: direction the camera looks in (RAS): posteriorly, an anterior view
+VIEW_DIRECTION = (0.0, -1.0, 0.0)
+#: RAS direction shown upwards
+VIEW_UP = (0.0, 0.0, 1.0)
+#: colour of the orientation letters (RGB 0..1)
+LETTER_COLOR = (0.1, 0.1, 0.1)
+#: font size (pixels at the default size) and distance of the letters from the edge (fraction)
+LETTER_SIZE_PX = 22
+LETTER_MARGIN = 0.04
 #: size of the 3D view PNG (pixels)
 VIEW3D_SIZE = (640, 640)
 #: environment variable forcing the 3D renderer
@@ -102,15 +124,17 @@ def vtk_offscreen_available(timeout_s: float = 60.0) -> tuple[bool, str]:
 
 
 # --------------------------------------------------------------------------- what is drawn
-def _mesh_items(result: Result) -> list[MeshItem]:
-    """(segment id, polydata, colour) for each non-empty mesh."""
+def _mesh_items(result: Result, colours: dict | None = None) -> list[MeshItem]:
+    """(segment id, polydata, colour) for each non-empty mesh; ``colours`` by segment id replace the
+    segments' own."""
     seg_by_id = {s.id: s for s in result.labelmap.segments}
     items = []
     for sid, poly in (result.meshes or {}).items():
         if poly is None or not hasattr(poly, "GetNumberOfPoints") or poly.GetNumberOfPoints() == 0:
             continue
         seg = seg_by_id.get(sid)
-        items.append((str(sid), poly, seg.color if seg else (0.8, 0.8, 0.8)))
+        r, g, b = (colours or {}).get(str(sid)) or (seg.color if seg else (0.8, 0.8, 0.8))
+        items.append((str(sid), poly, (float(r), float(g), float(b))))
     return items
 
 
@@ -120,23 +144,78 @@ def _mesh_bounds(items: list[MeshItem]) -> tuple[np.ndarray, np.ndarray]:
     return b[:, [0, 2, 4]].min(axis=0), b[:, [1, 3, 5]].max(axis=0)
 
 
-def _opacity(sid: str, lesion_ids: frozenset | None) -> float:
-    """Lesions opaque; other structures see-through when there are lesions to show inside them."""
-    return 1.0 if not lesion_ids or sid in lesion_ids else TRANSLUCENT_OPACITY
+def _holds(outer: np.ndarray, inner: np.ndarray) -> bool:
+    """Whether bounds ``inner`` (xmin, xmax, ymin, ymax, zmin, zmax) have their centre inside
+    ``outer`` and are smaller along every axis."""
+    c = (inner[0::2] + inner[1::2]) / 2
+    return bool(np.all(c > outer[0::2]) and np.all(c < outer[1::2])
+                and np.all(inner[1::2] - inner[0::2] < outer[1::2] - outer[0::2]))
+
+
+def mesh_opacities(items: list[MeshItem], lesion_ids: frozenset | None = None,
+                   shell_ids: frozenset | None = None) -> dict[str, float]:
+    """Segment id -> opacity in the 3D view: lesions opaque; shells (the body) faint; other organs
+    see-through when lesions are shown, or when another mesh lies inside their bounds; else opaque."""
+    lesions = frozenset(lesion_ids or ()) & {sid for sid, _, _ in items}
+    shells = frozenset(shell_ids or ())
+    bounds = {sid: np.asarray(poly.GetBounds(), dtype=float) for sid, poly, _ in items}
+    out = {}
+    for sid, _, _ in items:
+        if sid in lesions:
+            out[sid] = 1.0
+        elif sid in shells:
+            out[sid] = SHELL_OPACITY
+        elif lesions or any(_holds(bounds[sid], bounds[o]) for o in bounds if o != sid and o not in shells):
+            out[sid] = TRANSLUCENT_OPACITY if lesions else ORGAN_OPACITY
+        else:
+            out[sid] = 1.0
+    return out
+
+
+def view_edge_labels(
+    view_direction: tuple[float, float, float] = VIEW_DIRECTION, view_up: tuple[float, float, float] = VIEW_UP
+) -> dict[str, str]:
+    """Patient-direction letters of the image edges ``{"left", "right", "top", "bottom"}`` for a
+    camera looking along ``view_direction`` with ``view_up`` up (both RAS)."""
+    d = np.asarray(view_direction, dtype=np.float64)
+    d = d / np.linalg.norm(d)
+    up = np.asarray(view_up, dtype=np.float64)
+    up = up - np.dot(up, d) * d  # the part of view-up across the view direction
+    if np.linalg.norm(up) < 1e-9:
+        raise InputError(f"view up {tuple(view_up)} is parallel to the view direction {tuple(view_direction)}")
+    up /= np.linalg.norm(up)
+    right = np.cross(d, up)  # screen right for a camera looking along d
+    return {"left": orientation_letters(-right), "right": orientation_letters(right),
+            "top": orientation_letters(up), "bottom": orientation_letters(-up)}
+
+
+def letter_positions(size: tuple[int, int]) -> dict[str, tuple[float, float]]:
+    """Pixel centres (x right, y up from the lower left) of the edge letters in a ``size`` image."""
+    w, h = float(size[0]), float(size[1])
+    m = LETTER_MARGIN
+    return {"left": (m * w, h / 2), "right": ((1 - m) * w, h / 2), "top": (w / 2, (1 - m) * h),
+            "bottom": (w / 2, m * h)}
 
 
 # --------------------------------------------------------------------------- renderers
 def render_3d_vtk(
-    result: Result, size: tuple[int, int] = VIEW3D_SIZE, lesion_ids: frozenset | None = None
+    result: Result,
+    size: tuple[int, int] = VIEW3D_SIZE,
+    lesion_ids: frozenset | None = None,
+    colours: dict | None = None,
+    shell_ids: frozenset | None = None,
+    letters: bool = True,
 ) -> bytes:
-    """PNG bytes of the meshes rendered offscreen by VTK, anterior view (patient right on the left).
-    When ``lesion_ids`` is not empty, the other meshes are drawn translucent."""
-    items = _mesh_items(result)
+    """PNG bytes of the meshes rendered offscreen by VTK, anterior view (patient right on the left),
+    with the orientation letters at the edges (``letters``). Opacities: :func:`mesh_opacities`."""
+    items = _mesh_items(result, colours)
     if not items:
         raise InputError("no non-empty meshes to render")
+    opacity = mesh_opacities(items, lesion_ids, shell_ids)
     renderer = vtkRenderer()
     renderer.SetBackground(1.0, 1.0, 1.0)
     renderer.SetUseDepthPeeling(1)
+    renderer.SetMaximumNumberOfPeels(8)
     for sid, poly, color in items:
         mapper = vtkPolyDataMapper()
         mapper.SetInputData(poly)
@@ -145,14 +224,28 @@ def render_3d_vtk(
         actor.SetMapper(mapper)
         actor.GetProperty().SetColor(*color)
         actor.GetProperty().SetSpecular(0.2)
-        actor.GetProperty().SetOpacity(_opacity(sid, lesion_ids))
+        actor.GetProperty().SetOpacity(opacity[sid])
         renderer.AddActor(actor)
+    if letters:
+        scale = min(size) / min(VIEW3D_SIZE)
+        positions = letter_positions(size)
+        for edge, text in view_edge_labels().items():
+            label = vtkTextActor()
+            label.SetInput(text)
+            prop = label.GetTextProperty()
+            prop.SetFontSize(max(8, round(LETTER_SIZE_PX * scale)))
+            prop.SetColor(*LETTER_COLOR)
+            prop.BoldOn()
+            prop.SetJustificationToCentered()
+            prop.SetVerticalJustificationToCentered()
+            label.SetDisplayPosition(*(round(v) for v in positions[edge]))
+            renderer.AddViewProp(label)
     lo, hi = _mesh_bounds(items)
     center = (lo + hi) / 2
     cam = renderer.GetActiveCamera()
     cam.SetFocalPoint(*center)
-    cam.SetPosition(*(center + np.array([0.0, 1.0, 0.0]) * max(float(np.linalg.norm(hi - lo)), 1.0) * 3))
-    cam.SetViewUp(0.0, 0.0, 1.0)
+    cam.SetPosition(*(center - np.asarray(VIEW_DIRECTION) * max(float(np.linalg.norm(hi - lo)), 1.0) * 3))
+    cam.SetViewUp(*VIEW_UP)
     renderer.ResetCamera()
     window = vtkRenderWindow()
     window.SetOffScreenRendering(1)
@@ -191,16 +284,22 @@ def _triangles(poly: Any, max_triangles: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_3d_matplotlib(
-    result: Result, size: tuple[int, int] = VIEW3D_SIZE, lesion_ids: frozenset | None = None
+    result: Result,
+    size: tuple[int, int] = VIEW3D_SIZE,
+    lesion_ids: frozenset | None = None,
+    colours: dict | None = None,
+    shell_ids: frozenset | None = None,
+    letters: bool = True,
 ) -> bytes:
-    """PNG bytes of the (decimated) meshes drawn by matplotlib, anterior view, flat shading.
-    When ``lesion_ids`` is not empty, the other meshes are drawn translucent."""
+    """PNG bytes of the (decimated) meshes drawn by matplotlib, anterior view, flat shading, with
+    the orientation letters at the edges (``letters``). Opacities: :func:`mesh_opacities`."""
     # matplotlib only when the fallback draws (slow import)
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    items = _mesh_items(result)
+    items = _mesh_items(result, colours)
     if not items:
         raise InputError("no non-empty meshes to render")
+    opacity = mesh_opacities(items, lesion_ids, shell_ids)
     dpi = 100
     fig = new_figure(size[0] / dpi, size[1] / dpi, dpi)
     fig.patch.set_facecolor("white")
@@ -217,7 +316,7 @@ def render_3d_matplotlib(
         normals = np.divide(normals, norm, out=np.zeros_like(normals), where=norm > 0)
         shade = 0.35 + 0.65 * np.abs(normals @ light)
         fc = np.clip(np.asarray(color)[None, :] * shade[:, None], 0, 1)
-        fc = np.hstack([fc, np.full((fc.shape[0], 1), _opacity(sid, lesion_ids))])
+        fc = np.hstack([fc, np.full((fc.shape[0], 1), opacity[sid])])
         ax.add_collection3d(Poly3DCollection(faces, facecolors=fc, edgecolors="none"))
     lo, hi = _mesh_bounds(items)
     center, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1.0)
@@ -225,16 +324,38 @@ def render_3d_matplotlib(
     ax.set_ylim(center[1] - half, center[1] + half)
     ax.set_zlim(center[2] - half, center[2] + half)
     ax.set_box_aspect((1, 1, 1))
-    ax.view_init(elev=0, azim=90)  # camera on +A looking posteriorly: patient right on the left
+    # the camera sits opposite VIEW_DIRECTION, z (VIEW_UP) up: on +A, patient right on the left
+    back = -np.asarray(VIEW_DIRECTION, dtype=float)
+    ax.view_init(elev=float(np.degrees(np.arcsin(back[2]))), azim=float(np.degrees(np.arctan2(back[1], back[0]))))
     ax.set_proj_type("ortho")
     ax.set_axis_off()
     fig.subplots_adjust(left=0, right=1, top=1, bottom=0)
+    if letters:
+        for edge, (x, y) in letter_positions(size).items():
+            fig.text(x / size[0], y / size[1], view_edge_labels()[edge], ha="center", va="center",
+                     color=LETTER_COLOR, fontsize=LETTER_SIZE_PX * 72 / dpi * min(size) / min(VIEW3D_SIZE),
+                     fontweight="bold")
     return png_bytes(fig, "white")
 
 
+class View3D(NamedTuple):
+    """What :func:`render_3d_view` did: the renderer that wrote the PNG (None when none did), a
+    note for the page, and whether a renderer was unavailable or failed (``fallback``: worth a
+    warning in the report)."""
+
+    method: str | None
+    note: str
+    fallback: bool = False
+
+
 def render_3d_view(
-    result: Result, path: Path, renderer: str = "auto", lesion_ids: frozenset | None = None
-) -> tuple[str | None, str]:
+    result: Result,
+    path: Path,
+    renderer: str = "auto",
+    lesion_ids: frozenset | None = None,
+    colours: dict | None = None,
+    shell_ids: frozenset | None = None,
+) -> View3D:
     """Write the 3D view PNG to ``path``; never raises for rendering problems.
 
     Args:
@@ -242,36 +363,38 @@ def render_3d_view(
             lesions inside organs stay visible.
         renderer: "auto" (``$MEDSEG_REPORT_3D`` if set, else VTK when offscreen rendering
             works here, else matplotlib), "vtk", "matplotlib" or "none".
+        colours: segment id -> RGB to draw it in (the figures' colours); the segments' own otherwise.
+        shell_ids: segments that enclose others (the body), drawn as a faint shell.
 
     Returns:
-        (the renderer that wrote the file, or None when none did; a note for the page).
+        A :class:`View3D`; ``fallback`` is True when VTK was unavailable or a renderer failed
+        (logged as a warning here; the page and report.json list it among their warnings).
 
     Raises:
         InputError: ``renderer`` is not one of the names above.
         OutputError: the PNG could not be written.
     """
     if not _mesh_items(result):
-        return None, "no meshes in this result"
+        return View3D(None, "no meshes in this result")
     choice = (renderer or "auto").lower()
     if choice == "auto":
         choice = os.environ.get(RENDERER_ENV, "auto").strip().lower() or "auto"
     if choice not in ("auto", "vtk", "matplotlib", "none"):
         raise InputError(f"3D renderer must be auto, vtk, matplotlib or none, got {renderer!r}")
     if choice == "none":
-        return None, "3D view turned off"
+        return View3D(None, "3D view turned off")
     order = ["matplotlib"] if choice == "matplotlib" else ["vtk", "matplotlib"]
     notes: list[str] = []
     for method in order:
         if method == "vtk":
             ok, detail = vtk_offscreen_available()
             if not ok:
+                log.warning("3D view: VTK offscreen rendering unavailable (%s); trying matplotlib", detail)
                 notes.append(f"VTK offscreen rendering unavailable ({detail})")
                 continue
         try:
-            if method == "vtk":
-                data = render_3d_vtk(result, lesion_ids=lesion_ids)
-            else:
-                data = render_3d_matplotlib(result, lesion_ids=lesion_ids)
+            draw = render_3d_vtk if method == "vtk" else render_3d_matplotlib
+            data = draw(result, lesion_ids=lesion_ids, colours=colours, shell_ids=shell_ids)
         except OutputError:
             raise
         except Exception as exc:  # a renderer failing must not fail the report
@@ -279,5 +402,5 @@ def render_3d_view(
             notes.append(f"{method} failed: {exc}")
             continue
         atomic_write_bytes(path, data)
-        return method, "; ".join([*notes, f"rendered with {method}"])
-    return None, "; ".join(notes) or "no renderer worked"
+        return View3D(method, "; ".join([*notes, f"rendered with {method}"]), bool(notes))
+    return View3D(None, "; ".join(notes) or "no renderer worked", True)
