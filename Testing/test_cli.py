@@ -344,3 +344,23 @@ def test_reader_limits_are_options(sphere_file, tmp_path, capsys):
     assert rc == 2 and "--allow-external-data" in err and not (tmp_path / "p").exists()
     rc, _, _ = _run([*argv, "--out", str(tmp_path / "q"), "--allow-external-data"], capsys)
     assert rc == 0 and (tmp_path / "q" / "report.json").is_file()
+
+
+def test_nothing_found_is_said_in_the_report_and_the_summary(sphere_file, tmp_path, capsys):
+    rc, out, _ = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "1000",
+                       "--out", str(tmp_path / "o"), "--no-html"], capsys)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rc == 0 and report["segments"] == []
+    assert report["extra"]["nothing_found"] and report["warnings"][-1].startswith("nothing found: threshold")
+    assert "NOTHING FOUND" in out
+
+
+def test_force_reaches_the_run_and_the_summary_says_it(tmp_path, capsys, shared_data):
+    ct = shared_data / "totalsegmentator" / "example_ct.nii.gz"  # an abdominal CT: gas, not lungs
+    argv = ["run", str(ct), "--task", "ct-chest", "--no-html", "--no-models"]
+    rc, _, err = _run([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "--force" in err and not (tmp_path / "o").exists()
+    rc, out, _ = _run([*argv, "--out", str(tmp_path / "p"), "--force"], capsys)
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert rc == 0 and report["extra"]["forced"]
+    assert "FORCED (--force)" in out

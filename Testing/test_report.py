@@ -556,7 +556,10 @@ def test_report_html(result, report, tmp_path):
     # measurements and timings in the page
     lesion = report["segments"][1]
     assert f"{lesion['volume_ml']:.3f}" in page and "12.0" in page
-    assert "segment" in page and "1.250" in page and "1.750" in page
+    # the page's own time joins the stages, and the total shown is their sum (as in report.json)
+    assert "segment" in page and "1.250" in page and "report_html" in page
+    assert report["total_time_s"] == pytest.approx(1.75 + report["timings_s"]["report_html"])
+    assert f"{report['total_time_s']:.3f}" in page
     assert 'href="models/lesion.stl"' in page
     # the slice figure shows the lesion colour (red fill) and the CT background
     rgb = _png_rgb((tmp_path / slices[1]).read_bytes())

@@ -97,11 +97,19 @@ def _panel_labels(result: Result, target_ras, lay_index: int) -> tuple[np.ndarra
 
 # --------------------------------------------------------------------------- 1. colours
 def test_display_colours_tell_the_chest_preset_apart():
-    """Body, Right lung and Left lung of the preset are nearly one colour (CIE76 < 20); the report
-    draws them, the bones and every lesion at least MIN_DELTA_E apart, keeping distinct colours."""
+    """The preset's colours are distinct (CIE76 >= MIN_DELTA_E) and drawn unchanged. Segments given
+    nearly one colour (the preset's Body and lung colours before 0.3.0, CIE76 < 20) are drawn
+    at least MIN_DELTA_E apart, keeping the colours that are already distinct."""
+    preset = [COLORS[k] for k in ORGANS] + list(LESION_COLORS)
+    assert style.min_pairwise_delta_e(preset) >= style.MIN_DELTA_E
     segs = [Segment(k, k, COLORS[k], n + 1) for n, k in enumerate(ORGANS)]
     segs += [Segment(f"l{n}", f"L{n}", c, 10 + n) for n, c in enumerate(LESION_COLORS)]
-    assert style.min_pairwise_delta_e([COLORS[k] for k in ORGANS]) < style.MIN_DELTA_E  # the problem
+    shown = style.display_colours(segs, [f"l{n}" for n in range(len(LESION_COLORS))])
+    assert all(shown[s.id] == pytest.approx(s.color) for s in segs)
+    old = {**COLORS, "right_lung": (197 / 255, 165 / 255, 145 / 255), "left_lung": (172 / 255, 138 / 255, 115 / 255)}
+    segs = [Segment(k, k, old[k], n + 1) for n, k in enumerate(ORGANS)]
+    segs += [Segment(f"l{n}", f"L{n}", c, 10 + n) for n, c in enumerate(LESION_COLORS)]
+    assert style.min_pairwise_delta_e([old[k] for k in ORGANS]) < style.MIN_DELTA_E  # the problem
     shown = style.display_colours(segs, [f"l{n}" for n in range(len(LESION_COLORS))])
     assert style.min_pairwise_delta_e(list(shown.values())) >= style.MIN_DELTA_E
     assert shown["body"] == pytest.approx(COLORS["body"]) and shown["bone"] == pytest.approx(COLORS["bone"])

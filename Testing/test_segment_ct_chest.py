@@ -3,20 +3,18 @@ chest CT with a real tumour label (pyradiomics lung1)."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from conftest import rotation
-from medseg.core.errors import CancelledError, InputError
+from medseg.core.errors import CancelledError, InputError, UnsuitableInputError
 from medseg.core.frames import sitk_to_volume
 from medseg.core.progress import CancelToken
 from medseg.core.specs import PreprocessSpec, SegmentationOutput
 from medseg.core.volume import Volume
 from medseg.data.phantom import make_chest_phantom
-from medseg.segment.ct_chest import SPEC, segment_ct_chest
+from medseg.segment.ct_chest import NOTHING_FOUND_LESION, SPEC, segment_ct_chest
 
 SAGITTAL_OBLIQUE = rotation((1.0, 2.0, 0.5), 12.0) @ np.array([[0, 0, 1.0], [-1.0, 0, 0], [0, -1.0, 0]])
 AXIAL_FLIPPED = rotation((0, 0, 1), 15.0) @ rotation((1, 0, 0), 6.0) @ np.diag([-1.0, 1.0, 1.0])
@@ -43,9 +41,7 @@ def centroid_ras(volume: Volume, mask: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module", params=sorted(PHANTOM_CASES))
 def phantom_run(request):
     vol, truth = make_chest_phantom(**PHANTOM_CASES[request.param])
-    t = time.perf_counter()
-    out = segment_ct_chest([vol])
-    return request.param, vol, truth, out, time.perf_counter() - t
+    return request.param, vol, truth, segment_ct_chest([vol])
 
 
 def test_spec_keeps_hu():
@@ -55,7 +51,7 @@ def test_spec_keeps_hu():
 
 @pytest.mark.slow
 def test_phantom_organs_dice(phantom_run):
-    case, vol, truth, out, seconds = phantom_run
+    case, vol, truth, out = phantom_run
     assert isinstance(out, SegmentationOutput)
     lm = out.labelmap
     assert lm.volume.same_grid(vol)
@@ -69,17 +65,17 @@ def test_phantom_organs_dice(phantom_run):
         "Bones": truth.mask("bone"),
     }
     scores = {n: dice(got[n], ref[n]) for n in ref}
-    print(f"\n[{case}] Dice " + ", ".join(f"{n} {d:.4f}" for n, d in scores.items()) + f"; {seconds:.2f} s")
+    print(f"\n[{case}] Dice " + ", ".join(f"{n} {d:.4f}" for n, d in scores.items()))
     assert scores["Body"] >= 0.99
     assert scores["Right lung"] >= 0.98 and scores["Left lung"] >= 0.98  # also proves left/right in RAS
     assert scores["Bones"] >= 0.95
     assert not out.warnings, out.warnings
-    assert seconds < 15.0
+    assert out.forced == []  # every suitability check passed
 
 
 @pytest.mark.slow
 def test_phantom_every_lesion_found_no_false_ones(phantom_run):
-    case, vol, truth, out, _ = phantom_run
+    case, vol, truth, out = phantom_run
     lm = out.labelmap
     lesion_segs = [s for s in lm.segments if s.id in out.lesions]
     assert [s.name for s in lesion_segs] == [f"Lesion {n}" for n in range(1, len(lesion_segs) + 1)]
@@ -118,7 +114,7 @@ def test_phantom_every_lesion_found_no_false_ones(phantom_run):
 
 @pytest.mark.slow
 def test_phantom_lesions_cut_out_of_lungs(phantom_run):
-    _, _, truth, out, _ = phantom_run
+    _, _, truth, out = phantom_run
     lm = out.labelmap
     lungs = {lm.segment("Right lung").label_value, lm.segment("Left lung").label_value}
     for t in truth.lung_lesions:
@@ -132,6 +128,9 @@ def test_no_lesion_phantom_gives_no_lesion_segments():
     out = segment_ct_chest([vol])
     assert out.lesions == {} and out.scores == {}
     assert [s.name for s in out.labelmap.segments] == ["Body", "Right lung", "Left lung", "Bones"]
+    # "nothing found" is said, not left to the reader to infer from a missing segment
+    assert out.warnings == [NOTHING_FOUND_LESION] and NOTHING_FOUND_LESION.startswith("nothing found: no lung lesion")
+    assert out.forced == []
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +140,12 @@ def lung1(shared_data):
     vol = sitk_to_volume(img, "lung1")
     label = sitk_to_volume(lab, "lung1_label")
     assert label.same_grid(vol)
-    t = time.perf_counter()
-    out = segment_ct_chest([vol])
-    return vol, label.array > 0, out, time.perf_counter() - t
+    return vol, label.array > 0, segment_ct_chest([vol])
 
 
 @pytest.mark.slow
 def test_lung1_real_tumour_found(lung1):
-    vol, tumour, out, seconds = lung1
+    vol, tumour, out = lung1
     assert tumour.sum() == 837
     lm = out.labelmap
     assert lm.volume.same_grid(vol)
@@ -156,18 +153,18 @@ def test_lung1_real_tumour_found(lung1):
     dices = {s.name: dice(lm.mask(s), tumour) for s in lesion_segs}
     best = max(dices, key=dices.get) if dices else None
     others = [n for n in dices if n != best]
-    print(f"\n[lung1] best lesion {best} Dice {dices.get(best, 0):.3f}; other lesion candidates: {len(others)}; "
-          f"{seconds:.2f} s")
-    assert best is not None and dices[best] >= 0.8
+    print(f"\n[lung1] best lesion {best} Dice {dices.get(best, 0):.3f}; other lesion candidates: {len(others)}")
+    # measured with the current constants: Dice 0.901 (the runner on the file's grid), no other candidate
+    assert best == "Lesion 1" and dices[best] >= 0.88
     seg = lm.segment(best)
-    assert out.lesions[seg.id] == "lung nodule"  # about 14 mm
-    assert len(others) <= 2
-    assert seconds < 20.0
+    assert out.lesions[seg.id] == "lung nodule"  # about 19 mm longest diameter
+    assert others == []
+    assert out.forced == [] and out.warnings == []
 
 
 @pytest.mark.slow
 def test_lung1_lungs_left_right_in_ras(lung1):
-    vol, _, out, _ = lung1
+    vol, _, out = lung1
     lm = out.labelmap
     right = lm.mask(lm.segment("Right lung"))
     left = lm.mask(lm.segment("Left lung"))
@@ -191,18 +188,21 @@ def test_rejects_bad_input():
         segment_ct_chest([Volume.from_geometry(bad)])
 
 
-def test_air_only_image_no_segments():
-    vol = Volume.from_geometry(np.full((10, 20, 20), -1000, dtype=np.int16), (2.0, 2.0, 2.0))
-    out = segment_ct_chest([vol])
-    assert out.labelmap.segments == () and out.lesions == {}
-    assert any("no body" in w for w in out.warnings)
+def test_air_only_image_is_refused():
+    """Nothing but air: no body, so "no lung lesion" would say nothing; refused, even when forced."""
+    vol = Volume.from_geometry(np.full((40, 20, 20), -1000, dtype=np.int16), (2.0, 2.0, 2.0))
+    for force in (False, True):
+        with pytest.raises(UnsuitableInputError, match="no body in Hounsfield units") as e:
+            segment_ct_chest([vol], force=force)
+        assert e.value.forceable is False and "--force" not in str(e.value)
 
 
-def test_soft_tissue_block_without_lungs_warns():
-    vol = Volume.from_geometry(np.full((10, 20, 20), 40, dtype=np.int16), (2.0, 2.0, 2.0))
-    out = segment_ct_chest([vol])
-    assert [s.name for s in out.labelmap.segments] == ["Body"]
-    assert any("lung" in w for w in out.warnings)
+def test_soft_tissue_block_without_air_is_refused():
+    """Soft tissue without any air or lung density is not a chest CT in HU (an MR looks like this)."""
+    vol = Volume.from_geometry(np.full((40, 20, 20), 40, dtype=np.int16), (2.0, 2.0, 2.0))
+    with pytest.raises(UnsuitableInputError, match="not a CT in Hounsfield units") as e:
+        segment_ct_chest([vol], force=True)
+    assert e.value.forceable is False
 
 
 def test_cancel_and_progress():

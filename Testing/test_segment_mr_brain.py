@@ -8,13 +8,13 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import rotation
-from medseg.core.errors import CancelledError, InputError
+from medseg.core.errors import CancelledError, InputError, UnsuitableInputError
 from medseg.core.frames import sitk_to_volume
 from medseg.core.progress import CancelToken
 from medseg.core.specs import PreprocessSpec, SegmentationOutput
 from medseg.core.terminology import term
 from medseg.core.volume import Volume
-from medseg.segment.mr_brain import LESION_KIND, SPEC, segment_mr_brain_tumor
+from medseg.segment.mr_brain import LESION_KIND, SPEC, brain_mask, otsu_threshold, segment_mr_brain_tumor
 
 #: whole-tumour Dice measured with the default constants (FLAIR only) was 0.930 / 0.633 / 0.902;
 #: the thresholds sit a few points below.
@@ -69,6 +69,7 @@ def test_brats_brain_mask(brats_run):
     ml = seg.sum() / 1000.0  # 1 mm voxels
     assert 900 < ml < 1800, ml
     assert not any("skull" in w for w in out.warnings), out.warnings
+    assert out.forced == []  # skull-stripped, z-scored FLAIR: every suitability check passes
 
 
 @pytest.mark.slow
@@ -107,8 +108,8 @@ def test_brats_with_t1c(shared_data):
 
 # ----------------------------------------------------------------------------- synthetic
 def _phantom(rng: np.random.Generator, sphere: bool = True):
-    """Oblique (rotated, flipped), anisotropic volume: noisy background, an ellipsoid 'brain'
-    with a dark 'ventricle' and, optionally, a bright sphere (the tumour)."""
+    """Oblique (rotated, flipped), anisotropic volume: a constant background (skull-stripped), an
+    ellipsoid 'brain' with a dark 'ventricle' and, optionally, a bright sphere (the tumour)."""
     size_ijk = (100, 84, 56)
     spacing = (1.1, 1.3, 2.0)
     direction = rotation((1.0, 2.0, 0.5), 25.0) @ np.diag([1.0, -1.0, 1.0])
@@ -125,7 +126,7 @@ def _phantom(rng: np.random.Generator, sphere: bool = True):
     ventricle = ventricle.sum(-1) <= 1.0
     centre = np.array([28.0, -35.0, 38.0])  # RAS mm, inside the brain, off-centre
     tumour = np.linalg.norm(ras - centre, axis=-1) <= 14.0
-    img = rng.normal(3.0, 1.0, shape_kji)
+    img = np.full(shape_kji, 3.0)
     img[brain] = rng.normal(100.0, 6.0, int(brain.sum()))
     img[ventricle] = rng.normal(40.0, 6.0, int(ventricle.sum()))
     if sphere:
@@ -152,16 +153,38 @@ def test_no_tumour_gives_brain_only_with_warning():
     out = segment_mr_brain_tumor([flair])
     assert [s.name for s in out.labelmap.segments] == ["Brain"]
     assert out.lesions == {} and out.scores == {}
-    assert any("no FLAIR-hyperintense region" in w for w in out.warnings), out.warnings
+    nothing = [w for w in out.warnings if w.startswith("nothing found: no tumour found")]
+    assert len(nothing) == 1 and "no FLAIR-hyperintense region" in nothing[0], out.warnings
     assert dice(out.labelmap.array == 1, brain) >= 0.97
 
 
-def test_large_foreground_warns_not_skull_stripped():
+def test_large_foreground_is_refused_as_not_skull_stripped():
     rng = np.random.default_rng(0)
     arr = rng.normal(1.0, 0.5, (60, 70, 70)).astype(np.float32)
     arr[10:50, 8:62, 8:62] += 100.0  # a "head" of 40 x 54 x 54 voxels of 3 mm: 3.1 L
-    out = segment_mr_brain_tumor([Volume.from_geometry(arr, (3.0, 3.0, 3.0))])
+    vol = Volume.from_geometry(arr, (3.0, 3.0, 3.0))
+    with pytest.raises(UnsuitableInputError, match=r"not skull-stripped: the foreground is 3\d\d\d mL") as e:
+        segment_mr_brain_tumor([vol])
+    assert e.value.forceable and str(e.value).endswith("(use --force to run anyway)")
+    assert "background is not one constant value" in str(e.value)  # the noise around the head
+    out = segment_mr_brain_tumor([vol], force=True)
     assert any("not skull-stripped" in w for w in out.warnings), out.warnings
+    assert len(out.forced) == 2 and all(r.startswith("not skull-stripped") for r in out.forced)
+
+
+def test_brain_filling_the_field_of_view_uses_otsu():
+    """The rare fallback: the foreground fills > 95 % of the image (a tight crop); Otsu's threshold
+    (numpy, no scikit-image) separates the brain from the one-voxel dark border."""
+    rng = np.random.default_rng(5)
+    arr = rng.normal(100.0, 3.0, (128, 128, 128)).astype(np.float32)
+    arr[[0, -1]] = arr[:, [0, -1]] = arr[:, :, [0, -1]] = 0.0  # the faces: background level 0
+    mask = brain_mask(Volume.from_geometry(arr))
+    inner = np.zeros(arr.shape, bool)
+    inner[1:-1, 1:-1, 1:-1] = True
+    assert inner.mean() > 0.95  # the branch is taken
+    assert not mask[~inner].any() and mask[2:-2, 2:-2, 2:-2].all()  # only the blurred outer rim may differ
+    two = np.concatenate([np.zeros(1000), np.full(3000, 10.0)])
+    assert 0.0 < otsu_threshold(two) < 10.0
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -94,10 +94,12 @@ def add_output_options(sp: argparse.ArgumentParser) -> None:
 
 
 def run_options(args: argparse.Namespace, task: str, params: dict[str, Any]) -> RunOptions:
-    """``RunOptions`` from the parsed output options (and ``--nan-policy`` where the command has it)."""
+    """``RunOptions`` from the parsed output options (and ``--nan-policy``, ``--force`` where the command
+    has them)."""
     return RunOptions(task=task, device=args.device, nan_policy=getattr(args, "nan_policy", NanPolicy.ERROR),
                       models=not args.no_models, surface_method=args.surface_method,
-                      smoothing=args.smoothing, decimate=args.decimate, params=params)
+                      smoothing=args.smoothing, decimate=args.decimate, params=params,
+                      force=getattr(args, "force", False))
 
 
 # ----------------------------------------------------------------------------- one case

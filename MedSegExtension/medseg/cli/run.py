@@ -81,6 +81,10 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--allow-external-data", action="store_true",
                    help="read a detached header's (.nhdr, .mhd) data file even when it lies outside the "
                         "header's folder (refused by default)")
+    r.add_argument("--force", action="store_true",
+                   help="run even when a task's judgement check says the input is not what it is for (e.g. no "
+                        "lungs where ct-chest expects them); the report lists each check forced past. Checks "
+                        "that are not judgements (not a CT in HU, too few slices) still refuse")
     add_task_param_flags(r)
     add_output_options(r)
     r.set_defaults(handler=cmd_run, writes_output=True)

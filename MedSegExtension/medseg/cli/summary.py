@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.core.measurements import Measure, column_title
+from medseg.core.result import FORCED_PREFIX, NOTHING_FOUND_PREFIX
 
 
 def _xyz(c: Any) -> str:
@@ -46,6 +47,14 @@ def format_summary(report: dict[str, Any], out_dir: Path) -> str:
     t = report.get("timings_s", {})
     lines.append("Time: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
                  + f"; total {report['total_time_s']:.1f}s on {report.get('device', '?')}")
-    lines.extend(f"Warning: {w}" for w in report.get("warnings", []))
+    if not report["segments"]:
+        lines.append("NOTHING FOUND: the segmentation is empty")
+    for w in report.get("warnings", []):
+        if w.startswith(NOTHING_FOUND_PREFIX):
+            lines.append(f"NOTHING FOUND: {w[len(NOTHING_FOUND_PREFIX):]}")
+        elif w.startswith(FORCED_PREFIX):
+            lines.append(f"FORCED (--force): the input failed this check: {w[len(FORCED_PREFIX):]}")
+        else:
+            lines.append(f"Warning: {w}")
     lines.append(f"Output: {out_dir}")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """The device vocabulary: which device strings MedSeg accepts, parsed without importing torch.
 
 Accepted (surrounding spaces ignored; lower case only: ``CPU`` is refused with a hint): ``auto``,
-``cpu``, ``cuda``, ``cuda:N`` (N = GPU index), ``mps``. ``auto`` picks CUDA, then MPS, then the CPU. Anything else (``gpu``, ``cuda:x``,
-``mps:1``, ``""``) is a :class:`~medseg.core.errors.DeviceError`, raised at the edge (the CLI's
-argument parser, the Slicer module's request) before any input is read.
+``cpu``, ``cuda``, ``cuda:N`` (N = GPU index), ``mps``. ``auto`` picks CUDA, then MPS, then the
+CPU. Anything else (``gpu``, ``cuda:x``, ``mps:1``, ``""``) is a
+:class:`~medseg.core.errors.DeviceError`, raised at the edge (the CLI's argument parser, the Slicer
+module's request) before any input is read.
 
 Whether a well-formed device is *present* is decided at run time by
 :func:`medseg.core.torch_devices.resolve_device_with_note` (an absent GPU falls back to the CPU with

@@ -37,6 +37,31 @@ class AmbiguousInputError(InputError):
     """The input could mean several things (e.g. several DICOM series in one folder)."""
 
 
+#: the end of an :class:`UnsuitableInputError` message whose checks the user may override
+FORCE_HINT = "(use --force to run anyway)"
+
+
+class UnsuitableInputError(InputError):
+    """The input is readable but not what the task is for (e.g. an MR or an abdominal CT given to
+    ``ct-chest``, a brain MR that is not skull-stripped given to ``mr-brain-tumor``).
+
+    Attributes:
+        reasons: each failed check, in words.
+        forceable: True when every failed check is a judgement the user may override (``--force``;
+            ``RunOptions.force``); False when the task cannot give a meaningful answer at all (not a
+            CT in HU, too few slices). A forceable message ends with :data:`FORCE_HINT`.
+    """
+
+    def __init__(self, message: str, forceable: bool = False, reasons: tuple[str, ...] = ()) -> None:
+        self.forceable = bool(forceable)
+        self.reasons = tuple(reasons) or (message,)
+        self._message = message
+        super().__init__(f"{message} {FORCE_HINT}" if self.forceable else message)
+
+    def __reduce__(self) -> tuple:  # picklable (batch workers send errors back to their parent)
+        return (type(self), (self._message, self.forceable, self.reasons))
+
+
 class OutputError(MedSegError, OSError):
     """The output location exists, is not writable, or a write failed (nothing was left half-written)."""
 

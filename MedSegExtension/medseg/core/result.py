@@ -9,6 +9,11 @@ from medseg.core.box import Box
 from medseg.core.labelmap import LabelMap
 from medseg.core.volume import Volume
 
+#: start of the warning that records a suitability check the run was forced past
+FORCED_PREFIX = "forced: "
+#: start of the warning a task gives when it found nothing it looks for (e.g. no lung lesion)
+NOTHING_FOUND_PREFIX = "nothing found: "
+
 
 @dataclass
 class Result:
@@ -31,6 +36,8 @@ class Result:
         volumes: extra volumes on the first input's grid (e.g. ``"uncertainty"``), written as NRRD.
         review: segment id -> reasons a learned model's segment needs review (empty list: none).
         preview: the first input volume, for the report's overlays.
+        forced: the reasons of the suitability checks the run was forced past (``RunOptions.force``);
+            each also appears in ``warnings`` as ``"forced: <reason>"``. Empty: nothing was forced.
     """
 
     task: str
@@ -47,3 +54,9 @@ class Result:
     volumes: dict[str, Volume] = field(default_factory=dict)
     review: dict[str, list[str]] = field(default_factory=dict)
     preview: Volume | None = None
+    forced: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_found(self) -> list[str]:
+        """The task's "nothing found" statements (warnings starting with ``"nothing found: "``)."""
+        return [w for w in self.warnings if str(w).startswith(NOTHING_FOUND_PREFIX)]

@@ -152,6 +152,8 @@ class SegmentationOutput:
             (learned models); the task's ``finish`` then builds the label map.
         volumes: extra volumes on the first input's grid (e.g. ``"uncertainty"``), written as NRRD.
         review: segment id -> reasons the segment needs review (empty list: none).
+        forced: the reasons of the suitability checks the step was forced past (``force=True``);
+            empty when every check passed.
     """
 
     labelmap: LabelMap | None = None
@@ -161,6 +163,7 @@ class SegmentationOutput:
     probabilities: Probabilities | None = None
     volumes: dict[str, Volume] = field(default_factory=dict)
     review: dict[str, list[str]] = field(default_factory=dict)
+    forced: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -244,6 +247,9 @@ class Task:
             input's grid (:class:`medseg.preprocess.mapback.MappedProbabilities`), that input and the
             runner's output; returns the output with its label map on that grid.
         licence: the licence line shown with the task (learned models).
+        takes_force: the runner also receives ``force=`` (``RunOptions.force``): it refuses an
+            unsuitable input with ``UnsuitableInputError`` unless forced past a judgement check,
+            and lists the checks it was forced past in ``SegmentationOutput.forced``.
     """
 
     name: str
@@ -259,6 +265,7 @@ class Task:
     check_inputs: Callable[[Sequence[Volume]], None] | None = None
     finish: Callable[..., SegmentationOutput] | None = None
     licence: str = ""
+    takes_force: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.params) - set(TASK_PARAMS))

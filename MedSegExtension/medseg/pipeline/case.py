@@ -16,6 +16,7 @@ import torch
 from medseg.core.errors import InputError, MedSegError
 from medseg.core.labelmap import LabelMap
 from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_progress
+from medseg.core.result import FORCED_PREFIX
 from medseg.core.specs import SegmentationOutput, Task
 from medseg.core.torch_devices import resolve_device_with_note
 from medseg.core.volume import Volume
@@ -71,11 +72,13 @@ def segment_case(
     Returns:
         ``(output, device)``: the step's output with ``labelmap`` on the first input's grid (named
         ``"<input> <task>"``) and every warning so far (device fallback, preprocessing notes, the
-        step's own), and the torch device the work ran on. ``timings`` (when given) receives
+        step's own, then ``"forced: <reason>"`` for each suitability check a task that
+        ``takes_force`` was forced past), and the torch device the work ran on. ``timings`` (when given) receives
         preprocess, segment and map_back seconds.
 
     Raises:
-        InputError: wrong number of inputs, bad option or input; ``CancelledError`` on cancel.
+        InputError: wrong number of inputs, bad option or input (``UnsuitableInputError``: the input
+            is not what the task is for, raised before anything is written); ``CancelledError`` on cancel.
     """
     options.validate(task)
     vols = list(volumes)
@@ -98,6 +101,8 @@ def segment_case(
     params = {**task.params, **task.check_params(options.params)}
     if task.uses_device:
         params["device"] = device
+    if task.takes_force:
+        params["force"] = bool(options.force)
     seg = run_fn(prep.volumes, progress=sub, cancel=cancel, **params)
 
     stages.start("map_back")
@@ -111,6 +116,6 @@ def segment_case(
     label_vol = labels_to_input_grid(seg.labelmap.volume, prep, device=device)
     seg.labelmap = LabelMap(label_vol.with_array(label_vol.array, name=f"{vols[0].name} {task.name}"),
                             seg.labelmap.segments)
-    seg.warnings = warnings + list(seg.warnings)
+    seg.warnings = warnings + list(seg.warnings) + [FORCED_PREFIX + r for r in seg.forced]
     stages.stop()
     return seg, device

@@ -29,6 +29,10 @@ class RunOptions:
         decimate: fraction of triangles to remove, 0..0.95.
         params: task parameters (e.g. ``{"threshold": 100}`` for the threshold task; names in
             :data:`medseg.core.specs.TASK_PARAMS`).
+        force: run past the suitability checks that are judgements (e.g. "the air inside the body
+            does not look like lungs"); each check forced past is listed in ``Result.forced`` and in
+            the report. Checks that are not judgements (not a CT in HU, too few slices) still refuse.
+            Only tasks that declare ``takes_force`` (``ct-chest``, ``mr-brain-tumor``) have such checks.
     """
 
     task: str
@@ -39,6 +43,7 @@ class RunOptions:
     smoothing: float = 0.5
     decimate: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", parse_device(self.device))

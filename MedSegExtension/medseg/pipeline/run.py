@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
-from medseg.core.result import Result
+from medseg.core.result import NOTHING_FOUND_PREFIX, Result
 from medseg.core.specs import Task
 from medseg.core.volume import Volume
 from medseg.detect.boxes import boxes_for_lesions
@@ -48,20 +48,29 @@ def run_task(
     task: Task | None = None,
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
+    notes: Sequence[str] = (),
+    timings: dict[str, float] | None = None,
 ) -> Result:
     """Run ``options.task`` (or ``task``) on ``volumes`` (the task's inputs in order) and return the ``Result``.
 
     The label map, boxes, meshes and measurements are all on / in the frame of the first input
     volume's grid (RAS mm). Raises ``InputError`` on bad inputs and ``CancelledError`` on cancel.
+
+    ``notes`` are warnings from before the run (e.g. the reader's: skipped files, a regularised
+    slice spacing); they open ``Result.warnings``, so the report and the summary hold one list.
+    ``timings`` are stage times from before the run (e.g. ``{"read": 1.2}``); they open
+    ``Result.timings``.
     """
     task = task or get_task(options.task)
     cancel = cancel or CancelToken()
     vols = list(volumes)
-    timings: dict[str, float] = {}
+    timings = dict(timings or {})
     seg, device = segment_case(vols, options, task=task, progress=progress, cancel=cancel, timings=timings)
     labelmap = seg.labelmap
     assert labelmap is not None  # segment_case guarantees it
-    warnings = list(seg.warnings)
+    warnings = [*notes, *seg.warnings]
+    if not labelmap.segments and not any(str(w).startswith(NOTHING_FOUND_PREFIX) for w in warnings):
+        warnings.append(f"{NOTHING_FOUND_PREFIX}{task.name} found no structure; the segmentation is empty")
     stages = Stages(progress, cancel, timings)
 
     stages.start("detect")
@@ -93,4 +102,5 @@ def run_task(
         volumes=dict(seg.volumes),
         review=dict(seg.review),
         preview=vols[0],
+        forced=list(seg.forced),
     )

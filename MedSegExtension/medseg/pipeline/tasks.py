@@ -5,10 +5,22 @@ Presets are imported only when they run, so listing tasks is instant.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
+
 from medseg.core.errors import InputError
 from medseg.core.specs import InputSpec, Task
+from medseg.core.volume import Volume
 from medseg.pipeline.model_tasks import model_tasks
 
+
+def _check_mr_brain_inputs(volumes: Sequence[Volume]) -> None:
+    """``mr-brain-tumor``'s checks on the raw inputs (a CT is refused before it is normalised);
+    the preset's module is imported only when the task runs, like its runner."""
+    importlib.import_module("medseg.segment.mr_brain").check_inputs(volumes)
+
+
+#: ``ct-chest`` and ``mr-brain-tumor`` take ``force`` (their suitability checks: ``segment/suitability.py``)
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
@@ -20,6 +32,7 @@ TASKS: dict[str, Task] = {
             ("Body", "Right lung", "Left lung", "Bones", "Lesion N (one per lung lesion) + ROI box"),
             "medseg.segment.ct_chest:segment_ct_chest",
             "medseg.segment.ct_chest:SPEC",
+            takes_force=True,
         ),
         Task(
             "mr-brain-tumor",
@@ -29,6 +42,8 @@ TASKS: dict[str, Task] = {
             ("Brain", "Tumour N (whole tumour per region) + ROI box"),
             "medseg.segment.mr_brain:segment_mr_brain_tumor",
             "medseg.segment.mr_brain:SPEC",
+            check_inputs=_check_mr_brain_inputs,
+            takes_force=True,
         ),
         Task(
             "threshold",

@@ -27,7 +27,7 @@ from medseg.core.box import Box
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.measurements import SEGMENT_KEYS, Measure
-from medseg.core.result import Result
+from medseg.core.result import NOTHING_FOUND_PREFIX, Result
 from medseg.core.volume import Volume
 from medseg.io.atomic import PathLike, atomic_write_text
 from medseg.measure.segments import measure_segments
@@ -219,7 +219,10 @@ def build_report(
         A dict of plain JSON values matching ``report.schema.json``. Measurement keys other
         than :data:`SEGMENT_MEASURES` are kept: numbers (or null) at the segment's top level,
         lists and objects under the segment's ``extra``. The total time is the sum of
-        ``result.timings``; ``extra`` holds the lesion kinds, scores, device and review flags.
+        ``result.timings``; ``extra`` holds the lesion kinds, scores, device and review flags,
+        ``forced`` (the reasons of the suitability checks the run was forced past, also in
+        ``warnings`` as ``"forced: <reason>"``) and ``nothing_found`` (the warnings starting with
+        ``"nothing found: "``, e.g. ``"nothing found: no lung lesion ..."``).
 
     Raises:
         InputError: a file path is absolute or leaves the output folder, or a value cannot
@@ -250,7 +253,8 @@ def build_report(
     missing = [s for s in result.labelmap.segments if s.id not in have]
     basic: dict = {}
     if missing:  # measure what the result does not cover, with the same code the pipeline uses
-        basic = measure_segments(LabelMap(result.labelmap.volume, tuple(missing)), all_diameters=False)
+        basic = measure_segments(LabelMap(result.labelmap.volume, tuple(missing)), lesions=dict(result.lesions),
+                                 all_diameters=False)
     segments = []
     for seg in result.labelmap.segments:
         meas = dict(basic.get(seg.id, {}))
@@ -283,6 +287,10 @@ def build_report(
         # extra volumes (e.g. a learned model's uncertainty map): name -> file, as in ``files``
         "volumes": {k[len(VOLUME_FILE_PREFIX):]: v for k, v in files_out.items() if k.startswith(VOLUME_FILE_PREFIX)},
         "review": to_jsonable(result.review),
+        # the suitability checks the run was forced past (empty: none), and the task's own
+        # "nothing found" statements (empty: it found what it looks for, or it does not say)
+        "forced": [str(r) for r in (getattr(result, "forced", None) or [])],
+        "nothing_found": [str(w) for w in (result.warnings or []) if str(w).startswith(NOTHING_FOUND_PREFIX)],
     }
     return report
 

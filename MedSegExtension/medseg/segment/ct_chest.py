@@ -20,6 +20,14 @@ No learned model: thresholds in HU and morphology in millimetres.
    and less than 0.6 x its volume within 5 mm around it, is other soft tissue of the envelope
    (the rest of a vessel it is a piece of). Longest diameter > 30 mm: lung mass, else lung nodule.
    The score (0..1) combines roundness, contrast with the lung, size and lung contact.
+Suitability (``segment/suitability.py``): before segmenting, the image must be a CT in HU and
+cover enough slices and millimetres along the body axis; after the lungs are found, the air
+inside the body must be a pair of lungs (each on its side of the midline, a plausible share of
+the body's cross-section, lung density rather than gas, not in the lower part of the body).
+Otherwise ``UnsuitableInputError`` (judgements can be forced with ``force=True``; the reasons
+are then listed in ``SegmentationOutput.forced``). No lesion found: a warning starting with
+"nothing found: " says so.
+
 6. Everything is mapped back to the input grid; boundaries are refined at full resolution by
    the same thresholds. Every voxel belongs to at most one segment (lesions are cut out of
    the lungs, lungs and bones out of the body).
@@ -39,12 +47,14 @@ from scipy import ndimage
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.result import NOTHING_FOUND_PREFIX
 from medseg.core.specs import Normalization, PreprocessSpec, SegmentationOutput
 from medseg.core.terminology import term
 from medseg.core.vocabulary import CropMode, DenoiseMode, NormalizationKind
 from medseg.core.volume import Volume
 from medseg.segment import ct_anatomy as anat
 from medseg.segment import ct_lesion
+from medseg.segment import suitability as suit
 from medseg.segment.morphology import (
     ball_footprint,
     bbox_slices,
@@ -72,12 +82,18 @@ ENVELOPE_RADIUS_MM = 20.0
 VESSEL_OPEN_RADIUS_MM = 2.0
 SMOOTH_MM = 0.75
 
+#: the warning when no lung lesion is found (always given then)
+NOTHING_FOUND_LESION = (NOTHING_FOUND_PREFIX + f"no lung lesion (none >= {ct_lesion.MIN_DIAMETER_MM:g} mm "
+                        "and >= -400 HU found in the lungs)")
+
 BODY_VALUE, RIGHT_LUNG_VALUE, LEFT_LUNG_VALUE, BONE_VALUE, FIRST_LESION_VALUE = 1, 2, 3, 4, 5
 
 COLORS = {
     "body": (177 / 255, 122 / 255, 101 / 255),
-    "right_lung": (197 / 255, 165 / 255, 145 / 255),
-    "left_lung": (172 / 255, 138 / 255, 115 / 255),
+    # the lungs in colours far from the body's and from each other (CIE76 delta-E >= 39), so the
+    # figures and Slicer tell them apart; not blue, which the lesions use
+    "right_lung": (0.30, 0.70, 0.60),
+    "left_lung": (0.90, 0.70, 1.00),
     "bone": (241 / 255, 214 / 255, 145 / 255),
 }
 LESION_COLORS = [
@@ -140,21 +156,26 @@ def _refine(mask_w: np.ndarray, cond_full: np.ndarray, factors: Sequence[int]) -
 
 
 def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = no_progress,
-                     cancel: CancelToken | None = None) -> SegmentationOutput:
+                     cancel: CancelToken | None = None, force: bool = False) -> SegmentationOutput:
     """Segment body, lungs, bones and lung lesions of a chest CT.
 
     Args:
         volumes: ``[ct]``, the CT in HU (any grid; oblique and anisotropic grids are fine).
         progress: ``callback(fraction, message)``.
         cancel: checked between steps.
+        force: run past the suitability checks that are judgements (see ``segment/suitability.py``);
+            their reasons are listed in ``forced``.
 
     Returns:
         ``SegmentationOutput`` on the CT's grid: segments "Body", "Right lung", "Left lung", "Bones"
         (those found) and "Lesion 1..n" (largest first); ``lesions`` maps each lesion segment id to
-        "lung nodule" or "lung mass"; ``scores`` gives each lesion a confidence in 0..1.
+        "lung nodule" or "lung mass"; ``scores`` gives each lesion a confidence in 0..1; no lesion:
+        a warning "nothing found: no lung lesion ...".
 
     Raises:
         InputError: no volume, a non-numeric image, or NaN/Inf voxels.
+        UnsuitableInputError: not a CT in HU, too few slices (never forceable); too short a scan, or
+            air inside the body that is not a pair of lungs (forceable).
         CancelledError: ``cancel`` was set.
     """
     check = cancel.check if cancel is not None else (lambda: None)
@@ -163,6 +184,8 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
     progress(0.0, "ct-chest: preparing")
     sp_full = vol.spacing[::-1].copy()
     f = block_factors(sp_full, WORK_SPACING_MM)
+    forced = suit.enforce("ct-chest", vol.name, suit.ct_hu_problems(vol.array) + suit.ct_extent_problems(vol, f),
+                          force)
     m_w = _work_matrix(vol.ijk_to_ras, f)
     sp_w = sp_full * np.asarray(f)
     hu_w = _smooth(block_mean(vol.array, f), sp_w)
@@ -174,14 +197,19 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
     body = anat.body_mask(hu_w, m_w)
     if not body.any():
         labels = np.zeros(vol.array.shape, dtype=np.uint8)
-        return SegmentationOutput(LabelMap(vol.with_array(labels), ()),
-                                  warnings=["no body found (nothing above -500 HU)"])
+        return SegmentationOutput(LabelMap(vol.with_array(labels), ()), forced=forced,
+                                  warnings=["no body found (nothing above -500 HU)",
+                                            NOTHING_FOUND_LESION])
     check()
 
     progress(0.2, "ct-chest: lungs")
     air = (hu_w < anat.AIR_HU) & body
     right, left, w = anat.split_lungs(air, body, m_w, sp_w)
     warnings += w
+    right_f = anat.fill_lung(right, m_w)
+    left_f = anat.fill_lung(left, m_w)
+    forced += suit.enforce("ct-chest", vol.name,
+                           suit.lung_problems(right, left, right_f, left_f, body, hu_w, m_w, voxel_w), force)
     right, w = anat.drop_gas(right, hu_w, voxel_w, "right")
     warnings += w
     left, w = anat.drop_gas(left, hu_w, voxel_w, "left")
@@ -194,8 +222,10 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
 
     progress(0.45, "ct-chest: lung envelopes")
     fc = block_factors(sp_w, ENVELOPE_GRID_MM)
-    right_f = anat.fill_lung(right, m_w)
-    left_f = anat.fill_lung(left, m_w)
+    if not right.any():  # dropped as gas (forced)
+        right_f = right
+    if not left.any():
+        left_f = left
     env = _envelope(right_f, fc, sp_w, axis) | _envelope(left_f, fc, sp_w, axis)
     check()
 
@@ -284,6 +314,9 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
         segments.append(seg)
         lesions[seg.id] = kind
         scores[seg.id] = ct_lesion.score(x, lung_hu)
+    if not lesions:
+        warnings.append(NOTHING_FOUND_LESION)
     check()
     progress(1.0, f"ct-chest: {len(segments)} segments, {len(lesions)} lung lesions")
-    return SegmentationOutput(LabelMap(vol.with_array(labels), tuple(segments)), lesions, scores, warnings)
+    return SegmentationOutput(LabelMap(vol.with_array(labels), tuple(segments)), lesions, scores, warnings,
+                              forced=forced)

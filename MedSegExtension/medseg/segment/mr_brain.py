@@ -1,9 +1,12 @@
 """The classical ``mr-brain-tumor`` preset: brain mask and whole tumour from FLAIR (+ optional T1c).
 
 Scope: **skull-stripped** brain MR (FLAIR required, T1c optional, both on one grid), such as the
-BraTS data. Non-skull-stripped input (head with skull and scalp) is out of scope for this classical
-preset; when the foreground looks too large for a brain (more than ``max_brain_ml``) the output
-carries a warning saying so.
+BraTS data. Input that is not (``segment/suitability.py``) is refused with ``UnsuitableInputError``:
+a CT in HU or fewer than 3 slices (never forceable); a head that is not skull-stripped (foreground
+larger than ``max_brain_ml``, a bright scalp ring at its surface, or a background that is not one
+constant value) or a "tumour" larger than half of the brain (forceable with ``force=True``; the
+reasons are then listed in ``SegmentationOutput.forced``). No tumour found: a warning starting with
+"nothing found: " says so.
 
 Algorithm (all sizes in mm / mL, so any spacing and any orientation behave the same; every
 operation runs on the voxel grid with the true per-axis spacing):
@@ -53,11 +56,13 @@ from medseg.core.errors import InputError
 from medseg.core.grid import check_same_grid
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
+from medseg.core.result import NOTHING_FOUND_PREFIX
 from medseg.core.specs import Normalization, PreprocessSpec, SegmentationOutput
 from medseg.core.terminology import term
 from medseg.core.vocabulary import CropMode, DenoiseMode, NormalizationKind
 from medseg.core.volume import Volume
 from medseg.segment import morphology as _morph
+from medseg.segment import suitability as suit
 from medseg.segment.morphology import bbox_slices, dilate_mm, fill_holes_2d
 
 #: How the pipeline prepares the inputs: keep the grid (1 mm data stays 1 mm), mild denoise,
@@ -108,7 +113,8 @@ class MrBrainTumorParams:
         max_tumours: at most this many tumour segments (largest first).
         t1c_enhancing_z: robust z (T1c) of enhancing voxels added next to the FLAIR region.
         t1c_adjacent_mm: how far from the FLAIR region enhancing voxels may lie.
-        max_brain_ml: above this the foreground probably includes skull / scalp (warning).
+        max_brain_ml: above this the foreground includes skull / scalp (refused unless forced):
+            intracranial volume rarely exceeds 2 L, a head with scalp is 3-4.5 L.
         min_brain_ml: below this the brain is probably only partly covered (warning).
     """
 
@@ -153,13 +159,22 @@ def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: np.ndarray) -> np.
 
 
 # --------------------------------------------------------------------------- statistics
-def _robust_center_scale(values: np.ndarray) -> tuple[float, float]:
-    """Median and robust sigma (1.4826 MAD; the standard deviation where the MAD is 0)."""
-    med = float(np.median(values))
-    sigma = 1.4826 * float(np.median(np.abs(values - med)))
-    if sigma <= 0:
-        sigma = float(np.std(values))
-    return med, sigma
+_robust_center_scale = suit.robust_center_scale
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (numpy): the centre of the histogram bin that maximises the
+    between-class variance of the two classes ``<= t`` and ``> t``."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    hist, edges = np.histogram(v, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    w0 = np.cumsum(hist, dtype=np.float64)
+    w1 = w0[-1] - w0
+    s0 = np.cumsum(hist * centres)
+    mu0 = s0 / np.maximum(w0, 1.0)
+    mu1 = (s0[-1] - s0) / np.maximum(w1, 1.0)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))]) if bins > 1 else float(centres[0])
 
 
 def _background_level(image: np.ndarray) -> tuple[float, float]:
@@ -203,6 +218,20 @@ def _validate(volumes: Sequence[Volume]) -> tuple[Volume, Volume | None]:
     return flair, t1c
 
 
+def check_not_ct(volumes: Sequence[Volume]) -> list[suit.Problem]:
+    """A problem (not forceable) for each input whose intensities are those of a CT in HU."""
+    return [suit.Problem(f"{role} input {v.name!r} looks like a CT in Hounsfield units (air below "
+                         f"{suit.AIR_LUNG_HU:g} HU and soft tissue around 0 HU); this preset needs MR", False)
+            for role, v in zip(("FLAIR", "T1c"), volumes, strict=False) if suit.looks_like_ct(v.array)]
+
+
+def check_inputs(volumes: Sequence[Volume]) -> None:
+    """The checks on the raw inputs (the pipeline normalises them before the step sees them):
+    ``UnsuitableInputError`` (not forceable) for a CT."""
+    if volumes and all(isinstance(v, Volume) for v in volumes):
+        suit.enforce("mr-brain-tumor", volumes[0].name, check_not_ct(volumes), False)
+
+
 # --------------------------------------------------------------------------- stages
 def brain_mask(flair: Volume, params: MrBrainTumorParams = DEFAULT_PARAMS) -> np.ndarray:
     """Brain (foreground) mask of a skull-stripped image, KJI bool, on the image's grid.
@@ -222,9 +251,7 @@ def brain_mask(flair: Volume, params: MrBrainTumorParams = DEFAULT_PARAMS) -> np
     thr = bg + max(params.brain_rel_threshold * (p99 - bg), 5.0 * noise)
     fg = img > thr
     if fg.mean() > 0.95:  # no background on the faces (tight crop): fall back to Otsu
-        from skimage.filters import threshold_otsu  # optional, and only for this rare fallback
-
-        thr = float(threshold_otsu(img[:: 2, :: 2, :: 2]))
+        thr = otsu_threshold(img[:: 2, :: 2, :: 2])
         fg = img > thr
     # The smoothed image gives connected, noise-free regions; the unsmoothed image gives the
     # boundary (smoothing alone would move a sharp edge outwards by about one sigma).
@@ -264,6 +291,7 @@ def segment_mr_brain_tumor(
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
     params: MrBrainTumorParams = DEFAULT_PARAMS,
+    force: bool = False,
 ) -> SegmentationOutput:
     """Brain and whole-tumour segmentation of skull-stripped brain MR.
 
@@ -272,16 +300,20 @@ def segment_mr_brain_tumor(
         progress: ``callback(fraction, message)``.
         cancel: checked between stages.
         params: preset constants (defaults documented in :class:`MrBrainTumorParams`).
+        force: run past the suitability checks that are judgements (not skull-stripped, "tumour"
+            larger than half of the brain); their reasons are listed in ``forced``.
 
     Returns:
         ``SegmentationOutput`` whose label map (on the FLAIR grid) holds "Brain" (label 1) and one
         segment per tumour region (labels 2, 3, ...; "Tumour", or "Tumour 1", "Tumour 2", ...
         largest first), each a lesion of kind "brain tumour" with a score in 0..1. No tumour found:
-        Brain only, plus a warning.
+        Brain only, plus the warning "nothing found: no tumour found ...".
 
     Raises:
         InputError: wrong number of volumes, non-finite or constant FLAIR/T1c, T1c on another grid,
             or no brain foreground found.
+        UnsuitableInputError: a CT, fewer than 3 slices (never forceable); not skull-stripped, or a
+            "tumour" larger than half of the brain (forceable).
         CancelledError: ``cancel`` was triggered.
     """
     def step(fraction: float, message: str) -> None:
@@ -290,6 +322,8 @@ def segment_mr_brain_tumor(
         progress(fraction, message)
 
     flair, t1c = _validate(volumes)
+    forced = suit.enforce("mr-brain-tumor", flair.name, check_not_ct(volumes) + suit.mr_slice_problems(flair),
+                          force)
     if params.filter not in ("median", "gaussian"):
         raise InputError(f"mr-brain-tumor filter must be 'median' or 'gaussian', got {params.filter!r}")
     warnings: list[str] = []
@@ -302,6 +336,8 @@ def segment_mr_brain_tumor(
     brain_ml = float(brain_full.sum()) * voxel_ml
     if brain_ml <= 0:
         raise InputError(f"mr-brain-tumor found no brain foreground in FLAIR volume {flair.name!r}")
+    forced += suit.enforce("mr-brain-tumor", flair.name, suit.skull_stripping_problems(
+        flair.array, brain_full, sp, voxel_ml, params.max_brain_ml), force)
     if brain_ml > params.max_brain_ml:
         warnings.append(
             f"brain mask is {brain_ml:.0f} mL (> {params.max_brain_ml:.0f} mL): the input looks not "
@@ -328,8 +364,9 @@ def segment_mr_brain_tumor(
 
     if sigma <= 0:
         warnings.append("FLAIR is constant inside the brain; no tumour can be found")
+        warnings.append(NOTHING_FOUND_PREFIX + "no tumour found (FLAIR is constant inside the brain)")
         return SegmentationOutput(LabelMap(flair.with_array(labels_full, name="mr-brain-tumor"),
-                                           (brain_seg,)), warnings=warnings)
+                                           (brain_seg,)), warnings=warnings, forced=forced)
     z = (fs - med) / sigma
 
     step(0.4, "mr-brain-tumor: hysteresis threshold")
@@ -364,6 +401,8 @@ def segment_mr_brain_tumor(
         )
         order = order[: params.max_tumours]
 
+    tumour_ml = float(sum(sizes[c] for c in order)) * voxel_ml
+    forced += suit.enforce("mr-brain-tumor", flair.name, suit.tumour_fraction_problems(tumour_ml, brain_ml), force)
     segments = [brain_seg]
     lesions: dict[str, str] = {}
     scores: dict[str, float] = {}
@@ -381,9 +420,9 @@ def segment_mr_brain_tumor(
     labels_full[box] = labels
     if not order:
         warnings.append(
-            f"no FLAIR-hyperintense region >= {params.min_tumour_ml} mL found in the brain "
-            f"(seed z > {params.seed_z}, growth z > {params.grow_z}); output has the brain only"
+            NOTHING_FOUND_PREFIX + f"no tumour found: no FLAIR-hyperintense region >= {params.min_tumour_ml} mL "
+            f"in the brain (seed z > {params.seed_z}, growth z > {params.grow_z}); output has the brain only"
         )
     step(1.0, "mr-brain-tumor: done")
     lm = LabelMap(flair.with_array(labels_full, name="mr-brain-tumor"), tuple(segments))
-    return SegmentationOutput(lm, lesions=lesions, scores=scores, warnings=warnings)
+    return SegmentationOutput(lm, lesions=lesions, scores=scores, warnings=warnings, forced=forced)
