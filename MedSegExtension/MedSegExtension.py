@@ -32,7 +32,7 @@ from slicer.util import VTKObservationMixin
 # light core modules only (no torch, no SimpleITK): the glue and the rest of the core are imported
 # when a run starts, after the dependency check has had the chance to install what is missing
 from medseg.core.devices import DEVICE_KINDS, parse_device
-from medseg.core.errors import CancelledError, InputError
+from medseg.core.errors import FORCE_HINT, CancelledError, InputError
 
 log = logging.getLogger("MedSeg")
 
@@ -88,6 +88,7 @@ class MedSegExtensionParameterNode:
     threshold: float = 0.5
     minVolume: Annotated[float, WithinRange(0.0, 1.0e7)] = 0.0
     tta: bool = False
+    force: bool = False
     createModels: bool = True
     createTable: bool = True
     saveResults: bool = False
@@ -250,7 +251,8 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.startProcess(
                 self._inputs(), p.task, outputSegmentation=p.outputSegmentation, device=p.device,
                 params=self._params(), createModels=p.createModels, createTable=p.createTable,
-                saveFolder=p.saveFolder if p.saveResults else None, progressCallback=self._onProgress)
+                saveFolder=p.saveFolder if p.saveResults else None, progressCallback=self._onProgress,
+                force=p.force)
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop MedSeg; nothing is added to the scene")
             self.ui.progressBar.setVisible(True)
@@ -272,10 +274,13 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setVisible(False)
         self._checkCanApply()
         if job.error is not None:
-            self.ui.statusLabel.text = str(job.error)
+            # the command's "--force" is this panel's "Input checks" box
+            message = str(job.error).replace(FORCE_HINT, _("(tick \"Run even if the input looks unsuitable for the "
+                                                           "task\" under Input checks to run anyway)"))
+            self.ui.statusLabel.text = message
             if isinstance(job.error, CancelledError):
                 return
-            slicer.util.errorDisplay(_("MedSeg failed: {error}").format(error=job.error))
+            slicer.util.errorDisplay(_("MedSeg failed: {error}").format(error=message))
             return
         self._showResult(job.result)
 
@@ -326,8 +331,10 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
 
     def createRequest(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                       params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
-                      saveFolder=None, keepTemporaryFiles: bool = False):
+                      saveFolder=None, keepTemporaryFiles: bool = False, force: bool = False):
         """Validate the nodes and options and copy the inputs out of the scene (``RunRequest``).
+
+        ``force`` runs past a task's judgement checks of the input (``RunOptions.force``).
 
         Raises:
             InputError: unknown task, wrong number of inputs, a node that is not a scalar volume,
@@ -356,12 +363,12 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             inputNodes=nodes, volumes=volumes_from_nodes(nodes), task=task, device=device, params=dict(params or {}),
             outputSegmentation=outputSegmentation, createModels=createModels, createTable=createTable,
             saveFolder=None if saveFolder in (None, "") else pathlib.Path(saveFolder),
-            baseName=f"{nodes[0].GetName()} {task}", keepTemporaryFiles=keepTemporaryFiles)
+            baseName=f"{nodes[0].GetName()} {task}", keepTemporaryFiles=keepTemporaryFiles, force=bool(force))
 
     def process(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                 params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
                 saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None,
-                runInProcess: bool = True, cancelToken=None):
+                runInProcess: bool = True, cancelToken=None, force: bool = False):
         """Run ``task`` on ``inputVolumes`` and add the results to the scene; blocks until done.
 
         :param inputVolumes: the task's input volume nodes, in order (e.g. [flair, t1c]).
@@ -371,6 +378,8 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         :param runInProcess: True runs the core in Slicer's process (console, tests); False runs the
             ``medseg`` command as a child process and waits for it.
         :param cancelToken: a ``medseg.core.progress.CancelToken`` (in-process runs).
+        :param force: run even when a judgement check says the input is not what the task is for
+            (the report lists each check forced past).
         :return: ``ProcessResult`` (segmentation node, segment ids, ROI/model/table nodes, measurements).
         :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
             unchanged whenever one is raised.
@@ -378,7 +387,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
 
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
-                                     createTable, saveFolder)
+                                     createTable, saveFolder, force=force)
         job = MedSegJob(request, progressCallback)
         if runInProcess:
             return job.run_in_process(cancelToken)
@@ -387,13 +396,14 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
 
     def startProcess(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                      params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
-                     saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None):
+                     saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None,
+                     force: bool = False):
         """Start a child-process run and return its ``MedSegJob`` at once; call ``job.poll()``
         periodically (it imports the results when the child ends) and ``job.cancel()`` to stop."""
         from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
 
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
-                                     createTable, saveFolder)
+                                     createTable, saveFolder, force=force)
         job = MedSegJob(request, progressCallback)
         job.start()
         return job

@@ -322,3 +322,20 @@ def test_a_learned_model_task_runs_through_the_logic(scene, tmp_path, monkeypatc
     assert seg.GetSegmentation().GetSegment(sid).GetName() == "Ball"
     voxel = max(GEOMETRY_CASES[CASE][1])
     assert np.linalg.norm(segment_centroid_ras(seg, sid, node) - centre) < 0.5 * voxel
+
+
+def test_unsuitable_input_is_refused_and_force_runs_it(scene, shared_data):
+    """The panel's "Input checks" box is ``force``: an abdominal CT given to ct-chest is refused
+    (scene unchanged) and runs when forced, with the overridden check in the warnings."""
+    import SimpleITK as sitk
+
+    from medseg.core.errors import UnsuitableInputError
+
+    node = volume_node_from_sitk(sitk.ReadImage(str(shared_data / "totalsegmentator" / "example_ct.nii.gz")),
+                                 "abdomen")
+    before = scene_snapshot()
+    with pytest.raises(UnsuitableInputError) as err:
+        MedSegExtensionLogic().process([node], "ct-chest")
+    assert err.value.forceable and scene_snapshot() == before
+    res = MedSegExtensionLogic().process([node], "ct-chest", force=True)
+    assert any(w.startswith("forced: ") for w in res.warnings)

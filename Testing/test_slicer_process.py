@@ -124,6 +124,8 @@ def test_command_line_carries_inputs_and_task_parameters(tmp_path):
     assert args[args.index("--threshold") + 1] == "7.0" and "--min-volume" in args
     with pytest.raises(ValueError, match="no flags"):
         medseg_command([tmp_path / "a.nrrd"], "x", tmp_path / "o", params={"sigma": 1})
+    assert "--force" not in args
+    assert "--force" in medseg_command([tmp_path / "a.nrrd"], "ct-chest", tmp_path / "o", force=True)
 
 
 def _small_volume():

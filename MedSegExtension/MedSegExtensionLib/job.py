@@ -60,6 +60,7 @@ class RunRequest:
     saveFolder: Path | None = None
     baseName: str = "MedSeg"
     keepTemporaryFiles: bool = False
+    force: bool = False
 
 
 @dataclass
@@ -117,7 +118,8 @@ class MedSegJob:
         cancel = cancel or CancelToken()
         try:
             out = self._make_temp() / "out"
-            options = RunOptions(task=req.task, device=req.device, models=req.createModels, params=dict(req.params))
+            options = RunOptions(task=req.task, device=req.device, models=req.createModels, params=dict(req.params),
+                                 force=req.force)
             result = run_task(req.volumes, options, cancel=cancel,
                               progress=lambda f, m: self.progress(0.85 * _COMPUTE_SHARE * f, m))
             write_result(result, out, html=False, cancel=cancel,
@@ -144,7 +146,8 @@ class MedSegJob:
                 write_volume_nrrd(vol, p, compress=False)
                 paths.append(p)
             package_parent = Path(medseg.__file__).resolve().parent.parent
-            args = medseg_command(paths, req.task, tmp / "out", req.device, req.createModels, req.params)
+            args = medseg_command(paths, req.task, tmp / "out", req.device, req.createModels, req.params,
+                                  force=req.force)
             self._child = ChildProcess(args, env=child_environment(package_parent), cwd=tmp)
             self._child.start()
             if self._child.status is ExitStatus.NOT_STARTED:

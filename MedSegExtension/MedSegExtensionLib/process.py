@@ -55,12 +55,14 @@ def python_executable() -> str:
 
 
 def medseg_command(inputs: Sequence[Path], task: str, out_dir: Path, device: str = "auto",
-                   models: bool = True, params: dict | None = None) -> list[str]:
+                   models: bool = True, params: dict | None = None, force: bool = False) -> list[str]:
     """The ``medseg run`` command line (as an argument list) for one case."""
     args = [python_executable(), "-m", "medseg.cli", "--progress-json", "run", *[str(p) for p in inputs],
             "--task", task, "--out", str(out_dir), "--device", device, "--no-html"]
     if not models:
         args.append("--no-models")
+    if force:
+        args.append("--force")
     params = dict(params or {})
     unknown = sorted(set(params) - set(TASK_PARAMS))
     if unknown:
