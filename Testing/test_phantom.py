@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -33,17 +31,14 @@ def centroid_ras(volume, mask):
     return volume.ijk_to_ras_points(np.argwhere(mask).mean(axis=0)[::-1][None])[0]
 
 
-def test_default_grid_dtype_and_speed():
-    t = time.perf_counter()
+def test_default_grid_and_dtype():
     vol, truth = make_chest_phantom()
-    elapsed = time.perf_counter() - t
     assert vol.array.shape == (96, 160, 192) and vol.array.dtype == np.int16
     assert truth.labels.shape == vol.array.shape
     np.testing.assert_allclose(vol.spacing, [1.5, 1.5, 2.5])
     # grid centred on RAS 0
     k, j, i = vol.array.shape
     np.testing.assert_allclose(vol.ijk_to_ras_points([[(i - 1) / 2, (j - 1) / 2, (k - 1) / 2]])[0], 0, atol=1e-9)
-    assert elapsed < 5.0, f"phantom took {elapsed:.2f} s"
 
 
 def test_hu_values_by_structure(default_phantom):
