@@ -10,8 +10,9 @@ The baseline does not crop to the label's bounding box (Slicer does not either).
 Input: random non-overlapping ellipsoids (5 and 20 labels) in a 200 x 200 x 150 volume with an
 oblique, anisotropic, mirrored IJK->RAS matrix (``--quick``: 80 x 80 x 60).
 
-Before timing, both sides must give a closed surface per label whose enclosed volume is within 2 %
-of the voxel volume (asserted). Times are the best of ``--repeat`` runs in this process; peak memory is
+Before timing, both sides must give a closed, manifold surface per label (also once coincident
+points are merged, as an STL reader does) whose enclosed volume is within 2 % of the voxel volume
+(asserted). Times are the best of ``--repeat`` runs in this process; peak memory is
 measured in a fresh child process per side (same input, built there from the same seed): the rise of the
 resident-set high-water mark (``VmHWM``) during one call over the RSS just before it.
 
@@ -34,8 +35,10 @@ from vtk.util import numpy_support as ns
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSegExtension"))
 
 from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.mesh_arrays import triangles_of
 from medseg.core.volume import Volume
 from medseg.surface import labelmap_to_meshes, mesh_stats, smoothing_pass_band
+from medseg.surface.manifold import manifold_defects
 
 SMOOTHING = 0.5
 VOLUME_TOLERANCE = 0.02
@@ -167,7 +170,8 @@ def child(side: str, labelmap: LabelMap) -> None:
 
 
 def check(name: str, labelmap: LabelMap, meshes: dict[str, vtk.vtkPolyData]) -> float:
-    """Assert every mesh is closed with volume within 2 % of the voxel volume; return worst error."""
+    """Assert every mesh is closed and manifold with volume within 2 % of the voxel volume; return
+    the worst error."""
     counts = labelmap.voxel_counts()
     worst = 0.0
     for seg in labelmap.segments:
@@ -176,6 +180,10 @@ def check(name: str, labelmap: LabelMap, meshes: dict[str, vtk.vtkPolyData]) -> 
         err = abs(st["volume_mm3"] - expected) / expected
         assert st["closed"], f"{name}: {seg.id} is not closed ({st['boundary_edges']} boundary edges)"
         assert st["outward"], f"{name}: {seg.id} normals point inward"
+        points, tris = triangles_of(meshes[seg.id])
+        _, same_point = np.unique(points.astype(np.float32), axis=0, return_inverse=True)
+        defects = manifold_defects(same_point.ravel()[tris])
+        assert not any(defects.values()), f"{name}: {seg.id} is not manifold: {defects}"
         assert err <= VOLUME_TOLERANCE, f"{name}: {seg.id} volume off by {100 * err:.2f} %"
         worst = max(worst, err)
     return worst
