@@ -2,8 +2,9 @@
 written) and say why; judgement checks can be forced, and the report then lists what was forced.
 
 Real files (``../shared/data``): an abdominal CT, an abdominal MR, an upper-abdominal DICOM slab, a
-3-slice CT, one slice cut out of lung1, a T1c head that is not skull-stripped, and CTs given to the
-brain task are refused; lung1, the phantom and the BraTS cases are not.
+3-slice CT, one slice cut out of lung1, a T1c head that is not skull-stripped, CTs and skull-stripped
+T2-weighted images given to the brain task are refused; lung1, the phantom, the BraTS cases and the
+skull-stripped FLAIRs of ``ms_longitudinal`` are not.
 """
 
 from __future__ import annotations
@@ -13,17 +14,27 @@ import pickle
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
+from conftest import make_sitk_image
 from medseg.cli import main
 from medseg.core.errors import FORCE_HINT, ExitCode, InputError, UnsuitableInputError
+from medseg.core.frames import sitk_to_volume
 from medseg.core.volume import Volume
 from medseg.data.phantom import make_chest_phantom
 from medseg.io.volume_reader import read_volume
 from medseg.pipeline.output import write_result
 from medseg.pipeline.run import RunOptions, run_task
 from medseg.segment.ct_chest import NOTHING_FOUND_LESION
-from medseg.segment.mr_brain import segment_mr_brain_tumor
-from medseg.segment.suitability import Problem, enforce
+from medseg.segment.mr_brain import brain_mask, segment_mr_brain_tumor
+from medseg.segment.suitability import (
+    T2_MIN_SYMMETRY,
+    Problem,
+    csf_contrast,
+    enforce,
+    flair_contrast_problems,
+    mirror_symmetry,
+)
 
 
 def _run(volumes, task: str, force: bool = False):
@@ -208,3 +219,107 @@ def test_brain_task_tumour_larger_than_half_the_brain_is_refused():
     out = segment_mr_brain_tumor([vol], force=True)
     big = [r for r in out.forced if "% of the brain (> 50 %)" in r]
     assert len(big) == 1 and "is this a FLAIR of a skull-stripped brain?" in big[0], out.forced
+
+
+# ------------------------------------------------------------------------------------------ FLAIR contrast
+def _ms_stripped(shared_data, patient: str, study: str, seq: str) -> Volume:
+    """A skull-stripped ``ms_longitudinal`` image on its own grid (every 2nd voxel in-plane, for speed):
+    the common-space brain mask is resampled onto it through FLAIR -> common space and, for T1W/T2W,
+    the sequence -> FLAIR transform; everything outside is set to 0."""
+    raw = shared_data / "ms_longitudinal" / "raw" / patient
+    img = sitk.ReadImage(str(raw / f"{study}_{seq}.nii.gz"))[::2, ::2, :]
+    mask = sitk.ReadImage(str(shared_data / "ms_longitudinal" / "coregistered" / patient / "brainmask.nii.gz"))
+    to_common = [sitk.ReadTransform(str(raw / f"{study}_FLAIR_to_common_space.txt")).GetInverse()]
+    if seq != "FLAIR":  # a CompositeTransform applies its last transform first: sequence -> FLAIR -> common
+        to_common.append(sitk.ReadTransform(str(raw / f"{study}_{seq}_intrastudy_to_FLAIR.txt")).GetInverse())
+    inside = sitk.Resample(mask, img, sitk.CompositeTransform(to_common), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    vol = sitk_to_volume(img, f"{patient} {study} {seq}")
+    arr = vol.array.astype(np.float32)
+    arr[sitk.GetArrayFromImage(inside) == 0] = 0.0
+    assert 1000 < (arr > 0).sum() * vol.voxel_volume_mm3 / 1000 < 1500  # a brain (mL), not a head
+    return vol.with_array(arr)
+
+
+#: the studies whose skull-stripped T2W (refused) and FLAIR (accepted) are tested
+T2W = [("patient01", "study1"), ("patient01", "study2"), ("patient03", "study1"), ("patient03", "study2")]
+
+
+@pytest.mark.parametrize(("patient", "study"), T2W)
+def test_brain_task_refuses_skull_stripped_t2(shared_data, patient, study):
+    """A T2-weighted image given as FLAIR: its bright CSF (ventricles, sulci) was found as 6 "tumours"."""
+    t2 = _ms_stripped(shared_data, patient, study, "T2W")
+    err = _refused([t2], "mr-brain-tumor", forceable=True,
+                   reasons=["looks T2-weighted: cerebrospinal fluid is the brightest tissue",
+                            "this preset needs a FLAIR, where CSF is dark"])
+    assert len(err.reasons) == 1  # skull-stripped: no other check fails
+
+
+def test_brain_task_runs_t2_when_forced_and_reports_it(shared_data, tmp_path):
+    t2 = _ms_stripped(shared_data, "patient01", "study2", "T2W")
+    report = _report_after_force([t2], "mr-brain-tumor", tmp_path)
+    assert len(report["extra"]["forced"]) == 1 and report["extra"]["forced"][0].startswith("looks T2-weighted")
+
+
+@pytest.mark.parametrize(("patient", "study"), T2W)
+def test_skull_stripped_flair_is_accepted(shared_data, patient, study):
+    flair = _ms_stripped(shared_data, patient, study, "FLAIR")
+    result = _run([flair], "mr-brain-tumor")
+    assert result.forced == []
+    assert not any("T2-weighted" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize(("patient", "study"), [("patient01", "study1"), ("patient01", "study2"),
+                                                ("patient03", "study2")])
+def test_t1w_is_not_called_t2_weighted(shared_data, patient, study):
+    """T1W (CSF dark, white matter brightest) is not refused as T2 by mistake; nor is it refused as T1:
+    that is not checked (see the report of the FLAIR contrast check)."""
+    t1 = _ms_stripped(shared_data, patient, study, "T1W")
+    assert flair_contrast_problems(t1.array, brain_mask(t1), t1.ijk_to_ras) == []
+
+
+@pytest.mark.parametrize("case", ["brats_2013_pat0003_1", "brats_2013_pat0005_1", "brats_2013_pat0006_1"])
+def test_brats_flair_and_t1c_are_not_called_t2_weighted(shared_data, case):
+    """z-scored BraTS FLAIR, bright oedema of 14-103 mL that is one-sided; the T1c's bright vessels and
+    rims are thin (gone after the opening) and its CSF is dark."""
+    d = shared_data / "brats2015_deepmedic" / case
+    for name in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"):
+        vol = sitk_to_volume(sitk.ReadImage(str(d / name))[::2, ::2, :], name)  # 2 x 2 x 1 mm, for speed
+        brain = brain_mask(vol)
+        assert flair_contrast_problems(vol.array, brain, vol.ijk_to_ras) == [], name
+        assert csf_contrast(vol.array, brain, vol.ijk_to_ras).symmetry < T2_MIN_SYMMETRY, name
+
+
+def _two_ventricles(bright: bool) -> tuple[Volume, float]:
+    """An oblique, anisotropic, flipped grid holding an ellipsoid brain (100) with two 'ventricles'
+    mirrored across the plane RAS x = grid centre (returned): bright (300, T2-like) or dark (20, FLAIR-like)."""
+    vol = sitk_to_volume(make_sitk_image("oblique_aniso_flipped"))
+    kji = np.indices(vol.array.shape).reshape(3, -1).T
+    ras = vol.ijk_to_ras_points(kji[:, ::-1]).reshape(*vol.array.shape, 3)
+    centre = ras.reshape(-1, 3).mean(0)
+    rel = ras - centre
+    brain = ((rel / np.array([20.0, 18.0, 18.0])) ** 2).sum(-1) <= 1.0
+    ventricles = np.zeros_like(brain)
+    for side in (-1.0, 1.0):
+        ventricles |= (((rel - np.array([7.0 * side, 0.0, 0.0])) / np.array([4.0, 10.0, 8.0])) ** 2).sum(-1) <= 1.0
+    arr = np.where(brain, 100.0, 0.0) + np.random.default_rng(0).normal(0.0, 5.0, brain.shape) * brain
+    arr[ventricles & brain] = 300.0 if bright else 20.0
+    return vol.with_array(arr.astype(np.float32), name="ventricles"), float(centre[0])
+
+
+def test_mirror_symmetry_on_an_oblique_flipped_grid():
+    vol, cx = _two_ventricles(True)
+    brain = vol.array > 0
+    both = vol.array > 200
+    assert both.sum() > 500
+    assert 0.9 <= mirror_symmetry(both, vol.ijk_to_ras, cx, 2.0) <= 1.0
+    ras_x = vol.ijk_to_ras_points(np.argwhere(both)[:, ::-1])[:, 0]
+    one = both.copy()
+    one[tuple(np.argwhere(both)[ras_x > cx].T)] = False  # the right 'ventricle' only
+    assert mirror_symmetry(one, vol.ijk_to_ras, cx, 2.0) <= 0.05
+    assert mirror_symmetry(both, vol.ijk_to_ras, cx + 25.0, 2.0) == 0.0  # a wrong midline misses
+    assert mirror_symmetry(np.zeros_like(brain), vol.ijk_to_ras, cx, 2.0) == 0.0
+    c = csf_contrast(vol.array, brain, vol.ijk_to_ras)
+    assert c.symmetry >= 0.9 and c.wide_bright_ml > 2.0
+    assert flair_contrast_problems(vol.array, brain, vol.ijk_to_ras)
+    dark, _ = _two_ventricles(False)
+    assert flair_contrast_problems(dark.array, brain, vol.ijk_to_ras) == []

@@ -4,7 +4,8 @@ Scope: **skull-stripped** brain MR (FLAIR required, T1c optional, both on one gr
 BraTS data. Input that is not (``segment/suitability.py``) is refused with ``UnsuitableInputError``:
 a CT in HU or fewer than 3 slices (never forceable); a head that is not skull-stripped (foreground
 larger than ``max_brain_ml``, a bright scalp ring at its surface, or a background that is not one
-constant value) or a "tumour" larger than half of the brain (forceable with ``force=True``; the
+constant value), a first input that looks T2-weighted (CSF the brightest tissue) rather than FLAIR,
+or a "tumour" larger than half of the brain (forceable with ``force=True``; the
 reasons are then listed in ``SegmentationOutput.forced``). No tumour found: a warning starting with
 "nothing found: " says so.
 
@@ -312,8 +313,8 @@ def segment_mr_brain_tumor(
     Raises:
         InputError: wrong number of volumes, non-finite or constant FLAIR/T1c, T1c on another grid,
             or no brain foreground found.
-        UnsuitableInputError: a CT, fewer than 3 slices (never forceable); not skull-stripped, or a
-            "tumour" larger than half of the brain (forceable).
+        UnsuitableInputError: a CT, fewer than 3 slices (never forceable); not skull-stripped, a
+            T2-weighted first input, or a "tumour" larger than half of the brain (forceable).
         CancelledError: ``cancel`` was triggered.
     """
     def step(fraction: float, message: str) -> None:
@@ -336,8 +337,10 @@ def segment_mr_brain_tumor(
     brain_ml = float(brain_full.sum()) * voxel_ml
     if brain_ml <= 0:
         raise InputError(f"mr-brain-tumor found no brain foreground in FLAIR volume {flair.name!r}")
-    forced += suit.enforce("mr-brain-tumor", flair.name, suit.skull_stripping_problems(
-        flair.array, brain_full, sp, voxel_ml, params.max_brain_ml), force)
+    problems = suit.skull_stripping_problems(flair.array, brain_full, sp, voxel_ml, params.max_brain_ml)
+    if not problems:  # the contrast is judged inside a brain: with scalp in the mask it means nothing
+        problems = suit.flair_contrast_problems(flair.array, brain_full, flair.ijk_to_ras)
+    forced += suit.enforce("mr-brain-tumor", flair.name, problems, force)
     if brain_ml > params.max_brain_ml:
         warnings.append(
             f"brain mask is {brain_ml:.0f} mL (> {params.max_brain_ml:.0f} mL): the input looks not "

@@ -17,11 +17,14 @@ Not forceable (the task cannot give a meaningful answer at all):
 
 Forceable (judgements, the message ends with "(use --force to run anyway)"): a ``ct-chest`` field of
 view shorter than :data:`MIN_CT_EXTENT_MM`; air inside the body that is not a pair of lungs
-(:func:`lung_problems`); a brain MR that is not skull-stripped (:func:`skull_stripping_problems`);
-a "tumour" that is most of the brain (:func:`tumour_fraction_problems`).
+(:func:`lung_problems`); a brain MR that is not skull-stripped (:func:`skull_stripping_problems`); a
+skull-stripped first input that looks T2-weighted rather than FLAIR (:func:`flair_contrast_problems`;
+T1 and swapped FLAIR/T1c are not recognised); a "tumour" that is most of the brain
+(:func:`tumour_fraction_problems`).
 
 Constants come from the physics of CT and MR and from anatomy (each says where); the phantom
-(``medseg.data.phantom``), the BraTS cases and ``pyradiomics/lung1`` were checked to pass them.
+(``medseg.data.phantom``), the BraTS cases and ``pyradiomics/lung1`` were checked to pass them; the
+FLAIR contrast check was also measured on skull-stripped FLAIR/T1W/T2W of ``ms_longitudinal``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from medseg.core.volume import Volume
 from medseg.segment import ct_anatomy as anat
 from medseg.segment.ct_lesion import MASS_DIAMETER_MM
 from medseg.segment.ct_lesion import MIN_SLICES as LESION_MIN_SLICES
+from medseg.segment.morphology import bbox_slices, dilate_mm, open_mm
 
 # --------------------------------------------------------------------------- constants
 #: HU below which a voxel is air or aerated lung: half-way between air (-1000) and water (0);
@@ -87,6 +91,26 @@ MIN_BACKGROUND_VOXELS = 1000
 #: the FLAIR statistics take the brain's median and MAD for normal tissue: the tumour must stay below
 #: half of the brain (mr_brain's documented assumption)
 MAX_TUMOUR_FRACTION = 0.5
+#: FLAIR nulls cerebrospinal fluid (CSF); on T2 CSF is the brightest tissue (2-4 x white matter). The
+#: brain's histogram tails at this percentile, in robust sigmas from its median (measured, ms_longitudinal
+#: skull-stripped / BraTS): T2W bright 5.6-7.5, FLAIR 2.0-2.3, BraTS FLAIR up to 4.7 (large oedema)
+CSF_TAIL_PERCENT = 1.0
+T2_MIN_BRIGHT_Z = 4.0
+#: bright tail / dark tail: nothing in the brain is much darker than white matter on T2, while FLAIR and
+#: T1 have dark CSF (T2W 2.0-4.0; FLAIR 0.4-0.5, BraTS FLAIR 0.8-1.2, the synthetic phantom 2.3)
+T2_MIN_TAIL_RATIO = 1.5
+#: voxels above ``T2_BRIGHT_Z`` opened by a ball of ``CSF_OPEN_MM`` keep the ventricles (5-10 mm wide and
+#: more, bilateral) and lose thin bright things (vessels, dura, choroid plexus, enhancing rims on T1c);
+#: at least ``T2_MIN_SYMMETRY`` of them lie within ``MIRROR_TOLERANCE_MM`` (head tilt, an off-centre
+#: centroid) of their mirror image across the sagittal plane through the brain's centre; a tumour seldom
+#: does (T2W 0.70-0.90; FLAIR <= 0.06, BraTS T1c <= 0.33, T1W <= 0.22)
+T2_BRIGHT_Z = 3.0
+CSF_OPEN_MM = 2.5
+MIRROR_TOLERANCE_MM = 3.0
+T2_MIN_SYMMETRY = 0.5
+#: ... and make up at least this volume (mL), so a few voxels say nothing (T2W 16-22 mL; the lateral
+#: ventricles alone hold 7-30 mL in adults)
+T2_MIN_CSF_ML = 2.0
 #: voxels sampled for the histogram checks
 _SAMPLE = 2_000_000
 
@@ -295,6 +319,88 @@ def skull_stripping_problems(image: np.ndarray, foreground: np.ndarray, spacing_
                 f"not skull-stripped: the background is not one constant value (only {100 * constant:.0f} % of it "
                 "is; skull stripping sets everything outside the brain to one value)", True))
     return out
+
+
+@dataclass(frozen=True)
+class CsfContrast:
+    """What :func:`csf_contrast` measured (robust z: sigmas from the brain's median)."""
+
+    bright_z: float
+    dark_z: float
+    symmetry: float
+    wide_bright_ml: float
+
+    @property
+    def tail_ratio(self) -> float:
+        return self.bright_z / max(self.dark_z, 1e-6)
+
+    @property
+    def looks_t2(self) -> bool:
+        return (self.bright_z >= T2_MIN_BRIGHT_Z and self.tail_ratio >= T2_MIN_TAIL_RATIO
+                and self.symmetry >= T2_MIN_SYMMETRY and self.wide_bright_ml >= T2_MIN_CSF_ML)
+
+
+def mirror_symmetry(mask: np.ndarray, ijk_to_ras: np.ndarray, centre_x: float, tolerance_mm: float) -> float:
+    """Fraction of ``mask`` voxels whose mirror image across the RAS plane ``x = centre_x`` lies within
+    ``tolerance_mm`` of a ``mask`` voxel (0 for an empty mask)."""
+    where = np.nonzero(mask)
+    if not where[0].size:
+        return 0.0
+    spacing_kji = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)[::-1]
+    near = dilate_mm(mask, tolerance_mm, spacing_kji)
+    ijk = np.stack(where[::-1], axis=1).astype(np.float64)
+    ras = ijk @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    ras[:, 0] = 2.0 * centre_x - ras[:, 0]
+    back = np.rint((ras - ijk_to_ras[:3, 3]) @ np.linalg.inv(ijk_to_ras[:3, :3]).T).astype(np.int64)
+    kji = back[:, ::-1]
+    inside = np.all((kji >= 0) & (kji < np.array(mask.shape)), axis=1)
+    hit = np.zeros(len(kji), dtype=bool)
+    k, j, i = kji[inside].T
+    hit[inside] = near[k, j, i]
+    return float(hit.mean())
+
+
+def csf_contrast(image: np.ndarray, brain: np.ndarray, ijk_to_ras: np.ndarray) -> CsfContrast:
+    """The brain's bright and dark tails (``CSF_TAIL_PERCENT``) in robust sigmas from its median, and the
+    volume and mirror symmetry (across the brain's mid-sagittal plane) of its wide bright structures:
+    voxels above ``T2_BRIGHT_Z`` opened by ``CSF_OPEN_MM``."""
+    if not brain.any():
+        return CsfContrast(0.0, 0.0, 0.0, 0.0)
+    box = bbox_slices(brain, (1, 1, 1))
+    image, brain = image[box], brain[box]
+    m = np.array(ijk_to_ras, dtype=np.float64)
+    m[:3, 3] = m[:3, :3] @ np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64) + m[:3, 3]
+    values = image[brain]
+    med, sigma = robust_center_scale(values)
+    if sigma <= 0:
+        return CsfContrast(0.0, 0.0, 0.0, 0.0)
+    lo, hi = np.percentile(_sample(values), [CSF_TAIL_PERCENT, 100.0 - CSF_TAIL_PERCENT])
+    spacing_kji = np.linalg.norm(m[:3, :3], axis=0)[::-1]
+    wide = open_mm(brain & (image > med + T2_BRIGHT_Z * sigma), CSF_OPEN_MM, spacing_kji,
+                   border_is_background=True)
+    centre_x = float(anat.ras_x(m, np.nonzero(brain)).mean())
+    return CsfContrast(float(hi - med) / sigma, float(med - lo) / sigma,
+                       mirror_symmetry(wide, m, centre_x, MIRROR_TOLERANCE_MM),
+                       float(wide.sum()) * float(np.prod(spacing_kji)) / 1000.0)
+
+
+def flair_contrast_problems(image: np.ndarray, brain: np.ndarray, ijk_to_ras: np.ndarray) -> list[Problem]:
+    """Does the image inside ``brain`` look T2-weighted rather than FLAIR? (forceable)
+
+    FLAIR nulls CSF: the ventricles and sulci are the darkest large structures and lesions the
+    brightest. On T2 CSF is the brightest tissue. Refused only when all hold: a bright tail of at least
+    ``T2_MIN_BRIGHT_Z`` sigma, at least ``T2_MIN_TAIL_RATIO`` times the dark tail, and wide bright
+    structures (at least ``T2_MIN_CSF_ML``) mirrored across the midline (``T2_MIN_SYMMETRY``: the
+    ventricles are bilateral, a tumour seldom is). Meant for a skull-stripped brain: scalp fat in the
+    mask is bright, thick and bilateral too."""
+    c = csf_contrast(image, brain, ijk_to_ras)
+    if not c.looks_t2:
+        return []
+    return [Problem(
+        f"looks T2-weighted: cerebrospinal fluid is the brightest tissue (the brightest {CSF_TAIL_PERCENT:g} % "
+        f"of the brain is {c.bright_z:.1f} sigma above its median, the darkest only {c.dark_z:.1f} sigma below, "
+        f"and {100 * c.symmetry:.0f} % of its wide bright structures ({c.wide_bright_ml:.0f} mL) are mirrored across "
+        "the midline, as the ventricles are); this preset needs a FLAIR, where CSF is dark", True)]
 
 
 def tumour_fraction_problems(tumour_ml: float, brain_ml: float) -> list[Problem]:
