@@ -364,3 +364,44 @@ def test_force_reaches_the_run_and_the_summary_says_it(tmp_path, capsys, shared_
     report = json.loads((tmp_path / "p" / "report.json").read_text())
     assert rc == 0 and report["extra"]["forced"]
     assert "FORCED (--force)" in out
+
+
+# ----------------------------------------------------------------------------- DICOM export
+def test_dicom_export_needs_a_dicom_series_and_says_so_before_reading(sphere_file, tmp_path, capsys, monkeypatch):
+    import medseg.cli.run as run_mod
+
+    monkeypatch.setattr(run_mod, "read_volume", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    rc, _, err = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50", "--out",
+                       str(tmp_path / "o"), "--formats", "stl,rtstruct"], capsys)
+    assert rc == 2 and "needs a DICOM series folder" in err and not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        main(["run", str(sphere_file), "--task", "threshold", "--out", str(tmp_path / "o"),
+              "--formats", "dicom-seg,dicom-seg-labelmap"])
+    assert "choose one DICOM SEG encoding" in capsys.readouterr().err
+
+
+def test_rtstruct_and_seg_written_for_a_dicom_series(tmp_path, capsys, shared_data):
+    import subprocess
+
+    import pydicom
+
+    series = shared_data / "dcmqi_ct3slice" / "ct-3slice"
+    out = tmp_path / "o"
+    rc, _, err = _run(["-q", "run", str(series), "--task", "threshold", "--threshold", "300", "--min-volume", "100",
+                       "--out", str(out), "--formats", "rtstruct,dicom-seg", "--no-html"], capsys)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"]["rtstruct"] == "rtstruct.dcm" and report["files"]["dicom-seg"] == "seg.dcm"
+    assert not (out / "models").exists()  # no model format asked for
+    ct = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in sorted(series.iterdir())}
+    first = pydicom.dcmread(next(iter(ct.values())), stop_before_pixels=True)
+    for name in ("rtstruct.dcm", "seg.dcm"):
+        ds = pydicom.dcmread(out / name)
+        assert ds.StudyInstanceUID == first.StudyInstanceUID and ds.SeriesInstanceUID != first.SeriesInstanceUID
+        checked = subprocess.run(["dciodvfy", str(out / name)], capture_output=True, text=True)
+        errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], (name, errors)
+    rt = pydicom.dcmread(out / "rtstruct.dcm")
+    refs = {i.ReferencedSOPInstanceUID for i in rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+            .RTReferencedSeriesSequence[0].ContourImageSequence}
+    assert refs == set(ct)

@@ -1,7 +1,7 @@
 """What the commands share: argparse value types, the output options of ``run`` and ``demo``, and
 running one case with a progress bar.
 
-The value types turn user text into the core's vocabularies (devices, mesh formats) so a bad value
+The value types turn user text into the core's vocabularies (devices, output formats) so a bad value
 is one argparse error (exit 2) before any input is read.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from medseg.cli.progress import Progress
 from medseg.core.devices import DEVICE_HELP, parse_device
 from medseg.core.errors import DeviceError, InputError
-from medseg.core.formats import MeshFormat, parse_mesh_formats
+from medseg.core.formats import DicomFormat, MeshFormat, parse_output_formats
 from medseg.core.specs import Task
 from medseg.core.vocabulary import NanPolicy, SurfaceMethod
 from medseg.core.volume import Volume
@@ -60,10 +60,10 @@ def positive_int(text: str) -> int:
     return _whole_number(text, 1)
 
 
-def mesh_formats(text: str) -> tuple[MeshFormat, ...]:
-    """Comma-separated mesh formats (``stl,ply``)."""
+def output_formats(text: str) -> tuple[tuple[MeshFormat, ...], tuple[DicomFormat, ...]]:
+    """Comma-separated model formats and DICOM objects (``stl,ply,rtstruct,dicom-seg``)."""
     try:
-        return parse_mesh_formats([f for f in text.split(",") if f])
+        return parse_output_formats([f for f in text.split(",") if f])
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -83,8 +83,10 @@ def add_output_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--overwrite", action="store_true",
                     help="replace an existing output folder that MedSeg wrote (never a folder it did not write, "
                          "or one that is or holds an input); it is replaced only after every file is written")
-    sp.add_argument("--formats", type=mesh_formats, default=(MeshFormat.STL,), metavar="LIST",
-                    help=f"model formats, comma separated: {','.join(MeshFormat.values())} (default stl)")
+    sp.add_argument("--formats", type=output_formats, default=((MeshFormat.STL,), ()), metavar="LIST",
+                    help=f"model formats and DICOM objects, comma separated: {','.join(MeshFormat.values())}; "
+                         f"{','.join(DicomFormat.values())} (a DICOM series input only: rtstruct.dcm, seg.dcm "
+                         "in its study and frame of reference) (default stl)")
     sp.add_argument("--no-models", action="store_true", help="skip 3D models")
     sp.add_argument("--no-html", action="store_true", help="skip report.html and its figures")
     sp.add_argument("--smoothing", type=unit_float, default=0.5, help="model smoothing 0..1 (default 0.5)")
@@ -117,7 +119,9 @@ def run_case(volumes: Sequence[Volume], options: RunOptions, out_dir: Path, args
     try:
         result = run_task(volumes, options, task=task, progress=lambda f, m: bar(COMPUTE_SHARE * f, m),
                           cancel=args.cancel, notes=notes, timings=timings)
-        write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=args.formats, html=not args.no_html,
+        mesh, dicom = args.formats
+        write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=mesh, dicom_formats=dicom,
+                     html=not args.no_html,
                      progress=lambda f, m: bar(COMPUTE_SHARE + WRITE_SHARE * f, m), cancel=args.cancel)
     finally:
         bar.close()

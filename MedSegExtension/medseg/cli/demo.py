@@ -13,7 +13,7 @@ from typing import Any
 from medseg.cli.commands import COMMANDS
 from medseg.cli.common import add_output_options, run_case, run_options
 from medseg.cli.summary import format_summary
-from medseg.core.errors import ExitCode
+from medseg.core.errors import ExitCode, InputError
 from medseg.data.phantom import make_chest_phantom
 from medseg.io.atomic import check_output_folder
 from medseg.pipeline.demo import DEMO_TASK, TruthComparison, write_demo_extras
@@ -42,6 +42,10 @@ def format_comparison(comparison: TruthComparison) -> list[str]:
 def cmd_demo(args: argparse.Namespace) -> ExitCode:
     """Run the demo into ``--out`` and print the summary, the comparison and the phantom's size."""
     check_output_folder(args.out, args.overwrite)
+    if args.formats[1]:
+        raise InputError("the demo's phantom is not a DICOM series, so it has no study for "
+                         f"{','.join(str(f) for f in args.formats[1])}; run `medseg run DICOM_FOLDER "
+                         "--formats rtstruct,dicom-seg` on a series")
     t0 = time.perf_counter()
     volume, truth = make_chest_phantom(seed=args.seed)
     # making the phantom stands in for reading an input: the report's "read" stage

@@ -25,6 +25,7 @@ from medseg.core.formats import strip_image_suffix
 from medseg.core.specs import TASK_PARAMS, Task, TaskParam
 from medseg.core.vocabulary import NanPolicy
 from medseg.io.atomic import atomic_write_text, check_output_folder, prepare_batch_folder
+from medseg.io.dicom_series import dicom_source_files
 from medseg.io.filenames import unique_file_stem
 from medseg.io.input_checks import DEFAULT_MAX_VOXELS
 from medseg.io.volume_reader import read_volume
@@ -103,6 +104,14 @@ def _read(path: Path, args: argparse.Namespace, warnings: list[str]):
                        allow_external_data=args.allow_external_data, max_voxels=args.max_voxels)
 
 
+def _check_dicom_export(args: argparse.Namespace, first_input: Path) -> None:
+    """RTSTRUCT / DICOM SEG need a DICOM series as the (first) input: refuse before reading."""
+    if args.formats[1] and not first_input.is_dir():
+        wanted = ",".join(str(f) for f in args.formats[1])
+        raise InputError(f"--formats {wanted} needs a DICOM series folder as the input (the objects reference its "
+                         f"study, frame of reference and images); {first_input} is a file")
+
+
 def cmd_run(args: argparse.Namespace) -> ExitCode:
     """Check the options and inputs, then run one case (or a batch) and print the summary."""
     task = _task(args)
@@ -117,10 +126,13 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
     if len(paths) > task.max_inputs:
         raise InputError(f"task {task.name} takes at most {task.max_inputs} input(s), got {len(paths)}")
     check_output_folder(args.out, args.overwrite, inputs=paths)
+    _check_dicom_export(args, paths[0])
     warnings: list[str] = []
     t0 = time.perf_counter()
     volumes = [_read(p, args, warnings) for p in paths]
     read_s = time.perf_counter() - t0
+    if args.formats[1]:
+        dicom_source_files(volumes[0])  # refused before computing: NIfTI input, regularised series
     args.cancel.check()
     report = run_case(volumes, options, args.out, args, task.name, task=task, notes=warnings, read_time_s=read_s)
     if not args.quiet:
@@ -132,8 +144,9 @@ def _run_batch(paths: list[Path], task: Task, options: RunOptions, args: argpars
     """One case per input, each in ``DIR/<name>/``; a failing case is reported and the rest go on."""
     taken: set[str] = set()
     cases = [(p, args.out / unique_file_stem(strip_image_suffix(p.name), taken, "case")) for p in paths]
-    for _, out in cases:
+    for p, out in cases:
         check_output_folder(out, args.overwrite, inputs=paths)
+        _check_dicom_export(args, p)
     prepare_batch_folder(args.out, inputs=paths)
     status: list[dict[str, Any]] = []
     for p, out in cases:
@@ -143,6 +156,8 @@ def _run_batch(paths: list[Path], task: Task, options: RunOptions, args: argpars
             warnings: list[str] = []
             t0 = time.perf_counter()
             vol = _read(p, args, warnings)
+            if args.formats[1]:
+                dicom_source_files(vol)
             report = run_case([vol], options, out, args, p.name, task=task, notes=warnings,
                               read_time_s=time.perf_counter() - t0)
             entry.update(status="ok", segments=len(report["segments"]), boxes=len(report["boxes"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from medseg.core.errors import InputError
 from medseg.core.vocabulary import Choice
 
 #: image file name endings MedSeg reads, with the format name recorded in ``Volume.meta["format"]``
@@ -35,6 +36,20 @@ class MeshFormat(Choice):
     @property
     def extension(self) -> str:
         return "." + str(self.value)
+
+
+class DicomFormat(Choice):
+    """DICOM objects MedSeg writes for a DICOM input (``--formats``): a radiotherapy structure set
+    (``rtstruct.dcm``), a binary DICOM SEG (``seg.dcm``) or a label-map DICOM SEG (``seg.dcm``,
+    the newer encoding, for receivers that support it)."""
+
+    RTSTRUCT = "rtstruct"
+    DICOM_SEG = "dicom-seg"
+    DICOM_SEG_LABELMAP = "dicom-seg-labelmap"
+
+    @property
+    def filename(self) -> str:
+        return "rtstruct.dcm" if self is DicomFormat.RTSTRUCT else "seg.dcm"
 
 
 #: mesh file name endings, ``(".stl", ...)``
@@ -67,3 +82,21 @@ def parse_mesh_formats(formats: Iterable[str]) -> tuple[MeshFormat, ...]:
         if fmt not in out:
             out.append(fmt)
     return tuple(out)
+
+
+def parse_output_formats(formats: Iterable[str]) -> tuple[tuple[MeshFormat, ...], tuple[DicomFormat, ...]]:
+    """``--formats`` text split into mesh formats and DICOM objects (``stl,rtstruct,dicom-seg``),
+    duplicates dropped, order kept; ``InputError`` naming an unknown one or both SEG encodings."""
+    meshes: list[str] = []
+    dicom: list[DicomFormat] = []
+    for f in formats:
+        text = str(f).lower().lstrip(".")
+        if text in DicomFormat.values():
+            fmt = DicomFormat.parse(text, "DICOM format")
+            if fmt not in dicom:
+                dicom.append(fmt)
+        else:
+            meshes.append(text)
+    if {DicomFormat.DICOM_SEG, DicomFormat.DICOM_SEG_LABELMAP} <= set(dicom):
+        raise InputError("choose one DICOM SEG encoding: dicom-seg (binary) or dicom-seg-labelmap, not both")
+    return parse_mesh_formats(meshes), tuple(dicom)

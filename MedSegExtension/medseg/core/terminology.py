@@ -54,3 +54,52 @@ def term(key: str, region: str | None = None) -> dict:
             raise KeyError(f"unknown region {region!r}; known: {sorted(REGIONS)}")
         t["region"] = copy.deepcopy(REGIONS[region])
     return t
+
+
+#: AAPM TG-263 standard structure names (Mayo et al., "Standardizing Nomenclatures in Radiation
+#: Oncology", AAPM Report 263, 2018) for the ``TERMS`` keys that have one; used as RTSTRUCT ROI names.
+#: "External" is TG-263's name for the body outline. Keys without an entry ("bone": TG-263 names single
+#: bones such as "Bone_Mandible", not all bones together; the lesion types) keep their display name.
+TG263_NAMES: dict[str, str] = {
+    "body": "External",
+    "right_lung": "Lung_R",
+    "left_lung": "Lung_L",
+    "heart": "Heart",
+    "liver": "Liver",
+    "brain": "Brain",
+}
+
+#: TG-263 target type of a lesion written to RTSTRUCT: "GTV" followed by the lesion's number
+#: ("GTV1", "GTV2", ...), TG-263's form for several targets of one type
+TG263_LESION_PREFIX = "GTV"
+
+#: DICOM RT ROI Interpreted Type (0x3006, 0x00A4) per ``TERMS`` key; any other organ is "ORGAN" and a
+#: lesion "GTV"
+RT_ROI_TYPES: dict[str, str] = {"body": "EXTERNAL"}
+RT_ROI_TYPE_ORGAN = "ORGAN"
+RT_ROI_TYPE_LESION = "GTV"
+
+
+def _same_code(a: dict | None, b: dict | None) -> bool:
+    if not a or not b:
+        return not a and not b
+    return (a.get("scheme"), a.get("code")) == (b.get("scheme"), b.get("code"))
+
+
+def term_key(terminology: dict) -> str | None:
+    """The ``TERMS`` key whose category, type and type modifier match ``terminology`` (by scheme and
+    code; a region is ignored), or None."""
+    if not terminology:
+        return None
+    for key, t in TERMS.items():
+        if all(_same_code(t.get(part), terminology.get(part)) for part in ("category", "type", "type_modifier")):
+            return key
+    return None
+
+
+def key_for_tg263_name(name: str) -> str | None:
+    """The ``TERMS`` key whose TG-263 name is ``name`` (case-insensitive), or None."""
+    for key, tg in TG263_NAMES.items():
+        if tg.lower() == name.strip().lower():
+            return key
+    return None

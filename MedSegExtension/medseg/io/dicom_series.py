@@ -221,7 +221,10 @@ def read_dicom_series(folder: Path, *, series_uid: str | None = None,
     vol = Volume(arr, lps_to_ras_matrix(m), name)
     vol.meta.update({"path": str(folder), "format": "DICOM", "series_uid": series_uid,
                      "modality": info["modality"], "pixel_type": image.GetPixelIDTypeAsString(),
-                     "n_files": len(slices)})
+                     "n_files": len(slices),
+                     # the image files in slice order (k = 0, 1, ...), for exports that reference them;
+                     # a regularised series has slices no file holds
+                     "dicom_files": [str(s.path) for s in slices], "dicom_regularised": bool(geo_warnings)})
     if warnings is not None:
         warnings.extend(local)
     return vol
@@ -248,3 +251,25 @@ def _regularise(arr: np.ndarray, distances: np.ndarray, dz: float) -> np.ndarray
     if np.issubdtype(arr.dtype, np.integer):
         out = np.rint(out).astype(arr.dtype)
     return out
+
+
+def dicom_source_files(volume: Volume) -> list[Path]:
+    """The DICOM image files of ``volume``, one per slice in k order, for exports that must reference
+    them (RTSTRUCT, SEG); ``InputError`` naming the reason when there are none.
+
+    A volume read from NIfTI/NRRD/MHA has no study to attach to; a DICOM series that was regularised
+    onto an even grid (a missing slice, uneven spacing) has slices no image file holds.
+    """
+    if volume.meta.get("format") != "DICOM" or not volume.meta.get("dicom_files"):
+        raise InputError(
+            f"{volume.meta.get('path', volume.name)}: RTSTRUCT and DICOM SEG need a DICOM series as the input "
+            "(they reference its study, frame of reference and images); this input is "
+            f"{volume.meta.get('format', 'not from a file')}")
+    if volume.meta.get("dicom_regularised"):
+        raise InputError(
+            f"{volume.meta.get('path')}: the series has missing or unevenly spaced slices and was resampled onto "
+            "an even grid, so its slices are not the images of the series; RTSTRUCT/DICOM SEG export is refused")
+    files = [Path(f) for f in volume.meta["dicom_files"]]
+    if len(files) != volume.shape_ijk[2]:
+        raise InputError(f"{volume.meta.get('path')}: {len(files)} image files for {volume.shape_ijk[2]} slices")
+    return files

@@ -13,14 +13,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medseg.core.errors import OutputError
-from medseg.core.formats import parse_mesh_formats
+from medseg.core.errors import InputError, OutputError
+from medseg.core.formats import DicomFormat, parse_mesh_formats
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 from medseg.core.result import Result
 from medseg.io.atomic import OutputFolder
+from medseg.io.dicom_seg import write_dicom_seg
+from medseg.io.dicom_series import dicom_source_files
 from medseg.io.filenames import unique_file_stem
 from medseg.io.markups import write_markups_json, write_markups_per_box
 from medseg.io.mesh_io import write_mesh
+from medseg.io.rtstruct import write_rtstruct
 from medseg.io.seg_nrrd import write_seg_nrrd
 from medseg.io.volume_writer import write_volume_nrrd
 from medseg.report import build_report, write_report_html, write_report_json
@@ -33,6 +36,7 @@ def write_result(
     *,
     overwrite: bool = False,
     mesh_formats: Sequence[str] = ("stl",),
+    dicom_formats: Sequence[str] = (),
     html: bool = True,
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
@@ -41,19 +45,48 @@ def write_result(
 
     Files: ``segmentation.seg.nrrd``; ``boxes.mrk.json`` (all ROIs, LPS as Slicer writes) and
     ``boxes/<name>.mrk.json`` (one per box); ``models/<segment>.<fmt>`` (LPS, header SPACE=LPS);
+    with ``dicom_formats`` (:class:`medseg.core.formats.DicomFormat`; the first input must be a DICOM
+    series, else ``InputError`` before anything is written): ``rtstruct.dcm`` and/or ``seg.dcm``;
     ``report.json`` (validated against the schema); ``report.html`` + ``figures/*.png``.
     """
     formats = parse_mesh_formats(mesh_formats)
+    dicom = tuple(DicomFormat.parse(f, "DICOM format") for f in dicom_formats)
+    if {DicomFormat.DICOM_SEG, DicomFormat.DICOM_SEG_LABELMAP} <= set(dicom):
+        raise InputError("choose one DICOM SEG encoding: dicom-seg (binary) or dicom-seg-labelmap, not both")
+    source_files = _dicom_sources(result) if dicom else []
     cancel = cancel or CancelToken()
     try:
-        return _write_all(result, Path(out_dir), overwrite, formats, html, progress, cancel)
+        return _write_all(result, Path(out_dir), overwrite, formats, dicom, source_files, html, progress, cancel)
     except OutputError:
         raise
     except OSError as e:
         raise OutputError(f"could not write the results to {out_dir}: {e}; the output folder was left as it was") from e
 
 
-def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> dict[str, str]:
+def _dicom_sources(result: Result) -> list[Path]:
+    """The DICOM image files of the result's first input (``InputError`` when it has none)."""
+    if result.preview is None:
+        raise InputError("RTSTRUCT/DICOM SEG export needs the input volume (Result.preview), which this result lacks")
+    return dicom_source_files(result.preview)
+
+
+def _write_dicom(result: Result, dicom: Sequence[DicomFormat], source_files: list[Path], stage_dir: Path,
+                 files: dict[str, str]) -> None:
+    """``rtstruct.dcm`` / ``seg.dcm`` in the input series' study and frame of reference."""
+    description = f"MedSeg {result.task}"
+    for fmt in dicom:
+        if fmt is DicomFormat.RTSTRUCT:
+            notes = write_rtstruct(result.labelmap, source_files, stage_dir / fmt.filename,
+                                   lesions=result.lesions, description=description)
+        else:
+            notes = write_dicom_seg(result.labelmap, source_files, stage_dir / fmt.filename,
+                                    labelmap_encoding=fmt is DicomFormat.DICOM_SEG_LABELMAP,
+                                    lesions=result.lesions, description=description)
+        result.warnings.extend(notes)
+        files[str(fmt)] = fmt.filename
+
+
+def _write_all(result, out_dir, overwrite, formats, dicom, source_files, html, progress, cancel) -> dict[str, str]:
     t0 = time.perf_counter()
     files: dict[str, str] = {}
     taken_volumes: set[str] = {"segmentation", "report", "boxes"}
@@ -72,7 +105,7 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
             files["boxes_folder"] = "boxes"
         cancel.check()
         model_files: dict[str, list[str]] = {}
-        if result.meshes:
+        if result.meshes and formats:
             (stage_dir / "models").mkdir()
             taken: set[str] = set()
             segs = [s for s in result.labelmap.segments if s.id in result.meshes]
@@ -88,6 +121,10 @@ def _write_all(result, out_dir, overwrite, formats, html, progress, cancel) -> d
                 progress(0.2 + 0.5 * (n + 1) / max(len(segs), 1), f"model {seg.name}")
                 cancel.check()
             files["models"] = "models"
+        if dicom:
+            progress(0.72, "writing DICOM objects")
+            _write_dicom(result, dicom, source_files, stage_dir, files)
+            cancel.check()
         for vname, vol in result.volumes.items():
             rel = f"{unique_file_stem(vname, taken_volumes, 'volume')}.nrrd"
             write_volume_nrrd(vol, stage_dir / rel)
