@@ -33,6 +33,7 @@ from slicer.util import VTKObservationMixin
 # when a run starts, after the dependency check has had the chance to install what is missing
 from medseg.core.devices import DEVICE_KINDS, parse_device
 from medseg.core.errors import FORCE_HINT, CancelledError, InputError
+from medseg.core.formats import DicomFormat
 
 log = logging.getLogger("MedSeg")
 
@@ -93,6 +94,8 @@ class MedSegExtensionParameterNode:
     createTable: bool = True
     saveResults: bool = False
     saveFolder: pathlib.Path
+    saveRtstruct: bool = False
+    saveDicomSeg: bool = False
 
 
 #
@@ -252,13 +255,18 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._inputs(), p.task, outputSegmentation=p.outputSegmentation, device=p.device,
                 params=self._params(), createModels=p.createModels, createTable=p.createTable,
                 saveFolder=p.saveFolder if p.saveResults else None, progressCallback=self._onProgress,
-                force=p.force)
+                force=p.force, dicomFormats=self._dicomFormats() if p.saveResults else ())
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop MedSeg; nothing is added to the scene")
             self.ui.progressBar.setVisible(True)
             self.ui.progressBar.value = 0
             self.ui.resultsTable.setRowCount(0)
             self._timer.start()
+
+    def _dicomFormats(self) -> tuple:
+        """The DICOM objects ticked under "Save to folder" (``medseg.core.formats.DicomFormat`` values)."""
+        p = self._parameterNode
+        return tuple(f for f, on in (("rtstruct", p.saveRtstruct), ("dicom-seg", p.saveDicomSeg)) if on)
 
     def _onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.value = int(round(100 * fraction))  # noqa: RUF046  # numpy < 2: round() may not give an int
@@ -331,10 +339,13 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
 
     def createRequest(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                       params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
-                      saveFolder=None, keepTemporaryFiles: bool = False, force: bool = False):
+                      saveFolder=None, keepTemporaryFiles: bool = False, force: bool = False,
+                      dicomFormats: Sequence[str] = ()):
         """Validate the nodes and options and copy the inputs out of the scene (``RunRequest``).
 
         ``force`` runs past a task's judgement checks of the input (``RunOptions.force``).
+        ``dicomFormats`` ("rtstruct", "dicom-seg", "dicom-seg-labelmap") are written into
+        ``saveFolder``, which they need, for a first input loaded from Slicer's DICOM database.
 
         Raises:
             InputError: unknown task, wrong number of inputs, a node that is not a scalar volume,
@@ -359,16 +370,26 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         if outputSegmentation is not None and not isinstance(outputSegmentation, vtkMRMLSegmentationNode):
             raise InputError(f"output {outputSegmentation.GetName()!r} is not a segmentation node")
         device = parse_device(device)
+        formats = tuple(DicomFormat.parse(f, "DICOM format") for f in dicomFormats)
+        dicomFiles = []
+        if formats:
+            if saveFolder in (None, ""):
+                raise InputError("RTSTRUCT / DICOM SEG are written into the results folder: tick "
+                                 "\"Save to folder\" and choose one")
+            from MedSegExtensionLib.dicom_export import dicom_files_of_node  # glue: deferred (pydicom, highdicom)
+
+            dicomFiles = dicom_files_of_node(nodes[0])
         return RunRequest(
             inputNodes=nodes, volumes=volumes_from_nodes(nodes), task=task, device=device, params=dict(params or {}),
             outputSegmentation=outputSegmentation, createModels=createModels, createTable=createTable,
             saveFolder=None if saveFolder in (None, "") else pathlib.Path(saveFolder),
-            baseName=f"{nodes[0].GetName()} {task}", keepTemporaryFiles=keepTemporaryFiles, force=bool(force))
+            baseName=f"{nodes[0].GetName()} {task}", keepTemporaryFiles=keepTemporaryFiles, force=bool(force),
+            dicomFormats=formats, dicomFiles=dicomFiles)
 
     def process(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                 params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
                 saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None,
-                runInProcess: bool = True, cancelToken=None, force: bool = False):
+                runInProcess: bool = True, cancelToken=None, force: bool = False, dicomFormats: Sequence[str] = ()):
         """Run ``task`` on ``inputVolumes`` and add the results to the scene; blocks until done.
 
         :param inputVolumes: the task's input volume nodes, in order (e.g. [flair, t1c]).
@@ -380,6 +401,8 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         :param cancelToken: a ``medseg.core.progress.CancelToken`` (in-process runs).
         :param force: run even when a judgement check says the input is not what the task is for
             (the report lists each check forced past).
+        :param dicomFormats: "rtstruct", "dicom-seg" (or "dicom-seg-labelmap"), written into
+            ``saveFolder`` for a first input loaded from Slicer's DICOM database.
         :return: ``ProcessResult`` (segmentation node, segment ids, ROI/model/table nodes, measurements).
         :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
             unchanged whenever one is raised.
@@ -387,7 +410,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
 
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
-                                     createTable, saveFolder, force=force)
+                                     createTable, saveFolder, force=force, dicomFormats=dicomFormats)
         job = MedSegJob(request, progressCallback)
         if runInProcess:
             return job.run_in_process(cancelToken)
@@ -397,13 +420,13 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
     def startProcess(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                      params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
                      saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None,
-                     force: bool = False):
+                     force: bool = False, dicomFormats: Sequence[str] = ()):
         """Start a child-process run and return its ``MedSegJob`` at once; call ``job.poll()``
         periodically (it imports the results when the child ends) and ``job.cancel()`` to stop."""
         from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
 
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
-                                     createTable, saveFolder, force=force)
+                                     createTable, saveFolder, force=force, dicomFormats=dicomFormats)
         job = MedSegJob(request, progressCallback)
         job.start()
         return job

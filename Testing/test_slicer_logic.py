@@ -339,3 +339,44 @@ def test_unsuitable_input_is_refused_and_force_runs_it(scene, shared_data):
     assert err.value.forceable and scene_snapshot() == before
     res = MedSegExtensionLogic().process([node], "ct-chest", force=True)
     assert any(w.startswith("forced: ") for w in res.warnings)
+
+
+@pytest.mark.parametrize("case", ["axial_iso", CASE])
+def test_save_folder_gets_rtstruct_and_seg_for_a_volume_from_the_dicom_database(scene, tmp_path, case):
+    """A volume loaded from Slicer's DICOM database (its ``DICOM.instanceUIDs``) gets rtstruct.dcm and
+    seg.dcm in the saved folder, referencing its images; dciodvfy finds no error."""
+    import subprocess
+
+    import pydicom
+
+    from dicom_fixtures import as_read_by_dicom, write_ct_series
+
+    img = make_sitk_image(case)
+    img = sphere_image(case, grid_centre_ras(img), RADIUS_MM, inside=100)
+    files = write_ct_series(img, tmp_path / "dicom")
+    uids = []
+    for f in files:
+        uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+        slicer.dicomDatabase._add(uid, f)
+        uids.append(uid)
+    node = volume_node_from_sitk(as_read_by_dicom(img), "CT from DICOM")
+    node.SetAttribute("DICOM.instanceUIDs", " ".join(reversed(uids)))  # any order: sorted by position
+    res = _run(node, saveFolder=tmp_path / "saved", dicomFormats=("rtstruct", "dicom-seg"))
+    for name in ("rtstruct.dcm", "seg.dcm"):
+        path = res.savedFolder / name
+        checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        assert [ln for ln in (checked.stdout + checked.stderr).splitlines() if ln.startswith("Error")] == [], name
+    rt = pydicom.dcmread(res.savedFolder / "rtstruct.dcm")
+    refs = {i.ReferencedSOPInstanceUID for i in rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+            .RTReferencedSeriesSequence[0].ContourImageSequence}
+    assert refs == set(uids) and rt.StructureSetROISequence[0].ROIName == "GTV1"
+
+
+def test_dicom_export_needs_a_volume_from_the_dicom_database_and_a_folder(scene, tmp_path):
+    node, _ = _sphere_node("not from DICOM")
+    before = scene_snapshot()
+    with pytest.raises(InputError, match="not loaded from Slicer's DICOM database"):
+        _run(node, saveFolder=tmp_path / "saved", dicomFormats=("rtstruct",))
+    with pytest.raises(InputError, match="Save to folder"):
+        _run(node, dicomFormats=("rtstruct",))
+    assert scene_snapshot() == before and not (tmp_path / "saved").exists()

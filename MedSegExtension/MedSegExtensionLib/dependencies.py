@@ -40,6 +40,7 @@ REQUIREMENTS = (
     Requirement("monai", "1.4", "monai", "pip"),
     Requirement("pynrrd", "1.0", "nrrd", "pip"),
     Requirement("jsonschema", "4.18", "jsonschema", "pip"),
+    Requirement("highdicom", "0.28", "highdicom", "pip"),  # DICOM SEG export (pydicom comes with it)
 )
 
 

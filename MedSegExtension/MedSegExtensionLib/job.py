@@ -30,6 +30,7 @@ from medseg.io.output_marker import MARKER_NAME
 from medseg.io.volume_writer import write_volume_nrrd
 from medseg.pipeline.output import write_result
 from medseg.pipeline.run import RunOptions, run_task
+from MedSegExtensionLib.dicom_export import write_dicom_exports
 from MedSegExtensionLib.errors import ProcessError, StaleSceneError
 from MedSegExtensionLib.process import ChildProcess, ExitStatus, child_environment, medseg_command
 from MedSegExtensionLib.result_import import load_output_folder
@@ -61,6 +62,9 @@ class RunRequest:
     baseName: str = "MedSeg"
     keepTemporaryFiles: bool = False
     force: bool = False
+    #: RTSTRUCT / DICOM SEG written into the saved folder, and the input's DICOM files they reference
+    dicomFormats: tuple = ()
+    dicomFiles: list = field(default_factory=list)
 
 
 @dataclass
@@ -238,6 +242,10 @@ class MedSegJob:
                                     ignore=shutil.ignore_patterns(MARKER_NAME))
                 except OSError as e:
                     raise OutputError(f"cannot save the results to {req.saveFolder}: {e}") from e
+                if req.dicomFormats:
+                    lesions = dict((plan.report.get("extra") or {}).get("lesions") or {})
+                    plan.warnings.extend(write_dicom_exports(out_dir / "segmentation.seg.nrrd", req.dicomFiles,
+                                                             folder.path, req.dicomFormats, lesions))
             self.check_inputs_present()
             committed: CommitResult = commit_plan(
                 plan, req.inputNodes[0], req.outputSegmentation, req.baseName, req.createModels, req.createTable)

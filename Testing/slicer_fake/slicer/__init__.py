@@ -46,6 +46,22 @@ class _App:
         return self._testing
 
 
+class _DICOMDatabase:
+    """``slicer.dicomDatabase`` (a ctkDICOMDatabase): finds the file of a SOP Instance UID.
+
+    Tests register files with ``_add(uid, path)`` (not Slicer API)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, str] = {}
+
+    def _add(self, uid: str, path: str) -> None:
+        self._files[uid] = str(path)
+
+    def fileForInstance(self, sopInstanceUID: str) -> str:
+        """The file of the instance, or "" when the database does not hold it (as CTK returns an empty QString)."""
+        return self._files.get(sopInstanceUID, "")
+
+
 class _SegmentationsModule:
     def logic(self) -> vtkSlicerSegmentationsModuleLogic:
         return vtkSlicerSegmentationsModuleLogic()
@@ -61,6 +77,7 @@ class _Modules:
 mrmlScene = vtkMRMLScene()
 app = _App()
 modules = _Modules()
+dicomDatabase = _DICOMDatabase()
 selfTests: dict = {}
 
 from slicer import util  # noqa: E402,F401  (slicer.util is always imported in Slicer)
