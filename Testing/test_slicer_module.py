@@ -60,7 +60,7 @@ def test_loading_the_module_file_imports_no_heavy_library():
 
 def _versions(**over):
     base = {"numpy": "2.0.2", "SimpleITK": "2.4.0", "torch": "2.13.0", "scipy": "1.14.0", "monai": "1.5.0",
-            "pynrrd": "1.1.0", "jsonschema": "4.23.0"}
+            "pynrrd": "1.1.0", "jsonschema": "4.23.0", "highdicom": "0.28.2"}
     base.update(over)
     return lambda dist: base.get(dist)
 
