@@ -12,4 +12,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tasks": ("medseg.cli.tasks", "list the tasks, what each needs and produces"),
     "models": ("medseg.cli.models", "list installed learned models, or check a model folder"),
     "demo": ("medseg.cli.demo", "build a synthetic chest CT phantom and run ct-chest on it"),
+    "dicom-node": ("medseg.cli.dicom_node", "receive DICOM series, segment each, send RTSTRUCT/SEG on"),
 }
