@@ -405,3 +405,35 @@ def test_rtstruct_and_seg_written_for_a_dicom_series(tmp_path, capsys, shared_da
     refs = {i.ReferencedSOPInstanceUID for i in rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
             .RTReferencedSeriesSequence[0].ContourImageSequence}
     assert refs == set(ct)
+
+
+def test_convert_reads_rtstruct_and_seg_onto_their_series(tmp_path, capsys, shared_data):
+    """`medseg convert`: a DICOM SEG (dcmqi's liver) and MedSeg's own RTSTRUCT, read back onto the
+    series as .seg.nrrd, give the voxels they were made from."""
+    import nrrd
+
+    from medseg.io.seg_nrrd import read_seg_nrrd
+
+    folder = shared_data / "dcmqi_ct3slice"
+    out = tmp_path / "liver.seg.nrrd"
+    rc, printed, _ = _run(["convert", str(folder / "liver.dcm"), "--reference", str(folder / "ct-3slice"),
+                           "--out", str(out)], capsys)
+    assert rc == 0 and "Liver" in printed
+    assert (read_seg_nrrd(out).volume.array > 0).sum() == 107098  # as the data README says
+    assert _run(["convert", str(folder / "liver.dcm"), "--reference", str(folder / "ct-3slice"),
+                 "--out", str(out)], capsys)[0] == 2  # exists: --overwrite needed
+    assert _run(["convert", str(folder / "liver_seg.nrrd"), "--reference", str(folder / "ct-3slice"),
+                 "--out", str(tmp_path / "x.seg.nrrd")], capsys)[0] == 2  # not DICOM
+
+    run_out = tmp_path / "run"
+    assert _run(["-q", "run", str(folder / "ct-3slice"), "--task", "threshold", "--threshold", "300",
+                 "--min-volume", "100", "--out", str(run_out), "--formats", "rtstruct", "--no-html"], capsys)[0] == 0
+    back = tmp_path / "back.seg.nrrd"
+    assert _run(["convert", str(run_out / "rtstruct.dcm"), "--reference", str(folder / "ct-3slice"),
+                 "--out", str(back)], capsys)[0] == 0
+    written = read_seg_nrrd(run_out / "segmentation.seg.nrrd")
+    read = read_seg_nrrd(back)
+    assert len(read.segments) == len(written.segments) >= 1
+    for a, b in zip(written.segments, read.segments, strict=True):
+        assert ((written.volume.array == a.label_value) == (read.volume.array == b.label_value)).all()
+    assert nrrd.read_header(str(back))["space"] in ("left-posterior-superior", "right-anterior-superior")

@@ -5,6 +5,8 @@
     medseg tasks
     medseg models list | verify DIR [--pin]
     medseg demo [--out DIR] [--overwrite]
+    medseg convert CONTOURS.dcm --reference SERIES --out FILE.seg.nrrd
+    medseg dicom-node --config node.json [--dry-run]
 
 Exit codes (:class:`medseg.core.errors.ExitCode`): 0 success; 1 some cases of a batch failed (or an
 unexpected internal error); 2 bad input or options (one line on stderr says what is wrong); 3 cancelled

@@ -13,4 +13,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("medseg.cli.models", "list installed learned models, or check a model folder"),
     "demo": ("medseg.cli.demo", "build a synthetic chest CT phantom and run ct-chest on it"),
     "dicom-node": ("medseg.cli.dicom_node", "receive DICOM series, segment each, send RTSTRUCT/SEG on"),
+    "convert": ("medseg.cli.convert", "an RTSTRUCT or DICOM SEG as a .seg.nrrd on its image series"),
 }
