@@ -35,110 +35,37 @@ from warnings import catch_warnings, simplefilter
 import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from medseg import __version__
 from medseg.core.errors import InputError, OutputError
-from medseg.core.frames import ras_to_lps_matrix
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.terminology import term
 from medseg.core.volume import Volume
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_series import dicom_source_files
+from medseg.io.dicom_sources import (
+    DIRECTION_TOL,
+    POSITION_TOL_MM,
+    check_source_grid,
+    check_source_uids,
+    read_source_headers,
+)
+from medseg.io.dicom_sources import READ_ERRORS as _READ_ERRORS
 
 #: Series Number of a written SEG (the source series' number is not reused: a PACS shows both)
 SERIES_NUMBER = 901
 #: algorithm family (DICOM CID 7162) of MedSeg's segmentations
 ALGORITHM_FAMILY = codes.cid7162.MorphologicalOperations
-#: tolerance (mm) when comparing positions with the source images' (DS values have ~16 digits)
-POSITION_TOL_MM = 1e-2
-#: tolerance on direction cosines and relative pixel spacing
-DIRECTION_TOL = 1e-4
 #: category and type of a segment without terminology (Slicer's default; SCT 85756007 "Tissue")
 _TISSUE = {"scheme": "SCT", "code": "85756007", "meaning": "Tissue"}
 #: terminology keys a lesion kind may name (``lesions`` values such as "lung nodule", "lung mass")
 _LESION_TERMS = ("nodule", "mass", "edema", "necrosis", "neoplasm")
-_UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError)
 _MAX_LISTED = 10
 
 
 # --------------------------------------------------------------------------- writing
-def _read_sources(source_files: Sequence[Path], warnings: list[str]) -> list[pydicom.Dataset]:
-    """The headers of ``source_files``; an empty SOP Class UID is taken from the file meta (seen in
-    real Siemens exports), since the SEG must name the class of every image it references."""
-    if not source_files:
-        raise InputError("DICOM SEG export needs the source series' image files; none were given")
-    out: list[pydicom.Dataset] = []
-    for f in source_files:
-        try:
-            out.append(pydicom.dcmread(str(f), stop_before_pixels=True))
-        except _READ_ERRORS as e:
-            raise InputError(f"{f}: not a readable DICOM image ({type(e).__name__}: {e})") from e
-    mended = 0
-    for ds in out:
-        if not ds.get("SOPClassUID") and ds.file_meta.get("MediaStorageSOPClassUID"):
-            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-            mended += 1
-        if not ds.get("SOPClassUID"):
-            raise InputError(f"{source_files[out.index(ds)]}: no SOP Class UID; cannot reference it from a DICOM SEG")
-    if mended:
-        warnings.append(f"{mended} source image(s) have an empty SOP Class UID; referenced with the file meta's "
-                        "Media Storage SOP Class UID")
-    _check_uids(source_files, out)
-    first = out[0]
-    for f, ds in zip(source_files, out, strict=True):
-        for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-            if ds.get(key) != first.get(key):
-                raise InputError(f"{f}: {key} differs from {source_files[0]}'s; the source images must be one series")
-    return out
-
-
-def _check_uids(files: Sequence[Path], headers: Sequence[pydicom.Dataset]) -> None:
-    """A SEG belongs to the images' study and references each image by its SOP Instance UID: refuse
-    images without them (some anonymisers blank them) or with one instance UID twice."""
-    for f, ds in zip(files, headers, strict=True):
-        blank = [key for key in _UID_KEYS if not str(ds.get(key, "") or "").strip()]
-        if blank:
-            raise InputError(f"{f}: {', '.join(blank)} empty; a DICOM SEG must reference the images' study, series "
-                             "and instances by UID, so it cannot be made for these files (were they anonymised "
-                             "with the UIDs removed?)")
-    uids = [str(ds.SOPInstanceUID) for ds in headers]
-    if len(set(uids)) != len(uids):
-        dup = next(u for u in uids if uids.count(u) > 1)
-        raise InputError(f"{files[uids.index(dup)]}: SOP Instance UID {dup} is used by {uids.count(dup)} files")
-
-
-def _check_grid(volume: Volume, sources: Sequence[pydicom.Dataset], source_files: Sequence[Path]) -> None:
-    """Refuse a label map that is not on the sources' grid (array[k] = file k, rows j, columns i)."""
-    n_i, n_j, n_k = volume.shape_ijk
-    if len(sources) != n_k:
-        raise InputError(f"label map has {n_k} slices but {len(sources)} source images were given")
-    m = ras_to_lps_matrix(volume.ijk_to_ras)
-    for k, (ds, f) in enumerate(zip(sources, source_files, strict=True)):
-        try:
-            rows, cols = int(ds.Rows), int(ds.Columns)
-            iop = np.array(ds.ImageOrientationPatient, dtype=float)
-            ipp = np.array(ds.ImagePositionPatient, dtype=float)
-            ps = np.array(ds.PixelSpacing, dtype=float)
-        except _READ_ERRORS as e:
-            raise InputError(f"{f}: not an image with plane geometry ({type(e).__name__}: {e})") from e
-        if (rows, cols) != (n_j, n_i):
-            raise InputError(f"{f}: {rows} x {cols} pixels, the label map's slices are {n_j} x {n_i}")
-        expected_i, expected_j = iop[:3] * ps[1], iop[3:] * ps[0]
-        if not (np.allclose(m[:3, 0], expected_i, atol=DIRECTION_TOL * max(ps[1], 1.0))
-                and np.allclose(m[:3, 1], expected_j, atol=DIRECTION_TOL * max(ps[0], 1.0))):
-            raise InputError(f"{f}: image orientation/pixel spacing differ from the label map's grid; "
-                             "the label map must be on the source series' grid")
-        pos = m[:3, :3] @ np.array([0.0, 0.0, float(k)]) + m[:3, 3]
-        if np.linalg.norm(pos - ipp) > POSITION_TOL_MM:
-            raise InputError(f"{f}: image position {ipp.round(3).tolist()} (LPS) is not the position of slice {k} "
-                             f"of the label map ({pos.round(3).tolist()}); the label map must be on the source "
-                             "series' grid, slices in the files' order")
-
-
 def _coded(entry: dict) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(str(entry["code"]), str(entry["scheme"]), str(entry["meaning"]))
 
@@ -195,8 +122,8 @@ def write_dicom_seg(labelmap: LabelMap, source_files: Sequence[Path], path: Path
     """
     warnings: list[str] = []
     files = [Path(f) for f in source_files]
-    sources = _read_sources(files, warnings)
-    _check_grid(labelmap.volume, sources, files)
+    sources = read_source_headers(files, warnings, "a DICOM SEG")
+    check_source_grid(labelmap.volume, sources, files)
     arr = labelmap.array
     if arr.size and int(arr.min()) < 0:
         raise InputError(f"label map {labelmap.volume.name!r} has negative values; DICOM SEG needs labels >= 0")
@@ -377,7 +304,7 @@ def read_dicom_seg(path: Path, reference: Volume, *, warnings: list[str] | None 
         headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
     except _READ_ERRORS as e:
         raise InputError(f"reference series of {path}: unreadable image file ({type(e).__name__}: {e})") from e
-    _check_uids(files, headers)
+    check_source_uids(files, headers, "a DICOM SEG")
     try:
         seg = hd.seg.segread(str(path))
     except _READ_ERRORS as e:

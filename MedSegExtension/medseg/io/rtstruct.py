@@ -40,13 +40,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 from medseg import __version__
 from medseg.core.contours import mask_to_polygons
 from medseg.core.errors import InputError
-from medseg.core.frames import lps_to_ras_points, ras_to_lps_matrix, ras_to_lps_points
+from medseg.core.frames import lps_to_ras_points, ras_to_lps_points
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.rasterize import rasterize_polygons
 from medseg.core.terminology import (
@@ -61,6 +60,8 @@ from medseg.core.terminology import (
 )
 from medseg.core.volume import Volume
 from medseg.io.atomic import atomic_path
+from medseg.io.dicom_sources import READ_ERRORS as _READ_ERRORS
+from medseg.io.dicom_sources import check_source_grid, read_source_headers
 
 STRUCTURE_SET_LABEL = "MedSeg draft"
 STRUCTURE_SET_DESCRIPTION = "automatic contours, not reviewed; not the clinical structure set"
@@ -68,78 +69,14 @@ STRUCTURE_SET_DESCRIPTION = "automatic contours, not reviewed; not the clinical 
 SERIES_NUMBER = 902
 #: SOP class that RT Referenced Study items name (Detached Study Management, as PS3.3 C.8.8.5 asks)
 STUDY_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
-#: tolerance (mm) between the label map's slice positions and the source images' (plus 0.1 % of the step)
-POSITION_TOL_MM = 1e-2
-DIRECTION_TOL = 1e-4
 #: largest distance of a read contour from its slice plane, as a fraction of the slice spacing
 PLANE_TOL = 0.1
 _PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                   "AccessionNumber", "ReferringPhysicianName", "StudyID", "StudyInstanceUID")
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError)
 _GREY = (0.5, 0.5, 0.5)
 
 
 # --------------------------------------------------------------------------- writing
-def _headers(source_files: Sequence[Path], warnings: list[str]) -> list[pydicom.Dataset]:
-    """The images' headers; a blank SOP Class/Instance UID is taken from the file meta (blank in some
-    anonymised exports, which keep the file meta); blank study, series or frame UIDs are refused."""
-    out: list[pydicom.Dataset] = []
-    mended = 0
-    for f in source_files:
-        try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-        except _READ_ERRORS as e:
-            raise InputError(f"{f}: not a readable DICOM image ({type(e).__name__}: {e})") from e
-        meta = getattr(ds, "file_meta", None) or Dataset()
-        for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"),
-                              ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
-            if not str(ds.get(key, "") or "").strip() and str(meta.get(meta_key, "") or "").strip():
-                setattr(ds, key, meta.get(meta_key))
-                mended += 1
-        blank = [key for key in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                                 "FrameOfReferenceUID") if not str(ds.get(key, "") or "").strip()]
-        if blank:
-            raise InputError(f"{f}: {', '.join(blank)} empty; an RTSTRUCT belongs to the images' study and references "
-                             "their series and instances by UID, so it cannot be made for these files (were they "
-                             "anonymised with the UIDs removed?)")
-        if out and any(ds.get(k) != out[0].get(k)
-                       for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")):
-            raise InputError(f"{f}: study, series or frame of reference differs from {source_files[0]}'s; "
-                             "the source images must be one series")
-        out.append(ds)
-    if mended:
-        warnings.append(f"{mended} blank SOP Class/Instance UID(s) in the source images taken from their file meta")
-    if len({str(ds.SOPInstanceUID) for ds in out}) != len(out):
-        raise InputError("two source images share a SOP Instance UID")
-    return out
-
-
-def _check_grid(volume: Volume, headers: Sequence[pydicom.Dataset], files: Sequence[Path]) -> None:
-    """Refuse a label map that is not on the source images' grid (array[k] = file k)."""
-    n_i, n_j, n_k = volume.shape_ijk
-    if len(headers) != n_k:
-        raise InputError(f"label map has {n_k} slices but {len(headers)} source images were given")
-    m = ras_to_lps_matrix(volume.ijk_to_ras)
-    tol = POSITION_TOL_MM + 1e-3 * float(volume.spacing[2])
-    for k, (ds, f) in enumerate(zip(headers, files, strict=True)):
-        try:
-            rows, cols = int(ds.Rows), int(ds.Columns)
-            iop = np.array(ds.ImageOrientationPatient, dtype=float)
-            ipp = np.array(ds.ImagePositionPatient, dtype=float)
-            ps = np.array(ds.PixelSpacing, dtype=float)
-        except _READ_ERRORS as e:
-            raise InputError(f"{f}: not an image with plane geometry ({type(e).__name__}: {e})") from e
-        if (rows, cols) != (n_j, n_i):
-            raise InputError(f"{f}: {rows} x {cols} pixels; the label map's slices are {n_j} x {n_i}")
-        if not (np.allclose(m[:3, 0], iop[:3] * ps[1], atol=DIRECTION_TOL * ps[1])
-                and np.allclose(m[:3, 1], iop[3:] * ps[0], atol=DIRECTION_TOL * ps[0])):
-            raise InputError(f"{f}: orientation or pixel spacing differ from the label map's grid")
-        pos = m[:3, 3] + k * m[:3, 2]
-        if np.linalg.norm(pos - ipp) > tol:
-            raise InputError(f"{f}: image position {ipp.round(3).tolist()} (LPS) is not that of the label map's "
-                             f"slice {k} ({pos.round(3).tolist()}); the label map must be on the series' grid")
-
-
 def _ds(values: np.ndarray) -> list[str]:
     """Decimal strings (DS, at most 16 characters) with 0.1 um resolution."""
     return [f"{v:.4f}" if abs(v) < 1e10 else f"{v:.8e}" for v in values.tolist()]
@@ -215,9 +152,9 @@ def write_rtstruct(labelmap: LabelMap, source_files: Sequence[Path], path: Path,
     files = [Path(f) for f in source_files]
     if not files:
         raise InputError("RTSTRUCT export needs the source series' image files; none were given")
-    headers = _headers(files, warnings)
+    headers = read_source_headers(files, warnings, "an RTSTRUCT")
     volume = labelmap.volume
-    _check_grid(volume, headers, files)
+    check_source_grid(volume, headers, files)
     ct = headers[0]
     now = datetime.datetime.now()
 
