@@ -299,9 +299,9 @@ def register_volumes(fixed: Volume, moving: Volume, *, affine: bool = True, moda
             warnings.append(f"the affine registration's scale factors {np.round(scales, 3).tolist()} are outside "
                             f"{lo}..{hi}; the rigid registration is used")
         elif quality["affine_metric"] >= quality["rigid_metric"]:
-            warnings.append("the affine registration did not improve the metric "
-                            f"({quality['affine_metric']:.4f} vs rigid {quality['rigid_metric']:.4f}); "
-                            "the rigid registration is used")
+            # the usual case for a follow-up of the same patient on a calibrated scanner: not a warning;
+            # ``mode`` and the two metrics in ``quality`` say what was used and why
+            pass
         else:
             final, mode = aff, "affine"
     quality["metric"] = quality["affine_metric"] if mode == "affine" else quality["rigid_metric"]
