@@ -147,8 +147,10 @@ def test_compare_segments_both_visits_with_the_task(visits, tmp_path, capsys):
     write_volume_nrrd(follow, tmp_path / "follow.nrrd")
     out = tmp_path / "cmp"
     rc = main(["-q", "compare", str(tmp_path / "base.nrrd"), str(tmp_path / "follow.nrrd"), "--task", "threshold",
-               "--threshold", "850", "--out", str(out), "--no-html", "--no-models"])
+               "--threshold", "850", "--out", str(out), "--no-models"])
     assert rc == 0
+    page = (out / "compare.html").read_text(encoding="utf-8")
+    assert "RECIST" in page and "Lesion 4" in page and (out / "figures" / "compare_volumes.png").is_file()
     report = json.loads((out / "compare.json").read_text())
     kinds = sorted(m["kind"] for m in report["matches"])
     assert kinds == ["gone", "matched", "matched", "new"]

@@ -45,6 +45,7 @@ from medseg.pipeline.options import RunOptions
 from medseg.pipeline.output import write_result
 from medseg.pipeline.run import run_task
 from medseg.register.rigid_affine import Registration, register_volumes, resample_volume, write_transform
+from medseg.report.compare_page import COMPARE_HTML, write_compare_html
 
 #: names (case ignored) that mark a segment of a given segmentation as a lesion
 LESION_NAME = re.compile(r"^(lesion|tumou?r|gtv|nodule|mass|metastasis|met)\b", re.IGNORECASE)
@@ -261,7 +262,8 @@ def write_comparison(c: Comparison, out_dir: Path, *, overwrite: bool = False, h
                      mesh_formats: Sequence[str] = ("stl",), cancel: CancelToken | None = None) -> dict[str, str]:
     """Write a comparison into ``out_dir``, all or nothing: ``baseline/`` and ``followup/`` (each a
     MedSeg output folder), ``followup_on_baseline.nrrd``, ``followup_to_baseline.tfm``,
-    ``change_map.nrrd`` and ``compare.json``. Returns {what: relative path}."""
+    ``change_map.nrrd``, ``compare.json`` and, with ``html``, ``compare.html`` (side-by-side slices of
+    each lesion, a volume chart, the responses). Returns {what: relative path}."""
     inputs = [i["path"] for r in (c.baseline, c.followup) for i in r.inputs if i.get("path")]
     files: dict[str, str] = {}
     with OutputFolder(out_dir, overwrite=overwrite, inputs=inputs) as folder:
@@ -278,7 +280,12 @@ def write_comparison(c: Comparison, out_dir: Path, *, overwrite: bool = False, h
                           folder.path / "change_map.nrrd")
         files["change_map"] = "change_map.nrrd"
         report = comparison_report(c)
-        report["files"] = {**files, "report": COMPARE_REPORT}
+        report["files"] = {**files, "report": COMPARE_REPORT, **({"html": COMPARE_HTML} if html else {})}
+        if html:
+            write_compare_html(report, c.baseline, c.followup_on_baseline, c.followup_image_on_baseline,
+                               folder.path, baseline_names={s.id: s.name for s in c.baseline.labelmap.segments},
+                               followup_names={s.id: s.name for s in c.followup.labelmap.segments})
+            files["html"] = COMPARE_HTML
         atomic_write_text(folder.path / COMPARE_REPORT, json.dumps(report, indent=2, default=float) + "\n")
         files["report"] = COMPARE_REPORT
     return files
