@@ -1,0 +1,320 @@
+"""Lesion change between two FLAIR scans of one patient (``medseg compare --change``): for diseases with
+many small lesions (multiple sclerosis), find the lesions that are NEW or ENLARGED at follow-up (and
+those that SHRANK or are GONE).
+
+Both volumes must already lie on the same grid: the pipeline registers the follow-up onto the baseline
+(rigid, :mod:`medseg.register`) and resamples it (linear) onto the baseline's grid. This stage does not
+register anything.
+
+Method (all deterministic; intensities in *robust z units* of each visit's own brain):
+
+1. **Brain mask** (unless given): FLAIRs of raw heads are not skull-stripped. Otsu foreground of the
+   baseline, eroded by :data:`SKULL_MM` so the scalp comes off across the skull, largest component,
+   dilated back inside the foreground, holes filled slice by slice (the ventricles).
+2. **Smoothing**: each visit by a Gaussian that brings it to the coarser of the two acquisition
+   resolutions along every baseline axis (FWHM of a voxel ~ its size: ``sigma = sqrt(R^2 - r^2)/2.355``),
+   combined with a common :data:`NOISE_SIGMA_MM` denoising kernel.
+3. **Normalisation** (after smoothing, so both visits' spreads are at the same resolution): each visit
+   ``z = (x - median) / (IQR / 1.349)`` over the brain mask (robust to the lesions and to the CSF tail;
+   1 z is one standard deviation of brain tissue were it Gaussian).
+4. **Difference** ``d = z_follow - z_base``, minus what a residual misregistration of
+   :data:`MISREGISTRATION_MM` could explain (how much higher the baseline gets within that distance,
+   from one-sided differences; the follow-up's for decreases): ridges at ventricle and cortex edges vanish.
+5. **Candidates** (increase): ``d > CHANGE_Z`` AND the follow-up lesion-bright (``z_follow > BRIGHT_Z``)
+   AND the baseline parenchyma, not CSF (``z_base > TISSUE_FLOOR_Z``) AND inside the brain eroded by
+   :data:`EDGE_MM` (at least one voxel along each axis). Decreases mirror it. Connected components
+   (26-connectivity) of at least
+   :data:`MIN_VOLUME_MM3` (and :data:`MIN_VOXELS`), each trimmed to the voxels whose change is at least
+   half its peak (the half-maximum boundary of a blurred change: partial volume and smoothing do not
+   inflate the volume), are the change regions.
+6. **Kind**: an increase region that touches (one-voxel dilation) a lesion-bright baseline region of
+   at least the minimum size is ENLARGED, otherwise NEW; a decrease region that touches a lesion-bright
+   follow-up region is SHRUNK, otherwise GONE.
+
+A stage: imports only ``medseg.core`` and libraries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.core.errors import InputError
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.volume import Volume
+
+#: robust z units: IQR of a Gaussian is 1.349 standard deviations
+IQR_TO_SD = 1.349
+#: FWHM of a Gaussian in standard deviations (a voxel's point spread ~ a Gaussian of FWHM = its size)
+FWHM_TO_SIGMA = 2.3548
+#: common denoising kernel (mm, standard deviation): a third of the smallest lesion of interest (3 mm),
+#: so a lesion keeps its contrast while the voxel noise (sub-mm in-plane voxels) averages down
+NOISE_SIGMA_MM = 1.0
+#: a follow-up voxel is lesion-bright when this far above the brain's median (robust z): above ~98 % of
+#: normal tissue (Gaussian tail at 2 SD), the usual "mean + 2 SD of NAWM" FLAIR hyperintensity rule
+BRIGHT_Z = 2.0
+#: least increase (robust z) that counts as change: 1.5 SD of normal tissue, i.e. more than the spread of
+#: the difference of two independent normal-tissue samples at one SD of noise each (sqrt 2 = 1.41)
+CHANGE_Z = 1.5
+#: residual misregistration (mm) after a rigid intra-patient brain registration (~1 mm, sub-voxel in-plane)
+MISREGISTRATION_MM = 1.0
+#: below this (robust z) a FLAIR voxel is CSF (nulled fluid), not parenchyma where a lesion could appear
+TISSUE_FLOOR_Z = -2.0
+#: brain edge excluded (mm): about the cortical thickness; misregistration ridges and CSF partial volume
+EDGE_MM = 3.0
+#: smallest change region (mm^3): a sphere of 3 mm diameter, the conventional minimum MS lesion size
+MIN_VOLUME_MM3 = 4.0 / 3.0 * np.pi * 1.5 ** 3
+#: and at least this many voxels (fewer is noise whatever the voxel size)
+MIN_VOXELS = 3
+#: brain mask: erosion (mm) that separates the scalp from the brain across the skull (skull 5-7 mm)
+SKULL_MM = 6.0
+
+KINDS = ("new", "enlarged", "shrunk", "gone")
+_TITLES = {"new": "New lesion", "enlarged": "Enlarged lesion", "shrunk": "Shrunk lesion", "gone": "Gone lesion"}
+_COLORS = {"new": (0.9, 0.1, 0.1), "enlarged": (1.0, 0.6, 0.0), "shrunk": (0.2, 0.4, 1.0),
+           "gone": (0.1, 0.7, 0.3)}
+_CONN26 = np.ones((3, 3, 3), dtype=bool)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _spacing_kji(volume: Volume) -> np.ndarray:
+    return np.asarray(volume.spacing, dtype=float)[::-1]
+
+
+def _ball(radius_mm: float, spacing_kji: np.ndarray) -> np.ndarray:
+    r = np.floor(radius_mm / spacing_kji).astype(int)
+    grids = np.ogrid[tuple(slice(-int(n), int(n) + 1) for n in r)]
+    d2 = sum((g * s) ** 2 for g, s in zip(grids, spacing_kji, strict=True))
+    return np.asarray(d2 <= radius_mm ** 2 + 1e-9)
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(float)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask, structure=_CONN26)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return np.asarray(lab == int(np.argmax(sizes)))
+
+
+def brain_mask_from_flair(volume: Volume) -> np.ndarray:
+    """An intracranial mask of a (not skull-stripped) FLAIR head scan, KJI bool.
+
+    Otsu foreground, eroded by :data:`SKULL_MM` (scalp separates from brain), largest component,
+    dilated back by the same ball inside the foreground, holes filled per slice and in 3D.
+    """
+    arr = np.asarray(volume.array, dtype=np.float32)
+    sp = _spacing_kji(volume)
+    smooth = ndimage.gaussian_filter(arr, NOISE_SIGMA_MM / sp)
+    fg = smooth > _otsu(smooth[np.isfinite(smooth)])
+    ball = _ball(SKULL_MM, sp)
+    core = _largest_component(ndimage.binary_erosion(fg, ball))
+    if not core.any():
+        raise InputError(f"no brain found in {volume.name or 'the baseline'}: the foreground vanishes after "
+                         f"a {SKULL_MM} mm erosion")
+    brain = ndimage.binary_dilation(core, ball) & fg
+    brain = _largest_component(brain)
+    for k in range(brain.shape[0]):
+        brain[k] = ndimage.binary_fill_holes(brain[k])
+    return np.asarray(ndimage.binary_fill_holes(brain))
+
+
+def robust_z(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(x - median) / (IQR / 1.349)`` with median and IQR over ``mask`` (float32)."""
+    vals = np.asarray(array, dtype=np.float64)[mask]
+    p25, p50, p75 = np.percentile(vals, [25, 50, 75])
+    scale = (p75 - p25) / IQR_TO_SD
+    if not scale > 0:
+        raise InputError("the brain's intensities have no spread (IQR 0); cannot normalise")
+    return ((np.asarray(array, dtype=np.float32) - np.float32(p50)) / np.float32(scale)).astype(np.float32)
+
+
+def followup_resolution_on_baseline(baseline: Volume, followup: Volume) -> np.ndarray:
+    """The follow-up's native voxel size (mm) along each baseline axis, KJI.
+
+    A follow-up voxel (a box of its spacing along its own axes) projected on each baseline axis
+    (orientations from the headers; the small rotation of the registration is neglected).
+    """
+    u = baseline.direction          # columns: baseline i, j, k in RAS
+    d = followup.direction
+    s = np.asarray(followup.spacing, dtype=float)
+    extent_ijk = np.abs(u.T @ d) @ s
+    return np.asarray(extent_ijk[::-1])
+
+
+def _sigmas_mm(own_kji: np.ndarray, other_kji: np.ndarray) -> np.ndarray:
+    target = np.maximum(own_kji, other_kji)
+    match = np.sqrt(np.maximum(target ** 2 - own_kji ** 2, 0.0)) / FWHM_TO_SIGMA
+    return np.sqrt(match ** 2 + NOISE_SIGMA_MM ** 2)
+
+
+def _rise_within(z: np.ndarray, spacing_kji: np.ndarray, radius_mm: float) -> np.ndarray:
+    """How much higher ``z`` gets within ``radius_mm`` (linear interpolation, one-sided differences).
+
+    Per axis the larger upward step to either neighbour, per mm, times the radius (capped at one voxel);
+    the axes combined as a vector: what a misregistration of ``radius_mm`` could add to the value.
+    """
+    total = np.zeros(z.shape, dtype=np.float32)
+    for axis, s in enumerate(spacing_kji):
+        fwd = np.zeros_like(z)
+        bwd = np.zeros_like(z)
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        step = z[tuple(hi)] - z[tuple(lo)]
+        fwd[tuple(lo)] = step          # value gained moving +1 voxel
+        bwd[tuple(hi)] = -step         # value gained moving -1 voxel
+        rise = np.maximum(np.maximum(fwd, bwd), 0.0) * min(radius_mm / float(s), 1.0)
+        total += rise ** 2
+    return np.sqrt(total)
+
+
+def _half_maximum(region: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """The voxels of ``region`` whose change is at least half its peak (the partial-volume boundary)."""
+    vals = strength[region]
+    return region & (strength >= 0.5 * float(vals.max()))
+
+
+def _regions(candidates: np.ndarray, min_voxels: int) -> list[np.ndarray]:
+    lab, n = ndimage.label(candidates, structure=_CONN26)
+    if n == 0:
+        return []
+    sizes = np.bincount(lab.ravel())
+    keep = [i for i in range(1, n + 1) if sizes[i] >= min_voxels]
+    objs = ndimage.find_objects(lab)
+    out = []
+    for i in keep:
+        sl = objs[i - 1]
+        m = np.zeros(candidates.shape, dtype=bool)
+        m[sl] = lab[sl] == i
+        out.append(m)
+    return out
+
+
+def _bright_regions(z: np.ndarray, inside: np.ndarray, min_voxels: int) -> np.ndarray:
+    bright = (z > BRIGHT_Z) & inside
+    lab, n = ndimage.label(bright, structure=_CONN26)
+    if n == 0:
+        return bright
+    sizes = np.bincount(lab.ravel())
+    ok = sizes >= min_voxels
+    ok[0] = False
+    return np.asarray(ok[lab])
+
+
+# ------------------------------------------------------------------------------------------ the API
+def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_mask: np.ndarray | None = None,
+                         *, followup_resolution_mm: Sequence[float] | None = None,
+                         change_z: float = CHANGE_Z, bright_z: float = BRIGHT_Z,
+                         min_volume_mm3: float = MIN_VOLUME_MM3, edge_mm: float = EDGE_MM,
+                         misregistration_mm: float = MISREGISTRATION_MM,
+                         decreases: bool = True) -> tuple[LabelMap, list[dict]]:
+    """Lesions new, enlarged, shrunk or gone between two FLAIRs on the baseline's grid.
+
+    Args:
+        baseline: the baseline FLAIR.
+        followup_on_baseline: the follow-up FLAIR registered and resampled onto the baseline's grid.
+        brain_mask: KJI bool mask on that grid; derived from the baseline's intensities when None.
+        followup_resolution_mm: the follow-up's native voxel size along the baseline's k, j, i axes
+            (:func:`followup_resolution_on_baseline`); None: taken as the baseline's (no matching).
+        change_z, bright_z, min_volume_mm3, edge_mm, misregistration_mm: see the module constants.
+        decreases: also report shrunk and gone lesions.
+
+    Returns:
+        a label map on the baseline's grid with one segment per change region ("New lesion 1",
+        "Enlarged lesion 2", ...; label value = the number), and one dict per region: ``kind``,
+        ``name``, ``label_value``, ``voxels``, ``volume_ml``, ``centroid_ras``, ``mean_change_z``,
+        ``max_change_z``, ``baseline_z``, ``followup_z`` (means over the region), ``evidence``.
+    """
+    if not baseline.same_grid(followup_on_baseline):
+        raise InputError("the follow-up must be resampled onto the baseline's grid first "
+                         f"(shapes {baseline.array.shape} and {followup_on_baseline.array.shape})")
+    sp = _spacing_kji(baseline)
+    if brain_mask is None:
+        brain = brain_mask_from_flair(baseline)
+    else:
+        brain = np.asarray(brain_mask, dtype=bool)
+        if brain.shape != baseline.array.shape:
+            raise InputError(f"brain mask shape {brain.shape} does not match the baseline {baseline.array.shape}")
+        if not brain.any():
+            raise InputError("the brain mask is empty")
+    res_f = sp.copy() if followup_resolution_mm is None else np.asarray(followup_resolution_mm, dtype=float)
+    if res_f.shape != (3,) or not np.all(res_f > 0):
+        raise InputError(f"followup_resolution_mm must be 3 positive sizes (k, j, i), got {followup_resolution_mm}")
+
+    # smoothed first, then normalised: both at the same resolution, so their spreads compare
+    zb = robust_z(ndimage.gaussian_filter(np.asarray(baseline.array, np.float32), _sigmas_mm(sp, res_f) / sp), brain)
+    zf = robust_z(ndimage.gaussian_filter(np.asarray(followup_on_baseline.array, np.float32),
+                                          _sigmas_mm(res_f, sp) / sp), brain)
+    edge = np.maximum(np.round(edge_mm / sp), 1).astype(int)   # at least one voxel: its partial volume is unknown
+    grids = np.ogrid[tuple(slice(-int(n), int(n) + 1) for n in edge)]
+    ellipsoid = sum((g / max(int(n), 1)) ** 2 for g, n in zip(grids, edge, strict=True)) <= 1.0
+    inner = ndimage.binary_erosion(brain, np.asarray(ellipsoid), border_value=0)
+    voxel_mm3 = baseline.voxel_volume_mm3
+    min_vox = max(MIN_VOXELS, int(np.ceil(min_volume_mm3 / voxel_mm3)))
+    diff = zf - zb
+
+    up = diff - _rise_within(zb, sp, misregistration_mm)
+    inc = (up > change_z) & (zf > bright_z) & (zb > TISSUE_FLOOR_Z) & inner
+    base_bright = _bright_regions(zb, brain, min_vox)
+    found: list[tuple[str, np.ndarray]] = []
+    for m in _regions(inc, min_vox):
+        m = _half_maximum(m, up)
+        if m.sum() < min_vox:
+            continue
+        touch = ndimage.binary_dilation(m, _CONN26) & base_bright
+        found.append(("enlarged" if touch.any() else "new", m))
+    if decreases:
+        down = -diff - _rise_within(-zf, sp, misregistration_mm)
+        dec = (down > change_z) & (zb > bright_z) & (zf > TISSUE_FLOOR_Z) & inner
+        fol_bright = _bright_regions(zf, brain, min_vox)
+        for m in _regions(dec, min_vox):
+            m = _half_maximum(m, down)
+            if m.sum() < min_vox:
+                continue
+            touch = ndimage.binary_dilation(m, _CONN26) & fol_bright
+            found.append(("shrunk" if touch.any() else "gone", m))
+
+    found.sort(key=lambda t: (KINDS.index(t[0]), -int(t[1].sum())))
+    out = np.zeros(baseline.array.shape, dtype=LabelMap.label_dtype(max(len(found), 1)))
+    segments: list[Segment] = []
+    regions: list[dict] = []
+    for n, (kind, m) in enumerate(found, start=1):
+        out[m] = n
+        name = f"{_TITLES[kind]} {n}"
+        kji = np.argwhere(m)
+        centroid = baseline.ijk_to_ras_points(kji[:, ::-1].mean(axis=0, keepdims=True))[0]
+        dz = diff[m]
+        mzb, mzf = float(zb[m].mean()), float(zf[m].mean())
+        if kind in ("new", "enlarged"):
+            why = (f"follow-up {mzf:+.1f} z vs baseline {mzb:+.1f} z (brain median 0); "
+                   + ("touches a lesion-bright baseline region" if kind == "enlarged"
+                      else "no lesion-bright baseline region touches it"))
+        else:
+            why = (f"baseline {mzb:+.1f} z vs follow-up {mzf:+.1f} z (brain median 0); "
+                   + ("a lesion-bright follow-up region remains next to it" if kind == "shrunk"
+                      else "no lesion-bright follow-up region touches it"))
+        segments.append(Segment(f"Segment_{n}", name, _COLORS[kind], n))
+        regions.append({
+            "kind": kind, "name": name, "label_value": n, "voxels": int(m.sum()),
+            "volume_ml": float(m.sum() * voxel_mm3 / 1000.0),
+            "centroid_ras": [float(x) for x in centroid],
+            "mean_change_z": float(dz.mean()), "max_change_z": float(np.abs(dz).max()) * (1 if dz.mean() >= 0 else -1),
+            "baseline_z": mzb, "followup_z": mzf, "evidence": why,
+        })
+    labels = LabelMap(baseline.with_array(out, name=f"{baseline.name or 'baseline'} lesion change"), tuple(segments))
+    return labels, regions
