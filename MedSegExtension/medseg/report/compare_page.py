@@ -21,9 +21,7 @@ All text from users or data (names, warnings, rules, evidence) is HTML-escaped.
 
 from __future__ import annotations
 
-import html
 import os
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +36,9 @@ from medseg.io.atomic import atomic_write_bytes, atomic_write_text
 from medseg.io.filenames import safe_file_stem
 from medseg.report.canvas import mpl_text, new_figure, png_bytes
 from medseg.report.figures import FIGURES_DIR
+from medseg.report.html_text import escape as _e
+from medseg.report.html_text import href as _href
+from medseg.report.html_text import number as _num
 from medseg.report.planes import PlaneLayout, arrange, display_window, plane_layouts, slice_hv
 from medseg.report.style import display_colours
 
@@ -71,23 +72,10 @@ figure{margin:.6em 0} figure img{max-width:100%;border:1px solid #ccc} figcaptio
 """
 
 
-def _e(value: Any) -> str:
-    """``value`` as escaped HTML text (``None`` -> empty)."""
-    return html.escape("" if value is None else str(value), quote=True)
 
 
-def _num(value: Any, fmt: str = "{:.2f}") -> str:
-    """A number formatted with ``fmt`` (a dash for ``None`` or a non-number)."""
-    if value is None:
-        return "&mdash;"
-    try:
-        return _e(fmt.format(float(value)))
-    except (TypeError, ValueError):
-        return _e(value)
 
 
-def _href(rel: str) -> str:
-    return _e(urllib.parse.quote(str(rel).replace("\\", "/"), safe="/._-~"))
 
 
 def _swatch(color: Sequence[float]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import os
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from html.entities import codepoint2name
 from pathlib import Path
@@ -22,6 +21,9 @@ from medseg.core.measurements import Measure
 from medseg.core.result import Result
 from medseg.io.atomic import PathLike, atomic_write_text
 from medseg.report.figures import FIGURES_DIR, SliceFigures, lesion_ids_of, write_slice_figures
+from medseg.report.html_text import escape as _e
+from medseg.report.html_text import href as _href
+from medseg.report.html_text import number as _num
 from medseg.report.style import Role, display_colours, segment_roles
 from medseg.report.view3d import VIEW3D_SIZE, render_3d_view
 
@@ -46,19 +48,8 @@ figure{margin:.6em 0} figure img{max-width:100%;border:1px solid #ccc} figcaptio
 """
 
 
-def _e(value: Any) -> str:
-    """``value`` as escaped HTML text (``None`` -> empty)."""
-    return html.escape("" if value is None else str(value), quote=True)
 
 
-def _num(value: Any, fmt: str = "{:.2f}") -> str:
-    """A number formatted with ``fmt`` (a dash for ``None``; other values as text)."""
-    if value is None:
-        return "&mdash;"
-    try:
-        return _e(fmt.format(float(value)))
-    except (TypeError, ValueError):
-        return _e(value)
 
 
 def _vec(value: Any) -> str:
@@ -68,9 +59,6 @@ def _vec(value: Any) -> str:
     return _e("(" + ", ".join(f"{float(x):.1f}" for x in value) + ")")
 
 
-def _href(rel: str) -> str:
-    """A relative file path as an escaped, percent-encoded link target."""
-    return _e(urllib.parse.quote(str(rel).replace("\\", "/"), safe="/._-~"))
 
 
 def _swatch(color: Sequence[float]) -> str:
