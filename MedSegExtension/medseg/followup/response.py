@@ -277,30 +277,9 @@ def recist_response(
     Raises:
         InputError: a lesion has no measurements.
     """
-    key = _diameter_key(matches, baseline_measures, followup_measures)
-    targets = select_targets(matches, baseline_measures, diameter_key=key, organ_of=organ_of)
-
-    def value(sid: str, at_followup: bool) -> float:
-        if at_followup:
-            return _value(followup_measures, sid, key, "follow-up")
-        return _value(baseline_measures, sid, key, "baseline")
-
-    before, after, rows = _target_sums(matches, targets, value)
-    response, rule, change, new = _decide(
-        matches, targets, before, after, pd_percent=RECIST_PD_PERCENT, pr_percent=RECIST_PR_PERCENT,
-        pd_abs=RECIST_PD_ABS_MM, unit="mm", what="sum of target diameters")
-    return {
-        "response": response,
-        "rule": rule,
-        "targets": targets,
-        "baseline_sum_mm": before,
-        "followup_sum_mm": after,
-        "change_percent": change,
-        "new_lesions": new,
-        "non_targets": [s for s in _baseline_order(matches) if s not in set(targets)],
-        "diameter_measure": str(key.value),
-        "per_target": rows,
-    }
+    return _response(matches, baseline_measures, followup_measures, organ_of, measure=None, sum_key="sum_mm",
+                     pd_percent=RECIST_PD_PERCENT, pr_percent=RECIST_PR_PERCENT, pd_abs=RECIST_PD_ABS_MM, unit="mm",
+                     what="sum of target diameters")
 
 
 def volumetric_response(
@@ -316,24 +295,34 @@ def volumetric_response(
         The shape of :func:`recist_response`, with ``baseline_sum_ml`` and ``followup_sum_ml`` (total
         target volume, mL) in place of the diameter sums, and ``per_target`` in mL.
     """
+    return _response(matches, baseline_measures, followup_measures, organ_of, measure=Measure.VOLUME_ML,
+                     sum_key="sum_ml", pd_percent=VOLUME_PD_PERCENT, pr_percent=VOLUME_PR_PERCENT, pd_abs=None,
+                     unit="mL", what="total target volume")
+
+
+def _response(matches: Sequence[LesionMatch], baseline_measures: dict[str, dict],
+              followup_measures: dict[str, dict], organ_of: dict[str, str] | None, *, measure: Measure | None,
+              sum_key: str, pd_percent: float, pr_percent: float, pd_abs: float | None, unit: str,
+              what: str) -> dict[str, Any]:
+    """The response on the RECIST targets' sum of ``measure`` (None: the diameter key RECIST uses)."""
     key = _diameter_key(matches, baseline_measures, followup_measures)
     targets = select_targets(matches, baseline_measures, diameter_key=key, organ_of=organ_of)
+    summed = key if measure is None else measure
 
     def value(sid: str, at_followup: bool) -> float:
         if at_followup:
-            return _value(followup_measures, sid, Measure.VOLUME_ML, "follow-up")
-        return _value(baseline_measures, sid, Measure.VOLUME_ML, "baseline")
+            return _value(followup_measures, sid, summed, "follow-up")
+        return _value(baseline_measures, sid, summed, "baseline")
 
     before, after, rows = _target_sums(matches, targets, value)
-    response, rule, change, new = _decide(
-        matches, targets, before, after, pd_percent=VOLUME_PD_PERCENT, pr_percent=VOLUME_PR_PERCENT,
-        pd_abs=None, unit="mL", what="total target volume")
+    response, rule, change, new = _decide(matches, targets, before, after, pd_percent=pd_percent,
+                                          pr_percent=pr_percent, pd_abs=pd_abs, unit=unit, what=what)
     return {
         "response": response,
         "rule": rule,
         "targets": targets,
-        "baseline_sum_ml": before,
-        "followup_sum_ml": after,
+        f"baseline_{sum_key}": before,
+        f"followup_{sum_key}": after,
         "change_percent": change,
         "new_lesions": new,
         "non_targets": [s for s in _baseline_order(matches) if s not in set(targets)],
