@@ -239,3 +239,14 @@ def test_constructed_follow_up_of_a_brats_tumour(shared_data):
     follow_grid = _grid((100, 100, 70), (2.3, 2.3, 2.6), (235.0, -235.0, 2.0), (-1, 0, 0, 0, 1, 0, 0, 0, 1))
     c, ratio = _constructed_follow_up(base, mask, follow_grid, -3.0, float(base.array.min()), "mr-brain-tumor")
     _check_recovered(c, base, mask, ratio, 0.1)
+
+
+def test_scans_of_different_body_regions_are_refused(shared_data, tmp_path, capsys):
+    """A brain MR against a chest CT: the registration finds no shared anatomy (0.3 % of the
+    baseline's foreground covered), so there is no comparison, not a confident "CR"."""
+    rc = main(["compare", str(shared_data / "pyradiomics" / "brain1_image.nrrd"),
+               str(shared_data / "pyradiomics" / "lung1_image.nrrd"), "--task", "threshold", "--threshold", "500",
+               "--out", str(tmp_path / "cmp"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "registration of lung1_image to brain1_image failed" in err and "covers only" in err
+    assert not (tmp_path / "cmp").exists()

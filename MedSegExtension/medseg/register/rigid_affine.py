@@ -47,6 +47,14 @@ CT_FOREGROUND_HU = -500.0
 FAIL_DICE = 0.5
 #: Dice of the foreground masks under which a warning is added
 WARN_DICE = 0.8
+#: share of the baseline's foreground the registered follow-up must cover: under it the two scans
+#: hardly show the same anatomy, whatever the Dice inside that sliver says (raises)
+FAIL_OVERLAP = 0.25
+#: share under which a warning is added
+WARN_OVERLAP = 0.5
+#: Mattes mutual information is negative, and 0 means the images share no information: a final metric
+#: above this is no registration at all (raises)
+FAIL_METRIC = -0.05
 #: allowed range of the affine's scale factors (singular values of its matrix)
 SCALE_RANGE = (0.8, 1.25)
 #: shrink factors and smoothing sigmas (mm) of the multi-resolution pyramid, coarse to fine
@@ -310,14 +318,21 @@ def register_volumes(fixed: Volume, moving: Volume, *, affine: bool = True, moda
     progress(0.9, "registration: checking the overlap of the foregrounds")
     quality.update(_quality(fixed, moving, final, modality))
     dice = quality["foreground_dice"]
+    what = f"registration of {moving.name or 'the follow-up'} to {fixed.name or 'the baseline'} failed"
+    hint = "(are these scans of the same patient and body region, and of the given modality?)"
     if dice < FAIL_DICE:
-        raise RegistrationError(
-            f"registration of {moving.name or 'the follow-up'} to {fixed.name or 'the baseline'} failed: "
-            f"foreground Dice {dice:.3f} after {mode} registration is below {FAIL_DICE} "
-            "(are these scans of the same patient and body region, and of the given modality?)")
+        raise RegistrationError(f"{what}: foreground Dice {dice:.3f} after {mode} registration is below "
+                                f"{FAIL_DICE} {hint}")
+    if quality["overlap_fraction"] < FAIL_OVERLAP:
+        raise RegistrationError(f"{what}: the follow-up covers only {100 * quality['overlap_fraction']:.1f} % of "
+                                f"the baseline's foreground (under {100 * FAIL_OVERLAP:.0f} %) {hint}")
+    if not (quality["metric"] < FAIL_METRIC and np.isfinite(quality.get("residual_mm", 0.0))):
+        raise RegistrationError(f"{what}: the images share no information after registration (mutual information "
+                                f"metric {quality['metric']:.3g}, boundary residual {quality.get('residual_mm')} mm) "
+                                f"{hint}")
     if dice < WARN_DICE:
         warnings.append(f"registration is doubtful: foreground Dice {dice:.3f} is below {WARN_DICE}; check it visually")
-    if quality["overlap_fraction"] < 0.5:
+    if quality["overlap_fraction"] < WARN_OVERLAP:
         warnings.append(f"the follow-up covers only {100 * quality['overlap_fraction']:.0f} % of the baseline's "
                         "foreground; the registration rests on that part")
     progress(1.0, f"registration done ({mode}, foreground Dice {dice:.3f})")
