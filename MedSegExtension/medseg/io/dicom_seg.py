@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from warnings import catch_warnings, simplefilter
 
-import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
@@ -54,6 +54,18 @@ from medseg.io.dicom_sources import (
 )
 from medseg.io.dicom_sources import READ_ERRORS as _READ_ERRORS
 
+if TYPE_CHECKING:  # for annotations only: highdicom is imported when a SEG is written or read
+    import highdicom as hd
+
+
+def _hd():
+    """highdicom, imported on first use: only runs that write or read a DICOM SEG pay its import time
+    (about 0.3 s), not every ``medseg run``."""
+    import highdicom  # deferred: heavy, and needed only for DICOM SEG
+
+    return highdicom
+
+
 #: Series Number of a written SEG (the source series' number is not reused: a PACS shows both)
 SERIES_NUMBER = 901
 #: algorithm family (DICOM CID 7162) of MedSeg's segmentations
@@ -67,7 +79,7 @@ _MAX_LISTED = 10
 
 # --------------------------------------------------------------------------- writing
 def _coded(entry: dict) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(str(entry["code"]), str(entry["scheme"]), str(entry["meaning"]))
+    return _hd().sr.CodedConcept(str(entry["code"]), str(entry["scheme"]), str(entry["meaning"]))
 
 
 def _terminology(segment: Segment, lesions: dict[str, str]) -> dict:
@@ -83,20 +95,20 @@ def _terminology(segment: Segment, lesions: dict[str, str]) -> dict:
 
 def _description(number: int, segment: Segment, lesions: dict[str, str]) -> hd.seg.SegmentDescription:
     t = _terminology(segment, lesions)
-    algorithm = hd.AlgorithmIdentificationSequence(name="MedSeg", family=ALGORITHM_FAMILY, version=__version__,
+    algorithm = _hd().AlgorithmIdentificationSequence(name="MedSeg", family=ALGORITHM_FAMILY, version=__version__,
                                                    source="MedSeg")
     rgb = [255.0 * float(c) for c in segment.color]
-    desc = hd.seg.SegmentDescription(
+    desc = _hd().seg.SegmentDescription(
         segment_number=number,
         segment_label=segment.name[:64],
         segmented_property_category=_coded(t["category"]),
         segmented_property_type=_coded(t["type"]),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_type=_hd().seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
         tracking_uid=generate_uid(),
         tracking_id=segment.id[:64],
         anatomic_regions=[_coded(t["region"])] if t.get("region") else None,
-        display_color=hd.color.CIELabColor.from_rgb(*rgb),
+        display_color=_hd().color.CIELabColor.from_rgb(*rgb),
     )
     if t.get("type_modifier"):
         # the modifier belongs inside the type's code item (Segment Description macro)
@@ -146,11 +158,12 @@ def write_dicom_seg(labelmap: LabelMap, source_files: Sequence[Path], path: Path
         lut[s.label_value] = number
     pixels = lut[arr]  # (K, J, I): frame k = source file k, rows j, columns i
     lesions = dict(lesions or {})
-    seg_type = hd.seg.SegmentationTypeValues.LABELMAP if labelmap_encoding else hd.seg.SegmentationTypeValues.BINARY
+    types = _hd().seg.SegmentationTypeValues
+    seg_type = types.LABELMAP if labelmap_encoding else types.BINARY
     with catch_warnings(record=True) as caught:
         simplefilter("always")
         try:
-            seg = hd.seg.Segmentation(
+            seg = _hd().seg.Segmentation(
                 source_images=sources,
                 pixel_array=pixels,
                 segmentation_type=seg_type,
@@ -262,7 +275,7 @@ def _segment_of(item) -> Segment:
     number = int(item.SegmentNumber)
     color: tuple[float, float, float] = (0.5, 0.5, 0.5)
     if "RecommendedDisplayCIELabValue" in item:
-        rgb = hd.color.CIELabColor.from_dicom_value(list(item.RecommendedDisplayCIELabValue)).to_rgb(clip=True)
+        rgb = _hd().color.CIELabColor.from_dicom_value(list(item.RecommendedDisplayCIELabValue)).to_rgb(clip=True)
         color = (rgb[0] / 255.0, rgb[1] / 255.0, rgb[2] / 255.0)
     name = str(item.get("SegmentLabel", "") or f"Segment {number}")
     return Segment(f"Segment_{number}", name, color, number, _terminology_of(item))
@@ -306,10 +319,10 @@ def read_dicom_seg(path: Path, reference: Volume, *, warnings: list[str] | None 
         raise InputError(f"reference series of {path}: unreadable image file ({type(e).__name__}: {e})") from e
     check_source_uids(files, headers, "a DICOM SEG")
     try:
-        seg = hd.seg.segread(str(path))
+        seg = _hd().seg.segread(str(path))
     except _READ_ERRORS as e:
         raise InputError(f"{path}: not a readable DICOM SEG ({type(e).__name__}: {e})") from e
-    if seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL:
+    if seg.segmentation_type == _hd().seg.SegmentationTypeValues.FRACTIONAL:
         raise InputError(f"{path}: FRACTIONAL segmentation; MedSeg reads BINARY and LABELMAP SEGs")
     ref = headers[0]
     if seg.get("FrameOfReferenceUID") != ref.get("FrameOfReferenceUID"):
