@@ -29,6 +29,8 @@ from medseg.io.volume_reader import read_volume
 RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 SEGMENTATION_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 LABEL_MAP_SEGMENTATION_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
+#: structures named in the one-line summary (the rest are counted)
+MAX_LISTED = 10
 
 
 def add_parser(sub: Any) -> None:
@@ -79,5 +81,8 @@ def cmd_convert(args: argparse.Namespace) -> ExitCode:
     if not args.quiet:
         for w in warnings:
             print(f"Warning: {w}", file=sys.stderr)
-        print(f"{len(labelmap.segments)} structure(s): {', '.join(s.name for s in labelmap.segments)} -> {out}")
+        names = [s.name for s in labelmap.segments]
+        more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+        listed = ", ".join(names[:MAX_LISTED]) + more
+        print(f"{len(names)} structure(s): {listed} -> {out}")
     return ExitCode.OK
