@@ -11,25 +11,31 @@ Method (all deterministic; intensities in *robust z units* of each visit's own b
 1. **Brain mask** (unless given): FLAIRs of raw heads are not skull-stripped. Otsu foreground of the
    baseline, eroded by :data:`SKULL_MM` so the scalp comes off across the skull, largest component,
    dilated back inside the foreground, holes filled slice by slice (the ventricles).
-2. **Smoothing**: each visit by a Gaussian that brings it to the coarser of the two acquisition
+2. **Differential bias correction** (Lewis & Fox 2004): the slow intensity non-uniformity of the coils
+   differs between sessions and would otherwise dominate the difference; the follow-up is divided by the
+   smoothed ratio of the two visits (:func:`differential_bias`).
+3. **Smoothing**: each visit by a Gaussian that brings it to the coarser of the two acquisition
    resolutions along every baseline axis (FWHM of a voxel ~ its size: ``sigma = sqrt(R^2 - r^2)/2.355``),
    combined with a common :data:`NOISE_SIGMA_MM` denoising kernel.
-3. **Normalisation** (after smoothing, so both visits' spreads are at the same resolution): each visit
+4. **Normalisation** (after smoothing, so both visits' spreads are at the same resolution): each visit
    ``z = (x - median) / (IQR / 1.349)`` over the brain mask (robust to the lesions and to the CSF tail;
    1 z is one standard deviation of brain tissue were it Gaussian).
-4. **Difference** ``d = z_follow - z_base``, minus what a residual misregistration of
+5. **Difference** ``d = z_follow - z_base``, minus what a residual misregistration of
    :data:`MISREGISTRATION_MM` could explain (how much higher the baseline gets within that distance,
    from one-sided differences; the follow-up's for decreases): ridges at ventricle and cortex edges vanish.
-5. **Candidates** (increase): ``d > CHANGE_Z`` AND the follow-up lesion-bright (``z_follow > BRIGHT_Z``)
-   AND the baseline parenchyma, not CSF (``z_base > TISSUE_FLOOR_Z``) AND inside the brain eroded by
-   :data:`EDGE_MM` (at least one voxel along each axis). Decreases mirror it. Connected components
-   (26-connectivity) of at least
+   The threshold adapts to this pair of scans: :data:`K_SIGMA` robust standard deviations of ``d`` over the
+   brain (its noise: scanner noise, residual misregistration and contrast differences between sessions),
+   and never below :data:`CHANGE_Z`.
+6. **Candidates** (increase): ``d`` above the threshold AND the follow-up brighter than three quarters of
+   the brain (``z_follow >`` :data:`HYPERINTENSE_Z`, the upper quartile) AND the baseline parenchyma, not
+   CSF (``z_base > TISSUE_FLOOR_Z``) AND inside the brain eroded by :data:`EDGE_MM` (at least one voxel
+   along each axis). Decreases mirror it. Connected components (26-connectivity) of at least
    :data:`MIN_VOLUME_MM3` (and :data:`MIN_VOXELS`), each trimmed to the voxels whose change is at least
    half its peak (the half-maximum boundary of a blurred change: partial volume and smoothing do not
    inflate the volume), are the change regions.
-6. **Kind**: an increase region that touches (one-voxel dilation) a lesion-bright baseline region of
-   at least the minimum size is ENLARGED, otherwise NEW; a decrease region that touches a lesion-bright
-   follow-up region is SHRUNK, otherwise GONE.
+7. **Kind**: an increase region that touches (one-voxel dilation) a lesion-bright (``z >`` :data:`BRIGHT_Z`)
+   baseline region of at least the minimum size is ENLARGED, otherwise NEW; a decrease region that touches
+   a lesion-bright follow-up region is SHRUNK, otherwise GONE.
 
 A stage: imports only ``medseg.core`` and libraries.
 """
@@ -52,12 +58,20 @@ FWHM_TO_SIGMA = 2.3548
 #: common denoising kernel (mm, standard deviation): a third of the smallest lesion of interest (3 mm),
 #: so a lesion keeps its contrast while the voxel noise (sub-mm in-plane voxels) averages down
 NOISE_SIGMA_MM = 1.0
-#: a follow-up voxel is lesion-bright when this far above the brain's median (robust z): above ~98 % of
-#: normal tissue (Gaussian tail at 2 SD), the usual "mean + 2 SD of NAWM" FLAIR hyperintensity rule
+#: a region is lesion-bright when this far above the brain's median (robust z): above ~98 % of normal
+#: tissue (Gaussian tail at 2 SD), the usual "mean + 2 SD of NAWM" FLAIR hyperintensity rule; it tells an
+#: existing lesion (ENLARGED, SHRUNK) from none (NEW, GONE)
 BRIGHT_Z = 2.0
-#: least increase (robust z) that counts as change: 1.5 SD of normal tissue, i.e. more than the spread of
-#: the difference of two independent normal-tissue samples at one SD of noise each (sqrt 2 = 1.41)
-CHANGE_Z = 1.5
+#: a changed voxel must be brighter than three quarters of the brain at the visit where it is lesion
+#: (robust z of the upper quartile: 0.674): small lesions lose contrast to partial volume and smoothing,
+#: so this only says "looks like lesion, not like darker tissue"; the difference decides the change
+HYPERINTENSE_Z = 0.674
+#: the change threshold is this many robust standard deviations of the difference over the brain: FSL's
+#: default cluster-forming threshold (Z > 2.3, one-sided p = 0.01); the regions it forms must then reach
+#: the minimum lesion volume (cluster-extent inference)
+K_SIGMA = 2.3
+#: and never below this (robust z of brain tissue): a change under half a tissue SD is not visible
+CHANGE_Z = 0.5
 #: residual misregistration (mm) after a rigid intra-patient brain registration (~1 mm, sub-voxel in-plane)
 MISREGISTRATION_MM = 1.0
 #: below this (robust z) a FLAIR voxel is CSF (nulled fluid), not parenchyma where a lesion could appear
@@ -70,6 +84,9 @@ MIN_VOLUME_MM3 = 4.0 / 3.0 * np.pi * 1.5 ** 3
 MIN_VOXELS = 3
 #: brain mask: erosion (mm) that separates the scalp from the brain across the skull (skull 5-7 mm)
 SKULL_MM = 6.0
+#: smoothing (mm, Gaussian SD) of the differential bias field: coil non-uniformity varies over several
+#: centimetres, lesions over millimetres, so the field follows the one and not the other
+DIFFERENTIAL_BIAS_SIGMA_MM = 15.0
 
 KINDS = ("new", "enlarged", "shrunk", "gone")
 _TITLES = {"new": "New lesion", "enlarged": "Enlarged lesion", "shrunk": "Shrunk lesion", "gone": "Gone lesion"}
@@ -131,6 +148,36 @@ def brain_mask_from_flair(volume: Volume) -> np.ndarray:
     for k in range(brain.shape[0]):
         brain[k] = ndimage.binary_fill_holes(brain[k])
     return np.asarray(ndimage.binary_fill_holes(brain))
+
+
+def differential_bias(base: np.ndarray, follow: np.ndarray, mask: np.ndarray,
+                      spacing_kji: np.ndarray) -> np.ndarray:
+    """The slowly varying ratio ``follow / base`` over ``mask`` (KJI float32, 1 = no difference).
+
+    Differential bias correction (Lewis & Fox, NeuroImage 2004): the log-ratio of the two registered
+    visits, with the voxels more than :data:`K_SIGMA` robust SD from its median (changed lesions, edges)
+    left out, smoothed by a normalised Gaussian convolution of :data:`DIFFERENTIAL_BIAS_SIGMA_MM` inside
+    the mask. Dividing the follow-up by it removes the session-to-session intensity non-uniformity and
+    keeps local changes.
+    """
+    m = np.asarray(mask, dtype=bool)
+    lo = min(float(base[m].min()), float(follow[m].min()))
+    log_ratio = (np.log(np.maximum(follow - lo, 0.0) + 1.0) - np.log(np.maximum(base - lo, 0.0) + 1.0)).astype(
+        np.float32)
+    vals = log_ratio[m]
+    centre, spread = float(np.median(vals)), robust_sd(vals)
+    use = m & (np.abs(log_ratio - centre) <= K_SIGMA * max(spread, 1e-6))
+    sig = DIFFERENTIAL_BIAS_SIGMA_MM / np.asarray(spacing_kji, dtype=float)
+    num = ndimage.gaussian_filter(np.where(use, log_ratio, 0.0).astype(np.float32), sig, mode="constant")
+    den = ndimage.gaussian_filter(use.astype(np.float32), sig, mode="constant")
+    smooth = np.where(den > 1e-3, num / np.maximum(den, 1e-3), centre)
+    return np.asarray(np.exp(smooth - centre), dtype=np.float32)
+
+
+def robust_sd(values: np.ndarray) -> float:
+    """Robust standard deviation (1.4826 x median absolute deviation) of ``values``."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(1.4826 * np.median(np.abs(v - np.median(v))))
 
 
 def robust_z(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -218,10 +265,10 @@ def _bright_regions(z: np.ndarray, inside: np.ndarray, min_voxels: int) -> np.nd
 
 # ------------------------------------------------------------------------------------------ the API
 def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_mask: np.ndarray | None = None,
-                         *, followup_resolution_mm: Sequence[float] | None = None,
-                         change_z: float = CHANGE_Z, bright_z: float = BRIGHT_Z,
+                         *, followup_resolution_mm: Sequence[float] | np.ndarray | None = None,
+                         change_z: float = CHANGE_Z, k_sigma: float = K_SIGMA,
                          min_volume_mm3: float = MIN_VOLUME_MM3, edge_mm: float = EDGE_MM,
-                         misregistration_mm: float = MISREGISTRATION_MM,
+                         misregistration_mm: float = MISREGISTRATION_MM, bias_correction: bool = True,
                          decreases: bool = True) -> tuple[LabelMap, list[dict]]:
     """Lesions new, enlarged, shrunk or gone between two FLAIRs on the baseline's grid.
 
@@ -231,14 +278,16 @@ def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_m
         brain_mask: KJI bool mask on that grid; derived from the baseline's intensities when None.
         followup_resolution_mm: the follow-up's native voxel size along the baseline's k, j, i axes
             (:func:`followup_resolution_on_baseline`); None: taken as the baseline's (no matching).
-        change_z, bright_z, min_volume_mm3, edge_mm, misregistration_mm: see the module constants.
+        change_z, k_sigma, min_volume_mm3, edge_mm, misregistration_mm: see the module constants.
+        bias_correction: remove the differential bias first (step 2).
         decreases: also report shrunk and gone lesions.
 
     Returns:
         a label map on the baseline's grid with one segment per change region ("New lesion 1",
         "Enlarged lesion 2", ...; label value = the number), and one dict per region: ``kind``,
         ``name``, ``label_value``, ``voxels``, ``volume_ml``, ``centroid_ras``, ``mean_change_z``,
-        ``max_change_z``, ``baseline_z``, ``followup_z`` (means over the region), ``evidence``.
+        ``max_change_z``, ``baseline_z``, ``followup_z`` (means over the region), ``threshold_z`` (the
+        pair's change threshold), ``evidence``.
     """
     if not baseline.same_grid(followup_on_baseline):
         raise InputError("the follow-up must be resampled onto the baseline's grid first "
@@ -256,10 +305,14 @@ def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_m
     if res_f.shape != (3,) or not np.all(res_f > 0):
         raise InputError(f"followup_resolution_mm must be 3 positive sizes (k, j, i), got {followup_resolution_mm}")
 
+    base_arr = np.asarray(baseline.array, np.float32)
+    fol_arr = np.asarray(followup_on_baseline.array, np.float32)
+    if bias_correction:
+        lo = float(fol_arr[brain].min())
+        fol_arr = (fol_arr - lo) / differential_bias(base_arr, fol_arr, brain, sp) + lo
     # smoothed first, then normalised: both at the same resolution, so their spreads compare
-    zb = robust_z(ndimage.gaussian_filter(np.asarray(baseline.array, np.float32), _sigmas_mm(sp, res_f) / sp), brain)
-    zf = robust_z(ndimage.gaussian_filter(np.asarray(followup_on_baseline.array, np.float32),
-                                          _sigmas_mm(res_f, sp) / sp), brain)
+    zb = robust_z(ndimage.gaussian_filter(base_arr, _sigmas_mm(sp, res_f) / sp), brain)
+    zf = robust_z(ndimage.gaussian_filter(fol_arr, _sigmas_mm(res_f, sp) / sp), brain)
     edge = np.maximum(np.round(edge_mm / sp), 1).astype(int)   # at least one voxel: its partial volume is unknown
     grids = np.ogrid[tuple(slice(-int(n), int(n) + 1) for n in edge)]
     ellipsoid = sum((g / max(int(n), 1)) ** 2 for g, n in zip(grids, edge, strict=True)) <= 1.0
@@ -267,9 +320,10 @@ def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_m
     voxel_mm3 = baseline.voxel_volume_mm3
     min_vox = max(MIN_VOXELS, int(np.ceil(min_volume_mm3 / voxel_mm3)))
     diff = zf - zb
+    threshold = max(float(change_z), float(k_sigma) * robust_sd(diff[brain]))
 
     up = diff - _rise_within(zb, sp, misregistration_mm)
-    inc = (up > change_z) & (zf > bright_z) & (zb > TISSUE_FLOOR_Z) & inner
+    inc = (up > threshold) & (zf > HYPERINTENSE_Z) & (zb > TISSUE_FLOOR_Z) & inner
     base_bright = _bright_regions(zb, brain, min_vox)
     found: list[tuple[str, np.ndarray]] = []
     for m in _regions(inc, min_vox):
@@ -280,7 +334,7 @@ def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_m
         found.append(("enlarged" if touch.any() else "new", m))
     if decreases:
         down = -diff - _rise_within(-zf, sp, misregistration_mm)
-        dec = (down > change_z) & (zb > bright_z) & (zf > TISSUE_FLOOR_Z) & inner
+        dec = (down > threshold) & (zb > HYPERINTENSE_Z) & (zf > TISSUE_FLOOR_Z) & inner
         fol_bright = _bright_regions(zf, brain, min_vox)
         for m in _regions(dec, min_vox):
             m = _half_maximum(m, down)
@@ -301,11 +355,13 @@ def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_m
         dz = diff[m]
         mzb, mzf = float(zb[m].mean()), float(zf[m].mean())
         if kind in ("new", "enlarged"):
-            why = (f"follow-up {mzf:+.1f} z vs baseline {mzb:+.1f} z (brain median 0); "
+            why = (f"follow-up {mzf:+.1f} z vs baseline {mzb:+.1f} z (brain median 0, change threshold "
+                   f"{threshold:.2f} z); "
                    + ("touches a lesion-bright baseline region" if kind == "enlarged"
                       else "no lesion-bright baseline region touches it"))
         else:
-            why = (f"baseline {mzb:+.1f} z vs follow-up {mzf:+.1f} z (brain median 0); "
+            why = (f"baseline {mzb:+.1f} z vs follow-up {mzf:+.1f} z (brain median 0, change threshold "
+                   f"{threshold:.2f} z); "
                    + ("a lesion-bright follow-up region remains next to it" if kind == "shrunk"
                       else "no lesion-bright follow-up region touches it"))
         segments.append(Segment(f"Segment_{n}", name, _COLORS[kind], n))
@@ -314,7 +370,7 @@ def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_m
             "volume_ml": float(m.sum() * voxel_mm3 / 1000.0),
             "centroid_ras": [float(x) for x in centroid],
             "mean_change_z": float(dz.mean()), "max_change_z": float(np.abs(dz).max()) * (1 if dz.mean() >= 0 else -1),
-            "baseline_z": mzb, "followup_z": mzf, "evidence": why,
+            "baseline_z": mzb, "followup_z": mzf, "threshold_z": threshold, "evidence": why,
         })
     labels = LabelMap(baseline.with_array(out, name=f"{baseline.name or 'baseline'} lesion change"), tuple(segments))
     return labels, regions

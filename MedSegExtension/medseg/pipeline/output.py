@@ -10,7 +10,7 @@ is true, and never when it is or holds one of the result's inputs
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medseg.core.errors import InputError, OutputError
@@ -40,6 +40,7 @@ def write_result(
     html: bool = True,
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
+    extra: Callable[[Path], dict[str, str]] | None = None,
 ) -> dict[str, str]:
     """Write segmentation, boxes, models and reports into ``out_dir``; return {what: relative path}.
 
@@ -48,6 +49,8 @@ def write_result(
     with ``dicom_formats`` (:class:`medseg.core.formats.DicomFormat`; the first input must be a DICOM
     series, else ``InputError`` before anything is written): ``rtstruct.dcm`` and/or ``seg.dcm``;
     ``report.json`` (validated against the schema); ``report.html`` + ``figures/*.png``.
+    ``extra(stage_dir)`` writes more files into the same all-or-nothing folder before the report and
+    returns {what: relative path} for the report's file list.
     """
     formats = parse_mesh_formats(mesh_formats)
     dicom = tuple(DicomFormat.parse(f, "DICOM format") for f in dicom_formats)
@@ -56,7 +59,8 @@ def write_result(
     source_files = _dicom_sources(result) if dicom else []
     cancel = cancel or CancelToken()
     try:
-        return _write_all(result, Path(out_dir), overwrite, formats, dicom, source_files, html, progress, cancel)
+        return _write_all(result, Path(out_dir), overwrite, formats, dicom, source_files, html, progress, cancel,
+                          extra)
     except OutputError:
         raise
     except OSError as e:
@@ -86,7 +90,8 @@ def _write_dicom(result: Result, dicom: Sequence[DicomFormat], source_files: lis
         files[str(fmt)] = fmt.filename
 
 
-def _write_all(result, out_dir, overwrite, formats, dicom, source_files, html, progress, cancel) -> dict[str, str]:
+def _write_all(result, out_dir, overwrite, formats, dicom, source_files, html, progress, cancel,
+               extra=None) -> dict[str, str]:
     t0 = time.perf_counter()
     files: dict[str, str] = {}
     taken_volumes: set[str] = {"segmentation", "report", "boxes"}
@@ -129,6 +134,9 @@ def _write_all(result, out_dir, overwrite, formats, dicom, source_files, html, p
             rel = f"{unique_file_stem(vname, taken_volumes, 'volume')}.nrrd"
             write_volume_nrrd(vol, stage_dir / rel)
             files[f"{VOLUME_FILE_PREFIX}{vname}"] = rel
+        if extra is not None:
+            files.update(extra(stage_dir))
+            cancel.check()
         progress(0.75, "writing report")
         result.timings["write"] = time.perf_counter() - t0
         report = build_report(result, files=files, device=result.device,

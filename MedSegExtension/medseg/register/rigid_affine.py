@@ -68,6 +68,8 @@ SAMPLES_PER_LEVEL = 60_000
 SAMPLING_SEED = 20240611
 HISTOGRAM_BINS = 32
 ITERATIONS = 200
+#: a metric mask needs at least this many voxels (the metric's histogram needs samples)
+MIN_MASK_VOXELS = 1000
 TRANSFORM_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
 
 
@@ -150,10 +152,17 @@ def _levels(image: sitk.Image) -> tuple[list[int], list[float]]:
     return shrink, sigmas
 
 
-def _method(fixed: sitk.Image, shrink: list[int], sigmas: list[float]) -> sitk.ImageRegistrationMethod:
+def _method(fixed: sitk.Image, shrink: list[int], sigmas: list[float],
+            fixed_mask: sitk.Image | None = None) -> sitk.ImageRegistrationMethod:
     n = int(np.prod(fixed.GetSize()))
+    if fixed_mask is not None:
+        # the samples are drawn from the whole grid and those outside the mask dropped: ask for more
+        inside = float(sitk.GetArrayViewFromImage(fixed_mask).mean())
+        n = int(n * max(inside, 1e-3))
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
+    if fixed_mask is not None:
+        reg.SetMetricFixedMask(fixed_mask)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentagePerLevel(
         [float(min(1.0, max(0.005, SAMPLES_PER_LEVEL * f**3 / n))) for f in shrink], SAMPLING_SEED)
@@ -166,9 +175,9 @@ def _method(fixed: sitk.Image, shrink: list[int], sigmas: list[float]) -> sitk.I
 
 def _run_stage(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform, *, learning_rate: float,
                progress: ProgressCallback, span: tuple[float, float], label: str,
-               cancel: CancelToken | None) -> sitk.Transform:
+               cancel: CancelToken | None, fixed_mask: sitk.Image | None = None) -> sitk.Transform:
     shrink, sigmas = _levels(fixed)
-    reg = _method(fixed, shrink, sigmas)
+    reg = _method(fixed, shrink, sigmas, fixed_mask)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=learning_rate, minStep=1e-3, numberOfIterations=ITERATIONS,
         relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
@@ -194,9 +203,10 @@ def _run_stage(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform, *
     return initial
 
 
-def _evaluate(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+def _evaluate(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
+              fixed_mask: sitk.Image | None = None) -> float:
     """Mattes MI of ``transform`` at full resolution with the fixed sample set (comparable values)."""
-    reg = _method(fixed, [1], [0.0])
+    reg = _method(fixed, [1], [0.0], fixed_mask)
     reg.SetInitialTransform(transform, inPlace=False)
     return float(reg.MetricEvaluate(fixed, moving))
 
@@ -265,12 +275,14 @@ def _boundary_distance(a: np.ndarray, b: np.ndarray, region: np.ndarray, spacing
 
 # --------------------------------------------------------------------------------------- the API
 def register_volumes(fixed: Volume, moving: Volume, *, affine: bool = True, modality: str = "CT",
-                     progress: ProgressCallback = no_progress,
+                     fixed_mask: np.ndarray | None = None, progress: ProgressCallback = no_progress,
                      cancel: CancelToken | None = None) -> Registration:
     """Register ``moving`` (follow-up) to ``fixed`` (baseline), rigid then (``affine``) affine.
 
     Both scans are of the same ``modality`` ("CT" or "MR"; it only chooses the foreground masks of
-    the initialisation and of the quality check). Raises :class:`RegistrationError` when the
+    the initialisation and of the quality check). ``fixed_mask`` (KJI bool on the fixed grid): the
+    metric samples only there, e.g. the brain, so that parts that move on their own between visits
+    (jaw, neck, scalp) do not pull a rigid registration of the brain. Raises :class:`RegistrationError` when the
     foreground Dice after registration is below 0.5, ``InputError`` for unusable inputs and
     ``CancelledError`` when ``cancel`` is set (checked between levels and stages).
     """
@@ -278,6 +290,15 @@ def register_volumes(fixed: Volume, moving: Volume, *, affine: bool = True, moda
         raise InputError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     f_img = _float_image(fixed, "fixed (baseline)")
     m_img = _float_image(moving, "moving (follow-up)")
+    mask_img = None
+    if fixed_mask is not None:
+        mask = np.asarray(fixed_mask, dtype=bool)
+        if mask.shape != np.asarray(fixed.array).shape:
+            raise InputError(f"fixed_mask shape {mask.shape} does not match the fixed volume's "
+                             f"{np.asarray(fixed.array).shape}")
+        if int(mask.sum()) < MIN_MASK_VOXELS:
+            raise InputError(f"fixed_mask holds {int(mask.sum())} voxels; at least {MIN_MASK_VOXELS} are needed")
+        mask_img = volume_to_sitk(fixed.with_array(mask.astype(np.uint8)))
     warnings: list[str] = []
     progress(0.0, "registration: initialising from the foreground centroids")
     f_c = _centroid_lps(f_img, foreground_mask(fixed.array, modality))
@@ -289,8 +310,8 @@ def register_volumes(fixed: Volume, moving: Volume, *, affine: bool = True, moda
         cancel.check()
     span_rigid = (0.0, 0.5) if affine else (0.0, 0.9)
     _run_stage(f_img, m_img, rigid, learning_rate=2.0, progress=progress, span=span_rigid,
-               label="rigid", cancel=cancel)
-    quality: dict[str, float] = {"rigid_metric": _evaluate(f_img, m_img, rigid)}
+               label="rigid", cancel=cancel, fixed_mask=mask_img)
+    quality: dict[str, float] = {"rigid_metric": _evaluate(f_img, m_img, rigid, mask_img)}
     final: sitk.Transform = rigid
     mode = "rigid"
     if affine:
@@ -299,8 +320,8 @@ def register_volumes(fixed: Volume, moving: Volume, *, affine: bool = True, moda
         aff.SetTranslation(rigid.GetTranslation())
         aff.SetCenter(rigid.GetCenter())
         _run_stage(f_img, m_img, aff, learning_rate=1.0, progress=progress, span=(0.5, 0.9),
-                   label="affine", cancel=cancel)
-        quality["affine_metric"] = _evaluate(f_img, m_img, aff)
+                   label="affine", cancel=cancel, fixed_mask=mask_img)
+        quality["affine_metric"] = _evaluate(f_img, m_img, aff, mask_img)
         scales = _scales(aff)
         lo, hi = SCALE_RANGE
         if not (lo <= scales.min() and scales.max() <= hi):
