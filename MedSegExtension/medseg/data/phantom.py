@@ -21,6 +21,11 @@ What it contains (sizes for the default field of view, about 288 x 240 x 240 mm)
 
 The image is blurred (Gaussian PSF, 0.6 mm) and Gaussian noise (15 HU) is added; ``seed`` fixes the
 noise. Generation of the default grid (96 x 160 x 192 voxels) takes well under 2 s.
+
+For constructed follow-ups with exact truth, ``lesions`` replaces the lung lesion table (other sizes,
+some left out, others added; :func:`medseg.data.phantom_anatomy.lung_lesion_layout` is the default)
+and ``pose`` moves the whole patient by a known rigid (or affine) motion: every voxel is still
+rasterised from the implicit shapes, so the truth stays exact on any grid.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ from medseg.data.phantom_anatomy import (
 BODY, RIGHT_LUNG, LEFT_LUNG, BONE, HEART, LIVER, AIRWAY = 1, 2, 3, 4, 5, 6, 7
 RIGHT_VESSELS, LEFT_VESSELS, LIVER_LESION = 8, 9, 10
 FIRST_LUNG_LESION = 11
+
+#: one lung lesion: (name, kind, centre xyz, diameters xyz, side, location), anatomical frame (mm);
+#: kind "lung nodule" or "lung mass" (see :func:`medseg.data.phantom_anatomy.lung_lesion_layout`)
+LungLesion = tuple[str, str, tuple[float, float, float], tuple[float, float, float], str, str]
 
 #: HU values of the noise-free phantom
 HU = {
@@ -195,6 +204,8 @@ def make_chest_phantom(
     origin: Sequence[float] | None = None,
     *,
     lung_lesions: bool = True,
+    lesions: Sequence[LungLesion] | None = None,
+    pose: np.ndarray | None = None,
     noise_hu: float = 15.0,
     blur_mm: float = 0.6,
     name: str = "chest_phantom",
@@ -208,16 +219,25 @@ def make_chest_phantom(
         direction: 3x3 RAS direction (columns = unit i, j, k axes); identity when None.
         origin: RAS position (mm) of voxel (0, 0, 0); when None the grid is centred on RAS (0, 0, 0).
         lung_lesions: False leaves out every lung nodule and the mass (the liver lesion stays).
+        lesions: the lung lesions (``LungLesion`` rows, anatomical frame) in place of the default
+            :func:`~medseg.data.phantom_anatomy.lung_lesion_layout`; label values follow in their order
+            from ``FIRST_LUNG_LESION``. Ignored when ``lung_lesions`` is False.
+        pose: 4x4 RAS matrix from the anatomical frame (mm, the phantom's centre at 0) to world RAS:
+            the whole patient moved by a known rigid (or affine) motion. None: a translation to the
+            grid's centre (the patient centred in the grid, as without it). Structure centres in the
+            truth are mapped through it; their ``size_mm`` stay in the anatomical frame.
         noise_hu: standard deviation of the added Gaussian noise (HU); 0 for none.
         blur_mm: Gaussian PSF sigma (mm, per axis converted to voxels); 0 for none.
         name: the volume's name.
 
     Returns:
-        ``(volume, truth)``: the CT and a ``PhantomTruth`` on the same grid. The anatomy is centred on
-        the RAS centre of the grid and always oriented along RAS (x right, y anterior, z superior).
+        ``(volume, truth)``: the CT and a ``PhantomTruth`` on the same grid. Without ``pose`` the anatomy
+        is centred on the RAS centre of the grid and always oriented along RAS (x right, y anterior,
+        z superior).
 
     Raises:
-        InputError: bad shape, spacing or direction, or a grid that does not contain every lesion centre.
+        InputError: bad shape, spacing, direction, lesion rows or pose, or a grid that does not contain
+            every lesion centre.
     """
     shape = tuple(int(s) for s in shape_kji)
     if len(shape) != 3 or min(shape) < 2:
@@ -230,8 +250,16 @@ def make_chest_phantom(
     if origin is None:  # centre the grid on RAS 0
         m[:3, 3] = -(m[:3, :3] @ centre_ijk)
     centre = m[:3, :3] @ centre_ijk + m[:3, 3]
+    lesion_rows: list[LungLesion] = []
+    if lung_lesions:
+        lesion_rows = lung_lesion_layout() if lesions is None else _checked_lesions(lesions)
 
-    cv = _Canvas(m, shape, centre)
+    if pose is None:
+        cv = _Canvas(m, shape, centre)
+    else:
+        pose = _checked_pose(pose)
+        # rasterise in the anatomical frame: voxel -> world (m) -> anatomy (pose^-1), centre at 0
+        cv = _Canvas(np.linalg.inv(pose) @ m, shape, np.zeros(3))
     fov = np.linalg.norm(m[:3, :3], axis=0) * np.array([i, j, k], dtype=float)
     every = (slice(None),) * 3
     ax, ay = BODY_AXES
@@ -319,7 +347,7 @@ def make_chest_phantom(
     structures.append(PhantomStructure("Liver lesion", LIVER_LESION, "liver lesion", ll_c, (2 * ll_r,) * 3, "right"))
 
     if lung_lesions:
-        for n, (lname, kind, c, dia, lside, where) in enumerate(lung_lesion_layout()):
+        for n, (lname, kind, c, dia, lside, where) in enumerate(lesion_rows):
             semi = np.asarray(dia, dtype=float) / 2.0
             cv.paint(cv.box(np.subtract(c, semi), np.add(c, semi)),
                      partial(ellipsoid, centre=c, axes=semi), HU["lung_lesion"], FIRST_LUNG_LESION + n)
@@ -342,10 +370,46 @@ def make_chest_phantom(
     arr = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
     # structure centres in world RAS
+    def to_world(c: Sequence[float]) -> tuple[float, float, float]:
+        if pose is None:
+            return xyz(np.add(c, centre))
+        return xyz(pose[:3, :3] @ np.asarray(c, dtype=float) + pose[:3, 3])
+
     world = tuple(
-        PhantomStructure(s.name, s.label_value, s.kind, xyz(np.add(s.centre_ras, centre)),
-                         s.size_mm, s.side, s.location)
+        PhantomStructure(s.name, s.label_value, s.kind, to_world(s.centre_ras), s.size_mm, s.side, s.location)
         for s in structures
     )
-    vol = Volume(arr, m, name, {"phantom_centre_ras": centre.tolist(), "seed": int(seed)})
+    meta = {"phantom_centre_ras": list(to_world((0.0, 0.0, 0.0))), "seed": int(seed)}
+    if pose is not None:
+        meta["phantom_pose_ras"] = pose.tolist()
+    vol = Volume(arr, m, name, meta)
     return vol, PhantomTruth(cv.lab, world)
+
+
+def _checked_lesions(lesions: Sequence[LungLesion]) -> list[LungLesion]:
+    rows: list[LungLesion] = []
+    for row in lesions:
+        try:
+            lname, kind, c, dia, lside, where = row
+            c, dia = xyz(c), xyz(dia)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"a phantom lesion must be (name, kind, centre xyz, diameters xyz, side, location), "
+                             f"got {row!r}") from e
+        if kind not in ("lung nodule", "lung mass"):
+            raise InputError(f"phantom lesion {lname!r}: kind must be 'lung nodule' or 'lung mass', got {kind!r}")
+        if not (np.all(np.isfinite(c)) and np.all(np.isfinite(dia)) and min(dia) > 0):
+            raise InputError(f"phantom lesion {lname!r}: centre {c} and diameters {dia} mm must be finite, "
+                             "diameters > 0")
+        rows.append((str(lname), kind, c, dia, str(lside), str(where)))
+    if FIRST_LUNG_LESION + len(rows) > 256:
+        raise InputError(f"at most {256 - FIRST_LUNG_LESION} phantom lung lesions, got {len(rows)}")
+    return rows
+
+
+def _checked_pose(pose: np.ndarray) -> np.ndarray:
+    p = np.asarray(pose, dtype=np.float64)
+    if p.shape != (4, 4) or not np.all(np.isfinite(p)) or not np.allclose(p[3], (0.0, 0.0, 0.0, 1.0)) \
+            or abs(np.linalg.det(p[:3, :3])) < 1e-6:
+        raise InputError(f"phantom pose must be a finite, invertible 4x4 affine matrix (last row 0 0 0 1), got "
+                         f"{np.asarray(pose).tolist()}")
+    return p
