@@ -1,7 +1,8 @@
 """Evaluate the lesion-change detection (``medseg.followup.change``) on the two MS longitudinal patients.
 
-For patient01 and patient03 of ``ms_longitudinal``: read both FLAIRs, register study2 onto study1
-ourselves (rigid, ``medseg.register.register_volumes``), resample, detect the change, carry the labels to
+For patient01 and patient03 of ``ms_longitudinal``: read both FLAIRs, run the route of
+``medseg compare --change`` (``medseg.pipeline.change.change_cases``: brain mask, brain-masked rigid
+registration of study2 onto study1, resampling, detection), carry the new and enlarged labels to
 the common space of ``gt.nii.gz`` with the shipped ``study1_FLAIR_to_common_space.txt`` (common ->
 study1 points, as ``sitk.Resample`` wants; nearest neighbour), and score against the manual change mask:
 voxel Dice of new+enlarged, lesion-wise sensitivity (gt components touched by a detection) and false
@@ -26,15 +27,9 @@ from scipy import ndimage
 
 from medseg.core.frames import volume_to_sitk
 from medseg.core.volume import Volume
-from medseg.followup.change import (
-    MIN_VOXELS,
-    brain_mask_from_flair,
-    detect_lesion_change,
-    followup_resolution_on_baseline,
-    robust_z,
-)
+from medseg.followup.change import MIN_VOXELS, brain_mask_from_flair, robust_z
 from medseg.io.volume_reader import read_volume
-from medseg.register import register_volumes, resample_volume
+from medseg.pipeline.change import change_cases
 
 PATIENTS = ("patient01", "patient03")
 CONN26 = np.ones((3, 3, 3), dtype=bool)
@@ -61,13 +56,11 @@ def score(pred: np.ndarray, gt: np.ndarray) -> dict:
 
 def run_patient(data: Path, pid: str) -> list[tuple[str, dict]]:
     raw, cor = data / "raw" / pid, data / "coregistered" / pid
-    # --- the call sequence the pipeline mirrors -------------------------------------------------
+    # --- the shipped route of ``medseg compare --change`` --------------------------------------
     study1 = read_volume(raw / "study1_FLAIR.nii.gz")
     study2 = read_volume(raw / "study2_FLAIR.nii.gz")
-    reg = register_volumes(study1, study2, affine=False, modality="MR", fixed_mask=brain_mask_from_flair(study1))
-    study2_on_1 = resample_volume(study2, study1, reg)
-    labels, regions = detect_lesion_change(
-        study1, study2_on_1, followup_resolution_mm=followup_resolution_on_baseline(study1, study2))
+    c = change_cases(study1, study2)
+    reg, labels, regions, study2_on_1 = c.registration, c.result.labelmap, c.regions, c.followup_image_on_baseline
     # ---------------------------------------------------------------------------------------------
     values = {r["label_value"]: r["kind"] for r in regions}
     arr = labels.array
@@ -84,7 +77,8 @@ def run_patient(data: Path, pid: str) -> list[tuple[str, dict]]:
     pred_c = to_common(inc, study1, gt_img, tx)
     naive_c = to_common(naive, study1, gt_img, tx)
     kinds = {k: sum(r["kind"] == k for r in regions) for k in ("new", "enlarged", "shrunk", "gone")}
-    print(f"{pid}: registration {reg.mode}, foreground Dice {reg.quality['foreground_dice']:.3f}; regions {kinds}")
+    print(f"{pid}: registration {reg.mode}, foreground Dice {reg.quality['foreground_dice']:.3f}; regions {kinds}; "
+          f"threshold {regions[0]['threshold_z'] if regions else float('nan'):.2f} z")
     return [("method", score(pred_c, gt)), ("method in gt brain", score(pred_c & gbrain, gt)),
             ("naive", score(naive_c, gt)), ("naive in gt brain", score(naive_c & gbrain, gt))]
 
