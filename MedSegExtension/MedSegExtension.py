@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import numpy as np
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -78,6 +78,10 @@ class MedSegExtensionParameterNode:
     inputVolume, inputVolume2, inputVolume3 - the task's inputs in order (e.g. FLAIR, T1c).
     outputSegmentation - None: a new segmentation; else new segments are added to this one.
     task - task name (see ``MedSegExtensionLogic.availableTasks``).
+    baselineVolume, followupVolume - the two visits of "Compare visits" (their first inputs).
+    baselineSegmentation, followupSegmentation - None: segment that visit with the task; else use this.
+    intervalDays - days between the scans (0: unknown).
+    compareTable - the lesion table of the last comparison ("Recompute response" corrects it).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -96,6 +100,12 @@ class MedSegExtensionParameterNode:
     saveFolder: pathlib.Path
     saveRtstruct: bool = False
     saveDicomSeg: bool = False
+    baselineVolume: Optional[vtkMRMLScalarVolumeNode]
+    followupVolume: Optional[vtkMRMLScalarVolumeNode]
+    baselineSegmentation: Optional[vtkMRMLSegmentationNode]
+    followupSegmentation: Optional[vtkMRMLSegmentationNode]
+    intervalDays: Annotated[float, WithinRange(0.0, 36500.0)] = 0.0
+    compareTable: Optional[vtkMRMLTableNode]
 
 
 #
@@ -111,8 +121,10 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: Optional[MedSegExtensionParameterNode] = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._jobIsComparison = False
         self._timer = None
         self._tasks = []
+        self._compareCells: dict = {}  # lesion row -> its "Follow-up" cell as shown (edits are compared to it)
 
     def setup(self) -> None:
         import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
@@ -133,6 +145,8 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.compare_applyButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.recompute_applyButton.connect("clicked(bool)", self.onRecomputeButton)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -221,9 +235,15 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._job is not None:
             return
-        ok = bool(self._parameterNode and self._parameterNode.inputVolume)
+        p = self._parameterNode
+        ok = bool(p and p.inputVolume)
         self.ui.applyButton.enabled = ok
         self.ui.applyButton.toolTip = _("Run MedSeg") if ok else _("Select an input volume")
+        ok = bool(p and p.baselineVolume and p.followupVolume)
+        self.ui.compare_applyButton.enabled = ok
+        self.ui.compare_applyButton.toolTip = (_("Compare the two visits") if ok
+                                               else _("Select a baseline and a follow-up volume"))
+        self.ui.recompute_applyButton.enabled = bool(p and p.compareTable and self._compareCells)
 
     def _inputs(self) -> list:
         p = self._parameterNode
@@ -256,12 +276,61 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 params=self._params(), createModels=p.createModels, createTable=p.createTable,
                 saveFolder=p.saveFolder if p.saveResults else None, progressCallback=self._onProgress,
                 force=p.force, dicomFormats=self._dicomFormats() if p.saveResults else ())
-            self.ui.applyButton.text = _("Cancel")
-            self.ui.applyButton.toolTip = _("Stop MedSeg; nothing is added to the scene")
-            self.ui.progressBar.setVisible(True)
-            self.ui.progressBar.value = 0
+            self._jobIsComparison = False
+            self._setBusy(self.ui.applyButton)
             self.ui.resultsTable.setRowCount(0)
             self._timer.start()
+
+    def _setBusy(self, button) -> None:
+        """A job started from ``button``: it becomes Cancel, the other run buttons are disabled."""
+        for other in (self.ui.applyButton, self.ui.compare_applyButton, self.ui.recompute_applyButton):
+            other.enabled = other is button
+        button.text = _("Cancel")
+        button.toolTip = _("Stop MedSeg; nothing is added to the scene")
+        self.ui.progressBar.setVisible(True)
+        self.ui.progressBar.value = 0
+
+    def onCompareButton(self) -> None:
+        """Compare starts a comparison of the two visits; while one runs the same button cancels it."""
+        if self._job is not None:
+            self.ui.statusLabel.text = _("Cancelling...")
+            self._job.cancel()
+            self.onPollTimer()
+            return
+        with slicer.util.tryWithErrorDisplay(_("MedSeg could not start the comparison."), waitCursor=True):
+            if self.logic.checkDependencies():
+                slicer.util.infoDisplay(_("Python packages were updated. Restart Slicer, then press Compare again."))
+                return
+            p = self._parameterNode
+            self._job = self.logic.startCompare(
+                [p.baselineVolume], [p.followupVolume], p.task, baselineSegmentation=p.baselineSegmentation,
+                followupSegmentation=p.followupSegmentation, intervalDays=p.intervalDays or None, device=p.device,
+                params=self._params(), createModels=p.createModels, force=p.force, progressCallback=self._onProgress)
+            self._jobIsComparison = True
+            self._setBusy(self.ui.compare_applyButton)
+            self._compareCells = {}
+            self.ui.compare_resultsTable.setRowCount(0)
+            self.ui.compareResponseLabel.text = ""
+            self._timer.start()
+
+    def onRecomputeButton(self) -> None:
+        """Read the edited "Follow-up" cells as corrections and recompute the changes and responses."""
+        from MedSegExtensionLib.results_table import COMPARE_COLUMNS  # glue: after the dependency check
+
+        with slicer.util.tryWithErrorDisplay(_("MedSeg could not recompute the response."), waitCursor=True):
+            tableNode = self._parameterNode.compareTable
+            column = [key for _t, key, _u in COMPARE_COLUMNS].index("followup")
+            table = self.ui.compare_resultsTable
+            edits = {}
+            for row, shown in self._compareCells.items():
+                item = table.item(row, column)
+                text = item.text() if item is not None else ""
+                if text.strip() != shown:
+                    edits[row] = text
+            corrections = self.logic.comparisonCorrections(tableNode, edits)
+            outcome, rows = self.logic.recomputeComparison(tableNode, corrections)
+            self._showComparisonRows(rows, len(outcome.matches), outcome.recist, outcome.volumetric)
+            self.ui.statusLabel.text = _("Recomputed with {n} correction(s)").format(n=len(corrections))
 
     def _dicomFormats(self) -> tuple:
         """The DICOM objects ticked under "Save to folder" (``medseg.core.formats.DicomFormat`` values)."""
@@ -277,8 +346,10 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is None or not self._job.poll():
             return
         job, self._job = self._job, None
+        isComparison, self._jobIsComparison = self._jobIsComparison, False
         self._timer.stop()
         self.ui.applyButton.text = _("Apply")
+        self.ui.compare_applyButton.text = _("Compare")
         self.ui.progressBar.setVisible(False)
         self._checkCanApply()
         if job.error is not None:
@@ -290,7 +361,10 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             slicer.util.errorDisplay(_("MedSeg failed: {error}").format(error=message))
             return
-        self._showResult(job.result)
+        if isComparison:
+            self._showComparison(job.result)
+        else:
+            self._showResult(job.result)
 
     def _showResult(self, result) -> None:
         import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
@@ -309,6 +383,40 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for w in result.warnings:
             log.warning("MedSeg: %s", w)
         slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, fit=False)
+
+    def _showComparison(self, result) -> None:
+        """A finished comparison: its table in the panel (Follow-up cells of lesion rows editable)."""
+        self._parameterNode.compareTable = result.tableNode
+        self._showComparisonRows(result.rows, len(result.matches), result.recist, result.volumetric)
+        self.ui.statusLabel.text = _("Compared in {s:.1f} s: {n} lesion group(s)").format(
+            s=result.elapsedSeconds, n=len(result.matches))
+        for w in result.warnings:
+            log.warning("MedSeg: %s", w)
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.baselineVolume,
+                                         foreground=result.followupOnBaselineNode, foregroundOpacity=0.5, fit=False)
+
+    def _showComparisonRows(self, rows: list, lesionRows: int, recist: dict, volumetric: dict) -> None:
+        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+
+        from MedSegExtensionLib.results_table import COMPARE_COLUMNS, format_cell  # glue: after the dependency check
+
+        table = self.ui.compare_resultsTable
+        table.setColumnCount(len(COMPARE_COLUMNS))
+        table.setHorizontalHeaderLabels([f"{t} ({u})" if u else t for t, _k, u in COMPARE_COLUMNS])
+        table.setRowCount(len(rows))
+        readOnly = qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable
+        self._compareCells = {}
+        for r, row in enumerate(rows):
+            for c, (_t, key, _u) in enumerate(COMPARE_COLUMNS):
+                item = qt.QTableWidgetItem(format_cell(row[key]))
+                editable = key == "followup" and r < lesionRows and bool(row["baseline"])
+                item.setFlags(readOnly | qt.Qt.ItemIsEditable if editable else readOnly)
+                table.setItem(r, c, item)
+            if r < lesionRows and row["baseline"]:
+                self._compareCells[r] = row["followup"]
+        self.ui.compareResponseLabel.text = _("RECIST 1.1: {r} ({rr})\nVolumetric: {v} ({vr})").format(
+            r=recist["response"], rr=recist["rule"], v=volumetric["response"], vr=volumetric["rule"])
+        self._checkCanApply()
 
 
 #
@@ -430,6 +538,153 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         job = MedSegJob(request, progressCallback)
         job.start()
         return job
+
+
+    # ------------------------------------------------------------------ compare two visits
+    def createCompareRequest(self, baselineVolumes: Sequence, followupVolumes: Sequence, task: str,
+                             baselineSegmentation=None, followupSegmentation=None,
+                             intervalDays: Optional[float] = None, device: str = "auto",
+                             params: Optional[dict] = None, createModels: bool = False, rigidOnly: bool = False,
+                             force: bool = False, keepTemporaryFiles: bool = False):
+        """Validate the nodes and options of a comparison and copy them out of the scene (``CompareRequest``).
+
+        ``baselineVolumes``/``followupVolumes``: each visit's inputs in the task's order (the same count);
+        the first ones are registered. ``baselineSegmentation``/``followupSegmentation``: a segmentation
+        node to use for that visit instead of segmenting it (exported onto the visit's first volume's
+        grid). ``intervalDays``: days between the scans (None or 0: unknown).
+
+        Raises:
+            InputError: unknown task, wrong or unequal numbers of inputs, a volume in both visits, a node
+                of the wrong kind, a segmentation under a transform or without segments, a bad interval.
+            DeviceError: a malformed device.
+        """
+        # glue: deferred until a comparison starts (it imports the core, torch included)
+        from MedSegExtensionLib.compare_job import (
+            NODE_ROLES,
+            CompareRequest,
+            check_interval_days,
+            labelmap_from_segmentation_node,
+        )
+        from MedSegExtensionLib.job import volumes_from_nodes  # glue: deferred, as above
+        from MedSegExtensionLib.tasks import find_task  # glue: deferred, as above
+
+        info = find_task(task)
+        if info is None:
+            raise InputError(f"unknown task {task!r}; known: {', '.join(t.name for t in self.availableTasks())}")
+        visits = {"baseline": list(baselineVolumes or []), "follow-up": list(followupVolumes or [])}
+        for what, nodes in visits.items():
+            if not nodes or any(n is None for n in nodes):
+                raise InputError(f"a {what} volume is not selected")
+            if not info.min_inputs <= len(nodes) <= info.max_inputs:
+                raise InputError(f"task {task} takes {info.min_inputs}..{info.max_inputs} input volume(s) per visit "
+                                 f"({', '.join(info.input_names)}); the {what} has {len(nodes)}")
+            if len({id(n) for n in nodes}) != len(nodes):
+                raise InputError(f"the same volume is selected twice as a {what} input")
+        if len(visits["baseline"]) != len(visits["follow-up"]):
+            raise InputError(f"both visits need the same inputs: the baseline has {len(visits['baseline'])}, "
+                             f"the follow-up {len(visits['follow-up'])}")
+        both = {id(n) for n in visits["baseline"]} & {id(n) for n in visits["follow-up"]}
+        if both:
+            name = next(n.GetName() for n in visits["baseline"] if id(n) in both)
+            raise InputError(f"volume {name!r} is selected as both the baseline and the follow-up")
+        for what, seg in (("baseline", baselineSegmentation), ("follow-up", followupSegmentation)):
+            if seg is not None and not isinstance(seg, vtkMRMLSegmentationNode):
+                raise InputError(f"the {what} segmentation {seg.GetName()!r} is not a segmentation node")
+        days = check_interval_days(intervalDays)
+        device = parse_device(device)
+        baseNodes, followNodes = visits["baseline"], visits["follow-up"]
+        baseVolumes, followVolumes = volumes_from_nodes(baseNodes), volumes_from_nodes(followNodes)
+        warnings: list = []
+        labelmaps = []
+        for seg, node, volume in ((baselineSegmentation, baseNodes[0], baseVolumes[0]),
+                                  (followupSegmentation, followNodes[0], followVolumes[0])):
+            labelmap = None
+            if seg is not None:
+                labelmap, notes = labelmap_from_segmentation_node(seg, node, volume)
+                warnings.extend(notes)
+            labelmaps.append(labelmap)
+        b, f = baseNodes[0].GetName(), followNodes[0].GetName()
+        names = dict(zip(NODE_ROLES, (f"{b} {task} baseline", f"{f} {task} follow-up", f"{f} on {b}",
+                                      f"{f} to {b}", f"{f} vs {b} lesion changes"), strict=True))
+        return CompareRequest(
+            baselineNodes=baseNodes, followupNodes=followNodes, baselineVolumes=baseVolumes,
+            followupVolumes=followVolumes, task=task, names=names, device=device, params=dict(params or {}),
+            baselineSegmentationNode=baselineSegmentation, followupSegmentationNode=followupSegmentation,
+            baselineSegmentation=labelmaps[0], followupSegmentation=labelmaps[1], intervalDays=days,
+            rigidOnly=bool(rigidOnly), force=bool(force), createModels=bool(createModels),
+            keepTemporaryFiles=keepTemporaryFiles, warnings=warnings)
+
+    def compare(self, baselineVolumes: Sequence, followupVolumes: Sequence, task: str, baselineSegmentation=None,
+                followupSegmentation=None, intervalDays: Optional[float] = None, device: str = "auto",
+                params: Optional[dict] = None, createModels: bool = False, rigidOnly: bool = False,
+                force: bool = False, progressCallback: Optional[Callable[[float, str], None]] = None,
+                runInProcess: bool = True, cancelToken=None):
+        """Compare a baseline and a follow-up visit and add the result to the scene; blocks until done.
+
+        Adds: both segmentations (the follow-up's lesions named after their baseline matches, same
+        colours), each visit's boxes (descriptions say what became of the lesion), the follow-up image
+        resampled onto the baseline, the registration as a transform node (follow-up -> baseline; put
+        the follow-up volume under it to see it on the baseline) and a table node with one row per
+        lesion group and the RECIST 1.1 and volumetric responses with their rules.
+
+        :param runInProcess: True runs the core here (console, tests); False runs ``medseg compare`` as a
+            child process and waits for it.
+        :param cancelToken: a ``medseg.core.progress.CancelToken`` (in-process runs).
+        :return: ``CompareResult`` (nodes, table rows, matches, responses, warnings).
+        :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
+            unchanged whenever one is raised.
+        """
+        from MedSegExtensionLib.compare_job import CompareJob  # glue: deferred until a comparison starts
+
+        request = self.createCompareRequest(baselineVolumes, followupVolumes, task, baselineSegmentation,
+                                            followupSegmentation, intervalDays, device, params, createModels,
+                                            rigidOnly, force)
+        job = CompareJob(request, progressCallback)
+        if runInProcess:
+            return job.run_in_process(cancelToken)
+        job.start()
+        return job.wait()
+
+    def startCompare(self, baselineVolumes: Sequence, followupVolumes: Sequence, task: str,
+                     baselineSegmentation=None, followupSegmentation=None, intervalDays: Optional[float] = None,
+                     device: str = "auto", params: Optional[dict] = None, createModels: bool = False,
+                     rigidOnly: bool = False, force: bool = False,
+                     progressCallback: Optional[Callable[[float, str], None]] = None):
+        """Start a child-process comparison and return its ``CompareJob`` at once (``job.poll()``
+        periodically imports the result when the child ends; ``job.cancel()`` stops it)."""
+        from MedSegExtensionLib.compare_job import CompareJob  # glue: deferred until a comparison starts
+
+        request = self.createCompareRequest(baselineVolumes, followupVolumes, task, baselineSegmentation,
+                                            followupSegmentation, intervalDays, device, params, createModels,
+                                            rigidOnly, force)
+        job = CompareJob(request, progressCallback)
+        job.start()
+        return job
+
+    @staticmethod
+    def recomputeComparison(tableNode, corrections: Sequence):
+        """Correct lesion matches and recompute the changes and responses of a comparison, without
+        segmenting or registering again. ``tableNode``: the comparison's lesion table (it holds the
+        stored measurements); ``corrections``: ``medseg.followup.rematch.Correction`` (baseline names,
+        follow-up names), e.g. ``Correction("Lesion 2", "Lesion 5")`` links them and
+        ``Correction("Lesion 2", ())`` unlinks Lesion 2. The table's rows and response attributes are
+        replaced; later corrections build on them.
+
+        :return: (``medseg.followup.rematch.Rematch``, the table's new rows).
+        :raises: InputError (not a comparison table, an unknown lesion name, a lesion named twice); the
+            table is unchanged then.
+        """
+        from MedSegExtensionLib.compare_job import recompute_table  # glue: deferred, see the imports at the top
+
+        return recompute_table(tableNode, list(corrections))
+
+    @staticmethod
+    def comparisonCorrections(tableNode, edits: dict) -> list:
+        """Corrections from edited "Follow-up" cells of a comparison's table (``{row: text}``, row 0 =
+        the first lesion row; names separated by commas; empty = unlinked)."""
+        from MedSegExtensionLib.compare_job import corrections_from_edits  # glue: deferred, see the top
+
+        return corrections_from_edits(tableNode, edits)
 
 
 #

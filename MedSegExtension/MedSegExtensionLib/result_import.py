@@ -1,8 +1,10 @@
 """Read a ``medseg`` output folder into a ``ScenePlan``: everything the scene needs, off-scene.
 
 The folder is what ``medseg run`` (and ``medseg.pipeline.output.write_result``) writes:
-``segmentation.seg.nrrd``, ``boxes.mrk.json``, ``models/*.stl`` and ``report.json``. Parsing and
-validation happen here, before the scene is touched, so a bad folder changes nothing.
+``segmentation.seg.nrrd``, ``boxes.mrk.json``, ``models/*.stl`` and ``report.json``. A
+``medseg compare`` folder (``load_compare_folder``) holds two of them, ``baseline/`` and
+``followup/``, plus ``followup_on_baseline.nrrd``, ``followup_to_baseline.tfm`` and ``compare.json``.
+Parsing and validation happen here, before the scene is touched, so a bad folder changes nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from medseg.core.errors import InputError
+from medseg.core.volume import Volume
 from medseg.io.markups import read_markups_json
 from medseg.io.mesh_io import read_mesh
 from medseg.io.seg_nrrd import read_seg_nrrd, terminology_to_string
+from medseg.io.volume_reader import read_volume
+from medseg.register.rigid_affine import ras_matrix_from_transform
 from MedSegExtensionLib.results_table import measurement_rows
 
 
@@ -119,3 +125,88 @@ def load_output_folder(out_dir: Path, load_models: bool = True) -> ScenePlan:
         warnings=list(report.get("warnings", [])),
         report=report,
     )
+
+
+# ------------------------------------------------------------------------------ medseg compare
+#: files of a ``medseg compare`` folder (``medseg.pipeline.compare.write_comparison``)
+COMPARE_JSON = "compare.json"
+FOLLOWUP_ON_BASELINE = "followup_on_baseline.nrrd"
+FOLLOWUP_TO_BASELINE_TFM = "followup_to_baseline.tfm"
+#: largest difference between the .tfm file's matrix and compare.json's (mm, and unitless in the 3x3)
+_TRANSFORM_TOLERANCE = 1e-4
+
+
+@dataclass
+class ComparePlan:
+    """Everything a comparison adds to the scene, built without touching it.
+
+    Attributes:
+        baseline, followup: each visit's plan (its own grid; the follow-up's lesions already named
+            after their baseline matches, boxes described with the match).
+        followup_on_baseline: the follow-up's first input resampled onto the baseline's grid (RAS).
+        followup_to_baseline_ras: 4x4, follow-up RAS -> baseline RAS: the "to parent" matrix of a
+            transform node that shows the follow-up on the baseline (the inverse of the registration's
+            ``fixed_to_moving_ras``, which the .tfm file holds as an ITK resampling transform).
+        report: ``compare.json``.
+        warnings: the comparison's warnings, then each visit's.
+    """
+
+    baseline: ScenePlan
+    followup: ScenePlan
+    followup_on_baseline: Volume
+    followup_to_baseline_ras: np.ndarray
+    report: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"MedSeg comparison output has no {path.name} ({path})") from None
+    except ValueError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path} does not hold a JSON object")
+    return data
+
+
+def read_transform_ras(path: Path) -> np.ndarray:
+    """The 4x4 RAS matrix of an ITK matrix-offset transform file (fixed RAS -> moving RAS, the
+    resampling direction ITK stores).
+
+    Raises:
+        InputError: the file is missing, unreadable or not a linear (matrix-offset) 3D transform.
+    """
+    if not Path(path).is_file():
+        raise InputError(f"MedSeg comparison output has no {Path(path).name} ({path})")
+    try:
+        transform = sitk.ReadTransform(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read the transform {path}: {exc}") from exc
+    if transform.GetDimension() != 3 or not hasattr(transform, "GetMatrix"):
+        raise InputError(f"{path} holds a {transform.GetName()} transform, not a linear 3D one")
+    return ras_matrix_from_transform(transform)
+
+
+def load_compare_folder(out_dir: Path, load_models: bool = True) -> ComparePlan:
+    """Parse a ``medseg compare`` folder into a ``ComparePlan``.
+
+    Raises:
+        InputError: a file is missing or inconsistent (the .tfm file and compare.json disagree, ...).
+    """
+    out_dir = Path(out_dir)
+    report = _read_json(out_dir / COMPARE_JSON)
+    files = dict(report.get("files") or {})
+    baseline = load_output_folder(out_dir / str(files.get("baseline", "baseline")), load_models=load_models)
+    followup = load_output_folder(out_dir / str(files.get("followup", "followup")), load_models=load_models)
+    image = read_volume(out_dir / str(files.get("followup_on_baseline", FOLLOWUP_ON_BASELINE)))
+    fixed_to_moving = read_transform_ras(out_dir / str(files.get("transform", FOLLOWUP_TO_BASELINE_TFM)))
+    stated = (report.get("registration") or {}).get("fixed_to_moving_ras")
+    if stated is not None:
+        stated_m = np.asarray(stated, dtype=np.float64)
+        if stated_m.shape != (4, 4) or not np.allclose(stated_m, fixed_to_moving, atol=_TRANSFORM_TOLERANCE):
+            raise InputError(f"{out_dir}: {FOLLOWUP_TO_BASELINE_TFM} and {COMPARE_JSON} give different registrations")
+    warnings = [str(w) for w in report.get("warnings", [])]
+    warnings += [w for w in baseline.warnings + followup.warnings if w not in warnings]
+    return ComparePlan(baseline, followup, image, np.linalg.inv(fixed_to_moving), report, warnings)

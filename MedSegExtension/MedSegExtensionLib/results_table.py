@@ -1,4 +1,5 @@
-"""Measurements: rows from ``report.json``, and the ``vtkTable`` behind the table node."""
+"""Measurements: rows from ``report.json``, and the ``vtkTable`` behind the table node; and the
+lesion-change table of a comparison (one row per lesion group, then one row per response)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,77 @@ def build_vtk_table(rows: Sequence[Mapping]):
             v = r[key]
             if key in ("name", "segment_id"):
                 col.InsertNextValue(str(v))
+            else:
+                col.InsertNextValue(float("nan") if v is None else float(v))
+        table.AddColumn(col)
+    return table
+
+
+# ------------------------------------------------------------------------------ comparison
+#: row ``kind`` of the two response rows (RECIST 1.1 and volumetric) after the lesion rows
+RESPONSE_KIND = "response"
+#: the response rows' ``baseline`` cell: which response
+RECIST_TITLE = "RECIST 1.1"
+VOLUMETRIC_TITLE = "Volumetric"
+#: (column title, row key, unit) of a comparison's table, in order. Lesion rows: volumes are each
+#: group's sums in mL, diameters the sums of longest diameters in mm, changes in %, the doubling time in
+#: days. Response rows: the sums over the target lesions (RECIST: the diameters it uses, in the
+#: diameter columns; volumetric: volumes), the change in %, the response in "Follow-up", its rule in
+#: "Evidence".
+COMPARE_COLUMNS = (
+    ("Kind", "kind", ""),
+    ("Baseline", "baseline", ""),
+    ("Follow-up", "followup", ""),
+    ("Baseline volume", "baseline_volume_ml", Measure.VOLUME_ML.unit),
+    ("Follow-up volume", "followup_volume_ml", Measure.VOLUME_ML.unit),
+    ("Volume change", "volume_change_percent", "%"),
+    ("Baseline diameter", "baseline_diameter_mm", Measure.LONGEST_DIAMETER_MM.unit),
+    ("Follow-up diameter", "followup_diameter_mm", Measure.LONGEST_DIAMETER_MM.unit),
+    ("Diameter change", "diameter_change_percent", "%"),
+    ("Doubling time", "doubling_time_days", "days"),
+    ("Evidence", "evidence", ""),
+)
+#: the text columns of ``COMPARE_COLUMNS`` (the others are numbers)
+_COMPARE_TEXT = ("kind", "baseline", "followup", "evidence")
+
+
+def join_names(names: Sequence[str]) -> str:
+    """Lesion names in one cell (``medseg.followup.rematch.parse_names`` splits them again)."""
+    return ", ".join(names)
+
+
+def compare_rows(changes: Sequence[Mapping], recist: Mapping, volumetric: Mapping) -> list[dict]:
+    """The comparison table's rows: one per lesion group (``changes`` of
+    ``medseg.followup.response.lesion_changes`` with lesion *names* in ``baseline``/``followup``),
+    then the RECIST 1.1 and the volumetric response rows (``kind`` = ``RESPONSE_KIND``)."""
+    rows: list[dict] = []
+    for ch in changes:
+        row = {key: ch.get(key) for _t, key, _u in COMPARE_COLUMNS}
+        row["baseline"], row["followup"] = join_names(ch["baseline"]), join_names(ch["followup"])
+        rows.append(row)
+    for title, r, unit in ((RECIST_TITLE, recist, "mm"), (VOLUMETRIC_TITLE, volumetric, "ml")):
+        row = dict.fromkeys((key for _t, key, _u in COMPARE_COLUMNS), None)
+        row.update(kind=RESPONSE_KIND, baseline=title, followup=str(r["response"]), evidence=str(r["rule"]))
+        what = "diameter" if unit == "mm" else "volume"
+        row[f"baseline_{what}_{unit}"] = r.get(f"baseline_sum_{unit}")
+        row[f"followup_{what}_{unit}"] = r.get(f"followup_sum_{unit}")
+        row[f"{what}_change_percent"] = r.get("change_percent")
+        rows.append(row)
+    return rows
+
+
+def build_compare_vtk_table(rows: Sequence[Mapping]):
+    """A ``vtkTable`` of ``compare_rows`` (text columns as strings, numbers as doubles, NaN where a
+    value is undefined)."""
+    table = vtk.vtkTable()
+    for title, key, unit in COMPARE_COLUMNS:
+        text = key in _COMPARE_TEXT
+        col = vtk.vtkStringArray() if text else vtk.vtkDoubleArray()
+        col.SetName(f"{title} ({unit})" if unit else title)
+        for r in rows:
+            v = r.get(key)
+            if text:
+                col.InsertNextValue("" if v is None else str(v))
             else:
                 col.InsertNextValue(float("nan") if v is None else float(v))
         table.AddColumn(col)

@@ -5,6 +5,9 @@ is prepared before the first node is created. The nodes are then added inside on
 ``BatchProcessState``; if anything fails, every node, segment and subject-hierarchy folder added
 so far is removed again before the error propagates. An existing output segmentation only gains
 segments (with unique names); its own segments are never changed or removed.
+
+A comparison (``commit_comparison``) adds both visits, the follow-up image resampled onto the
+baseline, the registration's transform node and the lesion-change table in one such step.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import slicer
 import vtk
 
 from MedSegExtensionLib.errors import CommitError
-from MedSegExtensionLib.result_import import BoxPlan, ScenePlan
+from MedSegExtensionLib.result_import import BoxPlan, ComparePlan, ScenePlan
 from MedSegExtensionLib.results_table import build_vtk_table
 
 #: node attribute linking an ROI or model node to its segment
@@ -227,3 +230,96 @@ def commit_plan(plan: ScenePlan, referenceVolumeNode, outputSegmentation=None, b
     finally:
         scene.EndState(scene.BatchProcessState)
     return CommitResult(segNode, ids, rois, models, table, list(tx.folders), rows)
+
+
+# ------------------------------------------------------------------------------ comparison
+#: table-node attributes naming the comparison's resampled follow-up volume and transform node
+COMPARE_VOLUME_ATTRIBUTE = "MedSeg.FollowupOnBaselineID"
+COMPARE_TRANSFORM_ATTRIBUTE = "MedSeg.FollowupToBaselineTransformID"
+
+
+@dataclass
+class CompareCommitResult:
+    """What committing a comparison added to the scene."""
+
+    baseline: CommitResult
+    followup: CommitResult
+    followupOnBaselineNode: object
+    transformNode: object
+    tableNode: object
+    folderItemIds: list = field(default_factory=list)
+
+
+def planned_segment_names(plan: ScenePlan) -> dict:
+    """Output-folder segment id -> the name the segment gets in a *new* segmentation node (what
+    ``_import_segments`` does: the plan's names, made unique in order)."""
+    taken: set = set()
+    return {seg.source_id: unique_name(seg.name, taken) for seg in plan.segments}
+
+
+def _commit_visit(tx: _Transaction, plan: ScenePlan, referenceVolumeNode, baseName: str,
+                  createModels: bool) -> CommitResult:
+    """One visit of a comparison into a new segmentation node (with boxes, optional models)."""
+    segNode = tx.add_node("vtkMRMLSegmentationNode", baseName)
+    segNode.CreateDefaultDisplayNodes()
+    segNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+    ids = _import_segments(tx, plan, segNode, True)
+    if plan.segments:
+        segNode.CreateClosedSurfaceRepresentation()
+    segmentation = segNode.GetSegmentation()
+    expected = planned_segment_names(plan)
+    for source_id, name in expected.items():
+        got = segmentation.GetSegment(ids[source_id]).GetName()
+        if got != name:
+            raise CommitError(f"segment {source_id!r} was named {got!r} in the scene, expected {name!r}")
+    rois = _add_rois(tx, plan, segNode, ids, baseName)
+    models = _add_models(tx, plan, segNode, ids, baseName) if createModels else []
+    rows = [dict(r, segment_id=ids.get(r["segment_id"], r["segment_id"]),
+                 name=expected.get(r["segment_id"], r["name"])) for r in plan.measurements]
+    return CommitResult(segNode, ids, rois, models, None, [], rows)
+
+
+def commit_comparison(plan: ComparePlan, baselineVolumeNode, followupVolumeNode, names: dict, table,
+                      tableAttributes: dict, createModels: bool = False) -> CompareCommitResult:
+    """Add a comparison to the scene in one step.
+
+    Adds: a segmentation per visit (``names["baseline"]``, ``names["followup"]``; each referencing its
+    own visit's volume, boxes and models linked to it as in ``commit_plan``), the follow-up image on the
+    baseline's grid as a scalar volume (``names["volume"]``), a linear transform node holding
+    follow-up RAS -> baseline RAS as its "to parent" matrix (``names["transform"]``; put the follow-up
+    volume under it to see it on the baseline), and a table node (``names["table"]``) holding ``table``
+    (a ``vtkTable``) with ``tableAttributes`` plus the ids of the two segmentation nodes, the volume
+    and the transform (``SEGMENTATION_ID_ATTRIBUTE`` + ".Baseline" / ".Followup", ...).
+
+    Raises:
+        CommitError (or the error that stopped the commit): the scene is as it was before the call.
+    """
+    tx = _Transaction()
+    scene = slicer.mrmlScene
+    scene.StartState(scene.BatchProcessState)
+    try:
+        try:
+            base = _commit_visit(tx, plan.baseline, baselineVolumeNode, names["baseline"], createModels)
+            follow = _commit_visit(tx, plan.followup, followupVolumeNode, names["followup"], createModels)
+            image = plan.followup_on_baseline
+            volume = tx.add_node("vtkMRMLScalarVolumeNode", names["volume"])
+            volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(image.ijk_to_ras))
+            slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(image.array))
+            volume.CreateDefaultDisplayNodes()
+            transform = tx.add_node("vtkMRMLLinearTransformNode", names["transform"])
+            transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(plan.followup_to_baseline_ras))
+            tableNode = tx.add_node("vtkMRMLTableNode", names["table"])
+            tableNode.SetAndObserveTable(table)
+            for key, value in tableAttributes.items():
+                tableNode.SetAttribute(key, str(value))
+            for suffix, node in ((".Baseline", base.segmentationNode), (".Followup", follow.segmentationNode)):
+                tableNode.SetAttribute(SEGMENTATION_ID_ATTRIBUTE + suffix, node.GetID())
+            tableNode.SetAttribute(COMPARE_VOLUME_ATTRIBUTE, volume.GetID())
+            tableNode.SetAttribute(COMPARE_TRANSFORM_ATTRIBUTE, transform.GetID())
+        except BaseException:
+            tx.rollback()
+            raise
+    finally:
+        scene.EndState(scene.BatchProcessState)
+    return CompareCommitResult(base, follow, volume, transform, tableNode, list(tx.folders))
+

@@ -69,6 +69,7 @@ class Comparison:
         followup_image_on_baseline: the follow-up's first input on the baseline's grid.
         matches, changes, recist, volumetric: see :mod:`medseg.followup`.
         warnings: everything worth a user's attention, in order.
+        interval_days: days between the scans, when given.
     """
 
     baseline: Result
@@ -81,6 +82,7 @@ class Comparison:
     recist: dict
     volumetric: dict
     warnings: list[str] = field(default_factory=list)
+    interval_days: float | None = None
 
 
 def lesion_ids(labelmap: LabelMap, kinds: dict[str, str] | None = None) -> dict[str, str]:
@@ -236,7 +238,7 @@ def compare_cases(
     follow_on_base = LabelMap(labels_on_base, renamed.labelmap.segments)
     progress(1.0, "compared")
     return Comparison(_annotated_baseline(base, matches), renamed, reg, follow_on_base, image_on_base, matches,
-                      changes, recist, volumetric, warnings + base.warnings + follow.warnings)
+                      changes, recist, volumetric, warnings + base.warnings + follow.warnings, interval_days)
 
 
 def comparison_report(c: Comparison) -> dict[str, Any]:
@@ -246,6 +248,7 @@ def comparison_report(c: Comparison) -> dict[str, Any]:
     return {
         "medseg_version": __version__,
         "task": c.baseline.task,
+        "interval_days": c.interval_days,
         "registration": {"mode": c.registration.mode, "quality": c.registration.quality,
                          "fixed_to_moving_ras": np.asarray(c.registration.fixed_to_moving_ras).tolist()},
         "matches": [{"kind": m.kind, "baseline": [names_b[i] for i in m.baseline],

@@ -281,6 +281,14 @@ class vtkSegment:
     def HasTag(self, key: str) -> bool:
         return key in self._tags
 
+    def GetTag(self, tag: str, value) -> bool:
+        """``bool GetTag(std::string tag, std::string& value)`` [Libs/vtkSegmentationCore/vtkSegment.h]:
+        in Python the output argument is a ``vtk.reference``; True when the tag is set."""
+        if tag not in self._tags:
+            return False
+        value.set(self._tags[tag])
+        return True
+
 
 class vtkSegmentation:
     EXTENT_REFERENCE_GEOMETRY = 0

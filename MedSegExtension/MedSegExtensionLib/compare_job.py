@@ -1,0 +1,363 @@
+"""One comparison of two visits from the scene's point of view: nodes -> ``medseg compare`` -> scene.
+
+Built like ``MedSegJob`` (and on it: the temporary folder, ``poll``, ``cancel`` and ``wait`` are
+shared): ``CompareJob`` runs the core's comparison in this process (``run_in_process``: console,
+tests) or as a child ``medseg compare`` process (``start``/``poll``/``cancel``: the module panel).
+Both end in ``_finish``: the output folder is read off-scene, the lesion table and its stored state
+are prepared, the input nodes are checked to be still in the scene, and everything is committed in
+one step (``scene_commit.commit_comparison``). The temporary folder is removed on success,
+failure and cancel alike.
+
+The lesion table carries the comparison's stored state (``STATE_ATTRIBUTE``, JSON of
+``medseg.followup.rematch.StoredComparison``), so that a user's corrections of the matches are
+recomputed from the table node alone (``recompute_table``), without segmenting or registering again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+
+import medseg
+from medseg.core.errors import InputError
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.progress import CancelToken
+from medseg.core.volume import Volume
+from medseg.followup.rematch import Correction, Rematch, StoredComparison, parse_names, rematch, stored_comparison
+from medseg.io.seg_nrrd import terminology_from_string, write_seg_nrrd
+from medseg.io.volume_writer import write_volume_nrrd
+from medseg.pipeline.compare import compare_cases, write_comparison
+from medseg.pipeline.options import RunOptions
+from medseg.pipeline.tasks import get_task
+from MedSegExtensionLib.errors import ProcessError, StaleSceneError
+from MedSegExtensionLib.job import MedSegJob
+from MedSegExtensionLib.process import ChildProcess, ExitStatus, child_environment, medseg_command
+from MedSegExtensionLib.result_import import load_compare_folder
+from MedSegExtensionLib.results_table import build_compare_vtk_table, compare_rows
+from MedSegExtensionLib.scene_commit import commit_comparison, planned_segment_names
+
+#: share of the progress bar for the computation (the rest is import + commit)
+_COMPUTE_SHARE = 0.95
+#: table-node attribute holding the stored comparison (JSON)
+STATE_ATTRIBUTE = "MedSeg.Comparison"
+#: table-node attributes holding the responses and the rules that decided them
+RECIST_ATTRIBUTE = "MedSeg.RecistResponse"
+RECIST_RULE_ATTRIBUTE = "MedSeg.RecistRule"
+VOLUMETRIC_ATTRIBUTE = "MedSeg.VolumetricResponse"
+VOLUMETRIC_RULE_ATTRIBUTE = "MedSeg.VolumetricRule"
+#: the keys of ``CompareRequest.names``: the scene names of what a comparison adds
+NODE_ROLES = ("baseline", "followup", "volume", "transform", "table")
+
+
+@dataclass
+class CompareRequest:
+    """Validated inputs and options of one comparison (built by the logic from nodes).
+
+    ``baselineSegmentation``/``followupSegmentation``: a visit's given segmentation exported onto its
+    first input's grid (then that visit is not segmented). ``intervalDays``: days between the scans.
+    ``names``: the scene names (keys ``NODE_ROLES``).
+    """
+
+    baselineNodes: list
+    followupNodes: list
+    baselineVolumes: list  # medseg Volume per input, world RAS
+    followupVolumes: list
+    task: str
+    names: dict
+    device: str = "auto"
+    params: dict = field(default_factory=dict)
+    baselineSegmentationNode: object | None = None
+    followupSegmentationNode: object | None = None
+    baselineSegmentation: LabelMap | None = None
+    followupSegmentation: LabelMap | None = None
+    intervalDays: float | None = None
+    rigidOnly: bool = False
+    force: bool = False
+    createModels: bool = False
+    keepTemporaryFiles: bool = False
+    warnings: list = field(default_factory=list)
+
+
+@dataclass
+class CompareResult:
+    """What one comparison added to the scene, with the table's rows and the two responses.
+
+    ``rows``: ``results_table.compare_rows`` (lesion groups, then the two response rows); ``matches``:
+    the lesion groups (``LesionMatch`` with scene segment names).
+    """
+
+    baselineSegmentationNode: object
+    followupSegmentationNode: object
+    baselineRoiNodes: list
+    followupRoiNodes: list
+    modelNodes: list
+    followupOnBaselineNode: object
+    transformNode: object
+    tableNode: object
+    rows: list
+    matches: list
+    recist: dict
+    volumetric: dict
+    warnings: list
+    elapsedSeconds: float
+
+
+# ------------------------------------------------------------------------------ segmentation export
+def _terminology(segment, where: str) -> dict:
+    """The segment's terminology (a MedSeg dict), {} when it has none or lacks a category or type."""
+    value = vtk.reference("")
+    if not segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value):
+        return {}
+    text = str(value.get())
+    if not text:
+        return {}
+    try:
+        decoded = terminology_from_string(text)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from e
+    return decoded if "category" in decoded and "type" in decoded else {}
+
+
+def labelmap_from_segmentation_node(segmentationNode, volumeNode, volume: Volume) -> tuple[LabelMap, list[str]]:
+    """The segments of ``segmentationNode`` on ``volumeNode``'s grid (``volume``: that node's voxels and
+    world geometry) as a ``LabelMap``: label values 1..N in segment order, ids, names, colours and
+    terminology kept. Where segments overlap the later one keeps the voxel (a warning says how many).
+
+    Raises:
+        InputError: not a segmentation node, under a transform, no segments, or a segment that cannot
+            be read on the volume's grid.
+    """
+    if not isinstance(segmentationNode, slicer.vtkMRMLSegmentationNode):
+        raise InputError(f"{segmentationNode.GetName()!r} is not a segmentation node")
+    name = segmentationNode.GetName()
+    if segmentationNode.GetParentTransformNode() is not None:
+        raise InputError(f"segmentation {name!r} is under a transform; harden the transform first")
+    segmentation = segmentationNode.GetSegmentation()
+    ids = list(segmentation.GetSegmentIDs())
+    if not ids:
+        raise InputError(f"segmentation {name!r} has no segments")
+    labels = np.zeros(volume.array.shape, dtype=np.uint8 if len(ids) < 256 else np.uint16)
+    segments, warnings = [], []
+    for value, sid in enumerate(ids, start=1):
+        segment = segmentation.GetSegment(sid)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, sid, volumeNode)
+        if mask is None or mask.shape != labels.shape:
+            got = None if mask is None else mask.shape
+            raise InputError(f"segment {segment.GetName()!r} of {name!r} could not be read on the grid of "
+                             f"{volumeNode.GetName()!r} (got {got}, expected {labels.shape})")
+        inside = mask > 0
+        overlap = int(np.count_nonzero(inside & (labels > 0)))
+        if overlap:
+            warnings.append(f"segmentation {name!r}: {overlap} voxel(s) of segment {segment.GetName()!r} overlap "
+                            "earlier segments and were given to it")
+        labels[inside] = value
+        color = tuple(min(max(float(c), 0.0), 1.0) for c in segment.GetColor())
+        segments.append(Segment(sid, segment.GetName(), color, value,
+                                _terminology(segment, f"segment {segment.GetName()!r} of {name!r}")))
+    return LabelMap(volume.with_array(labels, name=name), tuple(segments)), warnings
+
+
+# ------------------------------------------------------------------------------ command line
+def compare_command(baseline: Sequence[Path], followup: Sequence[Path], task: str, out_dir: Path,
+                    device: str = "auto", models: bool = False, params: dict | None = None, force: bool = False,
+                    baseline_seg: Path | None = None, followup_seg: Path | None = None,
+                    interval_days: float | None = None, rigid_only: bool = False) -> list[str]:
+    """The ``medseg compare`` command line (an argument list): the options ``medseg run`` gets
+    (``process.medseg_command``: ``--progress-json``, device, task parameters, ``--no-html``,
+    ``--no-models``, ``--force``), the baseline's inputs then the follow-up's, and the compare flags."""
+    args = medseg_command([*baseline, *followup], task, out_dir, device, models, params, force=force)
+    args[args.index("run")] = "compare"
+    for flag, path in (("--baseline-seg", baseline_seg), ("--followup-seg", followup_seg)):
+        if path is not None:
+            args += [flag, str(path)]
+    if interval_days is not None:
+        args += ["--interval-days", repr(float(interval_days))]
+    if rigid_only:
+        args.append("--rigid-only")
+    return args
+
+
+# ------------------------------------------------------------------------------ the table's state
+def table_attributes(outcome: Rematch) -> dict:
+    """The lesion table's attributes: the stored comparison (JSON) and both responses with their rules."""
+    assert outcome.stored is not None  # rematch always returns the comparison it produced
+    return {STATE_ATTRIBUTE: json.dumps(outcome.stored.to_json(), allow_nan=False),
+            RECIST_ATTRIBUTE: str(outcome.recist["response"]), RECIST_RULE_ATTRIBUTE: str(outcome.recist["rule"]),
+            VOLUMETRIC_ATTRIBUTE: str(outcome.volumetric["response"]),
+            VOLUMETRIC_RULE_ATTRIBUTE: str(outcome.volumetric["rule"])}
+
+
+def stored_from_table(tableNode) -> StoredComparison:
+    """The comparison a lesion table holds. Raises ``InputError`` for any other table."""
+    if tableNode is None or not isinstance(tableNode, slicer.vtkMRMLTableNode):
+        raise InputError("select the lesion table of a MedSeg comparison")
+    text = tableNode.GetAttribute(STATE_ATTRIBUTE)
+    if not text:
+        raise InputError(f"table {tableNode.GetName()!r} is not the lesion table of a MedSeg comparison")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise InputError(f"table {tableNode.GetName()!r}: the stored comparison is not valid JSON: {e}") from e
+    return StoredComparison.from_json(data)
+
+
+def recompute_table(tableNode, corrections: Sequence[Correction]) -> tuple[Rematch, list[dict]]:
+    """Apply ``corrections`` to the comparison ``tableNode`` holds, recompute the changes and the
+    responses, and replace the table's rows and attributes (later corrections build on these).
+    Returns the outcome and the new rows. Nothing changes when an error is raised."""
+    outcome = rematch(stored_from_table(tableNode), corrections)
+    rows = compare_rows(outcome.changes, outcome.recist, outcome.volumetric)
+    table = build_compare_vtk_table(rows)
+    attributes = table_attributes(outcome)
+    tableNode.SetAndObserveTable(table)
+    for key, value in attributes.items():
+        tableNode.SetAttribute(key, value)
+    return outcome, rows
+
+
+def corrections_from_edits(tableNode, edits: Mapping[int, str]) -> list[Correction]:
+    """Corrections from edited "Follow-up" cells of a lesion table: ``edits`` maps a row index (0 =
+    first lesion row) to the cell's text, names separated by commas; an empty cell unlinks the row's
+    baseline lesions. A cell whose names are those already there gives no correction.
+
+    Raises:
+        InputError: a row that is not a lesion row with a baseline lesion.
+    """
+    matches = stored_from_table(tableNode).matches
+    out = []
+    for row, text in sorted(edits.items()):
+        if not 0 <= int(row) < len(matches):
+            raise InputError(f"row {int(row) + 1} is not a lesion row of the table (it has {len(matches)})")
+        m = matches[int(row)]
+        names = parse_names(text)
+        if set(names) == set(m.followup):
+            continue
+        if not m.baseline:
+            raise InputError(f"row {int(row) + 1} is a new lesion ({', '.join(m.followup)}): link it from its "
+                             "baseline lesion's row instead")
+        out.append(Correction(tuple(m.baseline), names))
+    return out
+
+
+# ------------------------------------------------------------------------------ the job
+class CompareJob(MedSegJob):
+    """Runs one ``CompareRequest`` (``CompareJob(request, progress)``); ``status`` is an ``ExitStatus``;
+    ``result`` (a ``CompareResult``) or ``error`` is set at the end. The temporary folder, ``poll``,
+    ``cancel``, ``wait`` and the error bookkeeping are ``MedSegJob``'s."""
+
+    def run_in_process(self, cancel: CancelToken | None = None) -> CompareResult:
+        """Compare here (blocking) and commit; raises on failure or cancel."""
+        req = self.request
+        self.status = ExitStatus.RUNNING
+        cancel = cancel or CancelToken()
+        try:
+            out = self._make_temp() / "out"
+            task = get_task(req.task)
+            options = RunOptions(task=req.task, device=req.device, models=req.createModels, params=dict(req.params),
+                                 force=req.force)
+            options.validate(task)
+            comparison = compare_cases(
+                req.baselineVolumes, req.followupVolumes, options, task=task,
+                baseline_seg=req.baselineSegmentation, followup_seg=req.followupSegmentation,
+                interval_days=req.intervalDays, affine=not req.rigidOnly, cancel=cancel,
+                progress=lambda f, m: self.progress(0.9 * _COMPUTE_SHARE * f, m))
+            self.progress(0.9 * _COMPUTE_SHARE, "writing the comparison")
+            write_comparison(comparison, out, html=False, mesh_formats=("stl",) if req.createModels else (),
+                             cancel=cancel)
+            cancel.check()
+            self.result = self._finish(out)
+            return self.result
+        except BaseException as e:
+            self._fail(e)
+            raise
+        finally:
+            self._remove_temp()
+
+    def start(self) -> None:
+        """Export the inputs (and given segmentations) and start ``medseg compare`` as a child process."""
+        req = self.request
+        self.status = ExitStatus.RUNNING
+        try:
+            tmp = self._make_temp()
+            paths: dict[str, list[Path]] = {"baseline": [], "followup": []}
+            for visit, volumes in (("baseline", req.baselineVolumes), ("followup", req.followupVolumes)):
+                for n, vol in enumerate(volumes):
+                    p = tmp / f"{visit}_{n}.nrrd"
+                    write_volume_nrrd(vol, p, compress=False)
+                    paths[visit].append(p)
+            segs: dict[str, Path | None] = {}
+            for visit, labelmap in (("baseline", req.baselineSegmentation), ("followup", req.followupSegmentation)):
+                segs[visit] = None
+                if labelmap is not None:
+                    segs[visit] = tmp / f"{visit}.seg.nrrd"
+                    write_seg_nrrd(labelmap, segs[visit])
+            package_parent = Path(medseg.__file__).resolve().parent.parent
+            args = compare_command(paths["baseline"], paths["followup"], req.task, tmp / "out", req.device,
+                                   req.createModels, req.params, force=req.force, baseline_seg=segs["baseline"],
+                                   followup_seg=segs["followup"], interval_days=req.intervalDays,
+                                   rigid_only=req.rigidOnly)
+            self._child = ChildProcess(args, env=child_environment(package_parent), cwd=tmp)
+            self._child.start()
+            if self._child.status is ExitStatus.NOT_STARTED:
+                raise ProcessError(self._child.error_message, exit_code=-1)
+        except BaseException as e:
+            self._fail(e)
+            self._remove_temp()
+            raise
+        self.progress(0.0, f"started medseg compare ({req.task})")
+
+    def check_inputs_present(self) -> None:
+        """Raise ``StaleSceneError`` if an input volume or a given segmentation left the scene."""
+        req = self.request
+        scene = slicer.mrmlScene
+        nodes = [*req.baselineNodes, *req.followupNodes,
+                 *(n for n in (req.baselineSegmentationNode, req.followupSegmentationNode) if n is not None)]
+        for node in nodes:
+            nid = node.GetID()
+            if nid is None or scene.GetNodeByID(nid) is not node:
+                raise StaleSceneError(
+                    f"{node.GetName()!r} was removed from the scene while MedSeg was comparing; nothing was added")
+
+    def _finish(self, out_dir: Path) -> CompareResult:
+        req = self.request
+        self.progress(_COMPUTE_SHARE, "importing the comparison")
+        plan = load_compare_folder(out_dir, load_models=req.createModels)
+        stored = stored_comparison(plan.report, plan.baseline.report, plan.followup.report,
+                                   interval_days=req.intervalDays,
+                                   baseline_names=planned_segment_names(plan.baseline),
+                                   followup_names=planned_segment_names(plan.followup))
+        outcome = rematch(stored, [])
+        rows = compare_rows(outcome.changes, outcome.recist, outcome.volumetric)
+        table = build_compare_vtk_table(rows)
+        self.check_inputs_present()
+        committed = commit_comparison(plan, req.baselineNodes[0], req.followupNodes[0], req.names, table,
+                                      table_attributes(outcome), req.createModels)
+        self.status = ExitStatus.SUCCEEDED
+        self.progress(1.0, "done")
+        return CompareResult(
+            committed.baseline.segmentationNode, committed.followup.segmentationNode, committed.baseline.roiNodes,
+            committed.followup.roiNodes, committed.baseline.modelNodes + committed.followup.modelNodes,
+            committed.followupOnBaselineNode, committed.transformNode, committed.tableNode, rows, outcome.matches,
+            outcome.recist, outcome.volumetric, list(req.warnings) + plan.warnings, time.perf_counter() - self._t0)
+
+
+def check_interval_days(intervalDays: float | None) -> float | None:
+    """``intervalDays`` as a float, None when unknown (None or 0, the panel's "unknown").
+
+    Raises:
+        InputError: negative, infinite or not a number.
+    """
+    if intervalDays is None or intervalDays == 0:
+        return None
+    value = float(intervalDays)
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"the interval between the scans must be a number of days > 0, got {intervalDays}")
+    return value
