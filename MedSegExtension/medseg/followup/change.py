@@ -12,11 +12,11 @@ Method (all deterministic; intensities in *robust z units* of each visit's own b
    baseline, eroded by :data:`SKULL_MM` so the scalp comes off across the skull, largest component,
    dilated back inside the foreground, holes filled slice by slice (the ventricles).
 2. **Differential bias correction** (Lewis & Fox 2004): the slow intensity non-uniformity of the coils
-   differs between sessions and would otherwise dominate the difference; the follow-up is divided by the
-   smoothed ratio of the two visits (:func:`differential_bias`).
-3. **Smoothing**: each visit by a Gaussian that brings it to the coarser of the two acquisition
-   resolutions along every baseline axis (FWHM of a voxel ~ its size: ``sigma = sqrt(R^2 - r^2)/2.355``),
-   combined with a common :data:`NOISE_SIGMA_MM` denoising kernel.
+   differs between sessions and would otherwise dominate the difference; the follow-up is divided by a
+   smooth (polynomial) fit of the ratio of the two visits (:func:`differential_bias`).
+3. **Smoothing**: the sharper visit by a Gaussian that brings its point spread to the blurrier one's
+   along every baseline axis (variances: a voxel's box ``s^2/12``, plus ``s^2/6`` for the follow-up's
+   linear resampling; :func:`blur_variances_mm2`), both with a common :data:`NOISE_SIGMA_MM` kernel.
 4. **Normalisation** (after smoothing, so both visits' spreads are at the same resolution): each visit
    ``z = (x - median) / (IQR / 1.349)`` over the brain mask (robust to the lesions and to the CSF tail;
    1 z is one standard deviation of brain tissue were it Gaussian).
@@ -53,8 +53,6 @@ from medseg.core.volume import Volume
 
 #: robust z units: IQR of a Gaussian is 1.349 standard deviations
 IQR_TO_SD = 1.349
-#: FWHM of a Gaussian in standard deviations (a voxel's point spread ~ a Gaussian of FWHM = its size)
-FWHM_TO_SIGMA = 2.3548
 #: common denoising kernel (mm, standard deviation): a third of the smallest lesion of interest (3 mm),
 #: so a lesion keeps its contrast while the voxel noise (sub-mm in-plane voxels) averages down
 NOISE_SIGMA_MM = 1.0
@@ -70,8 +68,10 @@ HYPERINTENSE_Z = 0.674
 #: default cluster-forming threshold (Z > 2.3, one-sided p = 0.01); the regions it forms must then reach
 #: the minimum lesion volume (cluster-extent inference)
 K_SIGMA = 2.3
-#: and never below this (robust z of brain tissue): a change under half a tissue SD is not visible
-CHANGE_Z = 0.5
+#: and never below this (robust z of brain tissue): one SD of normal brain tissue, about FLAIR's grey-white
+#: contrast; a new lesion is brighter than white matter by more, while smaller differences are what partial
+#: volume at the edge of an unchanged lesion leaves between two acquisitions on other grids
+CHANGE_Z = 1.0
 #: residual misregistration (mm) after a rigid intra-patient brain registration (~1 mm, sub-voxel in-plane)
 MISREGISTRATION_MM = 1.0
 #: below this (robust z) a FLAIR voxel is CSF (nulled fluid), not parenchyma where a lesion could appear
@@ -84,9 +84,12 @@ MIN_VOLUME_MM3 = 4.0 / 3.0 * np.pi * 1.5 ** 3
 MIN_VOXELS = 3
 #: brain mask: erosion (mm) that separates the scalp from the brain across the skull (skull 5-7 mm)
 SKULL_MM = 6.0
-#: smoothing (mm, Gaussian SD) of the differential bias field: coil non-uniformity varies over several
-#: centimetres, lesions over millimetres, so the field follows the one and not the other
-DIFFERENTIAL_BIAS_SIGMA_MM = 15.0
+#: degree of the polynomial of the differential bias field: coil non-uniformity varies over several
+#: centimetres, lesions over millimetres, so a smooth field follows the one and not the other
+BIAS_POLY_ORDER = 3
+#: voxels sampled for the fit (evenly strided over the brain) and robust refitting rounds
+BIAS_FIT_SAMPLES = 200_000
+BIAS_FIT_ROUNDS = 3
 
 KINDS = ("new", "enlarged", "shrunk", "gone")
 _TITLES = {"new": "New lesion", "enlarged": "Enlarged lesion", "shrunk": "Shrunk lesion", "gone": "Gone lesion"}
@@ -150,28 +153,58 @@ def brain_mask_from_flair(volume: Volume) -> np.ndarray:
     return np.asarray(ndimage.binary_fill_holes(brain))
 
 
+def intensity_zero(base: np.ndarray, follow: np.ndarray, mask: np.ndarray) -> float:
+    """The intensity a multiplicative coil field leaves unchanged: 0 for MR magnitudes (never negative),
+    else (intensities already shifted, e.g. z-scored) the lowest value inside ``mask``."""
+    m = np.asarray(mask, dtype=bool)
+    return min(0.0, float(base[m].min()), float(follow[m].min()))
+
+
+def _poly_terms(order: int) -> list[tuple[int, int, int]]:
+    return [(a, b, c) for a in range(order + 1) for b in range(order + 1 - a) for c in range(order + 1 - a - b)]
+
+
 def differential_bias(base: np.ndarray, follow: np.ndarray, mask: np.ndarray,
                       spacing_kji: np.ndarray) -> np.ndarray:
     """The slowly varying ratio ``follow / base`` over ``mask`` (KJI float32, 1 = no difference).
 
     Differential bias correction (Lewis & Fox, NeuroImage 2004): the log-ratio of the two registered
-    visits, with the voxels more than :data:`K_SIGMA` robust SD from its median (changed lesions, edges)
-    left out, smoothed by a normalised Gaussian convolution of :data:`DIFFERENTIAL_BIAS_SIGMA_MM` inside
-    the mask. Dividing the follow-up by it removes the session-to-session intensity non-uniformity and
-    keeps local changes.
+    visits, fitted by a polynomial of degree :data:`BIAS_POLY_ORDER` in space (coil fields are smooth
+    over the head; PABIC, Styner et al. 2000, models them so) by least squares, robustly: voxels more
+    than :data:`K_SIGMA` robust SD from the fit (changed lesions, edges between tissues) are left out and
+    the fit repeated. Dividing the follow-up by it removes the session-to-session intensity
+    non-uniformity and keeps local changes; a polynomial, unlike a smoothing kernel, is not biased where
+    the brain ends.
     """
     m = np.asarray(mask, dtype=bool)
-    lo = min(float(base[m].min()), float(follow[m].min()))
-    log_ratio = (np.log(np.maximum(follow - lo, 0.0) + 1.0) - np.log(np.maximum(base - lo, 0.0) + 1.0)).astype(
+    zero = intensity_zero(base, follow, m)
+    eps = 1e-3 * max(float(np.median(base[m])) - zero, 1e-6)
+    log_ratio = (np.log(np.maximum(follow - zero, 0.0) + eps) - np.log(np.maximum(base - zero, 0.0) + eps)).astype(
         np.float32)
-    vals = log_ratio[m]
-    centre, spread = float(np.median(vals)), robust_sd(vals)
-    use = m & (np.abs(log_ratio - centre) <= K_SIGMA * max(spread, 1e-6))
-    sig = DIFFERENTIAL_BIAS_SIGMA_MM / np.asarray(spacing_kji, dtype=float)
-    num = ndimage.gaussian_filter(np.where(use, log_ratio, 0.0).astype(np.float32), sig, mode="constant")
-    den = ndimage.gaussian_filter(use.astype(np.float32), sig, mode="constant")
-    smooth = np.where(den > 1e-3, num / np.maximum(den, 1e-3), centre)
-    return np.asarray(np.exp(smooth - centre), dtype=np.float32)
+    sp = np.asarray(spacing_kji, dtype=float)
+    kji = np.argwhere(m)
+    lo_mm, hi_mm = kji.min(axis=0) * sp, kji.max(axis=0) * sp
+    centre_mm, half_mm = (lo_mm + hi_mm) / 2, np.maximum((hi_mm - lo_mm) / 2, 1e-6)
+    stride = max(1, int(np.ceil(len(kji) / BIAS_FIT_SAMPLES)))
+    sample = kji[::stride]
+    u = (sample * sp - centre_mm) / half_mm          # -1..1 over the brain, per axis
+    terms = _poly_terms(BIAS_POLY_ORDER)
+    design = np.stack([u[:, 0] ** a * u[:, 1] ** b * u[:, 2] ** c for a, b, c in terms], axis=1)
+    y = log_ratio[tuple(sample.T)].astype(np.float64)
+    keep = np.ones(len(y), dtype=bool)
+    coef = np.zeros(len(terms))
+    for _ in range(BIAS_FIT_ROUNDS):
+        coef = np.linalg.lstsq(design[keep], y[keep], rcond=None)[0]
+        res = y - design @ coef
+        keep = np.abs(res - np.median(res[keep])) <= K_SIGMA * max(robust_sd(res[keep]), 1e-9)
+    axes = [((np.arange(n) * s - c) / h).astype(np.float32) for n, s, c, h in zip(m.shape, sp, centre_mm, half_mm,
+                                                                                 strict=True)]
+    field = np.zeros(m.shape, dtype=np.float32)
+    for (a, b, c), w in zip(terms, coef, strict=True):
+        field += np.float32(w) * (axes[0][:, None, None] ** a) * (axes[1][None, :, None] ** b) * (
+            axes[2][None, None, :] ** c)
+    field -= np.float32(np.median(field[m]))
+    return np.asarray(np.exp(field), dtype=np.float32)
 
 
 def robust_sd(values: np.ndarray) -> float:
@@ -203,10 +236,20 @@ def followup_resolution_on_baseline(baseline: Volume, followup: Volume) -> np.nd
     return np.asarray(extent_ijk[::-1])
 
 
-def _sigmas_mm(own_kji: np.ndarray, other_kji: np.ndarray) -> np.ndarray:
-    target = np.maximum(own_kji, other_kji)
-    match = np.sqrt(np.maximum(target ** 2 - own_kji ** 2, 0.0)) / FWHM_TO_SIGMA
-    return np.sqrt(match ** 2 + NOISE_SIGMA_MM ** 2)
+def blur_variances_mm2(baseline_kji: np.ndarray, followup_kji: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Variance (mm^2) of each visit's point spread along the baseline's k, j, i axes, on the baseline grid.
+
+    A voxel averages over a box of its size (variance ``s^2 / 12``); the follow-up is then resampled
+    onto the baseline's grid by linear interpolation, which adds ``t (1 - t) s^2`` at a fractional
+    offset ``t``, ``s^2 / 6`` on average. So the baseline ``s_b^2 / 12`` and the follow-up ``s_f^2 / 4``.
+    """
+    return np.asarray(baseline_kji, float) ** 2 / 12.0, np.asarray(followup_kji, float) ** 2 / 4.0
+
+
+def _sigmas_mm(own_var: np.ndarray, other_var: np.ndarray) -> np.ndarray:
+    """Gaussian SD (mm) that brings ``own_var`` up to the blurrier of the two, with the denoising kernel."""
+    match = np.maximum(np.maximum(own_var, other_var) - own_var, 0.0)
+    return np.asarray(np.sqrt(match + NOISE_SIGMA_MM ** 2))
 
 
 def _rise_within(z: np.ndarray, spacing_kji: np.ndarray, radius_mm: float) -> np.ndarray:
@@ -308,11 +351,12 @@ def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_m
     base_arr = np.asarray(baseline.array, np.float32)
     fol_arr = np.asarray(followup_on_baseline.array, np.float32)
     if bias_correction:
-        lo = float(fol_arr[brain].min())
-        fol_arr = (fol_arr - lo) / differential_bias(base_arr, fol_arr, brain, sp) + lo
+        zero = intensity_zero(base_arr, fol_arr, brain)
+        fol_arr = (fol_arr - zero) / differential_bias(base_arr, fol_arr, brain, sp) + zero
     # smoothed first, then normalised: both at the same resolution, so their spreads compare
-    zb = robust_z(ndimage.gaussian_filter(base_arr, _sigmas_mm(sp, res_f) / sp), brain)
-    zf = robust_z(ndimage.gaussian_filter(fol_arr, _sigmas_mm(res_f, sp) / sp), brain)
+    var_b, var_f = blur_variances_mm2(sp, res_f)
+    zb = robust_z(ndimage.gaussian_filter(base_arr, _sigmas_mm(var_b, var_f) / sp), brain)
+    zf = robust_z(ndimage.gaussian_filter(fol_arr, _sigmas_mm(var_f, var_b) / sp), brain)
     edge = np.maximum(np.round(edge_mm / sp), 1).astype(int)   # at least one voxel: its partial volume is unknown
     grids = np.ogrid[tuple(slice(-int(n), int(n) + 1) for n in edge)]
     ellipsoid = sum((g / max(int(n), 1)) ** 2 for g, n in zip(grids, edge, strict=True)) <= 1.0
@@ -320,7 +364,13 @@ def detect_lesion_change(baseline: Volume, followup_on_baseline: Volume, brain_m
     voxel_mm3 = baseline.voxel_volume_mm3
     min_vox = max(MIN_VOXELS, int(np.ceil(min_volume_mm3 / voxel_mm3)))
     diff = zf - zb
-    threshold = max(float(change_z), float(k_sigma) * robust_sd(diff[brain]))
+    # the noise of the difference where lesions are sought: parenchyma at both visits, inside the brain
+    # (CSF edges and the brain's rim carry partial-volume and misregistration differences, not lesion noise)
+    sought = inner & (zb > TISSUE_FLOOR_Z) & (zf > TISSUE_FLOOR_Z)
+    if int(sought.sum()) < min_vox:
+        raise InputError("no brain parenchyma inside the brain mask (after the edge erosion); is this a FLAIR "
+                         "of a head?")
+    threshold = max(float(change_z), float(k_sigma) * robust_sd(diff[sought]))
 
     up = diff - _rise_within(zb, sp, misregistration_mm)
     inc = (up > threshold) & (zf > HYPERINTENSE_Z) & (zb > TISSUE_FLOOR_Z) & inner
