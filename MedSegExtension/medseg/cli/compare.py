@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medseg.cli.commands import COMMANDS
 from medseg.cli.common import add_output_options, run_options
@@ -89,8 +90,7 @@ def cmd_compare(args: argparse.Namespace) -> ExitCode:
     task = get_task(args.task)
     options = run_options(args, task.name, task_params(args))
     options.validate(task)
-    if args.interval_days is not None and not args.interval_days > 0:
-        raise InputError(f"--interval-days must be > 0, got {args.interval_days}")
+    _check_interval(args.interval_days)
     paths = [Path(p) for p in args.inputs]
     for p in paths + [p for p in (args.baseline_seg, args.followup_seg) if p is not None]:
         if not p.exists():
@@ -103,20 +103,39 @@ def cmd_compare(args: argparse.Namespace) -> ExitCode:
     base_seg = read_seg_nrrd(args.baseline_seg) if args.baseline_seg else None
     follow_seg = read_seg_nrrd(args.followup_seg) if args.followup_seg else None
     args.cancel.check()
-    t0 = time.perf_counter()
-    bar = Progress(args.quiet, "compare", as_json=args.progress_json)
-    try:
-        comparison = compare_cases(base, follow, options, task=task, baseline_seg=base_seg, followup_seg=follow_seg,
-                                   interval_days=args.interval_days, affine=not args.rigid_only,
-                                   progress=bar, cancel=args.cancel)
-        comparison.warnings[:0] = warnings
-        write_comparison(comparison, args.out, overwrite=args.overwrite, html=not args.no_html,
+
+    def compute(bar: Progress) -> Comparison:
+        c = compare_cases(base, follow, options, task=task, baseline_seg=base_seg, followup_seg=follow_seg,
+                          interval_days=args.interval_days, affine=not args.rigid_only, progress=bar,
+                          cancel=args.cancel)
+        c.warnings[:0] = warnings
+        write_comparison(c, args.out, overwrite=args.overwrite, html=not args.no_html,
                          mesh_formats=args.formats[0] if not args.no_models else (), cancel=args.cancel)
+        return c
+
+    return _run_and_print(args, "compare", compute, format_comparison)
+
+
+T = TypeVar("T")
+
+
+def _run_and_print(args: argparse.Namespace, label: str, compute: Callable[[Progress], T],
+                   summary: Callable[[T, Path, float], str]) -> ExitCode:
+    """Run ``compute`` (compare and write) under a progress bar, then print its summary."""
+    t0 = time.perf_counter()
+    bar = Progress(args.quiet, label, as_json=args.progress_json)
+    try:
+        result = compute(bar)
     finally:
         bar.close()
     if not args.quiet:
-        print(format_comparison(comparison, args.out, time.perf_counter() - t0))
+        print(summary(result, args.out, time.perf_counter() - t0))
     return ExitCode.OK
+
+
+def _check_interval(days: float | None) -> None:
+    if days is not None and not days > 0:
+        raise InputError(f"--interval-days must be > 0, got {days}")
 
 
 def _cmd_change(args: argparse.Namespace) -> ExitCode:
@@ -126,8 +145,7 @@ def _cmd_change(args: argparse.Namespace) -> ExitCode:
              if value]
     if wrong:
         raise InputError(f"{', '.join(wrong)} cannot be used with --change (it compares two FLAIRs directly)")
-    if args.interval_days is not None and not args.interval_days > 0:
-        raise InputError(f"--interval-days must be > 0, got {args.interval_days}")
+    _check_interval(args.interval_days)
     paths = [Path(p) for p in args.inputs]
     if len(paths) != 2:
         raise InputError(f"--change needs exactly two inputs, the baseline FLAIR then the follow-up FLAIR; got "
@@ -140,20 +158,17 @@ def _cmd_change(args: argparse.Namespace) -> ExitCode:
     base, follow = (read_volume(p, warnings=warnings) for p in paths)
     mask = read_volume(args.brain_mask, warnings=warnings) if args.brain_mask is not None else None
     args.cancel.check()
-    t0 = time.perf_counter()
-    bar = Progress(args.quiet, "change", as_json=args.progress_json)
-    try:
+
+    def compute(bar: Progress) -> ChangeComparison:
         c = change_cases(base, follow, brain_mask=mask, affine=args.affine, interval_days=args.interval_days,
                          progress=bar, cancel=args.cancel)
         c.warnings[:0] = warnings
         c.result.warnings[:0] = warnings
         write_change(c, args.out, overwrite=args.overwrite, html=not args.no_html,
                      mesh_formats=args.formats[0] if not args.no_models else (), cancel=args.cancel)
-    finally:
-        bar.close()
-    if not args.quiet:
-        print(format_change(c, args.out, time.perf_counter() - t0))
-    return ExitCode.OK
+        return c
+
+    return _run_and_print(args, "change", compute, format_change)
 
 
 def format_change(c: ChangeComparison, out: Path, seconds: float) -> str:
