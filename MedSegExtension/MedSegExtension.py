@@ -82,6 +82,8 @@ class MedSegExtensionParameterNode:
     baselineSegmentation, followupSegmentation - None: segment that visit with the task; else use this.
     intervalDays - days between the scans (0: unknown).
     compareTable - the lesion table of the last comparison ("Recompute response" corrects it).
+    lesionChange - "Compare" runs the lesion-change mode of two FLAIRs (MS) instead: no task, no segmentations.
+    brainMask - lesion-change mode: the baseline's brain (None: derived from the baseline FLAIR).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -106,6 +108,8 @@ class MedSegExtensionParameterNode:
     followupSegmentation: Optional[vtkMRMLSegmentationNode]
     intervalDays: Annotated[float, WithinRange(0.0, 36500.0)] = 0.0
     compareTable: Optional[vtkMRMLTableNode]
+    lesionChange: bool = False
+    brainMask: Optional[vtkMRMLSegmentationNode]
 
 
 #
@@ -121,7 +125,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: Optional[MedSegExtensionParameterNode] = None
         self._parameterNodeGuiTag = None
         self._job = None
-        self._jobIsComparison = False
+        self._jobKind = "run"  # what the running job is: "run", "compare" or "change"
         self._timer = None
         self._tasks = []
         self._compareCells: dict = {}  # lesion row -> its "Follow-up" cell as shown (edits are compared to it)
@@ -239,10 +243,18 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ok = bool(p and p.inputVolume)
         self.ui.applyButton.enabled = ok
         self.ui.applyButton.toolTip = _("Run MedSeg") if ok else _("Select an input volume")
+        change = bool(p and p.lesionChange)
         ok = bool(p and p.baselineVolume and p.followupVolume)
         self.ui.compare_applyButton.enabled = ok
-        self.ui.compare_applyButton.toolTip = (_("Compare the two visits") if ok
-                                               else _("Select a baseline and a follow-up volume"))
+        self.ui.compare_applyButton.toolTip = (
+            (_("Find the lesions new, enlarged, shrunk or gone between the two FLAIRs") if change
+             else _("Compare the two visits")) if ok else _("Select a baseline and a follow-up volume"))
+        # the lesion-change mode takes no task and no segmentations, and may take a brain mask
+        for w in (self.ui.baselineSegmentationLabel, self.ui.baselineSegmentationSelector,
+                  self.ui.followupSegmentationLabel, self.ui.followupSegmentationSelector):
+            w.enabled = not change
+        for w in (self.ui.brainMaskLabel, self.ui.brainMaskSelector):
+            w.enabled = change
         self.ui.recompute_applyButton.enabled = bool(p and p.compareTable and self._compareCells)
 
     def _inputs(self) -> list:
@@ -276,7 +288,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 params=self._params(), createModels=p.createModels, createTable=p.createTable,
                 saveFolder=p.saveFolder if p.saveResults else None, progressCallback=self._onProgress,
                 force=p.force, dicomFormats=self._dicomFormats() if p.saveResults else ())
-            self._jobIsComparison = False
+            self._jobKind = "run"
             self._setBusy(self.ui.applyButton)
             self.ui.resultsTable.setRowCount(0)
             self._timer.start()
@@ -302,11 +314,18 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.infoDisplay(_("Python packages were updated. Restart Slicer, then press Compare again."))
                 return
             p = self._parameterNode
-            self._job = self.logic.startCompare(
-                [p.baselineVolume], [p.followupVolume], p.task, baselineSegmentation=p.baselineSegmentation,
-                followupSegmentation=p.followupSegmentation, intervalDays=p.intervalDays or None, device=p.device,
-                params=self._params(), createModels=p.createModels, force=p.force, progressCallback=self._onProgress)
-            self._jobIsComparison = True
+            if p.lesionChange:
+                self._job = self.logic.startLesionChange(
+                    p.baselineVolume, p.followupVolume, brainMask=p.brainMask, intervalDays=p.intervalDays or None,
+                    progressCallback=self._onProgress)
+                self._jobKind = "change"
+            else:
+                self._job = self.logic.startCompare(
+                    [p.baselineVolume], [p.followupVolume], p.task, baselineSegmentation=p.baselineSegmentation,
+                    followupSegmentation=p.followupSegmentation, intervalDays=p.intervalDays or None,
+                    device=p.device, params=self._params(), createModels=p.createModels, force=p.force,
+                    progressCallback=self._onProgress)
+                self._jobKind = "compare"
             self._setBusy(self.ui.compare_applyButton)
             self._compareCells = {}
             self.ui.compare_resultsTable.setRowCount(0)
@@ -346,7 +365,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._job is None or not self._job.poll():
             return
         job, self._job = self._job, None
-        isComparison, self._jobIsComparison = self._jobIsComparison, False
+        kind, self._jobKind = self._jobKind, "run"
         self._timer.stop()
         self.ui.applyButton.text = _("Apply")
         self.ui.compare_applyButton.text = _("Compare")
@@ -361,25 +380,19 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             slicer.util.errorDisplay(_("MedSeg failed: {error}").format(error=message))
             return
-        if isComparison:
+        if kind == "compare":
             self._showComparison(job.result)
+        elif kind == "change":
+            self._showLesionChange(job.result)
         else:
             self._showResult(job.result)
 
     def _showResult(self, result) -> None:
-        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
-
-        from MedSegExtensionLib.results_table import COLUMNS, format_cell  # glue: after the dependency check
+        from MedSegExtensionLib.results_table import COLUMNS  # glue: after the dependency check
 
         self.ui.statusLabel.text = _("Done in {s:.1f} s: {n} segment(s), {b} box(es)").format(
             s=result.elapsedSeconds, n=len(result.segmentIds), b=len(result.roiNodes))
-        table = self.ui.resultsTable
-        table.setColumnCount(len(COLUMNS))
-        table.setHorizontalHeaderLabels([f"{t} ({u})" if u else t for t, _k, u in COLUMNS])
-        table.setRowCount(len(result.measurements))
-        for r, row in enumerate(result.measurements):
-            for c, (_t, key, _u) in enumerate(COLUMNS):
-                table.setItem(r, c, qt.QTableWidgetItem(format_cell(row[key])))
+        self._fillTable(self.ui.resultsTable, COLUMNS, result.measurements)
         for w in result.warnings:
             log.warning("MedSeg: %s", w)
         slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, fit=False)
@@ -396,27 +409,50 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          foreground=result.followupOnBaselineNode, foregroundOpacity=0.5, fit=False)
 
     def _showComparisonRows(self, rows: list, lesionRows: int, recist: dict, volumetric: dict) -> None:
-        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+        from MedSegExtensionLib.results_table import COMPARE_COLUMNS  # glue: after the dependency check
 
-        from MedSegExtensionLib.results_table import COMPARE_COLUMNS, format_cell  # glue: after the dependency check
+        def editable(r: int, key: str) -> bool:
+            return key == "followup" and r < lesionRows and bool(rows[r]["baseline"])
 
-        table = self.ui.compare_resultsTable
-        table.setColumnCount(len(COMPARE_COLUMNS))
-        table.setHorizontalHeaderLabels([f"{t} ({u})" if u else t for t, _k, u in COMPARE_COLUMNS])
-        table.setRowCount(len(rows))
-        readOnly = qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable
-        self._compareCells = {}
-        for r, row in enumerate(rows):
-            for c, (_t, key, _u) in enumerate(COMPARE_COLUMNS):
-                item = qt.QTableWidgetItem(format_cell(row[key]))
-                editable = key == "followup" and r < lesionRows and bool(row["baseline"])
-                item.setFlags(readOnly | qt.Qt.ItemIsEditable if editable else readOnly)
-                table.setItem(r, c, item)
-            if r < lesionRows and row["baseline"]:
-                self._compareCells[r] = row["followup"]
+        self._fillTable(self.ui.compare_resultsTable, COMPARE_COLUMNS, rows, editable)
+        self._compareCells = {r: row["followup"] for r, row in enumerate(rows) if r < lesionRows and row["baseline"]}
         self.ui.compareResponseLabel.text = _("RECIST 1.1: {r} ({rr})\nVolumetric: {v} ({vr})").format(
             r=recist["response"], rr=recist["rule"], v=volumetric["response"], vr=volumetric["rule"])
         self._checkCanApply()
+
+    def _showLesionChange(self, result) -> None:
+        """A finished lesion-change comparison: its regions in the panel's table (read-only)."""
+        from MedSegExtensionLib.results_table import CHANGE_COLUMNS  # glue: after the dependency check
+
+        self._compareCells = {}
+        self._fillTable(self.ui.compare_resultsTable, CHANGE_COLUMNS, result.rows)
+        self.ui.compareResponseLabel.text = _("Lesion change: {counts}").format(
+            counts=", ".join(f"{n} {kind}" for kind, n in result.counts.items()) or _("none"))
+        self.ui.statusLabel.text = _("Compared in {s:.1f} s: {n} change region(s)").format(
+            s=result.elapsedSeconds, n=len(result.rows))
+        for w in result.warnings:
+            log.warning("MedSeg: %s", w)
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.baselineVolume,
+                                         foreground=result.followupOnBaselineNode, foregroundOpacity=0.5, fit=False)
+        self._checkCanApply()
+
+    @staticmethod
+    def _fillTable(table, columns: Sequence, rows: Sequence, editable: Optional[Callable[[int, str], bool]] = None):
+        """Show ``rows`` in the QTableWidget ``table``: one column per (title, key, unit) of ``columns``;
+        cells read-only unless ``editable(row, key)``."""
+        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+
+        from MedSegExtensionLib.results_table import format_cell  # glue: after the dependency check
+
+        table.setColumnCount(len(columns))
+        table.setHorizontalHeaderLabels([f"{t} ({u})" if u else t for t, _k, u in columns])
+        table.setRowCount(len(rows))
+        readOnly = qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable
+        for r, row in enumerate(rows):
+            for c, (_t, key, _u) in enumerate(columns):
+                item = qt.QTableWidgetItem(format_cell(row.get(key)))
+                item.setFlags(readOnly | qt.Qt.ItemIsEditable if editable and editable(r, key) else readOnly)
+                table.setItem(r, c, item)
 
 
 #
@@ -661,20 +697,114 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         job.start()
         return job
 
+    # ------------------------------------------------------------------ lesion change of two FLAIRs
+    def createLesionChangeRequest(self, baselineVolume, followupVolume, brainMask=None,
+                                  intervalDays: Optional[float] = None, affine: bool = False,
+                                  keepTemporaryFiles: bool = False):
+        """Validate the nodes and options of a lesion-change comparison and copy them out of the scene
+        (``ChangeRequest``).
+
+        ``baselineVolume``/``followupVolume``: two FLAIR volume nodes of one patient. ``brainMask``: the
+        baseline's brain, a segmentation node (all its segments; exported onto the baseline's grid) or a
+        label map / scalar volume node on the baseline's grid (non-zero voxels); None: derived from the
+        baseline. ``intervalDays``: days between the scans (None or 0: unknown). ``affine``: register rigid
+        then affine (default rigid: the brain is rigid between visits).
+
+        Raises:
+            InputError: a volume not selected or selected twice, a node of the wrong kind, a segmentation
+                under a transform or without segments, a bad interval.
+        """
+        # glue: deferred until a comparison starts (it imports the core, torch included)
+        from MedSegExtensionLib.change_job import CHANGE_NODE_ROLES, ChangeRequest
+        from MedSegExtensionLib.compare_job import check_interval_days, labelmap_from_segmentation_node
+        from MedSegExtensionLib.volume_bridge import volume_from_node
+
+        for what, node in (("baseline", baselineVolume), ("follow-up", followupVolume)):
+            if node is None:
+                raise InputError(f"a {what} FLAIR volume is not selected")
+            if not isinstance(node, vtkMRMLScalarVolumeNode):
+                raise InputError(f"the {what} FLAIR {node.GetName()!r} is not a scalar volume node")
+        if baselineVolume is followupVolume:
+            raise InputError(f"volume {baselineVolume.GetName()!r} is selected as both the baseline and the follow-up")
+        days = check_interval_days(intervalDays)
+        base, follow = volume_from_node(baselineVolume), volume_from_node(followupVolume)
+        mask, warnings = None, []
+        if isinstance(brainMask, vtkMRMLSegmentationNode):
+            labelmap, warnings = labelmap_from_segmentation_node(brainMask, baselineVolume, base)
+            mask = labelmap.volume
+        elif isinstance(brainMask, vtkMRMLScalarVolumeNode):
+            mask = volume_from_node(brainMask)
+        elif brainMask is not None:
+            raise InputError(f"the brain mask {brainMask.GetName()!r} is neither a segmentation nor a volume node")
+        b, f = baselineVolume.GetName(), followupVolume.GetName()
+        names = dict(zip(CHANGE_NODE_ROLES, (f"{f} vs {b} lesion change", f"{f} on {b}", f"{f} to {b}",
+                                             f"{f} vs {b} lesion change regions"), strict=True))
+        return ChangeRequest(baselineNode=baselineVolume, followupNode=followupVolume, baselineVolume=base,
+                             followupVolume=follow, names=names, brainMaskNode=brainMask, brainMask=mask,
+                             intervalDays=days, affine=bool(affine), keepTemporaryFiles=keepTemporaryFiles,
+                             warnings=list(warnings))
+
+    def lesionChange(self, baselineVolume, followupVolume, brainMask=None, intervalDays: Optional[float] = None,
+                     affine: bool = False, progressCallback: Optional[Callable[[float, str], None]] = None,
+                     runInProcess: bool = True, cancelToken=None):
+        """Lesions new, enlarged, shrunk or gone between two FLAIRs of one patient (multiple sclerosis;
+        ``medseg compare --change``), added to the scene; blocks until done. No task, no segmentation of
+        either visit: the change is detected in the registered images inside the brain.
+
+        Adds, in one step: a segmentation of the change regions ("New lesion 1", "Enlarged lesion 2",
+        "Shrunk lesion 3", "Gone lesion 4", ...) referencing the baseline volume, a locked box per region
+        described with its kind and evidence, the follow-up resampled onto the baseline, the registration
+        as a transform node (follow-up -> baseline) and a table with one row per region (name, kind,
+        volume mm3, mean change in robust z units of brain tissue, evidence).
+
+        :param brainMask: see ``createLesionChangeRequest``.
+        :param runInProcess: True runs the core here (console, tests); False runs ``medseg compare --change``
+            as a child process and waits for it.
+        :param cancelToken: a ``medseg.core.progress.CancelToken`` (in-process runs).
+        :return: ``ChangeResult`` (nodes, table rows, regions, counts per kind, warnings).
+        :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
+            unchanged whenever one is raised.
+        """
+        from MedSegExtensionLib.change_job import ChangeJob  # glue: deferred until a comparison starts
+
+        job = ChangeJob(self.createLesionChangeRequest(baselineVolume, followupVolume, brainMask, intervalDays,
+                                                       affine), progressCallback)
+        if runInProcess:
+            return job.run_in_process(cancelToken)
+        job.start()
+        return job.wait()
+
+    def startLesionChange(self, baselineVolume, followupVolume, brainMask=None, intervalDays: Optional[float] = None,
+                          affine: bool = False, progressCallback: Optional[Callable[[float, str], None]] = None):
+        """Start a child-process lesion-change comparison and return its ``ChangeJob`` at once
+        (``job.poll()`` periodically imports the result when the child ends; ``job.cancel()`` stops it)."""
+        from MedSegExtensionLib.change_job import ChangeJob  # glue: deferred until a comparison starts
+
+        job = ChangeJob(self.createLesionChangeRequest(baselineVolume, followupVolume, brainMask, intervalDays,
+                                                       affine), progressCallback)
+        job.start()
+        return job
+
     @staticmethod
     def recomputeComparison(tableNode, corrections: Sequence):
         """Correct lesion matches and recompute the changes and responses of a comparison, without
         segmenting or registering again. ``tableNode``: the comparison's lesion table (it holds the
-        stored measurements); ``corrections``: ``medseg.followup.rematch.Correction`` (baseline names,
-        follow-up names), e.g. ``Correction("Lesion 2", "Lesion 5")`` links them and
-        ``Correction("Lesion 2", ())`` unlinks Lesion 2. The table's rows and response attributes are
-        replaced; later corrections build on them.
+        stored measurements and the links to the lesions' segments and boxes); ``corrections``:
+        ``medseg.followup.rematch.Correction`` (baseline names, follow-up names), e.g.
+        ``Correction("Lesion 2", "Lesion 5")`` links them and ``Correction("Lesion 2", ())`` unlinks Lesion 2.
 
-        :return: (``medseg.followup.rematch.Rematch``, the table's new rows).
-        :raises: InputError (not a comparison table, an unknown lesion name, a lesion named twice); the
-            table is unchanged then.
+        The scene follows, in one step: the follow-up's lesion segments (and their models and boxes) are
+        renamed and recoloured after their new baseline matches, as the comparison names them (matched:
+        the baseline lesion's name and colour; split parts "Lesion 3a", "Lesion 3b"; merged "Lesion 2+3";
+        new lesions numbered on after the baseline's), both visits' box descriptions say what became of
+        each lesion, and the table's rows and response attributes are replaced; later corrections build
+        on them (with the new names).
+
+        :return: (``medseg.followup.rematch.Rematch`` with the new follow-up names, the table's new rows).
+        :raises: InputError (not a comparison table, an unknown lesion name, a lesion named twice, a
+            segmentation of the comparison no longer in the scene), CommitError; nothing changes then.
         """
-        from MedSegExtensionLib.compare_job import recompute_table  # glue: deferred, see the imports at the top
+        from MedSegExtensionLib.compare_scene import recompute_table  # glue: deferred, see the imports at the top
 
         return recompute_table(tableNode, list(corrections))
 
@@ -682,7 +812,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
     def comparisonCorrections(tableNode, edits: dict) -> list:
         """Corrections from edited "Follow-up" cells of a comparison's table (``{row: text}``, row 0 =
         the first lesion row; names separated by commas; empty = unlinked)."""
-        from MedSegExtensionLib.compare_job import corrections_from_edits  # glue: deferred, see the top
+        from MedSegExtensionLib.compare_scene import corrections_from_edits  # glue: deferred, see the top
 
         return corrections_from_edits(tableNode, edits)
 

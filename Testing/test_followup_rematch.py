@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 
 from medseg.core.errors import InputError
+from medseg.followup.matching import LesionMatch
+from medseg.followup.naming import FollowupName, baseline_fates, followup_names, next_lesion_number
 from medseg.followup.rematch import (
     USER_VIA,
     Correction,
     StoredComparison,
     parse_names,
     rematch,
+    rename_followup,
     stored_comparison,
 )
 from medseg.pipeline.compare import compare_cases, write_comparison
@@ -142,6 +145,69 @@ def test_restating_a_group_changes_nothing():
     stored = _stored()
     out = rematch(stored, [Correction("Lesion 1", "Lesion 1"), Correction((), "Lesion 4")])
     assert out.matches == stored.matches and out.corrected == []
+
+
+RED, GREEN, BLUE, GREY = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.5, 0.5, 0.5)
+
+
+def test_follow_up_lesions_are_named_after_their_baseline_matches():
+    """The naming rule the comparison and a corrected comparison share: matched -> the baseline name and
+    colour, split parts lettered, merged names joined by "+", new lesions numbered on after the
+    baseline's highest number in their own colour; each with its box note."""
+    base = {"b1": ("Lesion 1", RED), "b2": ("Lesion 2", GREEN), "b3": ("Lesion 3", BLUE), "b7": ("Lesion 7", GREY)}
+    own = {f"f{n}": GREY for n in range(1, 9)}
+    matches = [LesionMatch("matched", ("b1",), ("f5",), 0.8, 1.0, "overlap 0.80"),
+               LesionMatch("split", ("b2",), ("f2", "f3"), 0.6, 2.0, "two parts"),
+               LesionMatch("merged", ("b3", "b7"), ("f1",), 0.7, 1.5, "one now"),
+               LesionMatch("new", (), ("f8",), 0.0, None, "nothing there before"),
+               LesionMatch("new", (), ("f6",), 0.0, None, "nor here")]
+    named = followup_names(matches, base, own)
+    assert named == {
+        "f5": FollowupName("Lesion 1", RED, "matched Lesion 1 at baseline (overlap 0.80)"),
+        "f2": FollowupName("Lesion 2a", GREEN, "part of Lesion 2 at baseline, which split (two parts)"),
+        "f3": FollowupName("Lesion 2b", GREEN, "part of Lesion 2 at baseline, which split (two parts)"),
+        "f1": FollowupName("Lesion 3+7", BLUE, "merged from Lesion 3, Lesion 7 at baseline (one now)"),
+        "f8": FollowupName("Lesion 8", GREY, "new at follow-up (nothing there before)"),
+        "f6": FollowupName("Lesion 9", GREY, "new at follow-up (nor here)")}
+    # the numbering continues after the names given as numbered (the pipeline passes its lesions only)
+    assert followup_names(matches[3:], base, own, numbered=["Lesion 2"])["f8"].name == "Lesion 3"
+    complex_ = LesionMatch("complex", ("b1", "b2"), ("f1", "f2"), 0.5, 1.0, "tangled")
+    assert [n.name for n in followup_names([complex_], base, own).values()] == ["Lesion 1+2a", "Lesion 1+2b"]
+    other = {"t1": ("Tumour", RED), "t2": ("Mass", BLUE)}
+    assert followup_names([LesionMatch("merged", ("t1", "t2"), ("f1",), 0.5, 1.0, "x")], other, own)["f1"].name == (
+        "Tumour + Mass")
+    assert baseline_fates([*matches, LesionMatch("gone", ("b9",), (), 0.0, None, "no trace")]) == {
+        "b1": "matched at follow-up (overlap 0.80)", "b2": "split at follow-up (two parts)",
+        "b3": "merged at follow-up (one now)", "b7": "merged at follow-up (one now)",
+        "b9": "gone at follow-up (no trace)"}
+    assert next_lesion_number(["Liver", "Lesion 12", "Lesion 3 "]) == 13 and next_lesion_number([]) == 1
+    with pytest.raises(InputError, match="baseline lesion 'b5'"):
+        followup_names([LesionMatch("matched", ("b5",), ("f1",), 0.5, 1.0, "x")], base, own)
+    with pytest.raises(InputError, match="kind 'moved'"):
+        baseline_fates([LesionMatch("moved", ("b1",), ("f1",), 0.5, 1.0, "x")])
+
+
+def test_renaming_the_follow_up_after_a_correction():
+    """After Lesion 3 is linked to follow-up "Lesion 4", the follow-up lesion is renamed "Lesion 3": the
+    stored comparison, the matches, the changes and the responses use the new name, and further
+    corrections build on it."""
+    out = rematch(_stored(), [Correction("Lesion 3", "Lesion 4")])
+    named = followup_names(out.matches, {n: (n, RED) for n in out.stored.baseline},
+                           dict.fromkeys(out.stored.followup, GREY))
+    assert named["Lesion 4"].name == "Lesion 3" and "linked by the user" in named["Lesion 4"].note
+    renamed = rename_followup(out, {old: n.name for old, n in named.items()})
+    assert _groups(renamed)[2] == ("matched", ("Lesion 3",), ("Lesion 3",))
+    assert list(renamed.stored.followup) == ["Lesion 3", "Lesion 1", "Lesion 2"]  # follow-up segment order kept
+    assert renamed.changes[2]["followup"] == ["Lesion 3"] and renamed.corrected == out.corrected == [2]
+    assert renamed.recist == {**out.recist, "per_target": renamed.recist["per_target"]}
+    assert [r["id"] for r in renamed.recist["per_target"]] == [r["id"] for r in out.recist["per_target"]]
+    assert renamed.stored.followup["Lesion 3"] == out.stored.followup["Lesion 4"]
+    again = rematch(renamed.stored, [Correction("Lesion 3", ())])  # unlink: the follow-up's Lesion 3 is new
+    assert ("new", (), ("Lesion 3",)) in _groups(again) and again.recist["response"] == "PD"
+    with pytest.raises(InputError, match="would both be named 'Lesion 1'"):
+        rename_followup(out, {"Lesion 4": "Lesion 1"})
+    with pytest.raises(InputError, match="unknown follow-up lesion"):
+        rename_followup(out, {"Lesion 9": "Lesion 3"})
 
 
 @pytest.mark.parametrize("corrections, message", [

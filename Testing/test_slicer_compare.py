@@ -18,13 +18,8 @@ import vtk
 from medseg.core.errors import InputError
 from medseg.followup.rematch import Correction
 from MedSegExtension import MedSegExtensionLogic
-from MedSegExtensionLib.compare_job import (
-    RECIST_ATTRIBUTE,
-    STATE_ATTRIBUTE,
-    VOLUMETRIC_ATTRIBUTE,
-    compare_command,
-    labelmap_from_segmentation_node,
-)
+from MedSegExtensionLib.compare_job import compare_command, labelmap_from_segmentation_node
+from MedSegExtensionLib.compare_scene import RECIST_ATTRIBUTE, STATE_ATTRIBUTE, VOLUMETRIC_ATTRIBUTE
 from MedSegExtensionLib.process import ExitStatus
 from MedSegExtensionLib.results_table import RESPONSE_KIND
 from MedSegExtensionLib.volume_bridge import volume_from_node
@@ -135,14 +130,34 @@ def test_compare_in_process_adds_matched_segmentations_boxes_image_transform_and
     assert medseg_temp_dirs() == []
 
 
+def _segment(segNode, name):
+    segmentation = segNode.GetSegmentation()
+    return segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+
+
+def _box(rois, segNode, name):
+    """The ROI linked to the segment named ``name``."""
+    sid = segNode.GetSegmentation().GetSegmentIdBySegmentName(name)
+    return next(r for r in rois if r.GetAttribute("MedSeg.SegmentID") == sid)
+
+
 def test_correcting_a_match_recomputes_the_response_without_segmenting(nodes, monkeypatch):
     """Baseline Lesion 3 ("gone") and follow-up Lesion 4 ("new") are declared the same lesion: no new
-    lesion remains and RECIST / volumetric go from PD to SD; unlinking again restores PD. Bad
-    corrections are refused and leave the table as it was."""
+    lesion remains and RECIST / volumetric go from PD to SD. The scene follows: the follow-up's segment
+    becomes "Lesion 3" in the baseline lesion's colour, its box is renamed and both boxes say they were
+    linked by the user. Unlinking again restores PD, the name "Lesion 4" and its own colour. Bad
+    corrections are refused and leave the table and the scene as they were."""
     base, follow, _, _ = nodes
     logic = MedSegExtensionLogic()
-    res = logic.compare([base], [follow], "threshold", params=THRESHOLD)
-    table = res.tableNode
+    res = logic.compare([base], [follow], "threshold", params=THRESHOLD, createModels=True)
+    table, seg_b, seg_f = res.tableNode, res.baselineSegmentationNode, res.followupSegmentationNode
+    own_colour = _segment(seg_f, "Lesion 4").GetColor()
+    new_model = next(m for m in res.modelNodes if m.GetAttribute("MedSeg.SegmentationID") == seg_f.GetID()
+                     and m.GetName() == "Lesion 4")
+    base_colour = _segment(seg_b, "Lesion 3").GetColor()
+    assert own_colour != base_colour  # the threshold task cycles colours over lesions
+    new_box = _box(res.followupRoiNodes, seg_f, "Lesion 4")
+    gone_box = _box(res.baselineRoiNodes, seg_b, "Lesion 3")
 
     import medseg.pipeline.compare as pipeline_compare
     import MedSegExtensionLib.compare_job as compare_job
@@ -156,36 +171,91 @@ def test_correcting_a_match_recomputes_the_response_without_segmenting(nodes, mo
 
     # refused: an unknown name, a lesion in two corrections, a "new" row, a table that is not a comparison's
     rows_before = _table_column(table, "Follow-up")
+    before = scene_snapshot()
     with pytest.raises(InputError, match="'Lesion 9'"):
         logic.recomputeComparison(table, [Correction("Lesion 9", "Lesion 4")])
     with pytest.raises(InputError, match=r"'Lesion 4'.*corrections 1 and 2"):
         logic.recomputeComparison(table, [Correction("Lesion 3", "Lesion 4"), Correction("Lesion 1", "Lesion 4")])
     with pytest.raises(InputError, match="row 4 is a new lesion"):
         logic.comparisonCorrections(table, {3: "Lesion 1"})
+    other = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "other")
     with pytest.raises(InputError, match="not the lesion table"):
-        logic.recomputeComparison(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "other"), [])
+        logic.recomputeComparison(other, [])
+    slicer.mrmlScene.RemoveNode(other)
     assert _table_column(table, "Follow-up") == rows_before and table.GetAttribute(RECIST_ATTRIBUTE) == "PD"
+    assert scene_snapshot() == before  # names, colours, descriptions, attributes: all as they were
 
-    before = scene_snapshot()
     corrections = logic.comparisonCorrections(table, {2: "Lesion 4"})  # the "gone" row's follow-up cell
     assert corrections == [Correction(("Lesion 3",), ("Lesion 4",))]
     outcome, rows = logic.recomputeComparison(table, corrections)
     assert outcome.recist["response"] == "SD" and outcome.volumetric["response"] == "SD"
     assert [(m.kind, m.baseline, m.followup) for m in outcome.matches] == [
         ("matched", ("Lesion 1",), ("Lesion 1",)), ("matched", ("Lesion 2",), ("Lesion 2",)),
-        ("matched", ("Lesion 3",), ("Lesion 4",))]
+        ("matched", ("Lesion 3",), ("Lesion 3",))]
     assert _table_column(table, "Kind") == ["matched"] * 3 + [RESPONSE_KIND] * 2
-    assert _table_column(table, "Follow-up")[2:] == ["Lesion 4", "SD", "SD"]
+    assert _table_column(table, "Follow-up")[2:] == ["Lesion 3", "SD", "SD"]
     assert "linked by the user" in _table_column(table, "Evidence")[2]
     assert table.GetAttribute(RECIST_ATTRIBUTE) == "SD" and rows[-1]["followup"] == "SD"
+    # the scene follows: the follow-up segment carries the baseline lesion's name and colour
+    assert sorted(_segment_names(seg_f)) == ["Lesion 1", "Lesion 2", "Lesion 3"]
+    assert _segment(seg_f, "Lesion 3").GetColor() == base_colour
+    assert _box(res.followupRoiNodes, seg_f, "Lesion 3") is new_box
+    assert new_model.GetName() == "Lesion 3" and new_model.GetDisplayNode().GetColor() == base_colour
+    assert new_box.GetName().endswith(" follow-up Lesion 3")
+    assert "matched Lesion 3 at baseline (linked by the user" in new_box.GetDescription()
+    assert "new at follow-up" not in new_box.GetDescription() and new_box.GetDescription().endswith(", score 1.00")
+    assert "matched at follow-up (linked by the user" in gone_box.GetDescription()
+    assert "gone at follow-up" not in gone_box.GetDescription()
     after = scene_snapshot()
-    changed = [nid for nid in before["nodes"] if before["nodes"][nid] != after["nodes"][nid]]
-    assert set(after["nodes"]) == set(before["nodes"]) and changed == [table.GetID()]  # only the table changed
+    changed = {nid for nid in before["nodes"] if before["nodes"][nid] != after["nodes"][nid]}
+    assert set(after["nodes"]) == set(before["nodes"])
+    assert changed == {table.GetID(), seg_f.GetID(), new_box.GetID(), gone_box.GetID(), new_model.GetID()}
 
-    # the corrections build on the table: unlinking Lesion 3 makes Lesion 4 new again -> PD
+    # the corrections build on the table (with the new names): unlinking Lesion 3 makes the follow-up's
+    # lesion new again -> PD, named "Lesion 4" (after the baseline's highest number) in its own colour
     outcome, _ = logic.recomputeComparison(table, logic.comparisonCorrections(table, {2: ""}))
     assert outcome.recist["response"] == "PD"
     assert _table_column(table, "Kind")[:4] == ["matched", "matched", "gone", "new"]
+    assert _table_column(table, "Follow-up")[:4] == ["Lesion 1", "Lesion 2", "", "Lesion 4"]
+    assert sorted(_segment_names(seg_f)) == ["Lesion 1", "Lesion 2", "Lesion 4"]
+    assert _segment(seg_f, "Lesion 4").GetColor() == own_colour == new_model.GetDisplayNode().GetColor()
+    assert "new at follow-up (Lesion 3 re-linked by the user" in new_box.GetDescription()
+    assert "gone at follow-up (unlinked by the user" in gone_box.GetDescription()
+    assert new_box.GetName().endswith(" follow-up Lesion 4")
+
+    # a split and a merge are named as the comparison names them
+    logic.recomputeComparison(table, [Correction("Lesion 2", ("Lesion 2", "Lesion 4"))])
+    assert sorted(_segment_names(seg_f)) == ["Lesion 1", "Lesion 2a", "Lesion 2b"]
+    assert "split at follow-up (linked by the user" in _box(res.baselineRoiNodes, seg_b, "Lesion 2").GetDescription()
+    assert "part of Lesion 2 at baseline, which split" in new_box.GetDescription()
+    logic.recomputeComparison(table, [Correction(("Lesion 1", "Lesion 3"), ("Lesion 1",))])
+    assert sorted(_segment_names(seg_f)) == ["Lesion 1+3", "Lesion 2a", "Lesion 2b"]
+    assert _segment(seg_f, "Lesion 1+3").GetColor() == _segment(seg_b, "Lesion 1").GetColor()
+
+
+def test_a_failing_recompute_leaves_names_colours_descriptions_and_table_unchanged(nodes, monkeypatch):
+    """The box descriptions are rewritten after the segments were renamed and recoloured: a failure there
+    undoes the renaming, and the table keeps its rows and attributes."""
+    base, follow, _, _ = nodes
+    logic = MedSegExtensionLogic()
+    res = logic.compare([base], [follow], "threshold", params=THRESHOLD)
+    table = res.tableNode
+    rows_before = {title: _table_column(table, title) for title in ("Kind", "Follow-up", "Evidence")}
+    before = scene_snapshot()
+
+    def fail(self, text):
+        raise RuntimeError("injected failure after the follow-up segment was renamed")
+
+    monkeypatch.setattr(slicer.vtkMRMLMarkupsROINode, "SetDescription", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        logic.recomputeComparison(table, [Correction("Lesion 3", "Lesion 4")])
+    assert scene_snapshot() == before and not slicer.mrmlScene.IsBatchProcessing()
+    assert {title: _table_column(table, title) for title in rows_before} == rows_before
+    assert table.GetAttribute(RECIST_ATTRIBUTE) == "PD"
+    # the stored comparison is untouched: the same correction works once the failure is gone
+    monkeypatch.undo()
+    outcome, _ = logic.recomputeComparison(table, [Correction("Lesion 3", "Lesion 4")])
+    assert outcome.recist["response"] == "SD" and "Lesion 3" in _segment_names(res.followupSegmentationNode)
 
 
 def test_given_segmentation_nodes_are_used_instead_of_segmenting(nodes):

@@ -8,17 +8,16 @@ are prepared, the input nodes are checked to be still in the scene, and everythi
 one step (``scene_commit.commit_comparison``). The temporary folder is removed on success,
 failure and cancel alike.
 
-The lesion table carries the comparison's stored state (``STATE_ATTRIBUTE``, JSON of
-``medseg.followup.rematch.StoredComparison``), so that a user's corrections of the matches are
-recomputed from the table node alone (``recompute_table``), without segmenting or registering again.
+The lesion table carries the comparison's stored state and the links to each lesion's nodes
+(``compare_scene``), so that a user's corrections of the matches are recomputed from the table node
+alone (``compare_scene.recompute_table``), without segmenting or registering again.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,28 +30,20 @@ from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken
 from medseg.core.volume import Volume
-from medseg.followup.rematch import Correction, Rematch, StoredComparison, parse_names, rematch, stored_comparison
+from medseg.followup.rematch import rematch, stored_comparison
 from medseg.io.seg_nrrd import terminology_from_string, write_seg_nrrd
 from medseg.io.volume_writer import write_volume_nrrd
 from medseg.pipeline.compare import compare_cases, write_comparison
 from medseg.pipeline.options import RunOptions
 from medseg.pipeline.tasks import get_task
+from MedSegExtensionLib.compare_scene import LINKS_ATTRIBUTE, comparison_links, table_attributes
 from MedSegExtensionLib.errors import ProcessError, StaleSceneError
-from MedSegExtensionLib.job import MedSegJob
+from MedSegExtensionLib.job import COMPUTE_SHARE, MedSegJob
 from MedSegExtensionLib.process import ChildProcess, ExitStatus, child_environment, medseg_command
 from MedSegExtensionLib.result_import import load_compare_folder
 from MedSegExtensionLib.results_table import build_compare_vtk_table, compare_rows
 from MedSegExtensionLib.scene_commit import commit_comparison, planned_segment_names
 
-#: share of the progress bar for the computation (the rest is import + commit)
-_COMPUTE_SHARE = 0.95
-#: table-node attribute holding the stored comparison (JSON)
-STATE_ATTRIBUTE = "MedSeg.Comparison"
-#: table-node attributes holding the responses and the rules that decided them
-RECIST_ATTRIBUTE = "MedSeg.RecistResponse"
-RECIST_RULE_ATTRIBUTE = "MedSeg.RecistRule"
-VOLUMETRIC_ATTRIBUTE = "MedSeg.VolumetricResponse"
-VOLUMETRIC_RULE_ATTRIBUTE = "MedSeg.VolumetricRule"
 #: the keys of ``CompareRequest.names``: the scene names of what a comparison adds
 NODE_ROLES = ("baseline", "followup", "volume", "transform", "table")
 
@@ -185,93 +176,25 @@ def compare_command(baseline: Sequence[Path], followup: Sequence[Path], task: st
     return args
 
 
-# ------------------------------------------------------------------------------ the table's state
-def table_attributes(outcome: Rematch) -> dict:
-    """The lesion table's attributes: the stored comparison (JSON) and both responses with their rules."""
-    assert outcome.stored is not None  # rematch always returns the comparison it produced
-    return {STATE_ATTRIBUTE: json.dumps(outcome.stored.to_json(), allow_nan=False),
-            RECIST_ATTRIBUTE: str(outcome.recist["response"]), RECIST_RULE_ATTRIBUTE: str(outcome.recist["rule"]),
-            VOLUMETRIC_ATTRIBUTE: str(outcome.volumetric["response"]),
-            VOLUMETRIC_RULE_ATTRIBUTE: str(outcome.volumetric["rule"])}
-
-
-def stored_from_table(tableNode) -> StoredComparison:
-    """The comparison a lesion table holds. Raises ``InputError`` for any other table."""
-    if tableNode is None or not isinstance(tableNode, slicer.vtkMRMLTableNode):
-        raise InputError("select the lesion table of a MedSeg comparison")
-    text = tableNode.GetAttribute(STATE_ATTRIBUTE)
-    if not text:
-        raise InputError(f"table {tableNode.GetName()!r} is not the lesion table of a MedSeg comparison")
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise InputError(f"table {tableNode.GetName()!r}: the stored comparison is not valid JSON: {e}") from e
-    return StoredComparison.from_json(data)
-
-
-def recompute_table(tableNode, corrections: Sequence[Correction]) -> tuple[Rematch, list[dict]]:
-    """Apply ``corrections`` to the comparison ``tableNode`` holds, recompute the changes and the
-    responses, and replace the table's rows and attributes (later corrections build on these).
-    Returns the outcome and the new rows. Nothing changes when an error is raised."""
-    outcome = rematch(stored_from_table(tableNode), corrections)
-    rows = compare_rows(outcome.changes, outcome.recist, outcome.volumetric)
-    table = build_compare_vtk_table(rows)
-    attributes = table_attributes(outcome)
-    tableNode.SetAndObserveTable(table)
-    for key, value in attributes.items():
-        tableNode.SetAttribute(key, value)
-    return outcome, rows
-
-
-def corrections_from_edits(tableNode, edits: Mapping[int, str]) -> list[Correction]:
-    """Corrections from edited "Follow-up" cells of a lesion table: ``edits`` maps a row index (0 =
-    first lesion row) to the cell's text, names separated by commas; an empty cell unlinks the row's
-    baseline lesions. A cell whose names are those already there gives no correction.
-
-    Raises:
-        InputError: a row that is not a lesion row with a baseline lesion.
-    """
-    matches = stored_from_table(tableNode).matches
-    out = []
-    for row, text in sorted(edits.items()):
-        if not 0 <= int(row) < len(matches):
-            raise InputError(f"row {int(row) + 1} is not a lesion row of the table (it has {len(matches)})")
-        m = matches[int(row)]
-        names = parse_names(text)
-        if set(names) == set(m.followup):
-            continue
-        if not m.baseline:
-            raise InputError(f"row {int(row) + 1} is a new lesion ({', '.join(m.followup)}): link it from its "
-                             "baseline lesion's row instead")
-        out.append(Correction(tuple(m.baseline), names))
-    return out
-
-
 # ------------------------------------------------------------------------------ the job
 class CompareJob(MedSegJob):
     """Runs one ``CompareRequest`` (``CompareJob(request, progress)``); ``status`` is an ``ExitStatus``;
     ``result`` (a ``CompareResult``) or ``error`` is set at the end. The temporary folder, ``poll``,
-    ``cancel``, ``wait`` and the error bookkeeping are ``MedSegJob``'s."""
+    ``cancel``, ``wait`` and the error bookkeeping are ``MedSegJob``'s.
 
-    def run_in_process(self, cancel: CancelToken | None = None) -> CompareResult:
-        """Compare here (blocking) and commit; raises on failure or cancel."""
-        req = self.request
+    Both routes share their frame here and differ in three steps a subclass may replace (the
+    lesion-change mode, ``change_job.ChangeJob``, does): ``_compute`` (the core in this process, into an
+    output folder), ``_command`` (export the inputs, the child's command line) and ``_finish`` (read the
+    folder, commit); ``_input_nodes`` lists the nodes that must still be in the scene at the end.
+    """
+
+    def run_in_process(self, cancel: CancelToken | None = None):
+        """Compute here (blocking) and commit; raises on failure or cancel."""
         self.status = ExitStatus.RUNNING
         cancel = cancel or CancelToken()
         try:
             out = self._make_temp() / "out"
-            task = get_task(req.task)
-            options = RunOptions(task=req.task, device=req.device, models=req.createModels, params=dict(req.params),
-                                 force=req.force)
-            options.validate(task)
-            comparison = compare_cases(
-                req.baselineVolumes, req.followupVolumes, options, task=task,
-                baseline_seg=req.baselineSegmentation, followup_seg=req.followupSegmentation,
-                interval_days=req.intervalDays, affine=not req.rigidOnly, cancel=cancel,
-                progress=lambda f, m: self.progress(0.9 * _COMPUTE_SHARE * f, m))
-            self.progress(0.9 * _COMPUTE_SHARE, "writing the comparison")
-            write_comparison(comparison, out, html=False, mesh_formats=("stl",) if req.createModels else (),
-                             cancel=cancel)
+            self._compute(out, cancel)
             cancel.check()
             self.result = self._finish(out)
             return self.result
@@ -282,28 +205,12 @@ class CompareJob(MedSegJob):
             self._remove_temp()
 
     def start(self) -> None:
-        """Export the inputs (and given segmentations) and start ``medseg compare`` as a child process."""
-        req = self.request
+        """Export the inputs and start the ``medseg`` command as a child process (returns at once)."""
         self.status = ExitStatus.RUNNING
         try:
             tmp = self._make_temp()
-            paths: dict[str, list[Path]] = {"baseline": [], "followup": []}
-            for visit, volumes in (("baseline", req.baselineVolumes), ("followup", req.followupVolumes)):
-                for n, vol in enumerate(volumes):
-                    p = tmp / f"{visit}_{n}.nrrd"
-                    write_volume_nrrd(vol, p, compress=False)
-                    paths[visit].append(p)
-            segs: dict[str, Path | None] = {}
-            for visit, labelmap in (("baseline", req.baselineSegmentation), ("followup", req.followupSegmentation)):
-                segs[visit] = None
-                if labelmap is not None:
-                    segs[visit] = tmp / f"{visit}.seg.nrrd"
-                    write_seg_nrrd(labelmap, segs[visit])
+            args = self._command(tmp)
             package_parent = Path(medseg.__file__).resolve().parent.parent
-            args = compare_command(paths["baseline"], paths["followup"], req.task, tmp / "out", req.device,
-                                   req.createModels, req.params, force=req.force, baseline_seg=segs["baseline"],
-                                   followup_seg=segs["followup"], interval_days=req.intervalDays,
-                                   rigid_only=req.rigidOnly)
             self._child = ChildProcess(args, env=child_environment(package_parent), cwd=tmp)
             self._child.start()
             if self._child.status is ExitStatus.NOT_STARTED:
@@ -312,15 +219,58 @@ class CompareJob(MedSegJob):
             self._fail(e)
             self._remove_temp()
             raise
-        self.progress(0.0, f"started medseg compare ({req.task})")
+        self.progress(0.0, f"started medseg compare ({self._what()})")
+
+    def _what(self) -> str:
+        """What is compared, for the progress message."""
+        return self.request.task
+
+    def _compute(self, out: Path, cancel: CancelToken) -> None:
+        """``compare_cases`` + ``write_comparison`` into ``out``."""
+        req = self.request
+        task = get_task(req.task)
+        options = RunOptions(task=req.task, device=req.device, models=req.createModels, params=dict(req.params),
+                             force=req.force)
+        options.validate(task)
+        comparison = compare_cases(
+            req.baselineVolumes, req.followupVolumes, options, task=task,
+            baseline_seg=req.baselineSegmentation, followup_seg=req.followupSegmentation,
+            interval_days=req.intervalDays, affine=not req.rigidOnly, cancel=cancel,
+            progress=lambda f, m: self.progress(0.9 * COMPUTE_SHARE * f, m))
+        self.progress(0.9 * COMPUTE_SHARE, "writing the comparison")
+        write_comparison(comparison, out, html=False, mesh_formats=("stl",) if req.createModels else (),
+                         cancel=cancel)
+
+    def _command(self, tmp: Path) -> list[str]:
+        """Export the inputs (and given segmentations) into ``tmp``; the ``medseg compare`` command line."""
+        req = self.request
+        paths: dict[str, list[Path]] = {"baseline": [], "followup": []}
+        for visit, volumes in (("baseline", req.baselineVolumes), ("followup", req.followupVolumes)):
+            for n, vol in enumerate(volumes):
+                p = tmp / f"{visit}_{n}.nrrd"
+                write_volume_nrrd(vol, p, compress=False)
+                paths[visit].append(p)
+        segs: dict[str, Path | None] = {}
+        for visit, labelmap in (("baseline", req.baselineSegmentation), ("followup", req.followupSegmentation)):
+            segs[visit] = None
+            if labelmap is not None:
+                segs[visit] = tmp / f"{visit}.seg.nrrd"
+                write_seg_nrrd(labelmap, segs[visit])
+        return compare_command(paths["baseline"], paths["followup"], req.task, tmp / "out", req.device,
+                               req.createModels, req.params, force=req.force, baseline_seg=segs["baseline"],
+                               followup_seg=segs["followup"], interval_days=req.intervalDays,
+                               rigid_only=req.rigidOnly)
+
+    def _input_nodes(self) -> list:
+        """The nodes the comparison read: both visits' volumes and the given segmentations."""
+        req = self.request
+        return [*req.baselineNodes, *req.followupNodes,
+                *(n for n in (req.baselineSegmentationNode, req.followupSegmentationNode) if n is not None)]
 
     def check_inputs_present(self) -> None:
-        """Raise ``StaleSceneError`` if an input volume or a given segmentation left the scene."""
-        req = self.request
+        """Raise ``StaleSceneError`` if a node the comparison read (``_input_nodes``) left the scene."""
         scene = slicer.mrmlScene
-        nodes = [*req.baselineNodes, *req.followupNodes,
-                 *(n for n in (req.baselineSegmentationNode, req.followupSegmentationNode) if n is not None)]
-        for node in nodes:
+        for node in self._input_nodes():
             nid = node.GetID()
             if nid is None or scene.GetNodeByID(nid) is not node:
                 raise StaleSceneError(
@@ -328,7 +278,7 @@ class CompareJob(MedSegJob):
 
     def _finish(self, out_dir: Path) -> CompareResult:
         req = self.request
-        self.progress(_COMPUTE_SHARE, "importing the comparison")
+        self.progress(COMPUTE_SHARE, "importing the comparison")
         plan = load_compare_folder(out_dir, load_models=req.createModels)
         stored = stored_comparison(plan.report, plan.baseline.report, plan.followup.report,
                                    interval_days=req.intervalDays,
@@ -338,8 +288,9 @@ class CompareJob(MedSegJob):
         rows = compare_rows(outcome.changes, outcome.recist, outcome.volumetric)
         table = build_compare_vtk_table(rows)
         self.check_inputs_present()
-        committed = commit_comparison(plan, req.baselineNodes[0], req.followupNodes[0], req.names, table,
-                                      table_attributes(outcome), req.createModels)
+        committed = commit_comparison(
+            plan, req.baselineNodes[0], req.followupNodes[0], req.names, table, table_attributes(outcome),
+            req.createModels, linkAttributes=lambda c: {LINKS_ATTRIBUTE: comparison_links(c, plan, outcome).to_text()})
         self.status = ExitStatus.SUCCEEDED
         self.progress(1.0, "done")
         return CompareResult(

@@ -43,7 +43,7 @@ log = logging.getLogger("MedSeg")
 Progress = Callable[[float, str], None]
 
 #: share of the progress bar for the computation (the rest is import + commit)
-_COMPUTE_SHARE = 0.95
+COMPUTE_SHARE = 0.95
 
 
 @dataclass
@@ -125,9 +125,9 @@ class MedSegJob:
             options = RunOptions(task=req.task, device=req.device, models=req.createModels, params=dict(req.params),
                                  force=req.force)
             result = run_task(req.volumes, options, cancel=cancel,
-                              progress=lambda f, m: self.progress(0.85 * _COMPUTE_SHARE * f, m))
+                              progress=lambda f, m: self.progress(0.85 * COMPUTE_SHARE * f, m))
             write_result(result, out, html=False, cancel=cancel,
-                         progress=lambda f, m: self.progress(_COMPUTE_SHARE * (0.85 + 0.15 * f), m))
+                         progress=lambda f, m: self.progress(COMPUTE_SHARE * (0.85 + 0.15 * f), m))
             cancel.check()
             self.result = self._finish(out)
             return self.result
@@ -168,7 +168,7 @@ class MedSegJob:
             return True
         for ev in self._child.poll():
             if ev.kind == "progress":
-                self.progress(_COMPUTE_SHARE * ev.fraction, ev.message)
+                self.progress(COMPUTE_SHARE * ev.fraction, ev.message)
             elif ev.kind == "log":
                 log.info("medseg: %s", ev.message)
         if self._child.running:
@@ -226,7 +226,7 @@ class MedSegJob:
 
     def _finish(self, out_dir: Path) -> ProcessResult:
         req = self.request
-        self.progress(_COMPUTE_SHARE, "importing results")
+        self.progress(COMPUTE_SHARE, "importing results")
         plan = load_output_folder(out_dir, load_models=req.createModels)
         final: Path | None = None
         saving: contextlib.AbstractContextManager = contextlib.nullcontext()

@@ -3,7 +3,9 @@
 The folder is what ``medseg run`` (and ``medseg.pipeline.output.write_result``) writes:
 ``segmentation.seg.nrrd``, ``boxes.mrk.json``, ``models/*.stl`` and ``report.json``. A
 ``medseg compare`` folder (``load_compare_folder``) holds two of them, ``baseline/`` and
-``followup/``, plus ``followup_on_baseline.nrrd``, ``followup_to_baseline.tfm`` and ``compare.json``.
+``followup/``, plus ``followup_on_baseline.nrrd``, ``followup_to_baseline.tfm`` and ``compare.json``;
+a ``medseg compare --change`` folder (``load_change_folder``) is one output folder of the change regions
+on the baseline's grid plus the resampled follow-up, the transform and ``change.json``.
 Parsing and validation happen here, before the scene is touched, so a bad folder changes nothing.
 """
 
@@ -24,6 +26,7 @@ from medseg.io.mesh_io import read_mesh
 from medseg.io.seg_nrrd import read_seg_nrrd, terminology_to_string
 from medseg.io.volume_reader import read_volume
 from medseg.register.rigid_affine import ras_matrix_from_transform
+from medseg.report.json_report import VOLUME_FILE_PREFIX
 from MedSegExtensionLib.results_table import measurement_rows
 
 
@@ -201,12 +204,80 @@ def load_compare_folder(out_dir: Path, load_models: bool = True) -> ComparePlan:
     baseline = load_output_folder(out_dir / str(files.get("baseline", "baseline")), load_models=load_models)
     followup = load_output_folder(out_dir / str(files.get("followup", "followup")), load_models=load_models)
     image = read_volume(out_dir / str(files.get("followup_on_baseline", FOLLOWUP_ON_BASELINE)))
-    fixed_to_moving = read_transform_ras(out_dir / str(files.get("transform", FOLLOWUP_TO_BASELINE_TFM)))
+    to_baseline = _followup_to_baseline(out_dir / str(files.get("transform", FOLLOWUP_TO_BASELINE_TFM)), report,
+                                        COMPARE_JSON)
+    warnings = [str(w) for w in report.get("warnings", [])]
+    warnings += [w for w in baseline.warnings + followup.warnings if w not in warnings]
+    return ComparePlan(baseline, followup, image, to_baseline, report, warnings)
+
+
+def _followup_to_baseline(tfm: Path, report: dict, report_name: str) -> np.ndarray:
+    """Follow-up RAS -> baseline RAS (4x4): the inverse of the .tfm file's fixed -> moving matrix, checked
+    against the report's ``registration.fixed_to_moving_ras`` when it states one.
+
+    Raises:
+        InputError: the file is missing or unreadable, or the two disagree.
+    """
+    fixed_to_moving = read_transform_ras(tfm)
     stated = (report.get("registration") or {}).get("fixed_to_moving_ras")
     if stated is not None:
         stated_m = np.asarray(stated, dtype=np.float64)
         if stated_m.shape != (4, 4) or not np.allclose(stated_m, fixed_to_moving, atol=_TRANSFORM_TOLERANCE):
-            raise InputError(f"{out_dir}: {FOLLOWUP_TO_BASELINE_TFM} and {COMPARE_JSON} give different registrations")
+            raise InputError(f"{tfm.parent}: {tfm.name} and {report_name} give different registrations")
+    return np.linalg.inv(fixed_to_moving)
+
+
+# ------------------------------------------------------------------------------ medseg compare --change
+#: files of a ``medseg compare --change`` folder besides a normal output folder's
+#: (``medseg.pipeline.change.write_change``), by their keys in report.json's ``files``
+CHANGE_FILES = {"followup_on_baseline": VOLUME_FILE_PREFIX + "followup_on_baseline", "transform": "transform",
+                "change_report": "change_report"}
+
+
+@dataclass
+class ChangePlan:
+    """Everything a lesion-change comparison adds to the scene, built without touching it.
+
+    Attributes:
+        result: the change regions as a plan on the baseline's grid (segments "New lesion 1", ...,
+            one box per region whose label carries its evidence, measurements).
+        followup_on_baseline: the follow-up FLAIR resampled onto the baseline's grid (RAS).
+        followup_to_baseline_ras: 4x4, follow-up RAS -> baseline RAS (the transform node's "to parent").
+        report: ``change.json`` (``regions``: kind, name, volume_ml, mean_change_z, evidence, ...).
+        warnings: the run's warnings.
+    """
+
+    result: ScenePlan
+    followup_on_baseline: Volume
+    followup_to_baseline_ras: np.ndarray
+    report: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_change_folder(out_dir: Path) -> ChangePlan:
+    """Parse a ``medseg compare --change`` folder into a ``ChangePlan``.
+
+    Raises:
+        InputError: a file is missing or inconsistent (a region without its segment, the .tfm file and
+            change.json disagree, ...).
+    """
+    out_dir = Path(out_dir)
+    plan = load_output_folder(out_dir, load_models=False)
+    files = dict(plan.report.get("files") or {})
+    missing = [key for key in CHANGE_FILES.values() if key not in files]
+    if missing:
+        raise InputError(f"{out_dir} is not a lesion-change output: report.json lists no {', '.join(missing)}")
+    report = _read_json(out_dir / str(files[CHANGE_FILES["change_report"]]))
+    regions = report.get("regions")
+    if not isinstance(regions, list):
+        raise InputError(f"{out_dir}: change.json has no 'regions' list")
+    names = {s.name for s in plan.segments}
+    lost = [str(r.get("name")) for r in regions if not isinstance(r, dict) or r.get("name") not in names]
+    if lost:
+        raise InputError(f"{out_dir}: change region(s) {lost} have no segment in the segmentation")
+    image = read_volume(out_dir / str(files[CHANGE_FILES["followup_on_baseline"]]))
+    to_baseline = _followup_to_baseline(out_dir / str(files[CHANGE_FILES["transform"]]), report,
+                                        str(files[CHANGE_FILES["change_report"]]))
     warnings = [str(w) for w in report.get("warnings", [])]
-    warnings += [w for w in baseline.warnings + followup.warnings if w not in warnings]
-    return ComparePlan(baseline, followup, image, np.linalg.inv(fixed_to_moving), report, warnings)
+    warnings += [w for w in plan.warnings if w not in warnings]
+    return ChangePlan(plan, image, to_baseline, report, warnings)

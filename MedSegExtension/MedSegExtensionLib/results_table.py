@@ -1,5 +1,6 @@
-"""Measurements: rows from ``report.json``, and the ``vtkTable`` behind the table node; and the
-lesion-change table of a comparison (one row per lesion group, then one row per response)."""
+"""Measurements: rows from ``report.json``, and the ``vtkTable`` behind the table node; the
+lesion-change table of a comparison (one row per lesion group, then one row per response); and the
+table of a lesion-change comparison of two FLAIRs (one row per change region)."""
 
 from __future__ import annotations
 
@@ -121,16 +122,51 @@ def compare_rows(changes: Sequence[Mapping], recist: Mapping, volumetric: Mappin
 def build_compare_vtk_table(rows: Sequence[Mapping]):
     """A ``vtkTable`` of ``compare_rows`` (text columns as strings, numbers as doubles, NaN where a
     value is undefined)."""
+    return _text_and_number_table(COMPARE_COLUMNS, _COMPARE_TEXT, rows)
+
+
+def _text_and_number_table(columns: Sequence[tuple[str, str, str]], text: Sequence[str], rows: Sequence[Mapping]):
+    """A ``vtkTable`` with one column per (title, key, unit) of ``columns``: the keys in ``text`` as
+    strings ("" for None), the others as doubles (NaN for None); titles carry their units."""
     table = vtk.vtkTable()
-    for title, key, unit in COMPARE_COLUMNS:
-        text = key in _COMPARE_TEXT
-        col = vtk.vtkStringArray() if text else vtk.vtkDoubleArray()
+    for title, key, unit in columns:
+        is_text = key in text
+        col = vtk.vtkStringArray() if is_text else vtk.vtkDoubleArray()
         col.SetName(f"{title} ({unit})" if unit else title)
         for r in rows:
             v = r.get(key)
-            if text:
+            if is_text:
                 col.InsertNextValue("" if v is None else str(v))
             else:
                 col.InsertNextValue(float("nan") if v is None else float(v))
         table.AddColumn(col)
     return table
+
+
+# ------------------------------------------------------------------------------ lesion change
+#: (column title, row key, unit) of a lesion-change table, in order: one row per change region
+#: (``medseg.pipeline.change``): its segment's name, kind (new, enlarged, shrunk, gone), volume in mm3,
+#: the mean intensity change over the region in robust z units of brain tissue, the evidence
+CHANGE_COLUMNS = (
+    ("Region", "name", ""),
+    ("Kind", "kind", ""),
+    ("Volume", "volume_mm3", "mm3"),
+    ("Mean change", "mean_change_z", "z"),
+    ("Evidence", "evidence", ""),
+)
+_CHANGE_TEXT = ("name", "kind", "evidence")
+
+
+def change_rows(regions: Sequence[Mapping], names: Mapping[str, str] | None = None) -> list[dict]:
+    """The lesion-change table's rows, one per region of ``change.json`` (``kind``, ``name``, ``volume_ml``,
+    ``mean_change_z``, ``evidence``); ``names`` maps a region's name to its segment's name in the scene."""
+    names = names or {}
+    return [{"name": names.get(str(r["name"]), str(r["name"])), "kind": str(r["kind"]),
+             "volume_mm3": 1000.0 * float(r["volume_ml"]),
+             "mean_change_z": None if r.get("mean_change_z") is None else float(r["mean_change_z"]),
+             "evidence": str(r.get("evidence", ""))} for r in regions]
+
+
+def build_change_vtk_table(rows: Sequence[Mapping]):
+    """A ``vtkTable`` of ``change_rows`` (text as strings, numbers as doubles, NaN where undefined)."""
+    return _text_and_number_table(CHANGE_COLUMNS, _CHANGE_TEXT, rows)

@@ -7,11 +7,14 @@ so far is removed again before the error propagates. An existing output segmenta
 segments (with unique names); its own segments are never changed or removed.
 
 A comparison (``commit_comparison``) adds both visits, the follow-up image resampled onto the
-baseline, the registration's transform node and the lesion-change table in one such step.
+baseline, the registration's transform node and the lesion-change table in one such step; a
+lesion-change comparison (``commit_change``) the change regions on the baseline, the resampled
+follow-up, the transform and the region table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +22,7 @@ import slicer
 import vtk
 
 from MedSegExtensionLib.errors import CommitError
-from MedSegExtensionLib.result_import import BoxPlan, ComparePlan, ScenePlan
+from MedSegExtensionLib.result_import import BoxPlan, ChangePlan, ComparePlan, ScenePlan
 from MedSegExtensionLib.results_table import build_vtk_table
 
 #: node attribute linking an ROI or model node to its segment
@@ -61,8 +64,13 @@ def roi_matrix(box: BoxPlan) -> np.ndarray:
     return m
 
 
+def describe_box(label: str, score: float) -> str:
+    """An ROI's description: the box's label (with its match note in a comparison) and its score."""
+    return f"{label}, score {score:.2f}"
+
+
 def _describe(box: BoxPlan) -> str:
-    return f"{box.label}, score {box.score:.2f}"
+    return describe_box(box.label, box.score)
 
 
 class _Transaction:
@@ -279,8 +287,35 @@ def _commit_visit(tx: _Transaction, plan: ScenePlan, referenceVolumeNode, baseNa
     return CommitResult(segNode, ids, rois, models, None, [], rows)
 
 
+def _add_volume(tx: _Transaction, image, name: str):
+    """A scalar volume node holding ``image`` (a core ``Volume``: KJI voxels, world RAS geometry)."""
+    volume = tx.add_node("vtkMRMLScalarVolumeNode", name)
+    volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(image.ijk_to_ras))
+    slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(image.array))
+    volume.CreateDefaultDisplayNodes()
+    return volume
+
+
+def _add_transform(tx: _Transaction, toParent: np.ndarray, name: str):
+    """A linear transform node with ``toParent`` (4x4, RAS) as its "to parent" matrix."""
+    transform = tx.add_node("vtkMRMLLinearTransformNode", name)
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(toParent))
+    return transform
+
+
+def _add_table(tx: _Transaction, table, name: str, attributes: Mapping[str, object]):
+    """A table node holding ``table`` (a ``vtkTable``) with ``attributes`` (values as strings)."""
+    tableNode = tx.add_node("vtkMRMLTableNode", name)
+    tableNode.SetAndObserveTable(table)
+    for key, value in attributes.items():
+        tableNode.SetAttribute(key, str(value))
+    return tableNode
+
+
 def commit_comparison(plan: ComparePlan, baselineVolumeNode, followupVolumeNode, names: dict, table,
-                      tableAttributes: dict, createModels: bool = False) -> CompareCommitResult:
+                      tableAttributes: dict, createModels: bool = False,
+                      linkAttributes: Callable[[CompareCommitResult], Mapping[str, str]] | None = None,
+                      ) -> CompareCommitResult:
     """Add a comparison to the scene in one step.
 
     Adds: a segmentation per visit (``names["baseline"]``, ``names["followup"]``; each referencing its
@@ -289,7 +324,8 @@ def commit_comparison(plan: ComparePlan, baselineVolumeNode, followupVolumeNode,
     follow-up RAS -> baseline RAS as its "to parent" matrix (``names["transform"]``; put the follow-up
     volume under it to see it on the baseline), and a table node (``names["table"]``) holding ``table``
     (a ``vtkTable``) with ``tableAttributes`` plus the ids of the two segmentation nodes, the volume
-    and the transform (``SEGMENTATION_ID_ATTRIBUTE`` + ".Baseline" / ".Followup", ...).
+    and the transform (``SEGMENTATION_ID_ATTRIBUTE`` + ".Baseline" / ".Followup", ...), plus what
+    ``linkAttributes(result)`` returns once the nodes exist (e.g. the ids of each lesion's nodes).
 
     Raises:
         CommitError (or the error that stopped the commit): the scene is as it was before the call.
@@ -301,19 +337,61 @@ def commit_comparison(plan: ComparePlan, baselineVolumeNode, followupVolumeNode,
         try:
             base = _commit_visit(tx, plan.baseline, baselineVolumeNode, names["baseline"], createModels)
             follow = _commit_visit(tx, plan.followup, followupVolumeNode, names["followup"], createModels)
-            image = plan.followup_on_baseline
-            volume = tx.add_node("vtkMRMLScalarVolumeNode", names["volume"])
-            volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(image.ijk_to_ras))
-            slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(image.array))
-            volume.CreateDefaultDisplayNodes()
-            transform = tx.add_node("vtkMRMLLinearTransformNode", names["transform"])
-            transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(plan.followup_to_baseline_ras))
-            tableNode = tx.add_node("vtkMRMLTableNode", names["table"])
-            tableNode.SetAndObserveTable(table)
-            for key, value in tableAttributes.items():
-                tableNode.SetAttribute(key, str(value))
+            volume = _add_volume(tx, plan.followup_on_baseline, names["volume"])
+            transform = _add_transform(tx, plan.followup_to_baseline_ras, names["transform"])
+            tableNode = _add_table(tx, table, names["table"], tableAttributes)
             for suffix, node in ((".Baseline", base.segmentationNode), (".Followup", follow.segmentationNode)):
                 tableNode.SetAttribute(SEGMENTATION_ID_ATTRIBUTE + suffix, node.GetID())
+            tableNode.SetAttribute(COMPARE_VOLUME_ATTRIBUTE, volume.GetID())
+            tableNode.SetAttribute(COMPARE_TRANSFORM_ATTRIBUTE, transform.GetID())
+            result = CompareCommitResult(base, follow, volume, transform, tableNode, list(tx.folders))
+            if linkAttributes is not None:
+                for key, value in linkAttributes(result).items():
+                    tableNode.SetAttribute(key, str(value))
+        except BaseException:
+            tx.rollback()
+            raise
+    finally:
+        scene.EndState(scene.BatchProcessState)
+    return result
+
+
+# ------------------------------------------------------------------------------ lesion change
+@dataclass
+class ChangeCommitResult:
+    """What committing a lesion-change comparison added to the scene."""
+
+    segmentation: CommitResult  # the change regions (on the baseline's grid) with their boxes
+    followupOnBaselineNode: object
+    transformNode: object
+    tableNode: object
+    folderItemIds: list = field(default_factory=list)
+
+
+def commit_change(plan: ChangePlan, baselineVolumeNode, names: dict, table,
+                  tableAttributes: dict) -> ChangeCommitResult:
+    """Add a lesion-change comparison to the scene in one step.
+
+    Adds: a segmentation of the change regions referencing the baseline volume (``names["segmentation"]``)
+    with one locked box per region (described with its kind and evidence, linked as in ``commit_plan``),
+    the follow-up image on the baseline's grid (``names["volume"]``), the registration as a linear
+    transform node (follow-up RAS -> baseline RAS as "to parent", ``names["transform"]``) and a table node
+    (``names["table"]``) holding ``table`` with ``tableAttributes`` plus the ids of the segmentation
+    (``SEGMENTATION_ID_ATTRIBUTE``), the volume and the transform.
+
+    Raises:
+        CommitError (or the error that stopped the commit): the scene is as it was before the call.
+    """
+    tx = _Transaction()
+    scene = slicer.mrmlScene
+    scene.StartState(scene.BatchProcessState)
+    try:
+        try:
+            regions = _commit_visit(tx, plan.result, baselineVolumeNode, names["segmentation"], False)
+            volume = _add_volume(tx, plan.followup_on_baseline, names["volume"])
+            transform = _add_transform(tx, plan.followup_to_baseline_ras, names["transform"])
+            tableNode = _add_table(tx, table, names["table"], tableAttributes)
+            tableNode.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, regions.segmentationNode.GetID())
             tableNode.SetAttribute(COMPARE_VOLUME_ATTRIBUTE, volume.GetID())
             tableNode.SetAttribute(COMPARE_TRANSFORM_ATTRIBUTE, transform.GetID())
         except BaseException:
@@ -321,5 +399,4 @@ def commit_comparison(plan: ComparePlan, baselineVolumeNode, followupVolumeNode,
             raise
     finally:
         scene.EndState(scene.BatchProcessState)
-    return CompareCommitResult(base, follow, volume, transform, tableNode, list(tx.folders))
-
+    return ChangeCommitResult(regions, volume, transform, tableNode, list(tx.folders))

@@ -24,6 +24,10 @@ a group as it is changes nothing. The overlap of a group a correction makes is n
 (``overlap_dice`` 0, ``via`` :data:`USER_VIA`); its centroid distance is recomputed from the stored
 centroids (volume-weighted) and the registration, in the baseline's RAS frame.
 
+:func:`rename_followup` renames follow-up lesions in an outcome (e.g. after their new baseline matches,
+by :func:`medseg.followup.naming.followup_names`, the rule the comparison itself names them by), so that
+later corrections, the changes and the responses use the names the user sees.
+
 A stage: imports only ``medseg.core`` and its siblings in ``medseg.followup``.
 """
 
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -400,9 +404,45 @@ def rematch(stored: StoredComparison, corrections: Iterable[Correction]) -> Rema
                                                        f"{why}: no baseline lesion", USER_VIA), True))
     built.sort(key=lambda t: t[0])
     matches = [m for _, m, _ in built]
+    after = StoredComparison(dict(stored.baseline), dict(stored.followup), matches, stored.followup_to_baseline_ras,
+                             stored.interval_days)
+    return _measured(after, [i for i, (_, _, c) in enumerate(built) if c])
+
+
+def _measured(stored: StoredComparison, corrected: list[int]) -> Rematch:
+    """The changes and the responses of ``stored``'s matches."""
+    matches = list(stored.matches)
     changes = lesion_changes(matches, stored.baseline, stored.followup, stored.interval_days)
     recist = recist_response(matches, stored.baseline, stored.followup)
     volumetric = volumetric_response(matches, stored.baseline, stored.followup)
-    after = StoredComparison(dict(stored.baseline), dict(stored.followup), matches, stored.followup_to_baseline_ras,
-                             stored.interval_days)
-    return Rematch(matches, changes, recist, volumetric, [i for i, (_, _, c) in enumerate(built) if c], after)
+    return Rematch(matches, changes, recist, volumetric, list(corrected), stored)
+
+
+def rename_followup(outcome: Rematch, names: Mapping[str, str]) -> Rematch:
+    """``outcome`` with follow-up lesions renamed (``names``: current name -> new name; lesions not in it
+    keep theirs), e.g. after :func:`medseg.followup.naming.followup_names` named them after their new
+    matches. The stored comparison, the matches, the changes and the responses (whose rules name
+    lesions) all use the new names; ``corrected`` and the order are kept.
+
+    Raises:
+        InputError: ``names`` names an unknown follow-up lesion, a new name is empty, or two follow-up
+            lesions would share a name.
+    """
+    stored = outcome.stored
+    if stored is None:
+        raise InputError("this outcome has no stored comparison to rename")
+    unknown = sorted(set(names) - set(stored.followup))
+    if unknown:
+        raise InputError(f"cannot rename unknown follow-up lesion(s) {unknown} (known: {list(stored.followup)})")
+    new = {old: str(names.get(old, old)).strip() for old in stored.followup}
+    seen: dict[str, str] = {}
+    for old, name in new.items():
+        if not name:
+            raise InputError(f"follow-up lesion {old!r} would get an empty name")
+        if name in seen:
+            raise InputError(f"follow-up lesions {seen[name]!r} and {old!r} would both be named {name!r}")
+        seen[name] = old
+    matches = [replace(m, followup=tuple(new[f] for f in m.followup)) for m in stored.matches]
+    renamed = StoredComparison(dict(stored.baseline), {new[n]: meas for n, meas in stored.followup.items()},
+                               matches, stored.followup_to_baseline_ras, stored.interval_days)
+    return _measured(renamed, outcome.corrected)

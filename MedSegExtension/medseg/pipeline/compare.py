@@ -31,12 +31,13 @@ import numpy as np
 
 from medseg import __version__
 from medseg.core.errors import InputError
-from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.labelmap import LabelMap
 from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_progress
 from medseg.core.result import Result
 from medseg.core.specs import Task
 from medseg.core.volume import Volume
 from medseg.followup.matching import LesionMatch, match_lesions
+from medseg.followup.naming import baseline_fates, followup_names
 from medseg.followup.response import lesion_changes, recist_response, volumetric_response
 from medseg.io.atomic import OutputFolder, atomic_write_text
 from medseg.io.volume_writer import write_volume_nrrd
@@ -111,63 +112,26 @@ def _given_result(labelmap: LabelMap, volume: Volume, task: str) -> Result:
 
 
 def _renamed_followup(followup: Result, baseline: Result, matches: Sequence[LesionMatch]) -> Result:
-    """The follow-up with its lesions named (and coloured) after their baseline matches."""
-    base = {s.id: s for s in baseline.labelmap.segments}
-    numbers = [int(found.group(1)) for s in baseline.labelmap.segments
-               if (found := re.search(r"(\d+)\s*$", s.name)) and s.id in baseline.lesions]
-    next_number = max(numbers, default=0) + 1
-    new_name: dict[str, tuple[str, tuple[float, float, float]]] = {}
-    note: dict[str, str] = {}
-    for m in matches:
-        if m.kind == "new":
-            for fid in m.followup:
-                new_name[fid] = (f"Lesion {next_number}", _segment(followup, fid).color)
-                note[fid] = f"new at follow-up ({m.evidence})"
-                next_number += 1
-        elif m.kind == "matched":
-            b = base[m.baseline[0]]
-            new_name[m.followup[0]] = (b.name, b.color)
-            note[m.followup[0]] = f"matched {b.name} at baseline ({m.evidence})"
-        elif m.kind == "split":
-            b = base[m.baseline[0]]
-            for n, fid in enumerate(m.followup):
-                new_name[fid] = (f"{b.name}{chr(ord('a') + n)}", b.color)
-                note[fid] = f"part of {b.name} at baseline, which split ({m.evidence})"
-        elif m.kind in ("merged", "complex"):
-            # merged: one follow-up lesion; complex (several to several): each part named after them all
-            bs = [base[b] for b in m.baseline]
-            joined = "+".join(re.sub(r"^Lesion\s+", "", b.name) for b in bs)
-            all_lesions = all(b.name.startswith("Lesion") for b in bs)
-            name = f"Lesion {joined}" if all_lesions else " + ".join(b.name for b in bs)
-            for n, fid in enumerate(m.followup):
-                suffix = chr(ord("a") + n) if len(m.followup) > 1 else ""
-                new_name[fid] = (name + suffix, bs[0].color)
-                note[fid] = f"{m.kind} from {', '.join(b.name for b in bs)} at baseline ({m.evidence})"
-    segments = tuple(replace(s, name=new_name[s.id][0], color=new_name[s.id][1]) if s.id in new_name else s
+    """The follow-up with its lesions named (and coloured) after their baseline matches
+    (:func:`medseg.followup.naming.followup_names`); each box's description gains the match's note."""
+    named = followup_names(matches, {s.id: (s.name, s.color) for s in baseline.labelmap.segments},
+                           {s.id: s.color for s in followup.labelmap.segments},
+                           numbered=[s.name for s in baseline.labelmap.segments if s.id in baseline.lesions])
+    segments = tuple(replace(s, name=named[s.id].name, color=named[s.id].color) if s.id in named else s
                      for s in followup.labelmap.segments)
-    boxes = [replace(b, name=new_name[b.segment_id][0], label=f"{b.label}; {note[b.segment_id]}")
-             if b.segment_id in new_name else b for b in followup.boxes]
+    boxes = [replace(b, name=named[b.segment_id].name, label=f"{b.label}; {named[b.segment_id].note}")
+             if b.segment_id in named else b for b in followup.boxes]
     out = replace(followup, labelmap=LabelMap(followup.labelmap.volume, segments), boxes=boxes)
     for sid, meas in out.measurements.items():
-        if sid in new_name:
-            meas["name"] = new_name[sid][0]
+        if sid in named:
+            meas["name"] = named[sid].name
     return out
 
 
-def _segment(result: Result, sid: str) -> Segment:
-    return next(s for s in result.labelmap.segments if s.id == sid)
-
-
 def _annotated_baseline(baseline: Result, matches: Sequence[LesionMatch]) -> Result:
-    """The baseline with each box's description saying what became of its lesion."""
-    fate: dict[str, str] = {}
-    for m in matches:
-        for bid in m.baseline:
-            fate[bid] = {"gone": f"gone at follow-up ({m.evidence})",
-                         "matched": f"matched at follow-up ({m.evidence})",
-                         "split": f"split at follow-up ({m.evidence})",
-                         "merged": f"merged at follow-up ({m.evidence})",
-                         "complex": f"split and merged at follow-up ({m.evidence})"}.get(m.kind, m.kind)
+    """The baseline with each box's description saying what became of its lesion
+    (:func:`medseg.followup.naming.baseline_fates`)."""
+    fate = baseline_fates(matches)
     boxes = [replace(b, label=f"{b.label}; {fate[b.segment_id]}") if b.segment_id in fate else b
              for b in baseline.boxes]
     return replace(baseline, boxes=boxes)

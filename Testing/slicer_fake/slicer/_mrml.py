@@ -81,6 +81,10 @@ class _DisplayNode:
     def SetColor(self, r: float, g: float, b: float) -> None:
         self._color = (float(r), float(g), float(b))
 
+    def GetColor(self) -> tuple:
+        """``vtkGetVector3Macro(Color, double)`` [Libs/MRML/Core/vtkMRMLDisplayNode.h]: (r, g, b)."""
+        return self._color
+
     def SetOpacity(self, x: float) -> None:
         self._opacity = float(x)
 
