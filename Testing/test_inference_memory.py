@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import sys
 
 import pytest
 import torch
 
+from medseg.inference import memory
 from medseg.inference.memory import InferencePlan, estimate_plan, fallback_ladder, run_with_plan_fallback
 from medseg.inference.sliding_window import sliding_window_inference
 
@@ -69,3 +73,61 @@ def test_other_errors_are_not_swallowed():
 
     with pytest.raises(ValueError, match="not memory"):
         run_with_plan_fallback(boom, InferencePlan(torch.device("cpu"), torch.device("cpu"), 2))
+
+
+# ------------------------------------------------------------------ free RAM without psutil (issue 11 item 8)
+def _without_psutil(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` raises ImportError, as in Slicer
+
+
+def test_free_ram_on_windows_without_psutil(monkeypatch):
+    """Windows has no ``os.sysconf``: the CPU/MPS plan reads ``GlobalMemoryStatusEx`` instead of crashing."""
+    _without_psutil(monkeypatch)
+    monkeypatch.delattr(os, "sysconf", raising=False)  # as on Windows
+    monkeypatch.setattr(memory, "_WINDOWS", True, raising=False)
+    calls = []
+
+    class Kernel32:
+        def GlobalMemoryStatusEx(self, ref):
+            status = ref._obj
+            calls.append(status.dwLength)
+            status.ullAvailPhys = 12 * GiB
+            return 1
+
+    monkeypatch.setattr(memory, "_kernel32", Kernel32, raising=False)
+    assert memory.free_memory_bytes(torch.device("cpu")) == 12 * GiB
+    assert calls == [ctypes.sizeof(memory._MemoryStatusEx)] == [64]  # MEMORYSTATUSEX is 64 bytes
+    plan = estimate_plan((64, 64, 64), 1, 2, (32, 32, 32), torch.device("cpu"), n_windows=27)
+    assert plan.sw_device.type == "cpu" and plan.sw_batch_size >= 1
+
+
+def test_windows_memory_query_failure_names_the_call(monkeypatch):
+    _without_psutil(monkeypatch)
+    monkeypatch.setattr(memory, "_WINDOWS", True, raising=False)
+
+    class Kernel32:
+        def GlobalMemoryStatusEx(self, ref):
+            return 0
+
+    monkeypatch.setattr(memory, "_kernel32", Kernel32, raising=False)
+    with pytest.raises(OSError, match="GlobalMemoryStatusEx"):
+        memory.free_memory_bytes(torch.device("mps"))
+
+
+def test_free_ram_on_macos_without_psutil(monkeypatch, caplog):
+    """macOS has ``sysconf`` but no available-pages name: half the physical memory, logged."""
+    _without_psutil(monkeypatch)
+    monkeypatch.setattr(memory, "_WINDOWS", False, raising=False)
+    values = {"SC_PHYS_PAGES": 4 * 2**20, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(os, "sysconf_names", dict.fromkeys(values, 0))
+    monkeypatch.setattr(os, "sysconf", lambda name: values[name])
+    with caplog.at_level(logging.INFO, logger="medseg"):
+        assert memory.free_memory_bytes(torch.device("mps")) == 8 * GiB
+    assert any("psutil" in r.getMessage() for r in caplog.records)
+
+
+def test_free_ram_on_linux_without_psutil(monkeypatch):
+    _without_psutil(monkeypatch)
+    monkeypatch.setattr(memory, "_WINDOWS", False, raising=False)
+    assert 0 < memory.free_memory_bytes(torch.device("cpu")) == pytest.approx(
+        os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), rel=0.2)

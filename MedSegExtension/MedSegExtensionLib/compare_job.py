@@ -25,7 +25,6 @@ import numpy as np
 import slicer
 import vtk
 
-import medseg
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken
@@ -39,7 +38,7 @@ from medseg.pipeline.tasks import get_task
 from MedSegExtensionLib.compare_scene import LINKS_ATTRIBUTE, comparison_links, table_attributes
 from MedSegExtensionLib.errors import ProcessError, StaleSceneError
 from MedSegExtensionLib.job import COMPUTE_SHARE, MedSegJob
-from MedSegExtensionLib.process import ChildProcess, ExitStatus, child_environment, medseg_command
+from MedSegExtensionLib.process import ExitStatus, medseg_child, medseg_command
 from MedSegExtensionLib.result_import import load_compare_folder
 from MedSegExtensionLib.results_table import build_compare_vtk_table, compare_rows
 from MedSegExtensionLib.scene_commit import commit_comparison, planned_segment_names
@@ -210,8 +209,7 @@ class CompareJob(MedSegJob):
         try:
             tmp = self._make_temp()
             args = self._command(tmp)
-            package_parent = Path(medseg.__file__).resolve().parent.parent
-            self._child = ChildProcess(args, env=child_environment(package_parent), cwd=tmp)
+            self._child = medseg_child(args)  # the working directory is never ``tmp`` (process.py)
             self._child.start()
             if self._child.status is ExitStatus.NOT_STARTED:
                 raise ProcessError(self._child.error_message, exit_code=-1)
@@ -229,7 +227,9 @@ class CompareJob(MedSegJob):
         """``compare_cases`` + ``write_comparison`` into ``out``."""
         req = self.request
         task = get_task(req.task)
-        options = RunOptions(task=req.task, device=req.device, models=req.createModels, params=dict(req.params),
+        # meshes always: they become the segments' 3D surfaces (scene_commit._add_surfaces), so nothing is
+        # converted on Slicer's GUI thread; ``createModels`` only decides the model nodes
+        options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params),
                              force=req.force)
         options.validate(task)
         comparison = compare_cases(
@@ -238,7 +238,7 @@ class CompareJob(MedSegJob):
             interval_days=req.intervalDays, affine=not req.rigidOnly, cancel=cancel,
             progress=lambda f, m: self.progress(0.9 * COMPUTE_SHARE * f, m))
         self.progress(0.9 * COMPUTE_SHARE, "writing the comparison")
-        write_comparison(comparison, out, html=False, mesh_formats=("stl",) if req.createModels else (),
+        write_comparison(comparison, out, html=False, mesh_formats=("stl",),
                          cancel=cancel)
 
     def _command(self, tmp: Path) -> list[str]:
@@ -257,7 +257,7 @@ class CompareJob(MedSegJob):
                 segs[visit] = tmp / f"{visit}.seg.nrrd"
                 write_seg_nrrd(labelmap, segs[visit])
         return compare_command(paths["baseline"], paths["followup"], req.task, tmp / "out", req.device,
-                               req.createModels, req.params, force=req.force, baseline_seg=segs["baseline"],
+                               True, req.params, force=req.force, baseline_seg=segs["baseline"],
                                followup_seg=segs["followup"], interval_days=req.intervalDays,
                                rigid_only=req.rigidOnly)
 
@@ -279,7 +279,7 @@ class CompareJob(MedSegJob):
     def _finish(self, out_dir: Path) -> CompareResult:
         req = self.request
         self.progress(COMPUTE_SHARE, "importing the comparison")
-        plan = load_compare_folder(out_dir, load_models=req.createModels)
+        plan = load_compare_folder(out_dir, load_models=True)
         stored = stored_comparison(plan.report, plan.baseline.report, plan.followup.report,
                                    interval_days=req.intervalDays,
                                    baseline_names=planned_segment_names(plan.baseline),

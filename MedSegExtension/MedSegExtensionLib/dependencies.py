@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import slicer
 
@@ -41,6 +43,9 @@ REQUIREMENTS = (
     Requirement("pynrrd", "1.0", "nrrd", "pip"),
     Requirement("jsonschema", "4.18", "jsonschema", "pip"),
     Requirement("highdicom", "0.28", "highdicom", "pip"),  # DICOM SEG export (pydicom comes with it)
+    # cancel kills the child's whole process tree (PythonSlicer is a launcher with the real Python as its
+    # child), as SlicerMONAIAuto3DSeg does with psutil; Slicer does not ship it
+    Requirement("psutil", "5.9", "psutil", "pip"),
 )
 
 
@@ -90,6 +95,28 @@ def check(version_of: Callable[[str], str | None] = installed_version) -> list[P
     return problems
 
 
+def install_torch(logic: Any, minimum: str) -> None:
+    """Install torch >= ``minimum`` with the PyTorch extension's ``PyTorchUtilsLogic`` (``logic``).
+
+    ``installTorch(askConfirmation=False, ...)`` reports failure by raising, never by returning None
+    (fepegar/SlicerPyTorch PyTorchUtils/PyTorchUtils.py: it runs light-the-torch through
+    ``slicer.util._executePythonModule``, which raises ``CalledProcessError`` when the install fails or
+    ``RuntimeError`` when PythonSlicer is missing, then imports torch, which raises ``ImportError``; it
+    returns None only when it asked for confirmation and the user declined, which MedSeg never has it do).
+
+    Raises:
+        DependencyError: the installation failed (the cause chained), or returned no torch module.
+    """
+    requirement = f">={minimum}"
+    try:
+        torch = logic.installTorch(askConfirmation=False, torchVersionRequirement=requirement)
+    except (subprocess.CalledProcessError, RuntimeError, ImportError, OSError) as e:
+        raise DependencyError(f"installing PyTorch (torch{requirement}) with the PyTorch extension failed: {e}; "
+                              "see the Python console for pip's output") from e
+    if torch is None:
+        raise DependencyError(f"installing PyTorch (torch{requirement}) was cancelled")
+
+
 def _bundled_version(module: str) -> str | None:
     mod = sys.modules.get(module)
     return getattr(mod, "__version__", None) if mod is not None else None
@@ -101,8 +128,8 @@ def ensure(confirm: Callable[[str], bool], version_of: Callable[[str], str | Non
     Returns True when Slicer must be restarted (a package that was already imported was upgraded).
 
     Raises:
-        DependencyError: the user declined, a bundled package is too old, or the PyTorch extension
-            is missing (torch is never pip-installed here).
+        DependencyError: the user declined, a bundled package is too old, the PyTorch extension
+            is missing (torch is never pip-installed here), or an installation failed.
     """
     problems = check(version_of)
     if not problems:
@@ -123,11 +150,15 @@ def ensure(confirm: Callable[[str], bool], version_of: Callable[[str], str | Non
         except ModuleNotFoundError:
             raise DependencyError("MedSeg needs PyTorch: install the 'PyTorch' extension from the Extensions "
                                   "Manager, restart Slicer, then press Apply again", restartRequired=True) from None
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=False, torchVersionRequirement=f">={torch_problem.requirement.minimum}")
-        if torch is None:
-            raise DependencyError("PyTorch installation was cancelled or failed")
+        install_torch(PyTorchUtils.PyTorchUtilsLogic(), torch_problem.requirement.minimum)
     pip_problems = [p for p in problems if p.requirement.installer == "pip"]
     if pip_problems:
-        slicer.util.pip_install([f"{p.requirement.distribution}>={p.requirement.minimum}" for p in pip_problems])
+        specs = [f"{p.requirement.distribution}>={p.requirement.minimum}" for p in pip_problems]
+        try:
+            slicer.util.pip_install(specs)
+        except (subprocess.CalledProcessError, RuntimeError, OSError) as e:
+            # Slicer/Slicer Base/Python/slicer/util.py (5.10: logProcessOutput) and packaging.py (5.12+):
+            # pip_install raises CalledProcessError on failure
+            raise DependencyError(f"installing {', '.join(specs)} with pip failed: {e}; see the Python console "
+                                  "for pip's output") from e
     return restart

@@ -4,7 +4,10 @@ The same ``MedSegJob`` runs the core either in this process (``run_in_process``:
 the tests) or as a child ``medseg`` process (``start`` / ``poll`` / ``cancel``: the module panel).
 Both paths end in ``_finish``: the output folder is read off-scene, the input nodes are checked to
 be still in the scene, and the plan is committed in one step. The temporary folder (the exported
-inputs and the output, i.e. patient data) is removed on success, failure and cancel alike.
+inputs and the output, i.e. patient data) is removed on success, failure and cancel alike; it is
+never the child's working directory (Windows cannot delete that while the child lives), and a
+folder that cannot be removed is logged with its path (and named in the result's warnings), never
+raised from ``poll()`` or ``cancel()``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from pathlib import Path
 
 import slicer
 
-import medseg
 from medseg.core.errors import CancelledError, InputError, OutputError
 from medseg.core.progress import CancelToken
 from medseg.core.volume import Volume
@@ -32,7 +34,7 @@ from medseg.pipeline.output import write_result
 from medseg.pipeline.run import RunOptions, run_task
 from MedSegExtensionLib.dicom_export import write_dicom_exports
 from MedSegExtensionLib.errors import ProcessError, StaleSceneError
-from MedSegExtensionLib.process import ChildProcess, ExitStatus, child_environment, medseg_command
+from MedSegExtensionLib.process import ChildProcess, ExitStatus, medseg_child, medseg_command
 from MedSegExtensionLib.result_import import load_output_folder
 from MedSegExtensionLib.scene_commit import CommitResult, commit_plan
 from MedSegExtensionLib.volume_bridge import volume_from_node
@@ -44,6 +46,9 @@ Progress = Callable[[float, str], None]
 
 #: share of the progress bar for the computation (the rest is import + commit)
 COMPUTE_SHARE = 0.95
+#: pauses (s) after each failed try to remove the temporary folder (a killed process's files may stay
+#: open for a moment on Windows); the last try is not followed by a pause
+TEMP_REMOVAL_PAUSES_S = (0.1, 0.4, 0.0)
 
 
 @dataclass
@@ -101,6 +106,8 @@ class MedSegJob:
         self.result: ProcessResult | None = None
         self.error: BaseException | None = None
         self.tempDir: Path | None = None
+        #: temporary folders that could not be removed (logged; see ``_remove_temp``)
+        self.cleanupErrors: list[str] = []
         self._child: ChildProcess | None = None
         self._t0 = time.perf_counter()
 
@@ -110,9 +117,29 @@ class MedSegJob:
         return self.tempDir
 
     def _remove_temp(self) -> None:
-        if self.tempDir is not None and not self.request.keepTemporaryFiles:
-            shutil.rmtree(self.tempDir, ignore_errors=False)
-        self.tempDir = None
+        """Remove the temporary folder (unless kept on request). A folder that cannot be removed (on
+        Windows: a file still open in a process that has not yet gone) is tried again briefly, then
+        logged with its path and named in the result's warnings; the error is not raised, so that it
+        cannot hide the run's own outcome or escape ``poll()``/``cancel()``."""
+        folder, self.tempDir = self.tempDir, None
+        if folder is None or self.request.keepTemporaryFiles:
+            return
+        for attempt, pause_s in enumerate(TEMP_REMOVAL_PAUSES_S):
+            try:
+                shutil.rmtree(folder)
+                return
+            except OSError as e:
+                if not folder.exists():
+                    return  # gone after all (another cleanup removed it first)
+                if attempt < len(TEMP_REMOVAL_PAUSES_S) - 1:
+                    time.sleep(pause_s)
+                    continue
+                message = (f"could not remove MedSeg's temporary folder {folder} (it holds the exported "
+                           f"images; delete it by hand): {e}")
+                log.error("%s", message)
+                self.cleanupErrors.append(message)
+                if self.result is not None:
+                    self.result.warnings.append(message)
 
     # ------------------------------------------------------------------ in-process
     def run_in_process(self, cancel: CancelToken | None = None) -> ProcessResult:
@@ -122,7 +149,9 @@ class MedSegJob:
         cancel = cancel or CancelToken()
         try:
             out = self._make_temp() / "out"
-            options = RunOptions(task=req.task, device=req.device, models=req.createModels, params=dict(req.params),
+            # the child always builds the meshes: they become the segments' 3D surfaces (scene_commit._add_surfaces),
+            # so nothing is converted on Slicer's GUI thread; ``createModels`` only decides the model nodes
+            options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params),
                                  force=req.force)
             result = run_task(req.volumes, options, cancel=cancel,
                               progress=lambda f, m: self.progress(0.85 * COMPUTE_SHARE * f, m))
@@ -149,10 +178,9 @@ class MedSegJob:
                 p = tmp / f"input_{n}.nrrd"
                 write_volume_nrrd(vol, p, compress=False)
                 paths.append(p)
-            package_parent = Path(medseg.__file__).resolve().parent.parent
-            args = medseg_command(paths, req.task, tmp / "out", req.device, req.createModels, req.params,
+            args = medseg_command(paths, req.task, tmp / "out", req.device, True, req.params,  # meshes: see above
                                   force=req.force)
-            self._child = ChildProcess(args, env=child_environment(package_parent), cwd=tmp)
+            self._child = medseg_child(args)
             self._child.start()
             if self._child.status is ExitStatus.NOT_STARTED:
                 raise ProcessError(self._child.error_message, exit_code=-1)
@@ -227,7 +255,7 @@ class MedSegJob:
     def _finish(self, out_dir: Path) -> ProcessResult:
         req = self.request
         self.progress(COMPUTE_SHARE, "importing results")
-        plan = load_output_folder(out_dir, load_models=req.createModels)
+        plan = load_output_folder(out_dir, load_models=True)
         final: Path | None = None
         saving: contextlib.AbstractContextManager = contextlib.nullcontext()
         if req.saveFolder is not None:

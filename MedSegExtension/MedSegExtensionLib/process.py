@@ -3,8 +3,17 @@
 The child is started with ``--progress-json``: it prints one JSON object per line on stdout
 (``progress``, then ``result`` or ``error``). A reader thread puts parsed events on a queue;
 the owner drains it with ``poll()`` from the GUI thread (a ``QTimer``) or from a wait loop, so
-nothing here touches Qt or the scene. ``cancel()`` kills the whole process tree (psutil when it
-is available, else the process group on POSIX, else the process).
+nothing here touches Qt or the scene.
+
+In Slicer the command is ``PythonSlicer``, a launcher (commontk/AppLauncher, Base/ctkAppLauncher.cpp
+``runProcess``) that starts the real interpreter (``python-real``) as its own child, hands it its
+stdout and waits for it. Killing the launcher alone leaves that child running with the pipe open, so
+``cancel()`` kills the whole tree: with ``psutil`` when it is installed (MedSeg installs it, as
+SlicerMONAIAuto3DSeg does, MONAIAuto3DSegLib/process.py ``_killProcess``), else with
+``taskkill /T /F`` on Windows, else by killing the child's process group and every descendant
+found in the process table on POSIX. Kill and cleanup failures are logged, never raised from
+``cancel()`` or ``poll()``. On Windows the child's console window is hidden the way
+``slicer.util.launchConsoleProcess`` hides it (Slicer/Slicer, Base/Python/slicer/util.py).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import os
 import queue
 import shutil
@@ -22,9 +32,22 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import medseg
 from medseg.core.errors import ExitCode
 from medseg.core.specs import TASK_PARAMS
+
+log = logging.getLogger("MedSeg")
+
+#: Windows: no process groups to kill, no ``os.sysconf``; the console window must be hidden
+WINDOWS = os.name == "nt"
+#: STARTUPINFO flags that hide the child's console window, as slicer.util.launchConsoleProcess sets them
+#: (Base/Python/slicer/util.py: ``info.dwFlags = 1``, ``info.wShowWindow = 0``)
+STARTF_USESHOWWINDOW = 1
+SW_HIDE = 0
+#: seconds to wait for killed processes to exit and for their output pipe to close
+KILL_WAIT_S = 5.0
 
 
 class ExitStatus(enum.Enum):
@@ -101,29 +124,139 @@ def parse_line(line: str) -> ProcessEvent:
                         str(obj.get("message", obj.get("out", ""))), None if code is None else int(code))
 
 
-def kill_process_tree(proc: subprocess.Popen) -> None:
-    """Kill ``proc`` and every process it started; returns when ``proc`` has exited."""
+def medseg_working_directory() -> Path:
+    """The child's working directory: the folder holding ``medseg/`` (never the run's temporary folder,
+    which must be removable while and after the child runs; Windows cannot delete a process's
+    working directory)."""
+    return Path(medseg.__file__).resolve().parent.parent
+
+
+def _import_psutil() -> Any:
+    """The ``psutil`` module, or None when it is not installed (Slicer does not ship it)."""
     try:
-        import psutil  # optional: Slicer does not ship it; the fallbacks below work without it
+        import psutil  # optional: MedSeg installs it into Slicer, but the fallbacks work without it
     except ImportError:
-        psutil = None
-    if psutil is not None:
+        return None
+    return psutil
+
+
+def popen_platform_options() -> dict:
+    """``subprocess.Popen`` keyword arguments that make the child killable as a tree and, on Windows,
+    hide its console window (Slicer/Slicer Base/Python/slicer/util.py ``launchConsoleProcess``:
+    ``STARTUPINFO`` with ``dwFlags = 1`` (STARTF_USESHOWWINDOW) and ``wShowWindow = 0`` (SW_HIDE))."""
+    if WINDOWS:
+        info = subprocess.STARTUPINFO()  # type: ignore[attr-defined]  # Windows only
+        info.dwFlags |= STARTF_USESHOWWINDOW
+        info.wShowWindow = SW_HIDE
+        return {"startupinfo": info, "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+    return {"start_new_session": True}  # the child leads its own process group: killpg reaches the tree
+
+
+def _posix_descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (nearest first), from /proc on Linux, else from ``ps`` (macOS).
+    An empty list, logged, when the process table cannot be read."""
+    parents: dict[int, int] = {}
+    proc = Path("/proc")
+    try:
+        if proc.is_dir():
+            for entry in proc.iterdir():
+                if not entry.name.isdigit():
+                    continue
+                # OSError: the process exited while the table was read; ValueError/IndexError: an odd line
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = (entry / "stat").read_text()
+                    parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        else:
+            out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True,
+                                 check=True, timeout=10).stdout
+            for line in out.splitlines():
+                fields = line.split()
+                if len(fields) == 2:
+                    parents[int(fields[0])] = int(fields[1])
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        log.warning("cannot list the processes below %d (%s); killing its process group only", pid, e)
+        return []
+    found, frontier = [], [pid]
+    while frontier:
+        below = [c for c, p in parents.items() if p in frontier and c not in found and c != pid]
+        found += below
+        frontier = below
+    return found
+
+
+def _kill_tree_psutil(psutil: Any, proc: subprocess.Popen) -> None:
+    """SlicerMONAIAuto3DSeg's way (MONAIAuto3DSegLib/process.py ``_killProcess``): the descendants,
+    then the process itself, then wait for them."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []  # it has already exited
+    except psutil.Error as e:
+        log.error("cannot list the processes below the MedSeg process %d: %s", proc.pid, e)
+        children = []
+    for p in children:
         try:
-            parent = psutil.Process(proc.pid)
-            children = parent.children(recursive=True)
+            p.kill()
         except psutil.NoSuchProcess:
-            children = []
-        for p in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        proc.kill()
-        psutil.wait_procs(children, timeout=5)
-    elif os.name == "posix":
+            continue  # it exited on its own
+        except psutil.Error as e:
+            log.error("cannot kill the MedSeg child process %d: %s", p.pid, e)
+    proc.kill()
+    if not WINDOWS:  # and what left the tree but not the child's process group (``start_new_session``)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own session (start_new_session)
-    else:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _gone, alive = psutil.wait_procs(children, timeout=KILL_WAIT_S)
+    for p in alive:
+        log.error("the MedSeg child process %d is still running after being killed", p.pid)
+
+
+def _kill_tree_windows(proc: subprocess.Popen) -> None:
+    """``taskkill /T /F``: the process and every process it started (found through their parent ids,
+    so while the launcher still lives); its console window hidden like the child's."""
+    options = popen_platform_options()
+    options.pop("creationflags", None)
+    try:
+        result = subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)], capture_output=True, text=True,
+                                timeout=30, stdin=subprocess.DEVNULL,
+                                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0), **options)
+        failure = "" if result.returncode == 0 else f"status {result.returncode}: " + (
+            result.stdout + result.stderr).strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        failure = str(e)
+    if failure and proc.poll() is None:
+        log.error("taskkill could not end the MedSeg process tree %d (%s); killing the process only",
+                  proc.pid, failure)
         proc.kill()
-    proc.wait()
+
+
+def _kill_tree_posix(proc: subprocess.Popen) -> None:
+    """Kill the child's process group (it leads one, ``start_new_session``) and every descendant that
+    left the group (listed before anything is killed: an orphan loses its parent link)."""
+    descendants = _posix_descendants(proc.pid)
+    with contextlib.suppress(ProcessLookupError):  # the group is already gone
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in descendants:
+        with contextlib.suppress(ProcessLookupError):  # it died with the group
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+def kill_process_tree(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and every process it started; returns when ``proc`` has exited.
+
+    Raises:
+        OSError: a process could not be killed (the caller logs it).
+        subprocess.TimeoutExpired: ``proc`` did not exit within ``KILL_WAIT_S`` after the kill.
+    """
+    psutil = _import_psutil()
+    if psutil is not None:
+        _kill_tree_psutil(psutil, proc)
+    elif WINDOWS:
+        _kill_tree_windows(proc)
+    else:
+        _kill_tree_posix(proc)
+    proc.wait(timeout=KILL_WAIT_S)
 
 
 class ChildProcess:
@@ -144,12 +277,12 @@ class ChildProcess:
         self._cancelled = False
 
     def start(self) -> None:
-        creationflags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if os.name == "nt" else 0
+        """Start the child (``status`` becomes NOT_STARTED, with a message, if it cannot be started)."""
         try:
             self._proc = subprocess.Popen(
                 self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                 env=self.env, cwd=None if self.cwd is None else str(self.cwd), text=True, encoding="utf-8",
-                errors="replace", start_new_session=(os.name == "posix"), creationflags=creationflags)
+                errors="replace", **popen_platform_options())
         except OSError as e:
             self.status = ExitStatus.NOT_STARTED
             self.error_message = f"could not start {self.args[0]}: {e}"
@@ -215,14 +348,28 @@ class ChildProcess:
         return None if self._proc is None else self._proc.pid
 
     def cancel(self) -> None:
-        """Kill the child and its children; ``status`` becomes CANCELLED."""
+        """Kill the child and its children; ``status`` becomes CANCELLED. Never raises: a process that
+        could not be killed is logged (with its id) and named in ``error_message``."""
         if self._proc is None or not self.running:
             return
         self._cancelled = True
-        kill_process_tree(self._proc)
+        try:
+            kill_process_tree(self._proc)
+        except (OSError, subprocess.SubprocessError) as e:
+            self.error_message = f"could not stop the MedSeg process {self._proc.pid}: {e}"
+            log.error("%s", self.error_message)
         if self._reader is not None:
-            self._reader.join(timeout=5)
+            self._reader.join(timeout=KILL_WAIT_S)
+            if self._reader.is_alive():
+                log.error("the output of the MedSeg process %d is still open after it was killed", self._proc.pid)
         self.poll()
         if self.status is ExitStatus.RUNNING:
             self.returncode = self._proc.returncode
             self.status = ExitStatus.CANCELLED
+
+
+def medseg_child(args: Sequence[str]) -> ChildProcess:
+    """A ``ChildProcess`` (not started) for a ``medseg`` command line: the package on PYTHONPATH and as
+    the working directory (``medseg_working_directory``)."""
+    folder = medseg_working_directory()
+    return ChildProcess(args, env=child_environment(folder), cwd=folder)

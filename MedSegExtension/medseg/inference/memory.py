@@ -17,11 +17,13 @@ the answer is the same (float32 vs float16 storage aside).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -30,6 +32,9 @@ from medseg.core.torch_devices import is_out_of_memory
 logger = logging.getLogger("medseg")
 
 T = TypeVar("T")
+
+#: Windows has no ``os.sysconf``: free RAM comes from ``GlobalMemoryStatusEx`` there
+_WINDOWS = os.name == "nt"
 
 #: feature maps alive at once per first-layer channel, per window voxel, in a U-Net-like forward pass
 ACTIVATION_FACTOR = 6.0
@@ -63,16 +68,63 @@ class InferencePlan:
 
 
 def free_memory_bytes(device: torch.device) -> int:
-    """Free memory of ``device`` in bytes (CUDA: ``mem_get_info``; CPU/MPS: available RAM)."""
+    """Free memory of ``device`` in bytes (CUDA: ``mem_get_info``; CPU/MPS: available RAM).
+
+    RAM comes from ``psutil`` when it is installed (MedSeg installs it into Slicer), else from the
+    operating system directly: ``GlobalMemoryStatusEx`` on Windows (which has no ``os.sysconf``),
+    ``sysconf`` available pages on Linux, and on macOS (no available-pages name) half the physical
+    memory, logged as an estimate.
+
+    Raises:
+        OSError: the operating system did not say how much memory there is.
+    """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     try:
-        import psutil  # optional (not a dependency): the CPU fallback below works without it
+        import psutil  # optional (not a dependency of the core): the fallbacks below work without it
+    except ImportError:
+        return available_ram_without_psutil()
+    return int(psutil.virtual_memory().available)
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # psutil is optional; fall back to POSIX sysconf
+
+class _MemoryStatusEx(ctypes.Structure):
+    """``MEMORYSTATUSEX`` of the Windows API (sysinfoapi.h; DWORD is 32 bits, 64 bytes in all)."""
+
+    _fields_ = [("dwLength", ctypes.c_uint32), ("dwMemoryLoad", ctypes.c_uint32),
+                ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
+                ("ullTotalPageFile", ctypes.c_ulonglong), ("ullAvailPageFile", ctypes.c_ulonglong),
+                ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong),
+                ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]
+
+
+def _kernel32() -> Any:
+    """The Windows ``kernel32`` library (Windows only)."""
+    return ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+
+
+def available_ram_without_psutil() -> int:
+    """Available RAM in bytes from the operating system, for when ``psutil`` is not installed.
+
+    Raises:
+        OSError: the operating system call failed or the platform has no way to ask.
+    """
+    if _WINDOWS:
+        status = _MemoryStatusEx()
+        status.dwLength = ctypes.sizeof(_MemoryStatusEx)
+        if not _kernel32().GlobalMemoryStatusEx(ctypes.byref(status)):
+            last_error = getattr(ctypes, "get_last_error", None)  # Windows only
+            raise OSError(f"cannot read the free memory: GlobalMemoryStatusEx failed "
+                          f"(error {last_error() if last_error else 'unknown'})")
+        return int(status.ullAvailPhys)
+    names = getattr(os, "sysconf_names", {})
+    if "SC_AVPHYS_PAGES" in names and "SC_PAGE_SIZE" in names:  # Linux
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    if "SC_PHYS_PAGES" in names and "SC_PAGE_SIZE" in names:  # macOS: only the physical total
+        total = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        logger.info("psutil is not installed: assuming half of the %.1f GiB of RAM is free", total / 2**30)
+        return total // 2
+    raise OSError(f"cannot read the free memory on this platform ({sys.platform}); install psutil")
 
 
 def first_layer_width(network: torch.nn.Module) -> int:
