@@ -115,8 +115,10 @@ def test_lesion_change_in_process_adds_regions_boxes_image_transform_and_table(n
     assert tableNode.GetAttribute("MedSeg.FollowupToBaselineTransformID") == res.transformNode.GetID()
 
     added = set(slicer.mrmlScene._nodes) - before
-    assert added == {n.GetID() for n in (seg, res.followupOnBaselineNode, res.transformNode, tableNode,
-                                         *res.roiNodes)}
+    data = (seg, res.followupOnBaselineNode, res.transformNode, tableNode, *res.roiNodes)
+    displays = [n.GetDisplayNode() for n in (seg, res.followupOnBaselineNode, *res.roiNodes)]
+    assert all(d is not None for d in displays)  # display nodes are scene nodes, as in Slicer
+    assert added == {n.GetID() for n in (*data, *displays)}
     assert fractions[-1] == 1.0 and not slicer.mrmlScene.IsBatchProcessing()
     assert medseg_temp_dirs() == []
 

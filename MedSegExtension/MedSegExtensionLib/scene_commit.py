@@ -2,9 +2,19 @@
 
 Everything that can be prepared without the scene (label array, ROI matrices, meshes, table)
 is prepared before the first node is created. The nodes are then added inside one
-``BatchProcessState``; if anything fails, every node, segment and subject-hierarchy folder added
-so far is removed again before the error propagates. An existing output segmentation only gains
-segments (with unique names); its own segments are never changed or removed.
+``BatchProcessState``; if anything fails, every node (with the display nodes ``CreateDefaultDisplayNodes``
+added to the scene for it), segment, representation and subject-hierarchy folder added so far is removed
+again before the error propagates. An existing output segmentation only gains segments (with unique
+names); its own segments are never changed or removed.
+
+3D surfaces: the meshes the child process wrote (``models/*.stl``, in ``ScenePlan.models``) become the
+closed-surface representation of MedSeg's own segments (``vtkSegment::AddRepresentation``), so nothing is
+converted on the GUI thread. ``CreateClosedSurfaceRepresentation`` converts every segment of a segmentation
+[Libs/vtkSegmentationCore/vtkSegmentation.cxx ``CreateRepresentation``], so it is only called on a segmentation
+MedSeg created, for the segments the child wrote no mesh for. Importing the label map modifies the
+segmentation's source representation, which makes Slicer drop every other representation of every segment
+[vtkSegmentation.cxx ``ClearSegment`` -> ``InvalidateNonSourceRepresentations``]: the user's segments get the
+representations they had back (their voxels did not change), after the import and on rollback.
 
 A comparison (``commit_comparison``) adds both visits, the follow-up image resampled onto the
 baseline, the registration's transform node and the lesion-change table in one such step; a
@@ -73,18 +83,83 @@ def _describe(box: BoxPlan) -> str:
     return describe_box(box.label, box.score)
 
 
+def _non_source_representation_names(segmentation) -> list[str]:
+    """The standard representation names [Libs/vtkSegmentationCore/vtkSegmentationConverter.h] other than
+    the segmentation's source representation: those Slicer drops when the source is modified."""
+    converter = slicer.vtkSegmentationConverter
+    names = [converter.GetSegmentationBinaryLabelmapRepresentationName(),
+             converter.GetSegmentationClosedSurfaceRepresentationName(),
+             converter.GetSegmentationFractionalLabelmapRepresentationName(),
+             converter.GetSegmentationPlanarContourRepresentationName()]
+    source = segmentation.GetSourceRepresentationName()
+    return [n for n in names if n != source]
+
+
+def _saved_representations(segmentation) -> dict:
+    """Segment id -> {representation name: data object} of the non-source representations each segment
+    holds now (the objects themselves, to be put back unchanged)."""
+    names = _non_source_representation_names(segmentation)
+    saved = {}
+    for sid in segmentation.GetSegmentIDs():
+        segment = segmentation.GetSegment(sid)
+        saved[sid] = {n: segment.GetRepresentation(n) for n in names if segment.GetRepresentation(n) is not None}
+    return saved
+
+
+def _restore_representations(segmentation, saved: Mapping[str, Mapping[str, object]]) -> None:
+    """Give each segment in ``saved`` exactly the non-source representations it had (same objects)."""
+    names = _non_source_representation_names(segmentation)
+    for sid, representations in saved.items():
+        segment = segmentation.GetSegment(sid)
+        if segment is None:
+            raise CommitError(f"segment {sid!r} of segmentation is gone; cannot restore its representations")
+        for name in names:
+            kept = representations.get(name)
+            if kept is None:
+                segment.RemoveRepresentation(name)
+            elif segment.GetRepresentation(name) is not kept:
+                segment.AddRepresentation(name, kept)
+
+
+def _in_scene(node) -> bool:
+    return node is not None and slicer.mrmlScene.GetNodeByID(node.GetID()) is node
+
+
 class _Transaction:
-    """Remembers what was added so that ``rollback`` can remove it."""
+    """Remembers what was added so that ``rollback`` can remove it: nodes (display nodes included),
+    segments added to a pre-existing segmentation, and that segmentation's own representations."""
 
     def __init__(self) -> None:
         self.nodes: list = []
         self.segments: list = []  # (segmentation, id) added to a pre-existing segmentation
+        self.representations: list = []  # (segmentation, saved representations of its own segments)
         self.folders: list = []
 
     def add_node(self, className: str, name: str):
         node = slicer.mrmlScene.AddNewNodeByClass(className, name)
         self.nodes.append(node)
         return node
+
+    def create_display_nodes(self, node) -> None:
+        """``node.CreateDefaultDisplayNodes()``, remembering the display node it adds to the scene
+        [Libs/MRML/Core/vtkMRMLDisplayableNode.cxx and each node class's ``CreateDefaultDisplayNodes``]."""
+        self.adopt_new_display_node(node, node.GetDisplayNode(), node.CreateDefaultDisplayNodes)
+
+    def adopt_new_display_node(self, node, before, call: Callable[[], object]):
+        """Run ``call``; if ``node`` then has a display node other than ``before``, it was added by the
+        call (``ImportLabelmapToSegmentationNode`` creates one for a segmentation without), so it is
+        removed on rollback. Returns what ``call`` returned."""
+        result = call()
+        after = node.GetDisplayNode()
+        if after is not None and after is not before:
+            self.nodes.append(after)
+        return result
+
+    def keep_representations(self, segmentation) -> dict:
+        """Remember the non-source representations of ``segmentation``'s segments (pre-existing ones)."""
+        saved = _saved_representations(segmentation)
+        self.representations.append((segmentation, saved))
+        return saved
 
     def rollback(self) -> None:
         errors = []
@@ -93,9 +168,14 @@ class _Transaction:
                 segmentation.RemoveSegment(sid)
             except Exception as e:  # keep undoing the rest; reported below
                 errors.append(f"segment {sid}: {e}")
+        for segmentation, saved in reversed(self.representations):
+            try:
+                _restore_representations(segmentation, saved)
+            except Exception as e:
+                errors.append(f"representations: {e}")
         for node in reversed(self.nodes):
             try:
-                slicer.mrmlScene.RemoveNode(node)
+                _remove_with_display_node(node)
             except Exception as e:
                 errors.append(f"node {node.GetName()}: {e}")
         sh = slicer.mrmlScene.GetSubjectHierarchyNode()
@@ -106,6 +186,17 @@ class _Transaction:
                 errors.append(f"folder {item}: {e}")
         if errors:
             raise CommitError("rolling back a failed commit also failed: " + "; ".join(errors))
+
+
+def _remove_with_display_node(node) -> None:
+    """Remove ``node`` and its display node from the scene (``RemoveNode`` alone leaves the display node
+    behind [Libs/MRML/Core/vtkMRMLScene.cxx ``RemoveNode``]); nodes already removed are skipped."""
+    get_display = getattr(node, "GetDisplayNode", None)  # table and display nodes have none
+    display = get_display() if _in_scene(node) and get_display is not None else None
+    if _in_scene(display):
+        slicer.mrmlScene.RemoveNode(display)
+    if _in_scene(node):
+        slicer.mrmlScene.RemoveNode(node)
 
 
 def _folder(tx: _Transaction, name: str) -> int:
@@ -121,7 +212,10 @@ def _put_in_folder(node, folder: int) -> None:
 
 
 def _import_segments(tx: _Transaction, plan: ScenePlan, segNode, new: bool) -> dict:
+    """Add the plan's segments to ``segNode`` (uniquely named) and import their voxels; the segmentation's
+    own segments keep their voxels and get their other representations back after the import."""
     segmentation = segNode.GetSegmentation()
+    saved = {} if new else tx.keep_representations(segmentation)
     taken = {segmentation.GetSegment(sid).GetName() for sid in segmentation.GetSegmentIDs()}
     ids = {}
     id_array = vtk.vtkStringArray()
@@ -137,11 +231,17 @@ def _import_segments(tx: _Transaction, plan: ScenePlan, segNode, new: bool) -> d
     try:
         labelmap.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(plan.ijk_to_ras))
         slicer.util.updateVolumeFromArray(labelmap, plan.labels)
-        if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segNode, id_array):
-            raise CommitError("importing the MedSeg label map into the segmentation failed")
+        logic = slicer.modules.segmentations.logic()
+
+        def run_import() -> bool:
+            return logic.ImportLabelmapToSegmentationNode(labelmap, segNode, id_array)
+
+        if not tx.adopt_new_display_node(segNode, segNode.GetDisplayNode(), run_import):
+            raise CommitError(f"importing the MedSeg label map into the segmentation {segNode.GetName()!r} failed")
     finally:
-        slicer.mrmlScene.RemoveNode(labelmap)
+        _remove_with_display_node(labelmap)
         tx.nodes.remove(labelmap)
+    _restore_representations(segmentation, saved)
     for seg in plan.segments:
         segment = segmentation.GetSegment(ids[seg.source_id])
         segment.SetColor(*seg.color)
@@ -149,6 +249,34 @@ def _import_segments(tx: _Transaction, plan: ScenePlan, segNode, new: bool) -> d
             segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), seg.terminology)
         segment.SetTag(TASK_TAG, plan.task)
     return ids
+
+
+def _add_surfaces(plan: ScenePlan, segNode, ids: dict, new: bool) -> list:
+    """Give MedSeg's segments the child's meshes (a copy each) as their closed-surface representation
+    [Libs/vtkSegmentationCore/vtkSegment.cxx ``AddRepresentation``; vtkSegmentationConverter.h
+    ``GetSegmentationClosedSurfaceRepresentationName``]. Segments without a mesh are converted by Slicer
+    only in a segmentation MedSeg created (``CreateClosedSurfaceRepresentation`` converts every segment that
+    lacks a surface); in the user's segmentation they are left to Slicer's 3D view, which converts the
+    missing ones when it shows surfaces. Returns the scene ids of the segments that got a mesh.
+
+    Must run after the import: a later change of the source representation would drop these surfaces.
+    The segments are MedSeg's own, so rollback removes the surfaces with them."""
+    if not plan.segments:
+        return []
+    surface = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    segmentation = segNode.GetSegmentation()
+    meshed = []
+    for seg in plan.segments:
+        poly = plan.models.get(seg.source_id)
+        if poly is None:
+            continue
+        copy = vtk.vtkPolyData()
+        copy.DeepCopy(poly)
+        segmentation.GetSegment(ids[seg.source_id]).AddRepresentation(surface, copy)
+        meshed.append(ids[seg.source_id])
+    if new and len(meshed) < len(plan.segments) and not segNode.CreateClosedSurfaceRepresentation():
+        raise CommitError(f"Slicer could not make the 3D surfaces of segmentation {segNode.GetName()!r}")
+    return meshed
 
 
 def _add_rois(tx: _Transaction, plan: ScenePlan, segNode, ids: dict, base: str) -> list:
@@ -168,7 +296,7 @@ def _add_rois(tx: _Transaction, plan: ScenePlan, segNode, ids: dict, base: str) 
         if box.segment_source_id is not None:
             roi.SetAttribute(SEGMENT_ID_ATTRIBUTE, ids[box.segment_source_id])
         roi.SetLocked(True)
-        roi.CreateDefaultDisplayNodes()
+        tx.create_display_nodes(roi)
         _put_in_folder(roi, folder)
         nodes.append(roi)
     return nodes
@@ -187,7 +315,7 @@ def _add_models(tx: _Transaction, plan: ScenePlan, segNode, ids: dict, base: str
         sid = ids[seg.source_id]
         model = tx.add_node("vtkMRMLModelNode", segmentation.GetSegment(sid).GetName())
         model.SetAndObservePolyData(poly)
-        model.CreateDefaultDisplayNodes()
+        tx.create_display_nodes(model)
         model.GetDisplayNode().SetColor(*seg.color)
         model.SetAttribute(SEGMENT_ID_ATTRIBUTE, sid)
         model.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, segNode.GetID())
@@ -207,6 +335,13 @@ def commit_plan(plan: ScenePlan, referenceVolumeNode, outputSegmentation=None, b
     if outputSegmentation is not None and outputSegmentation.GetParentTransformNode() is not None:
         raise CommitError(f"output segmentation {outputSegmentation.GetName()!r} is under a transform; "
                           "choose another output or harden its transform")
+    if outputSegmentation is not None:
+        source = outputSegmentation.GetSegmentation().GetSourceRepresentationName()
+        labelmap = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+        if source != labelmap:  # ImportLabelmapToSegmentationNode refuses it [vtkSlicerSegmentationsModuleLogic.cxx]
+            raise CommitError(f"output segmentation {outputSegmentation.GetName()!r} has the source representation "
+                              f"{source!r}, not {labelmap!r}; choose another output or change its source "
+                              "representation in the Segmentations module")
     tx = _Transaction()
     scene = slicer.mrmlScene
     scene.StartState(scene.BatchProcessState)
@@ -215,11 +350,10 @@ def commit_plan(plan: ScenePlan, referenceVolumeNode, outputSegmentation=None, b
             new = outputSegmentation is None
             segNode = tx.add_node("vtkMRMLSegmentationNode", baseName) if new else outputSegmentation
             if new:
-                segNode.CreateDefaultDisplayNodes()
+                tx.create_display_nodes(segNode)
                 segNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
             ids = _import_segments(tx, plan, segNode, new)
-            if plan.segments:
-                segNode.CreateClosedSurfaceRepresentation()
+            _add_surfaces(plan, segNode, ids, new)
             rois = _add_rois(tx, plan, segNode, ids, baseName)
             models = _add_models(tx, plan, segNode, ids, baseName) if createModels else []
             segmentation = segNode.GetSegmentation()
@@ -269,11 +403,10 @@ def _commit_visit(tx: _Transaction, plan: ScenePlan, referenceVolumeNode, baseNa
                   createModels: bool) -> CommitResult:
     """One visit of a comparison into a new segmentation node (with boxes, optional models)."""
     segNode = tx.add_node("vtkMRMLSegmentationNode", baseName)
-    segNode.CreateDefaultDisplayNodes()
+    tx.create_display_nodes(segNode)
     segNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
     ids = _import_segments(tx, plan, segNode, True)
-    if plan.segments:
-        segNode.CreateClosedSurfaceRepresentation()
+    _add_surfaces(plan, segNode, ids, True)
     segmentation = segNode.GetSegmentation()
     expected = planned_segment_names(plan)
     for source_id, name in expected.items():
@@ -292,7 +425,7 @@ def _add_volume(tx: _Transaction, image, name: str):
     volume = tx.add_node("vtkMRMLScalarVolumeNode", name)
     volume.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(image.ijk_to_ras))
     slicer.util.updateVolumeFromArray(volume, np.ascontiguousarray(image.array))
-    volume.CreateDefaultDisplayNodes()
+    tx.create_display_nodes(volume)
     return volume
 
 

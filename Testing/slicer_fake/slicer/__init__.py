@@ -24,6 +24,7 @@ from slicer._mrml import (  # noqa: F401  (re-exported Slicer names)
     vtkMRMLTransformNode,
     vtkSegment,
     vtkSegmentation,
+    vtkSegmentationConverter,
     vtkSlicerSegmentationsModuleLogic,
 )
 

@@ -40,7 +40,7 @@ class vtkMRMLNode:
         self._description = ""
         self._attributes: dict[str, str] = {}
         self._scene: Optional["vtkMRMLScene"] = None
-        self._display: Optional[_DisplayNode] = None
+        self._display_id: Optional[str] = None  # the display node is a scene node, referenced by ID
         self._transform_id: Optional[str] = None
 
     def GetID(self) -> Optional[str]:
@@ -70,10 +70,13 @@ class vtkMRMLNode:
         """Reference counting is Python's here; kept for the CreateNodeByClass pattern."""
 
 
-class _DisplayNode:
-    """Display node of a displayable node (colour, opacity, visibility)."""
+class _DisplayNode(vtkMRMLNode):
+    """Display node of a displayable node (colour, opacity, visibility). A scene node of its own, as in
+    Slicer: ``CreateDefaultDisplayNodes`` adds it to the scene and removing the displayable node leaves it
+    there [Libs/MRML/Core/vtkMRMLScene.cxx ``RemoveNode`` removes references, not referenced nodes]."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._color = (0.5, 0.5, 0.5)
         self._opacity = 1.0
         self._visibility3d = True
@@ -92,13 +95,53 @@ class _DisplayNode:
         self._visibility3d = bool(visible)
 
 
+class vtkMRMLScalarVolumeDisplayNode(_DisplayNode):
+    pass
+
+
+class vtkMRMLLabelMapVolumeDisplayNode(_DisplayNode):
+    pass
+
+
+class vtkMRMLSegmentationDisplayNode(_DisplayNode):
+    pass
+
+
+class vtkMRMLModelDisplayNode(_DisplayNode):
+    pass
+
+
+class vtkMRMLMarkupsROIDisplayNode(_DisplayNode):
+    pass
+
+
+class vtkMRMLTransformDisplayNode(_DisplayNode):
+    pass
+
+
 class _DisplayableNode(vtkMRMLNode):
+    #: class name of the display node ``CreateDefaultDisplayNodes`` adds (set per node class)
+    _display_class = "vtkMRMLScalarVolumeDisplayNode"
+
     def CreateDefaultDisplayNodes(self) -> None:
-        if self._display is None:
-            self._display = _DisplayNode()
+        """As ``vtkMRMLSegmentationNode/ModelNode/MarkupsROINode/ScalarVolumeNode::CreateDefaultDisplayNodes``
+        [Libs/MRML/Core/vtkMRMLSegmentationNode.cxx, vtkMRMLModelNode.cxx, vtkMRMLMarkupsROINode.cxx,
+        vtkMRMLScalarVolumeNode.cxx]: nothing when a display node of the right class exists; without a scene
+        only an error is logged (nothing is created); otherwise ``scene->AddNewNodeByClass(<display class>)``
+        and ``SetAndObserveDisplayNodeID``: the display node is a node of the scene."""
+        if type(self.GetDisplayNode()).__name__ == self._display_class:
+            return
+        if self._scene is None:
+            return  # vtkErrorMacro("... CreateDefaultDisplayNodes failed: scene is invalid")
+        display = self._scene.AddNewNodeByClass(self._display_class)
+        self._display_id = display.GetID()
 
     def GetDisplayNode(self) -> Optional[_DisplayNode]:
-        return self._display
+        """The referenced display node while it is in the scene (``vtkMRMLDisplayableNode::GetDisplayNode``)."""
+        if self._display_id is None or self._scene is None:
+            return None
+        node = self._scene.GetNodeByID(self._display_id)
+        return node if isinstance(node, _DisplayNode) else None
 
     def GetParentTransformNode(self) -> Optional["vtkMRMLTransformNode"]:
         if self._transform_id is None or self._scene is None:
@@ -108,9 +151,10 @@ class _DisplayableNode(vtkMRMLNode):
     def SetAndObserveTransformNodeID(self, transformNodeID: Optional[str]) -> None:
         self._transform_id = transformNodeID
 
-
 class vtkMRMLTransformNode(_DisplayableNode):
     """A transform; linear when it holds a matrix (``_nonlinear`` marks a warping transform)."""
+
+    _display_class = "vtkMRMLTransformDisplayNode"
 
     def __init__(self) -> None:
         super().__init__()
@@ -168,7 +212,7 @@ class vtkMRMLScalarVolumeNode(_DisplayableNode):
 
 
 class vtkMRMLLabelMapVolumeNode(vtkMRMLScalarVolumeNode):
-    pass
+    _display_class = "vtkMRMLLabelMapVolumeDisplayNode"  # [Libs/MRML/Core/vtkMRMLLabelMapVolumeNode.cxx]
 
 
 class vtkMRMLScriptedModuleNode(vtkMRMLNode):
@@ -176,6 +220,8 @@ class vtkMRMLScriptedModuleNode(vtkMRMLNode):
 
 
 class vtkMRMLModelNode(_DisplayableNode):
+    _display_class = "vtkMRMLModelDisplayNode"
+
     def __init__(self) -> None:
         super().__init__()
         self._polydata: Optional[vtk.vtkPolyData] = None
@@ -204,6 +250,7 @@ class vtkMRMLMarkupsROINode(_DisplayableNode):
 
     ROITypeBox = 0
     ROITypeBoundingBox = 1
+    _display_class = "vtkMRMLMarkupsROIDisplayNode"  # [Libs/MRML/Core/vtkMRMLMarkupsROINode.cxx]
 
     def __init__(self) -> None:
         super().__init__()
@@ -217,8 +264,17 @@ class vtkMRMLMarkupsROINode(_DisplayableNode):
             raise ValueError(f"unknown ROI type {roiType}")
         self._roi_type = roiType
 
-    def GetROITypeAsString(self) -> str:
-        return "Box" if self._roi_type == self.ROITypeBox else "BoundingBox"
+    def GetROIType(self) -> int:
+        """``vtkGetMacro(ROIType, int)`` [Libs/MRML/Core/vtkMRMLMarkupsROINode.h]."""
+        return self._roi_type
+
+    @staticmethod
+    def GetROITypeAsString(roiType: int) -> str:
+        """``static const char* GetROITypeAsString(int roiType)`` [Libs/MRML/Core/vtkMRMLMarkupsROINode.h,
+        .cxx]: a static that takes the type; "" for an unknown one. ``roi.GetROITypeAsString()`` raises
+        TypeError, as in Slicer."""
+        return {vtkMRMLMarkupsROINode.ROITypeBox: "Box", vtkMRMLMarkupsROINode.ROITypeBoundingBox: "BoundingBox"}.get(
+            roiType, "")
 
     def SetCenter(self, x: float, y: float, z: float) -> None:
         for r, v in enumerate((x, y, z)):
@@ -253,8 +309,34 @@ class vtkMRMLMarkupsROINode(_DisplayableNode):
 
 
 # ----------------------------------------------------------------------------- segmentation
+class vtkSegmentationConverter:
+    """The representation names [Libs/vtkSegmentationCore/vtkSegmentationConverter.h]."""
+
+    @staticmethod
+    def GetSegmentationBinaryLabelmapRepresentationName() -> str:
+        return "Binary labelmap"
+
+    @staticmethod
+    def GetSegmentationClosedSurfaceRepresentationName() -> str:
+        return "Closed surface"
+
+    @staticmethod
+    def GetSegmentationFractionalLabelmapRepresentationName() -> str:
+        return "Fractional labelmap"
+
+    @staticmethod
+    def GetSegmentationPlanarContourRepresentationName() -> str:
+        return "Planar contour"
+
+
+_LABELMAP = vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+_SURFACE = vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+
+
 class vtkSegment:
-    """One segment: name, colour, tags; its binary labelmap lives in the segmentation."""
+    """One segment: name, colour, tags and its representations (name -> VTK data object, as
+    ``vtkSegment::Representations`` [Libs/vtkSegmentationCore/vtkSegment.h]). The binary labelmap's
+    voxels are also kept as ``_mask`` (KJI uint8) for the array helpers of ``slicer.util``."""
 
     @staticmethod
     def GetTerminologyEntryTagName() -> str:
@@ -266,6 +348,7 @@ class vtkSegment:
         self._tags: dict[str, str] = {}
         self._mask: Optional[np.ndarray] = None  # KJI uint8
         self._ijk_to_ras = np.eye(4)
+        self._representations: dict[str, vtk.vtkDataObject] = {}
 
     def SetName(self, name: str) -> None:
         self._name = str(name)
@@ -293,6 +376,24 @@ class vtkSegment:
         value.set(self._tags[tag])
         return True
 
+    def GetRepresentation(self, name: str) -> Optional[vtk.vtkDataObject]:
+        """The representation called ``name`` or None [Libs/vtkSegmentationCore/vtkSegment.cxx]."""
+        return self._representations.get(name)
+
+    def AddRepresentation(self, name: str, representation: vtk.vtkDataObject) -> bool:
+        """Store ``representation`` under ``name`` (replacing one there); False when it is already that
+        object [Libs/vtkSegmentationCore/vtkSegment.cxx ``AddRepresentation``]. Nothing is converted."""
+        if not isinstance(representation, vtk.vtkDataObject):
+            raise TypeError(f"AddRepresentation needs a vtkDataObject, got {type(representation).__name__}")
+        if self._representations.get(name) is representation:
+            return False
+        self._representations[str(name)] = representation
+        return True
+
+    def RemoveRepresentation(self, name: str) -> bool:
+        """Forget the representation ``name``; False when there was none [vtkSegment.cxx]."""
+        return self._representations.pop(name, None) is not None
+
 
 class vtkSegmentation:
     EXTENT_REFERENCE_GEOMETRY = 0
@@ -300,9 +401,31 @@ class vtkSegmentation:
     def __init__(self) -> None:
         self._segments: dict[str, vtkSegment] = {}
         self._parameters: dict[str, str] = {}
-        self._closed_surface = False
+        self._source = _LABELMAP  # set by vtkMRMLSegmentationNode's constructor [vtkMRMLSegmentationNode.cxx]
+
+    def GetSourceRepresentationName(self) -> str:
+        """``vtkGetMacro(SourceRepresentationName, std::string)`` [Libs/vtkSegmentationCore/vtkSegmentation.h]."""
+        return self._source
+
+    def SetSourceRepresentationName(self, representationName: str) -> None:
+        """Change the source representation; every other representation of every segment is dropped
+        [vtkSegmentation.cxx ``SetSourceRepresentationName`` -> ``InvalidateNonSourceRepresentations``]."""
+        if representationName == self._source:
+            return
+        self._source = str(representationName)
+        self._invalidate_non_source_representations()
+
+    def _invalidate_non_source_representations(self) -> None:
+        """[vtkSegmentation.cxx ``InvalidateNonSourceRepresentations``], run whenever a source
+        representation is modified (``OnSourceRepresentationModified``)."""
+        for seg in self._segments.values():
+            for name in [n for n in seg._representations if n != self._source]:
+                del seg._representations[name]
 
     def AddEmptySegment(self, segmentId: str = "", segmentName: str = "", color=None) -> str:
+        """[vtkSegmentation.cxx ``AddEmptySegment`` and ``AddSegment``]: with a binary-labelmap source the new
+        segment shares the first segment's labelmap (a layer); it gets every other representation the first
+        segment has (converted: here an empty ``vtkPolyData``, the stand-in does not mesh)."""
         base = segmentId or "Segment"
         new_id, n = (segmentId, 1) if segmentId and segmentId not in self._segments else (f"{base}_1", 1)
         while new_id in self._segments:
@@ -312,6 +435,14 @@ class vtkSegmentation:
         seg.SetName(segmentName or new_id)
         if color is not None:
             seg.SetColor(*color)
+        first = next(iter(self._segments.values()), None)
+        if self._source == _LABELMAP:
+            shared = first.GetRepresentation(_LABELMAP) if first is not None else None
+            seg.AddRepresentation(_LABELMAP, shared if shared is not None else vtk.vtkImageData())
+            if first is not None:
+                for name in first._representations:
+                    if name not in seg._representations:
+                        seg.AddRepresentation(name, vtk.vtkPolyData())
         self._segments[new_id] = seg
         return new_id
 
@@ -334,6 +465,8 @@ class vtkSegmentation:
         return ""
 
     def RemoveSegment(self, segmentId: str) -> None:
+        """Removing a segment separates its layer without invalidating the others' representations
+        [vtkSegmentation.cxx ``RemoveSegment`` -> ``SeparateSegmentLabelmap``]."""
         self._segments.pop(segmentId, None)
 
     def SetConversionParameter(self, name: str, value: str) -> None:
@@ -341,6 +474,8 @@ class vtkSegmentation:
 
 
 class vtkMRMLSegmentationNode(_DisplayableNode):
+    _display_class = "vtkMRMLSegmentationDisplayNode"  # [Libs/MRML/Core/vtkMRMLSegmentationNode.cxx]
+
     @staticmethod
     def GetReferenceImageGeometryReferenceRole() -> str:
         return "referenceImageGeometryRef"
@@ -364,7 +499,13 @@ class vtkMRMLSegmentationNode(_DisplayableNode):
         self._segmentation.SetConversionParameter("Reference image geometry", geometry)
 
     def CreateClosedSurfaceRepresentation(self) -> bool:
-        self._segmentation._closed_surface = True
+        """``Segmentation->CreateRepresentation("Closed surface")`` [Libs/MRML/Core/vtkMRMLSegmentationNode.cxx,
+        Libs/vtkSegmentationCore/vtkSegmentation.cxx ``CreateRepresentation``]: converts *every* segment that
+        lacks a closed surface, the user's included (existing ones are kept). The stand-in does not mesh: a
+        converted segment gets an empty ``vtkPolyData``."""
+        for seg in self._segmentation._segments.values():
+            if seg.GetRepresentation(_SURFACE) is None:
+                seg.AddRepresentation(_SURFACE, vtk.vtkPolyData())
         return True
 
 
@@ -383,11 +524,22 @@ class vtkSlicerSegmentationsModuleLogic:
 
     @staticmethod
     def ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode, updatedSegmentIDs) -> bool:
+        """The ``vtkStringArray`` overload [Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.cxx]:
+        False when the labelmap has no image or the segmentation's source representation is not a binary
+        labelmap; creates the segmentation's display node when it has none; clearing each updated segment
+        modifies the source representation, which drops every non-source representation of every segment
+        (``vtkSegmentation::ClearSegment`` -> ``OnSourceRepresentationModified`` ->
+        ``InvalidateNonSourceRepresentations``)."""
         if not isinstance(updatedSegmentIDs, vtk.vtkStringArray):
             raise TypeError("this stand-in implements only the vtkStringArray overload")
         image = labelmapNode.GetImageData()
         if image is None:
             return False
+        segmentation = segmentationNode.GetSegmentation()
+        if segmentation.GetSourceRepresentationName() != _LABELMAP:
+            return False  # "Source representation of the target segmentation node ... is not binary labelmap"
+        if segmentationNode.GetDisplayNode() is None:
+            segmentationNode.CreateDefaultDisplayNodes()
         arr = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(image.GetDimensions()[::-1])
         m = _world_ijk_to_ras(labelmapNode)
         seg_parent = segmentationNode.GetParentTransformNode()
@@ -395,15 +547,19 @@ class vtkSlicerSegmentationsModuleLogic:
             w = vtk.vtkMatrix4x4()
             seg_parent.GetMatrixTransformToWorld(w)
             m = np.linalg.inv(_matrix_to_array(w)) @ m
-        segmentation = segmentationNode.GetSegmentation()
+        labels = vtk.vtkImageData()
+        labels.DeepCopy(image)
         for n in range(updatedSegmentIDs.GetNumberOfValues()):
             sid = updatedSegmentIDs.GetValue(n)
             seg = segmentation.GetSegment(sid)
             if seg is None:
                 segmentation.AddEmptySegment(sid, sid)
                 seg = segmentation.GetSegment(sid)
+            if seg.GetRepresentation(_LABELMAP) is not None:
+                segmentation._invalidate_non_source_representations()  # ClearSegment modified the source
             seg._mask = (arr == n + 1).astype(np.uint8)
             seg._ijk_to_ras = m.copy()
+            seg.AddRepresentation(_LABELMAP, labels)
         return True
 
 
@@ -475,7 +631,9 @@ _NODE_CLASSES = {
     c.__name__: c
     for c in (vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, vtkMRMLMarkupsROINode,
               vtkMRMLModelNode, vtkMRMLTableNode, vtkMRMLLinearTransformNode, vtkMRMLTransformNode,
-              vtkMRMLScriptedModuleNode)
+              vtkMRMLScriptedModuleNode, vtkMRMLScalarVolumeDisplayNode, vtkMRMLLabelMapVolumeDisplayNode,
+              vtkMRMLSegmentationDisplayNode, vtkMRMLModelDisplayNode, vtkMRMLMarkupsROIDisplayNode,
+              vtkMRMLTransformDisplayNode)
 }
 
 
@@ -526,6 +684,11 @@ class vtkMRMLScene:
             del self._nodes[nid]
             self._sh._forget_node(nid)
             node._scene = None
+            # references to the removed node go too; the nodes it referenced (its display node) stay
+            # [Libs/MRML/Core/vtkMRMLScene.cxx RemoveNode -> RemoveReferencesToNode]
+            for other in self._nodes.values():
+                if other._display_id == nid:
+                    other._display_id = None
 
     def Clear(self, removeSingletons: bool = False) -> None:
         for node in list(self._nodes.values()):
