@@ -9,8 +9,10 @@ is imported when Slicer loads this file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
+import unittest
 from collections.abc import Callable, Sequence
 from typing import Annotated, Optional
 
@@ -32,7 +34,7 @@ from slicer.util import VTKObservationMixin
 # light core modules only (no torch, no SimpleITK): the glue and the rest of the core are imported
 # when a run starts, after the dependency check has had the chance to install what is missing
 from medseg.core.devices import DEVICE_KINDS, parse_device
-from medseg.core.errors import FORCE_HINT, CancelledError, InputError
+from medseg.core.errors import InputError
 from medseg.core.formats import DicomFormat
 
 log = logging.getLogger("MedSeg")
@@ -116,7 +118,9 @@ class MedSegExtensionParameterNode:
 # MedSegExtensionWidget
 #
 class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: gathers options, starts and cancels runs, shows progress and results."""
+    """The module panel: Qt widgets and Slicer calls. Every decision (button states, Apply / Compare /
+    Install, polling, error display, table layout) is made by ``MedSegExtensionLib.panel.Panel``;
+    this class is its ``View`` and forwards the widgets' signals to it."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -124,14 +128,14 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic: Optional[MedSegExtensionLogic] = None
         self._parameterNode: Optional[MedSegExtensionParameterNode] = None
         self._parameterNodeGuiTag = None
-        self._job = None
-        self._jobKind = "run"  # what the running job is: "run", "compare" or "change"
         self._timer = None
-        self._tasks = []
-        self._compareCells: dict = {}  # lesion row -> its "Follow-up" cell as shown (edits are compared to it)
+        self.panel = None  # MedSegExtensionLib.panel.Panel, made in setup()
 
     def setup(self) -> None:
         import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+
+        from MedSegExtensionLib.dependencies import check  # glue: light (reads package metadata, imports nothing)
+        from MedSegExtensionLib.panel import Panel  # glue: light (no Qt, no torch)
 
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedSegExtension.ui"))
@@ -139,10 +143,14 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MedSegExtensionLogic()
+        self.panel = Panel(self, _)
+        self.panel.missingPackages = tuple(p.describe() for p in check())
 
-        self._tasks = MedSegExtensionLogic.availableTasks()
+        # the listing reads model cards as plain JSON and never raises: a broken model folder or
+        # settings file is an entry whose note is shown under the task menu
+        self.panel.tasks = MedSegExtensionLogic.availableTasks()
         self.ui.taskComboBox.clear()
-        for t in self._tasks:
+        for t in self.panel.tasks:
             self.ui.taskComboBox.addItem(t.name)
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
 
@@ -151,6 +159,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.compare_applyButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.recompute_applyButton.connect("clicked(bool)", self.onRecomputeButton)
+        self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -160,8 +169,9 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        """Module reloaded or Slicer closing: stop the job and the poll timer, drop the observers."""
+        if self.panel is not None:
+            self.panel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -174,9 +184,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._job is not None:  # the inputs are going away: stop, import nothing
-            self._job.cancel()
-            self.onPollTimer()
+        self.panel.sceneClosing()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -195,6 +203,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
+        self.panel.params = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
@@ -203,26 +212,20 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onTaskChanged(self.ui.taskComboBox.currentIndex)
             self._checkCanApply()
 
-    def _currentTask(self):
-        index = self.ui.taskComboBox.currentIndex
-        return self._tasks[index] if 0 <= index < len(self._tasks) else None
-
     def onTaskChanged(self, index: int) -> None:
-        task = self._currentTask()
-        if task is None:
+        if not 0 <= index < len(self.panel.tasks):
             return
+        task = self.panel.tasks[index]
         if self._parameterNode:
             self._parameterNode.task = task.name
-        self.ui.taskDescriptionLabel.text = task.description
+        self.ui.taskDescriptionLabel.text = self.panel.taskDescription(task)
         labels = (self.ui.inputVolumeLabel, self.ui.inputVolume2Label, self.ui.inputVolume3Label)
         selectors = (self.ui.inputVolumeSelector, self.ui.inputVolume2Selector, self.ui.inputVolume3Selector)
-        for n, (label, selector) in enumerate(zip(labels, selectors, strict=True)):
-            shown = n < task.max_inputs
-            label.setVisible(shown)
-            selector.setVisible(shown)
-            if shown:
-                optional = n >= task.min_inputs
-                label.text = f"{task.input_names[n]} ({task.input_modalities[n]}{', optional' if optional else ''}):"
+        for label, selector, text in zip(labels, selectors, self.panel.inputLabels(task), strict=True):
+            label.setVisible(text is not None)
+            selector.setVisible(text is not None)
+            if text is not None:
+                label.text = text
         for param, widgets in self._paramWidgets().items():
             for w in widgets:
                 w.setVisible(param in task.params)
@@ -237,100 +240,76 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         }
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._job is not None:
-            return
-        p = self._parameterNode
-        ok = bool(p and p.inputVolume)
-        self.ui.applyButton.enabled = ok
-        self.ui.applyButton.toolTip = _("Run MedSeg") if ok else _("Select an input volume")
-        change = bool(p and p.lesionChange)
-        ok = bool(p and p.baselineVolume and p.followupVolume)
-        self.ui.compare_applyButton.enabled = ok
-        self.ui.compare_applyButton.toolTip = (
-            (_("Find the lesions new, enlarged, shrunk or gone between the two FLAIRs") if change
-             else _("Compare the two visits")) if ok else _("Select a baseline and a follow-up volume"))
-        # the lesion-change mode takes no task and no segmentations, and may take a brain mask
+        self.panel.refresh()
+        segmentations, brainMask = self.panel.compareSelectorsEnabled()
         for w in (self.ui.baselineSegmentationLabel, self.ui.baselineSegmentationSelector,
                   self.ui.followupSegmentationLabel, self.ui.followupSegmentationSelector):
-            w.enabled = not change
+            w.enabled = segmentations
         for w in (self.ui.brainMaskLabel, self.ui.brainMaskSelector):
-            w.enabled = change
-        self.ui.recompute_applyButton.enabled = bool(p and p.compareTable and self._compareCells)
-
-    def _inputs(self) -> list:
-        p = self._parameterNode
-        task = self._currentTask()
-        nodes = [p.inputVolume, p.inputVolume2, p.inputVolume3][: task.max_inputs]
-        while nodes and nodes[-1] is None and len(nodes) > task.min_inputs:
-            nodes.pop()
-        return nodes
+            w.enabled = brainMask
 
     def _params(self) -> dict:
         """The task parameters the panel sets for the current task (the others keep their defaults)."""
-        task = self._currentTask()
+        task = self.panel.currentTask()
         return {param: getattr(self._parameterNode, field) for param, field in PANEL_PARAMS.items()
-                if param in task.params}
+                if task is not None and param in task.params}
 
+    def _dicomFormats(self) -> tuple:
+        """The DICOM objects ticked under "Save to folder" (``medseg.core.formats.DicomFormat`` values)."""
+        p = self._parameterNode
+        return tuple(f for f, on in (("rtstruct", p.saveRtstruct), ("dicom-seg", p.saveDicomSeg)) if on)
+
+    def _ensureDependencies(self) -> bool:
+        """Offer to install what is missing (``MedSegExtensionLogic.checkDependencies``), then update
+        the Install button's list; True if Slicer must restart."""
+        from MedSegExtensionLib.dependencies import check  # glue: light (reads package metadata only)
+
+        restart = self.logic.checkDependencies()
+        self.panel.missingPackages = tuple(p.describe() for p in check())
+        return restart
+
+    # ------------------------------------------------------------------ buttons
     def onApplyButton(self) -> None:
         """Apply starts a run; while one runs the same button cancels it."""
-        if self._job is not None:
-            self.ui.statusLabel.text = _("Cancelling...")
-            self._job.cancel()
-            self.onPollTimer()
-            return
-        with slicer.util.tryWithErrorDisplay(_("MedSeg could not start."), waitCursor=True):
-            if self.logic.checkDependencies():
-                slicer.util.infoDisplay(_("Python packages were updated. Restart Slicer, then press Apply again."))
-                return
-            p = self._parameterNode
-            self._job = self.logic.startProcess(
-                self._inputs(), p.task, outputSegmentation=p.outputSegmentation, device=p.device,
-                params=self._params(), createModels=p.createModels, createTable=p.createTable,
-                saveFolder=p.saveFolder if p.saveResults else None, progressCallback=self._onProgress,
-                force=p.force, dicomFormats=self._dicomFormats() if p.saveResults else ())
-            self._jobKind = "run"
-            self._setBusy(self.ui.applyButton)
-            self.ui.resultsTable.setRowCount(0)
-            self._timer.start()
+        from MedSegExtensionLib.panel import APPLY  # glue: light (no Qt, no torch)
 
-    def _setBusy(self, button) -> None:
-        """A job started from ``button``: it becomes Cancel, the other run buttons are disabled."""
-        for other in (self.ui.applyButton, self.ui.compare_applyButton, self.ui.recompute_applyButton):
-            other.enabled = other is button
-        button.text = _("Cancel")
-        button.toolTip = _("Stop MedSeg; nothing is added to the scene")
-        self.ui.progressBar.setVisible(True)
-        self.ui.progressBar.value = 0
+        def start():
+            p = self._parameterNode
+            folder = self.panel.saveFolder()
+            self.ui.resultsTable.setRowCount(0)
+            return self.logic.startProcess(
+                self.panel.inputs(), p.task, outputSegmentation=p.outputSegmentation, device=p.device,
+                params=self._params(), createModels=p.createModels, createTable=p.createTable, saveFolder=folder,
+                progressCallback=self.panel.onProgress, force=p.force,
+                dicomFormats=self._dicomFormats() if folder is not None else ())
+
+        self.panel.run(APPLY, "run", self._ensureDependencies, start, _("MedSeg could not start."))
 
     def onCompareButton(self) -> None:
         """Compare starts a comparison of the two visits; while one runs the same button cancels it."""
-        if self._job is not None:
-            self.ui.statusLabel.text = _("Cancelling...")
-            self._job.cancel()
-            self.onPollTimer()
-            return
-        with slicer.util.tryWithErrorDisplay(_("MedSeg could not start the comparison."), waitCursor=True):
-            if self.logic.checkDependencies():
-                slicer.util.infoDisplay(_("Python packages were updated. Restart Slicer, then press Compare again."))
-                return
-            p = self._parameterNode
-            if p.lesionChange:
-                self._job = self.logic.startLesionChange(
-                    p.baselineVolume, p.followupVolume, brainMask=p.brainMask, intervalDays=p.intervalDays or None,
-                    progressCallback=self._onProgress)
-                self._jobKind = "change"
-            else:
-                self._job = self.logic.startCompare(
-                    [p.baselineVolume], [p.followupVolume], p.task, baselineSegmentation=p.baselineSegmentation,
-                    followupSegmentation=p.followupSegmentation, intervalDays=p.intervalDays or None,
-                    device=p.device, params=self._params(), createModels=p.createModels, force=p.force,
-                    progressCallback=self._onProgress)
-                self._jobKind = "compare"
-            self._setBusy(self.ui.compare_applyButton)
-            self._compareCells = {}
+        from MedSegExtensionLib.panel import COMPARE  # glue: light (no Qt, no torch)
+
+        p = self._parameterNode
+
+        def start():
             self.ui.compare_resultsTable.setRowCount(0)
             self.ui.compareResponseLabel.text = ""
-            self._timer.start()
+            if p.lesionChange:
+                return self.logic.startLesionChange(
+                    p.baselineVolume, p.followupVolume, brainMask=p.brainMask, intervalDays=p.intervalDays or None,
+                    progressCallback=self.panel.onProgress)
+            return self.logic.startCompare(
+                [p.baselineVolume], [p.followupVolume], p.task, baselineSegmentation=p.baselineSegmentation,
+                followupSegmentation=p.followupSegmentation, intervalDays=p.intervalDays or None,
+                device=p.device, params=self._params(), createModels=p.createModels, force=p.force,
+                progressCallback=self.panel.onProgress)
+
+        self.panel.run(COMPARE, "change" if p.lesionChange else "compare", self._ensureDependencies, start,
+                       _("MedSeg could not start the comparison."))
+
+    def onInstallButton(self) -> None:
+        """Install the Python packages MedSeg needs (asks first)."""
+        self.panel.install(self._ensureDependencies)
 
     def onRecomputeButton(self) -> None:
         """Read the edited "Follow-up" cells as corrections and recompute the changes and responses."""
@@ -340,59 +319,78 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             tableNode = self._parameterNode.compareTable
             column = [key for _t, key, _u in COMPARE_COLUMNS].index("followup")
             table = self.ui.compare_resultsTable
-            edits = {}
-            for row, shown in self._compareCells.items():
+
+            def cellText(row: int) -> str:
                 item = table.item(row, column)
-                text = item.text() if item is not None else ""
-                if text.strip() != shown:
-                    edits[row] = text
-            corrections = self.logic.comparisonCorrections(tableNode, edits)
+                return item.text() if item is not None else ""
+
+            corrections = self.logic.comparisonCorrections(tableNode, self.panel.edits(cellText))
             outcome, rows = self.logic.recomputeComparison(tableNode, corrections)
             self._showComparisonRows(rows, len(outcome.matches), outcome.recist, outcome.volumetric)
             self.ui.statusLabel.text = _("Recomputed with {n} correction(s)").format(n=len(corrections))
 
-    def _dicomFormats(self) -> tuple:
-        """The DICOM objects ticked under "Save to folder" (``medseg.core.formats.DicomFormat`` values)."""
-        p = self._parameterNode
-        return tuple(f for f, on in (("rtstruct", p.saveRtstruct), ("dicom-seg", p.saveDicomSeg)) if on)
-
-    def _onProgress(self, fraction: float, message: str) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))  # noqa: RUF046  # numpy < 2: round() may not give an int
-        self.ui.statusLabel.text = message
-        log.info("MedSeg %3d%% %s", int(100 * fraction), message)
-
     def onPollTimer(self) -> None:
-        if self._job is None or not self._job.poll():
+        finished = self.panel.poll()
+        if finished is None:
             return
-        job, self._job = self._job, None
-        kind, self._jobKind = self._jobKind, "run"
-        self._timer.stop()
-        self.ui.applyButton.text = _("Apply")
-        self.ui.compare_applyButton.text = _("Compare")
-        self.ui.progressBar.setVisible(False)
-        self._checkCanApply()
-        if job.error is not None:
-            # the command's "--force" is this panel's "Input checks" box
-            message = str(job.error).replace(FORCE_HINT, _("(tick \"Run even if the input looks unsuitable for the "
-                                                           "task\" under Input checks to run anyway)"))
-            self.ui.statusLabel.text = message
-            if isinstance(job.error, CancelledError):
-                return
-            slicer.util.errorDisplay(_("MedSeg failed: {error}").format(error=message))
-            return
+        kind, result = finished
         if kind == "compare":
-            self._showComparison(job.result)
+            self._showComparison(result)
         elif kind == "change":
-            self._showLesionChange(job.result)
+            self._showLesionChange(result)
         else:
-            self._showResult(job.result)
+            self._showResult(result)
 
+    # ------------------------------------------------------------------ View (called by the panel)
+    def setButton(self, button: str, state) -> None:
+        """Show a ``panel.ButtonState`` on the button with role ``button``."""
+        widget = {"apply": self.ui.applyButton, "compare": self.ui.compare_applyButton,
+                  "recompute": self.ui.recompute_applyButton, "install": self.ui.installButton}[button]
+        widget.enabled = state.enabled
+        widget.text = state.text
+        widget.toolTip = state.toolTip
+
+    def setStatus(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+
+    def setProgress(self, visible: bool, value: int) -> None:
+        self.ui.progressBar.setVisible(visible)
+        self.ui.progressBar.value = value
+
+    def startPolling(self) -> None:
+        self._timer.start()
+
+    def stopPolling(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+
+    def showError(self, text: str, details: str) -> None:
+        # detailedText: a QMessageBox property, as tryWithErrorDisplay passes it (Base/Python/slicer/util.py)
+        slicer.util.errorDisplay(text, detailedText=details)
+
+    def showInfo(self, text: str) -> None:
+        slicer.util.infoDisplay(text)
+
+    @contextlib.contextmanager
+    def waitCursor(self):
+        """The wait cursor while a job starts, set and restored as ``slicer.util.tryWithErrorDisplay``
+        does (Base/Python/slicer/util.py); the panel never opens a dialog inside it."""
+        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+
+        slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            yield
+        finally:
+            slicer.app.restoreOverrideCursor()
+
+    # ------------------------------------------------------------------ results
     def _showResult(self, result) -> None:
+        from MedSegExtensionLib.panel import table_content  # glue: light (no Qt, no torch)
         from MedSegExtensionLib.results_table import COLUMNS  # glue: after the dependency check
 
         self.ui.statusLabel.text = _("Done in {s:.1f} s: {n} segment(s), {b} box(es)").format(
             s=result.elapsedSeconds, n=len(result.segmentIds), b=len(result.roiNodes))
-        self._fillTable(self.ui.resultsTable, COLUMNS, result.measurements)
+        self._fillTable(self.ui.resultsTable, table_content(COLUMNS, result.measurements))
         for w in result.warnings:
             log.warning("MedSeg: %s", w)
         slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, fit=False)
@@ -411,11 +409,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showComparisonRows(self, rows: list, lesionRows: int, recist: dict, volumetric: dict) -> None:
         from MedSegExtensionLib.results_table import COMPARE_COLUMNS  # glue: after the dependency check
 
-        def editable(r: int, key: str) -> bool:
-            return key == "followup" and r < lesionRows and bool(rows[r]["baseline"])
-
-        self._fillTable(self.ui.compare_resultsTable, COMPARE_COLUMNS, rows, editable)
-        self._compareCells = {r: row["followup"] for r, row in enumerate(rows) if r < lesionRows and row["baseline"]}
+        self._fillTable(self.ui.compare_resultsTable, self.panel.comparisonTable(COMPARE_COLUMNS, rows, lesionRows))
         self.ui.compareResponseLabel.text = _("RECIST 1.1: {r} ({rr})\nVolumetric: {v} ({vr})").format(
             r=recist["response"], rr=recist["rule"], v=volumetric["response"], vr=volumetric["rule"])
         self._checkCanApply()
@@ -424,8 +418,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """A finished lesion-change comparison: its regions in the panel's table (read-only)."""
         from MedSegExtensionLib.results_table import CHANGE_COLUMNS  # glue: after the dependency check
 
-        self._compareCells = {}
-        self._fillTable(self.ui.compare_resultsTable, CHANGE_COLUMNS, result.rows)
+        self._fillTable(self.ui.compare_resultsTable, self.panel.changeTable(CHANGE_COLUMNS, result.rows))
         self.ui.compareResponseLabel.text = _("Lesion change: {counts}").format(
             counts=", ".join(f"{n} {kind}" for kind, n in result.counts.items()) or _("none"))
         self.ui.statusLabel.text = _("Compared in {s:.1f} s: {n} change region(s)").format(
@@ -437,21 +430,18 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     @staticmethod
-    def _fillTable(table, columns: Sequence, rows: Sequence, editable: Optional[Callable[[int, str], bool]] = None):
-        """Show ``rows`` in the QTableWidget ``table``: one column per (title, key, unit) of ``columns``;
-        cells read-only unless ``editable(row, key)``."""
+    def _fillTable(table, content) -> None:
+        """Show a ``panel.TableContent`` in the QTableWidget ``table``."""
         import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
 
-        from MedSegExtensionLib.results_table import format_cell  # glue: after the dependency check
-
-        table.setColumnCount(len(columns))
-        table.setHorizontalHeaderLabels([f"{t} ({u})" if u else t for t, _k, u in columns])
-        table.setRowCount(len(rows))
+        table.setColumnCount(len(content.headers))
+        table.setHorizontalHeaderLabels(list(content.headers))
+        table.setRowCount(len(content.cells))
         readOnly = qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable
-        for r, row in enumerate(rows):
-            for c, (_t, key, _u) in enumerate(columns):
-                item = qt.QTableWidgetItem(format_cell(row.get(key)))
-                item.setFlags(readOnly | qt.Qt.ItemIsEditable if editable and editable(r, key) else readOnly)
+        for r, (cells, editable) in enumerate(zip(content.cells, content.editable, strict=True)):
+            for c, (text, edit) in enumerate(zip(cells, editable, strict=True)):
+                item = qt.QTableWidgetItem(text)
+                item.setFlags(readOnly | qt.Qt.ItemIsEditable if edit else readOnly)
                 table.setItem(r, c, item)
 
 
@@ -488,16 +478,19 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         """Validate the nodes and options and copy the inputs out of the scene (``RunRequest``).
 
         ``force`` runs past a task's judgement checks of the input (``RunOptions.force``).
-        ``dicomFormats`` ("rtstruct", "dicom-seg", "dicom-seg-labelmap") are written into
+        ``saveFolder``: where the results folder is written; None, ``""`` or ``"."`` (what an empty
+        folder field of the panel holds) mean "not set": nothing is saved, never Slicer's working
+        directory. ``dicomFormats`` ("rtstruct", "dicom-seg", "dicom-seg-labelmap") are written into
         ``saveFolder``, which they need, for a first input loaded from Slicer's DICOM database.
 
         Raises:
             InputError: unknown task, wrong number of inputs, a node that is not a scalar volume,
-                an input under a non-linear transform.
+                an input under a non-linear transform, a save folder that is a file or not writable.
             DeviceError: a malformed device (not auto, cpu, cuda, cuda:N or mps).
         """
         # glue: deferred until a run starts (it imports the core, torch included)
         from MedSegExtensionLib.job import RunRequest, volumes_from_nodes
+        from MedSegExtensionLib.panel import checked_save_folder
         from MedSegExtensionLib.tasks import find_task
 
         info = find_task(task)
@@ -515,9 +508,10 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"output {outputSegmentation.GetName()!r} is not a segmentation node")
         device = parse_device(device)
         formats = tuple(DicomFormat.parse(f, "DICOM format") for f in dicomFormats)
+        folder = checked_save_folder(saveFolder)
         dicomFiles = []
         if formats:
-            if saveFolder in (None, ""):
+            if folder is None:
                 raise InputError("RTSTRUCT / DICOM SEG are written into the results folder: tick "
                                  "\"Save to folder\" and choose one")
             from MedSegExtensionLib.dicom_export import dicom_files_of_node  # glue: deferred (pydicom, highdicom)
@@ -526,7 +520,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         return RunRequest(
             inputNodes=nodes, volumes=volumes_from_nodes(nodes), task=task, device=device, params=dict(params or {}),
             outputSegmentation=outputSegmentation, createModels=createModels, createTable=createTable,
-            saveFolder=None if saveFolder in (None, "") else pathlib.Path(saveFolder),
+            saveFolder=folder,
             baseName=f"{nodes[0].GetName()} {task}", keepTemporaryFiles=keepTemporaryFiles, force=bool(force),
             dicomFormats=formats, dicomFiles=dicomFiles)
 
@@ -821,19 +815,64 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
 # MedSegExtensionTest
 #
 class MedSegExtensionTest(ScriptedLoadableModuleTest):
-    """Self-test: a phantom volume with a bright ball, the threshold task, checks on the new nodes.
+    """Self-test: the panel's decisions and the task list (light, always run), then a phantom volume
+    with a bright ball through the threshold task, with checks on the new nodes.
 
-    Uses only the Slicer API, so the same checks run in a real Slicer (Reload and Test, ctest).
+    Uses only the Slicer API, so the same checks run in a real Slicer (Reload and Test, ctest). The
+    segmentation tests run the core inside Slicer, which needs torch, pynrrd, scipy and SimpleITK;
+    where one is missing (a fresh Slicer, an extension build machine) they are skipped with a message
+    saying which, as SlicerTotalSegmentator skips its logic test.
     """
+
+    #: import names the in-process segmentation tests need (pynrrd is imported as ``nrrd``)
+    CORE_PACKAGES = ("torch", "nrrd", "scipy", "SimpleITK")
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        self.setUp()
-        self.test_threshold_phantom()
-        self.setUp()
-        self.test_existing_segmentation_kept()
+        for test in (self.test_panel_and_task_list, self.test_threshold_phantom, self.test_existing_segmentation_kept):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as skipped:  # reported, as unittest reports a skip under ctest
+                logging.warning("%s skipped: %s", test.__name__, skipped)
+                self.delayDisplay(f"{test.__name__} skipped: {skipped}")
+
+    def _requireCorePackages(self) -> None:
+        """``unittest.SkipTest`` naming the missing packages (found without importing them)."""
+        from medseg.models.registry import missing_packages  # core: light (no torch, no jsonschema)
+
+        missing = missing_packages(self.CORE_PACKAGES)
+        if missing:
+            raise unittest.SkipTest(
+                f"Python package(s) {', '.join(missing)} not installed in Slicer's Python; install them with the "
+                "MedSeg panel's \"Install Python packages\" button to run the segmentation tests")
+
+    def test_panel_and_task_list(self) -> None:
+        """No torch needed: the built-in tasks are listed, and an unset save folder blocks Apply."""
+        from MedSegExtensionLib.panel import APPLY, Panel  # glue: light (no Qt, no torch)
+
+        self.delayDisplay("MedSeg: panel decisions")
+        tasks = MedSegExtensionLogic.availableTasks()
+        self.assertEqual([t.name for t in tasks][:3], ["ct-chest", "mr-brain-tumor", "threshold"])
+        states: dict = {}
+
+        class View:
+            def setButton(self, button, state):
+                states[button] = state
+
+        panel = Panel(View())
+        panel.tasks = tasks
+        panel.params = MedSegExtensionLogic().getParameterNode()
+        panel.params.inputVolume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "input")
+        panel.params.task = "threshold"
+        panel.refresh()
+        self.assertTrue(states[APPLY].enabled)
+        panel.params.saveResults = True  # the folder is left unset (".")
+        panel.refresh()
+        self.assertFalse(states[APPLY].enabled)
+        self.assertIsNone(panel.saveFolder())
 
     def _phantom(self):
         # oblique (30 degrees about S), anisotropic (0.8 x 0.8 x 2.5 mm) grid with a 6 mm ball
@@ -859,6 +898,7 @@ class MedSegExtensionTest(ScriptedLoadableModuleTest):
         return (slicer.util.arrayFromVTKMatrix(m) @ np.array([kji[2], kji[1], kji[0], 1.0]))[:3]
 
     def test_threshold_phantom(self) -> None:
+        self._requireCorePackages()
         self.delayDisplay("MedSeg: threshold task on a phantom")
         volume, centre = self._phantom()
         result = MedSegExtensionLogic().process([volume], "threshold", params={"threshold": 100.0},
@@ -881,6 +921,7 @@ class MedSegExtensionTest(ScriptedLoadableModuleTest):
         self.delayDisplay("MedSeg threshold test passed")
 
     def test_existing_segmentation_kept(self) -> None:
+        self._requireCorePackages()
         self.delayDisplay("MedSeg: adding to an existing segmentation")
         volume, _centre = self._phantom()
         logic = MedSegExtensionLogic()

@@ -125,3 +125,41 @@ def test_models_list_output(tmp_path, capsys):
     assert main(["models", "list", "--dir", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert "model:tiny-organs" in out and "licence: CC-BY-NC-4.0 (no commercial use)" in out
+
+
+def test_listing_reads_cards_as_plain_json_and_notes_broken_folders(tmp_path, monkeypatch):
+    """``list_models`` (task menus) needs no jsonschema and raises nothing: a card the schema would refuse
+    is still listed (it is validated when the model runs), an unreadable one comes back with a note."""
+    from medseg.models.registry import list_models, missing_packages
+
+    _write(tmp_path / "m" / "organs", {**CARD, "dims": 7})  # the schema refuses dims 7; the list does not care
+    _write(tmp_path / "m" / "nameless", {**CARD, "name": ""})
+    (tmp_path / "m" / "garbled").mkdir()
+    (tmp_path / "m" / "garbled" / "model_card.json").write_text("{", encoding="utf-8")
+    monkeypatch.setitem(__import__("sys").modules, "jsonschema", None)  # as in Slicer's Python
+    found = {m.path.name: m for m in list_models([tmp_path / "m"])}
+    organs = found["organs"]
+    assert organs.summary is not None and organs.task_name == "model:tiny-organs"
+    assert organs.summary.inputs == (("ct", "CT"),) and organs.summary.produces == ("Liver", "Heart")
+    assert "jsonschema" in organs.note and missing_packages(["jsonschema", "json"]) == ("jsonschema",)
+    assert found["garbled"].summary is None and "not valid JSON" in found["garbled"].note
+    assert found["nameless"].summary is None and "name must be a non-empty string" in found["nameless"].note
+    assert found["garbled"].task_name == "model:garbled"
+    with pytest.raises(ModuleNotFoundError):
+        parse_card(copy.deepcopy(CARD))  # running a model still validates, which needs jsonschema
+
+
+def test_listing_a_bundle_names_it_as_discovery_does(tmp_path):
+    from medseg.models.registry import list_models
+    from medseg.pipeline.tasks import available_tasks, list_tasks
+    from test_models_bundle import make_bundle
+
+    make_bundle(tmp_path / "m" / "spleen bundle")
+    listed = list_models([tmp_path / "m"])
+    full = discover_models([tmp_path / "m"])
+    assert [m.task_name for m in listed] == [m.model.task_name for m in full if m.model is not None]
+    assert listed[0].summary.inputs == (("image", "CT"),) and listed[0].summary.produces == ("spleen",)
+    assert listed[0].note == ""  # every package a model needs is installed here
+    names = [t.name for t in list_tasks([tmp_path / "m"])]
+    assert names[:3] == ["ct-chest", "mr-brain-tumor", "threshold"] and names[3] == listed[0].task_name
+    assert list(available_tasks())[:3] == names[:3]

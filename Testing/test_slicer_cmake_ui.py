@@ -17,6 +17,7 @@ CODE = MODULE_DIR / "MedSegExtension.py"
 EXPECTED_CLASS = {
     "Selector": "qMRMLNodeComboBox", "ComboBox": "QComboBox", "Label": "QLabel", "SpinBox": "QDoubleSpinBox",
     "CheckBox": "QCheckBox", "PathLineEdit": "ctkPathLineEdit", "applyButton": "QPushButton",
+    "installButton": "QPushButton",
     "progressBar": "QProgressBar", "resultsTable": "QTableWidget", "CollapsibleButton": "ctkCollapsibleButton",
 }
 
@@ -117,3 +118,14 @@ def test_cmake_follows_slicer_extension_conventions():
     assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # no helper .py directly in the module folder (Slicer would load each one as a module)
     assert [p.name for p in MODULE_DIR.glob("*.py")] == ["MedSegExtension.py"]
+
+
+def test_every_button_the_panel_decides_on_is_in_the_ui_file():
+    """The panel object names its buttons by role; the widget maps each role to a QPushButton."""
+    from MedSegExtensionLib.panel import BUTTONS
+
+    code = CODE.read_text(encoding="utf-8")
+    mapping = dict(re.findall(r'"(\w+)": self\.ui\.(\w+)', code))
+    assert set(BUTTONS) <= set(mapping), f"buttons the widget does not map: {set(BUTTONS) - set(mapping)}"
+    widgets = _widgets()
+    assert all(widgets[mapping[b]].get("class") == "QPushButton" for b in BUTTONS)

@@ -4,6 +4,10 @@ A card is ``model_card.json`` in a model folder, validated against
 ``medseg/schemas/model_card.schema.json`` and then for consistency (channels vs network, ROI vs
 dimensions, label channels vs outputs). A MONAI bundle is turned into the same ``ModelCard`` by
 ``medseg.models.bundle``.
+
+Listing models (a task menu, ``medseg tasks``) reads a card as plain JSON into a ``CardSummary``
+(:func:`summarize_card`): no ``jsonschema``, no torch, nothing validated beyond what the list shows.
+The full validation runs when a model is opened to run (:func:`parse_card`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-import jsonschema
 
 from medseg.core.labelmap import Segment
 from medseg.core.specs import InferenceSpec, Normalization, PreprocessSpec
@@ -142,6 +144,9 @@ def card_schema() -> dict:
 
 def validate_card_dict(data: Any, where: str) -> None:
     """Validate against the JSON schema; ``ModelError`` naming the failing path."""
+    # optional: jsonschema is not in Slicer's Python; it is needed only when a model is opened to run
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(card_schema())
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
@@ -252,8 +257,8 @@ def _axis_of(letter: str) -> int:
     return {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}.get(letter, -1)
 
 
-def load_card(folder: Path) -> ModelCard:
-    """Read and validate ``folder/model_card.json``."""
+def read_card_json(folder: Path) -> dict:
+    """``folder/model_card.json`` as a dict, not validated; ``ModelError`` if missing or not a JSON object."""
     path = Path(folder) / CARD_FILE
     try:
         with open(path, encoding="utf-8") as fh:
@@ -262,4 +267,57 @@ def load_card(folder: Path) -> ModelCard:
         raise ModelError(f"{folder} has no {CARD_FILE}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path} is not valid JSON: {exc}") from exc
-    return parse_card(data, str(path))
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_card(folder: Path) -> ModelCard:
+    """Read and validate ``folder/model_card.json``."""
+    return parse_card(read_card_json(folder), str(Path(folder) / CARD_FILE))
+
+
+@dataclass(frozen=True)
+class CardSummary:
+    """What a task list shows of a model, read without validating the card (see :func:`summarize_card`)."""
+
+    name: str
+    description: str
+    inputs: tuple[tuple[str, str], ...]  # (name, modality) per input channel
+    produces: tuple[str, ...]  # label names
+    source: str = "card"  # "card" or "bundle"
+
+
+def safe_model_name(text: str) -> str:
+    """A model name usable in a task name (``model:<name>``): letters, digits and ``._-``; others become ``-``."""
+    out = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in text.strip())
+    return (out.strip("-._") or "bundle")[:64]
+
+
+def _text(data: dict, key: str, where: str, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or (default is None and not value):
+        raise ModelError(f"{where}: {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def summarize_card(data: Any, where: str = "model card", source: str = "card") -> CardSummary:
+    """The listing fields of a card dict (name, description, inputs, label names), checked only as far
+    as the list needs them; ``ModelError`` naming the bad value. The full checks are :func:`parse_card`'s."""
+    if not isinstance(data, dict):
+        raise ModelError(f"{where} must be a JSON object, got {type(data).__name__}")
+    name = _text(data, "name", where)
+    inputs = data.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
+        raise ModelError(f"{where}: inputs must be a non-empty list of objects, got {inputs!r}")
+    labels = data.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(lab, dict) for lab in labels):
+        raise ModelError(f"{where}: labels must be a non-empty list of objects, got {labels!r}")
+    return CardSummary(
+        name=name,
+        description=_text(data, "description", where, ""),
+        inputs=tuple((_text(i, "name", f"{where}: inputs/{n}"), _text(i, "modality", f"{where}: inputs/{n}"))
+                     for n, i in enumerate(inputs)),
+        produces=tuple(_text(lab, "name", f"{where}: labels/{n}") for n, lab in enumerate(labels)),
+        source=source,
+    )

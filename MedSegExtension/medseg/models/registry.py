@@ -10,21 +10,54 @@ A model folder holds either ``model_card.json`` (+ the weights file it names) or
    ``{"models_dirs": ["/data/medseg-models"]}``.
 
 Each subfolder of a models directory that is a model folder is one model. Nothing is downloaded.
+
+Two ways to look at them:
+
+* :func:`list_models` (task menus, the Slicer panel): reads each card, or a bundle's
+  ``configs/metadata.json``, as plain JSON; imports neither torch nor jsonschema and raises nothing:
+  a folder that cannot be read, a malformed settings file, or a model whose Python packages are
+  missing comes back with a ``note`` saying so.
+* :func:`discover_models` / :func:`open_model` (running a model, ``medseg models list``): the full
+  validation (JSON schema, network allow-list, bundle configs), which needs those packages.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-from medseg.models.bundle import bundle_card, bundle_weights_path, is_bundle
-from medseg.models.card import CARD_FILE, ModelCard, load_card
+from medseg.models.card import (
+    CARD_FILE,
+    CardSummary,
+    ModelCard,
+    load_card,
+    read_card_json,
+    safe_model_name,
+    summarize_card,
+)
 from medseg.models.errors import ModelError
 
 TASK_PREFIX = "model:"
+#: import names of the packages a learned model needs to be opened and run (none ships with 3D Slicer
+#: except where Slicer bundles it); listing a model never imports them
+MODEL_PACKAGES = ("torch", "monai", "jsonschema", "scipy")
+#: the file that makes a folder a MONAI bundle (as ``medseg.models.bundle.is_bundle``)
+BUNDLE_METADATA = ("configs", "metadata.json")
+
+logger = logging.getLogger("medseg")
+
+
+def _bundle_module() -> ModuleType:
+    """``medseg.models.bundle``, imported when a bundle is opened: it imports torch (weights hashing)."""
+    return importlib.import_module("medseg.models.bundle")
 
 
 @dataclass(frozen=True)
@@ -37,7 +70,7 @@ class ModelFolder:
     @property
     def weights_path(self) -> Path:
         if self.card.source == "bundle":
-            return bundle_weights_path(self.path)
+            return Path(_bundle_module().bundle_weights_path(self.path))
         return self.path / self.card.weights_file
 
     @property
@@ -54,6 +87,11 @@ class DiscoveredModel:
     error: str = ""
 
 
+def is_bundle(folder: Path) -> bool:
+    """A MONAI bundle folder (it has ``configs/metadata.json``)."""
+    return Path(folder).joinpath(*BUNDLE_METADATA).is_file()
+
+
 def is_model_folder(folder: Path) -> bool:
     folder = Path(folder)
     return (folder / CARD_FILE).is_file() or is_bundle(folder)
@@ -67,7 +105,7 @@ def open_model(folder: Path) -> ModelFolder:
     if (folder / CARD_FILE).is_file():
         card = load_card(folder)
     elif is_bundle(folder):
-        card = bundle_card(folder)
+        card = _bundle_module().bundle_card(folder)
     else:
         raise ModelError(f"{folder} is not a model folder: it has neither {CARD_FILE} nor a MONAI bundle "
                          "(configs/metadata.json)")
@@ -122,4 +160,114 @@ def discover_models(dirs: Iterable[Path] | None = None) -> list[DiscoveredModel]
                 found.append(DiscoveredModel(c, open_model(c)))
             except ModelError as exc:
                 found.append(DiscoveredModel(c, None, str(exc)))
+    return found
+
+
+# ----------------------------------------------------------------------------- listing without validating
+@dataclass(frozen=True)
+class ModelListing:
+    """One entry of :func:`list_models`.
+
+    ``summary`` is None when the folder (or the settings file at ``path``) could not be read; ``note``
+    then says why. With a summary, ``note`` names the missing Python packages the model needs, if any.
+    """
+
+    path: Path
+    summary: CardSummary | None
+    note: str = ""
+
+    @property
+    def task_name(self) -> str:
+        """``model:<name>``, or ``model:<folder name>`` for an unreadable folder."""
+        return TASK_PREFIX + (self.summary.name if self.summary is not None else self.path.name)
+
+
+def missing_packages(packages: Iterable[str] = MODEL_PACKAGES) -> tuple[str, ...]:
+    """The import names in ``packages`` that cannot be imported here, found without importing them."""
+    out = []
+    for name in packages:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError) as exc:  # a broken parent package, or a module without a spec
+            logger.warning("cannot tell whether Python package %s is installed: %s", name, exc)
+            found = False
+        if not found:
+            out.append(name)
+    return tuple(out)
+
+
+def _bundle_summary(folder: Path) -> CardSummary:
+    """The listing fields of a MONAI bundle from ``configs/metadata.json`` alone (the name, inputs and
+    labels that ``medseg.models.bundle.bundle_card`` derives from the same keys)."""
+    path = folder.joinpath(*BUNDLE_METADATA)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    fmt = meta.get("network_data_format")
+    fmt = fmt if isinstance(fmt, dict) else {}
+    ins, outs = fmt.get("inputs"), fmt.get("outputs")
+    first_in: Any = next(iter(ins.values()), {}) if isinstance(ins, dict) and ins else {}
+    first_out: Any = next(iter(outs.values()), {}) if isinstance(outs, dict) and outs else {}
+    if not isinstance(first_in, dict) or not isinstance(first_out, dict):
+        raise ModelError(f"{path}: network_data_format.inputs/outputs must hold objects")
+    channels = first_out.get("channel_def")
+    if not isinstance(channels, dict) or not channels:
+        raise ModelError(f"{path}: network_data_format.outputs.*.channel_def is missing; it names each label")
+    in_def = first_in.get("channel_def") or {}
+    try:
+        n_in = int(first_in.get("num_channels", 1))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: num_channels must be a whole number, got {first_in.get('num_channels')!r}") from exc
+    modality = str(first_in.get("modality", "image"))
+    ordered = sorted(channels.items(), key=lambda kv: (len(str(kv[0])), str(kv[0])))  # "2" before "10"
+    produces = [str(v) for _k, v in ordered if str(v).strip().lower() != "background"]
+    return CardSummary(
+        name=safe_model_name(str(meta.get("name") or folder.name)),
+        description=str(meta.get("description", "")),
+        inputs=tuple((str(in_def.get(str(i), f"channel {i}")), modality) for i in range(max(n_in, 1))),
+        produces=tuple(produces),
+        source="bundle",
+    )
+
+
+def _summary(folder: Path) -> CardSummary:
+    if (folder / CARD_FILE).is_file():
+        return summarize_card(read_card_json(folder), str(folder / CARD_FILE))
+    return _bundle_summary(folder)
+
+
+def list_models(dirs: Iterable[Path] | None = None) -> list[ModelListing]:
+    """Every model folder in ``dirs`` (default :func:`models_dirs`) as a :class:`ModelListing`, read as
+    plain JSON: nothing heavy is imported and nothing is raised for a bad folder or settings file (the
+    entry's ``note`` says what is wrong, and it is logged with its path)."""
+    if dirs is None:
+        try:
+            dirs = models_dirs()
+        except ModelError as exc:
+            logger.warning("%s", exc)
+            return [ModelListing(settings_path(), None, str(exc))]
+    missing = missing_packages()
+    needs = (f"needs the Python package(s) {', '.join(missing)}, not installed: install them before running "
+             "this model") if missing else ""
+    found: list[ModelListing] = []
+    for d in (Path(p) for p in dirs):
+        try:
+            if not d.is_dir():
+                continue
+            candidates = [d] if is_model_folder(d) else sorted(p for p in d.iterdir()
+                                                               if p.is_dir() and is_model_folder(p))
+        except OSError as exc:
+            logger.warning("models directory %s cannot be read: %s", d, exc)
+            found.append(ModelListing(d, None, f"models directory {d} cannot be read: {exc}"))
+            continue
+        for c in candidates:
+            try:
+                found.append(ModelListing(c, _summary(c), needs))
+            except (ModelError, OSError) as exc:
+                logger.warning("model folder %s: %s", c, exc)
+                found.append(ModelListing(c, None, str(exc)))
     return found

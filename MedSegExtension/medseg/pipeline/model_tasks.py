@@ -34,6 +34,7 @@ from medseg.models.postprocess import postprocess_labels, review_flags
 from medseg.models.registry import ModelFolder, discover_models, open_model
 from medseg.pipeline.case import segment_case
 from medseg.pipeline.options import RunOptions
+from medseg.pipeline.tasks import MODEL_TASK_PARAMS
 from medseg.preprocess.mapback import MappedProbabilities
 
 logger = logging.getLogger("medseg")
@@ -135,7 +136,7 @@ def model_task(folder: Path | str | ModelFolder, network: torch.nn.Module | None
         description=f"{desc} ({card.network_class}, {kind}; from {model.path})",
         inputs=tuple(InputSpec(i.name, i.modality) for i in card.inputs),
         produces=tuple(lab.name for lab in card.labels),
-        params={"tta": False, "uncertainty": False},
+        params=dict(MODEL_TASK_PARAMS),
         runner=runner.predict,
         spec=card.preprocess_spec(),
         uses_device=True,

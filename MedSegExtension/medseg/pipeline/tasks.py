@@ -1,17 +1,26 @@
 """The task registry: the built-in tasks, and one ``model:<name>`` task per installed learned model.
 
-Presets are imported only when they run, so listing tasks is instant.
+Presets are imported only when they run, and learned models are read as plain JSON for a list
+(:func:`list_tasks`), so listing tasks is instant and needs neither torch nor jsonschema; the
+runnable model tasks (:func:`available_tasks`, :func:`get_task`) come from
+``medseg.pipeline.model_tasks``, imported only then.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from medseg.core.errors import InputError
 from medseg.core.specs import InputSpec, Task
 from medseg.core.volume import Volume
-from medseg.pipeline.model_tasks import model_tasks
+from medseg.models.registry import list_models
+
+#: the parameters every learned-model task takes, with their defaults (``model_tasks.model_task``)
+MODEL_TASK_PARAMS: dict[str, Any] = {"tta": False, "uncertainty": False}
 
 
 def _check_mr_brain_inputs(volumes: Sequence[Volume]) -> None:
@@ -59,10 +68,62 @@ TASKS: dict[str, Task] = {
 }
 
 
+def _model_tasks() -> dict[str, Task]:
+    """The runnable learned-model tasks; ``medseg.pipeline.model_tasks`` imports torch, so it is
+    imported here, when a model task is asked for, never when the registry is imported."""
+    return importlib.import_module("medseg.pipeline.model_tasks").model_tasks()
+
+
 def available_tasks() -> dict[str, Task]:
     """The built-in tasks plus one ``model:<name>`` task per learned model found in the models
     directories (``MEDSEG_MODELS_DIR``, settings file; see ``medseg.models.registry``)."""
-    return {**TASKS, **{k: v for k, v in model_tasks().items() if k not in TASKS}}
+    return {**TASKS, **{k: v for k, v in _model_tasks().items() if k not in TASKS}}
+
+
+@dataclass(frozen=True)
+class TaskListing:
+    """A task as a task menu shows it, found without importing what runs it (see :func:`list_tasks`).
+
+    ``note``: why the task may not run as it stands (a model's missing Python packages), or, with
+    ``usable`` False, why it cannot run at all (an unreadable model folder or settings file).
+    """
+
+    name: str
+    description: str
+    inputs: tuple[InputSpec, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    usable: bool = True
+    path: Path | None = None
+
+    @property
+    def min_inputs(self) -> int:
+        return sum(1 for i in self.inputs if i.required)
+
+    @property
+    def max_inputs(self) -> int:
+        return len(self.inputs)
+
+
+def list_tasks(dirs: Iterable[Path] | None = None) -> list[TaskListing]:
+    """The built-in tasks, then one entry per model folder in ``dirs`` (default: the models
+    directories), in registry order. Reads model cards as plain JSON: imports neither torch nor
+    jsonschema and raises nothing for a broken folder or settings file (its entry's note says why)."""
+    out = [TaskListing(t.name, t.description, t.inputs, dict(t.params)) for t in TASKS.values()]
+    seen = set(TASKS)
+    for m in list_models(dirs):
+        if m.task_name in seen:
+            continue
+        seen.add(m.task_name)
+        if m.summary is None:
+            out.append(TaskListing(m.task_name, f"model folder {m.path}", (), {}, m.note, usable=False, path=m.path))
+            continue
+        s = m.summary
+        desc = s.description or f"learned model {s.name}"
+        out.append(TaskListing(m.task_name, f"{desc} (from {m.path})",
+                               tuple(InputSpec(name, modality) for name, modality in s.inputs),
+                               dict(MODEL_TASK_PARAMS), m.note, path=m.path))
+    return out
 
 
 def get_task(name: str) -> Task:

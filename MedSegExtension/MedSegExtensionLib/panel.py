@@ -1,0 +1,399 @@
+"""The module panel's decisions, as a plain object the widget drives: no Qt, no ``slicer``.
+
+``Panel`` decides which run buttons are enabled and what they say, runs the Apply / Compare /
+Install flow (dependency check first, without a wait cursor, then the start under one; a click
+while packages install is ignored; a second click while a job runs cancels it), polls the running
+job, turns its error into a message, and lays out the results tables. The widget
+(``MedSegExtensionWidget`` in ``MedSegExtension.py``) implements :class:`View` with Qt and Slicer
+calls and forwards its signals here; tests drive a ``Panel`` with a recording view.
+
+The panel reads the parameter node (``MedSegExtensionParameterNode``) through its attribute names
+only, so any object with those attributes will do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from medseg.core.errors import FORCE_HINT, CancelledError, InputError
+from MedSegExtensionLib.results_table import format_cell
+from MedSegExtensionLib.tasks import TaskInfo
+
+log = logging.getLogger("MedSeg")
+
+#: the panel's buttons, by role (the widget maps each to its QPushButton)
+APPLY, COMPARE, RECOMPUTE, INSTALL = "apply", "compare", "recompute", "install"
+BUTTONS = (APPLY, COMPARE, RECOMPUTE, INSTALL)
+#: what the command's ``--force`` hint becomes in the panel (its "Input checks" box)
+FORCE_TEXT = '(tick "Run even if the input looks unsuitable for the task" under Input checks to run anyway)'
+
+
+def folder_or_none(value: Any) -> pathlib.Path | None:
+    """The results folder as chosen, or None when none is: None, ``""`` and ``"."``. An unset
+    ``pathlib.Path`` member of a parameter node is ``Path()`` (PathSerializer's default) and an empty
+    ``ctkPathLineEdit`` reads as ``Path("")``, both ``Path(".")``, so ``"."`` means "not set", never
+    "Slicer's working directory"."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text in ("", ".") else pathlib.Path(text)
+
+
+def checked_save_folder(value: Any) -> pathlib.Path | None:
+    """:func:`folder_or_none`, and ``InputError`` for a folder that cannot take the results, found before
+    anything runs (a save that fails at the end would discard the whole run)."""
+    folder = folder_or_none(value)
+    if folder is None:
+        return None
+    folder = folder.expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"the results folder {str(folder)!r} is a file, not a folder")
+    existing = next((f for f in (folder, *folder.parents) if f.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise InputError(f"the results folder {str(folder)!r} cannot be written ({str(existing)!r} is read-only)")
+    return folder
+
+
+@dataclass(frozen=True)
+class ButtonState:
+    """How a button looks: enabled, its text and tool tip."""
+
+    enabled: bool
+    text: str
+    toolTip: str
+
+
+@dataclass(frozen=True)
+class TableContent:
+    """A results table laid out: header labels, cell texts, which cells are editable (row-major)."""
+
+    headers: tuple[str, ...]
+    cells: tuple[tuple[str, ...], ...]
+    editable: tuple[tuple[bool, ...], ...]
+
+
+def table_content(columns: Sequence, rows: Sequence[Mapping],
+                  editable: Callable[[int, str], bool] | None = None) -> TableContent:
+    """``rows`` as a table: one column per (title, key, unit) of ``columns`` ("Title (unit)" headers);
+    cells read-only unless ``editable(row, key)``."""
+    return TableContent(
+        tuple(f"{t} ({u})" if u else t for t, _k, u in columns),
+        tuple(tuple(format_cell(row.get(key)) for _t, key, _u in columns) for row in rows),
+        tuple(tuple(bool(editable and editable(r, key)) for _t, key, _u in columns) for r in range(len(rows))),
+    )
+
+
+class Job(Protocol):
+    """A running job (``MedSegJob``, ``CompareJob``, ``ChangeJob``)."""
+
+    error: BaseException | None
+    result: Any
+    #: temporary folders (patient data) the job could not delete, one message each
+    cleanupErrors: list[str]
+
+    def poll(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class View(Protocol):
+    """What the panel asks of the widget."""
+
+    def setButton(self, button: str, state: ButtonState) -> None: ...
+
+    def setStatus(self, text: str) -> None: ...
+
+    def setProgress(self, visible: bool, value: int) -> None: ...
+
+    def startPolling(self) -> None: ...
+
+    def stopPolling(self) -> None: ...
+
+    def showError(self, text: str, details: str) -> None: ...
+
+    def showInfo(self, text: str) -> None: ...
+
+    def waitCursor(self) -> AbstractContextManager: ...
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+class Panel:
+    """The panel's state and decisions (see the module doc).
+
+    Args:
+        view: the widget, as a :class:`View`.
+        tr: the translation function (``slicer.i18n.tr`` in Slicer).
+    """
+
+    def __init__(self, view: View, tr: Callable[[str], str] = _identity) -> None:
+        self.view = view
+        self._ = tr
+        self.params: Any = None  # the parameter node (None while the scene closes)
+        self.tasks: list[TaskInfo] = []
+        self.missingPackages: tuple[str, ...] = ()  # "torch >= 2.10 (missing)" etc., for the Install button
+        self.job: Job | None = None
+        self.jobKind = "run"  # "run", "compare" or "change"
+        self.jobButton = APPLY
+        self.installing = False
+        self.compareCells: dict[int, str] = {}  # lesion row -> its "Follow-up" cell as shown
+
+    # ------------------------------------------------------------------ tasks
+    def task(self, name: str) -> TaskInfo | None:
+        return next((t for t in self.tasks if t.name == name), None)
+
+    def currentTask(self) -> TaskInfo | None:
+        return self.task(self.params.task) if self.params is not None else None
+
+    def taskDescription(self, task: TaskInfo) -> str:
+        """The description shown under the task menu, with the task's note (missing packages, an
+        unreadable model folder) on a line of its own."""
+        return f"{task.description}\n{self._('Note:')} {task.note}" if task.note else task.description
+
+    def inputLabels(self, task: TaskInfo, count: int = 3) -> list[str | None]:
+        """The label of each input selector; None: the selector is hidden."""
+        out: list[str | None] = []
+        for n in range(count):
+            if n >= task.max_inputs:
+                out.append(None)
+                continue
+            optional = n >= task.min_inputs
+            out.append(f"{task.input_names[n]} ({task.input_modalities[n]}{', optional' if optional else ''}):")
+        return out
+
+    def inputs(self) -> list:
+        """The selected input nodes the current task takes (trailing optional ones left out if unset)."""
+        p, task = self.params, self.currentTask()
+        if task is None:
+            return []
+        nodes = [p.inputVolume, p.inputVolume2, p.inputVolume3][: task.max_inputs]
+        while nodes and nodes[-1] is None and len(nodes) > task.min_inputs:
+            nodes.pop()
+        return nodes
+
+    def saveFolder(self) -> pathlib.Path | None:
+        """Where results are saved: None when "Save to folder" is off or no folder is chosen."""
+        p = self.params
+        return folder_or_none(p.saveFolder) if p is not None and p.saveResults else None
+
+    # ------------------------------------------------------------------ buttons
+    def buttonStates(self) -> dict[str, ButtonState]:
+        """Every button's state for the current parameters, job and installation."""
+        _ = self._
+        p = self.params
+        if self.installing:
+            wait = _("Installing Python packages...")
+            return {APPLY: ButtonState(False, _("Apply"), wait), COMPARE: ButtonState(False, _("Compare"), wait),
+                    RECOMPUTE: ButtonState(False, _("Recompute response"), wait),
+                    INSTALL: ButtonState(False, _("Install Python packages"), wait)}
+        states = {APPLY: self._applyState(p), COMPARE: self._compareState(p),
+                  RECOMPUTE: ButtonState(bool(p is not None and p.compareTable and self.compareCells),
+                                         _("Recompute response"),
+                                         _("Recompute the changes and responses with the edited Follow-up cells")),
+                  INSTALL: self._installState()}
+        if self.job is not None:
+            for name in BUTTONS:
+                states[name] = ButtonState(False, states[name].text, _("MedSeg is running"))
+            states[self.jobButton] = ButtonState(True, _("Cancel"), _("Stop MedSeg; nothing is added to the scene"))
+        return states
+
+    def _applyState(self, p: Any) -> ButtonState:
+        _ = self._
+        task = self.currentTask()
+        reason = ""
+        if p is None or not p.inputVolume:
+            reason = _("Select an input volume")
+        elif task is None:
+            reason = _("Select a task")
+        elif not task.usable:
+            reason = task.note or _("This task cannot run")
+        elif p.saveResults and folder_or_none(p.saveFolder) is None:
+            reason = _('Choose a folder under "Save to folder", or untick it')
+        return ButtonState(not reason, _("Apply"), reason or _("Run MedSeg"))
+
+    def _compareState(self, p: Any) -> ButtonState:
+        _ = self._
+        if p is None or not (p.baselineVolume and p.followupVolume):
+            return ButtonState(False, _("Compare"), _("Select a baseline and a follow-up volume"))
+        if p.lesionChange:
+            return ButtonState(True, _("Compare"), _("Find the lesions new, enlarged, shrunk or gone between the "
+                                                     "two FLAIRs"))
+        task = self.currentTask()
+        if task is None or not task.usable:
+            return ButtonState(False, _("Compare"), (task.note if task else "") or _("Select a task"))
+        return ButtonState(True, _("Compare"), _("Compare the two visits"))
+
+    def _installState(self) -> ButtonState:
+        _ = self._
+        if not self.missingPackages:
+            return ButtonState(False, _("Install Python packages"),
+                               _("The Python packages MedSeg needs are installed"))
+        return ButtonState(True, _("Install Python packages"),
+                           _("Install what MedSeg needs: {packages}").format(packages=", ".join(self.missingPackages)))
+
+    def compareSelectorsEnabled(self) -> tuple[bool, bool]:
+        """(the two segmentation selectors, the brain-mask selector): the lesion-change mode takes no
+        segmentations and may take a brain mask."""
+        change = bool(self.params is not None and self.params.lesionChange)
+        return not change, change
+
+    def refresh(self) -> None:
+        """Show every button's state."""
+        for name, state in self.buttonStates().items():
+            self.view.setButton(name, state)
+
+    # ------------------------------------------------------------------ running
+    def _fail(self, message: str, exc: BaseException) -> None:
+        """Show ``exc`` (with its traceback as details) and log it; the panel goes on."""
+        log.error("%s %s", message, exc, exc_info=(type(exc), exc, exc.__traceback__))
+        self.view.setStatus(str(exc))
+        self.view.showError(f"{message}\n\n{exc}", "".join(traceback.format_exception(type(exc), exc,
+                                                                                      exc.__traceback__)))
+
+    def _ensure(self, ensureDependencies: Callable[[], bool], message: str) -> bool | None:
+        """Run the dependency check (it may ask and install) with the run buttons disabled and no wait
+        cursor, so its dialogs are usable. True: Slicer must restart; None: it failed (shown)."""
+        self.installing = True
+        self.refresh()
+        try:
+            return bool(ensureDependencies())
+        except Exception as exc:  # shown to the user and logged, not swallowed
+            self._fail(message, exc)
+            return None
+        finally:
+            self.installing = False
+            self.refresh()
+
+    def run(self, button: str, kind: str, ensureDependencies: Callable[[], bool], start: Callable[[], Job],
+            message: str) -> None:
+        """Apply or Compare was clicked: cancel the running job, or check the dependencies then start
+        a job with ``start()`` (under the wait cursor) and poll it. Ignored while packages install
+        (5.10's pip keeps processing events, so the button could be clicked again)."""
+        _ = self._
+        if self.installing:
+            log.info("MedSeg: click ignored while Python packages are being installed")
+            return
+        if self.job is not None:
+            self.cancel()
+            return
+        restart = self._ensure(ensureDependencies, message)
+        if restart is None:
+            return
+        if restart:
+            self.view.showInfo(_("Python packages were updated. Restart Slicer, then press {button} again.").format(
+                button=_("Apply") if button == APPLY else _("Compare")))
+            return
+        try:
+            with self.view.waitCursor():
+                job = start()
+        except Exception as exc:  # shown to the user and logged, not swallowed
+            self._fail(message, exc)
+            return
+        self.job, self.jobKind, self.jobButton = job, kind, button
+        if kind != "run":
+            self.compareCells = {}
+        self.view.setProgress(True, 0)
+        self.refresh()
+        self.view.startPolling()
+
+    def install(self, ensureDependencies: Callable[[], bool]) -> None:
+        """The Install button: the same dependency check as Apply, without starting anything."""
+        _ = self._
+        if self.installing or self.job is not None:
+            return
+        restart = self._ensure(ensureDependencies, _("MedSeg could not install its Python packages."))
+        if restart is None:
+            return
+        self.view.showInfo(_("Python packages were updated. Restart Slicer before running MedSeg.") if restart
+                           else _("The Python packages MedSeg needs are installed."))
+
+    def cancel(self) -> None:
+        """Ask the running job to stop; nothing is added to the scene."""
+        if self.job is None:
+            return
+        self.view.setStatus(self._("Cancelling..."))
+        self.job.cancel()
+        self.poll()
+
+    def onProgress(self, fraction: float, message: str) -> None:
+        self.view.setProgress(True, int(round(100 * fraction)))  # noqa: RUF046  # numpy < 2: round() may not give an int
+        self.view.setStatus(message)
+        log.info("MedSeg %3d%% %s", int(100 * fraction), message)
+
+    def poll(self) -> tuple[str, Any] | None:
+        """Poll the running job; when it has ended: ``(kind, result)`` of a success for the widget to
+        show, None otherwise (a failure is shown here, a cancellation only in the status line)."""
+        if self.job is None or not self.job.poll():
+            return None
+        job, self.job = self.job, None
+        kind, self.jobKind = self.jobKind, "run"
+        self.view.stopPolling()
+        self.view.setProgress(False, 0)
+        self.refresh()
+        if job.error is not None:
+            message = str(job.error).replace(FORCE_HINT, self._(FORCE_TEXT))
+            self.view.setStatus(message)
+            # exported patient images left on disk are said even after a cancel (a success lists them
+            # in its result's warnings)
+            leftovers = "\n".join(job.cleanupErrors)
+            if isinstance(job.error, CancelledError):
+                log.info("MedSeg: %s", message)
+                if leftovers:
+                    self.view.showError(f"{message}\n\n{leftovers}", "")
+                return None
+            log.error("MedSeg failed: %s", message)
+            text = self._("MedSeg failed: {error}").format(error=message)
+            self.view.showError(f"{text}\n\n{leftovers}" if leftovers else text, "".join(
+                traceback.format_exception(type(job.error), job.error, job.error.__traceback__)))
+            return None
+        return kind, job.result
+
+    def sceneClosing(self) -> None:
+        """The scene starts closing: its inputs are going away, so stop the job and import nothing."""
+        if self.job is not None:
+            self.job.cancel()
+            self.poll()
+        self.params = None
+
+    def cleanup(self) -> None:
+        """The module is reloaded or Slicer closes: cancel the job and stop polling."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+        self.view.stopPolling()
+
+    # ------------------------------------------------------------------ comparison table
+    def comparisonTable(self, columns: Sequence, rows: Sequence[Mapping], lesionRows: int) -> TableContent:
+        """A comparison's rows laid out; the "Follow-up" cells of lesion rows with a baseline lesion are
+        editable and remembered, so :meth:`edits` can tell which were changed."""
+        def editable(r: int, key: str) -> bool:
+            return key == "followup" and r < lesionRows and bool(rows[r]["baseline"])
+
+        self.compareCells = {r: row["followup"] for r, row in enumerate(rows) if r < lesionRows and row["baseline"]}
+        self.refresh()
+        return table_content(columns, rows, editable)
+
+    def changeTable(self, columns: Sequence, rows: Sequence[Mapping]) -> TableContent:
+        """A lesion-change comparison's rows laid out (read-only)."""
+        self.compareCells = {}
+        self.refresh()
+        return table_content(columns, rows)
+
+    def edits(self, cellText: Callable[[int], str]) -> dict[int, str]:
+        """``{row: text}`` of the "Follow-up" cells changed since they were shown (``cellText(row)``:
+        the cell's text now)."""
+        out = {}
+        for row, shown in self.compareCells.items():
+            text = cellText(row)
+            if text.strip() != shown:
+                out[row] = text
+        return out
