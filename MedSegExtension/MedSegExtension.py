@@ -37,8 +37,6 @@ from medseg.core.devices import DEVICE_KINDS, parse_device
 from medseg.core.errors import InputError
 from medseg.core.formats import DicomFormat
 
-log = logging.getLogger("MedSeg")
-
 #: the devices the panel offers (``cuda:N`` is accepted from the console)
 DEVICES = list(DEVICE_KINDS)
 #: task parameter -> the parameter-node field (and widget) that sets it in the panel
@@ -388,21 +386,17 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MedSegExtensionLib.panel import table_content  # glue: light (no Qt, no torch)
         from MedSegExtensionLib.results_table import COLUMNS  # glue: after the dependency check
 
-        self.ui.statusLabel.text = _("Done in {s:.1f} s: {n} segment(s), {b} box(es)").format(
-            s=result.elapsedSeconds, n=len(result.segmentIds), b=len(result.roiNodes))
         self._fillTable(self.ui.resultsTable, table_content(COLUMNS, result.measurements))
-        for w in result.warnings:
-            log.warning("MedSeg: %s", w)
+        self.panel.showOutcome(_("Done in {s:.1f} s: {n} segment(s), {b} box(es)").format(
+            s=result.elapsedSeconds, n=len(result.segmentIds), b=len(result.roiNodes)), result.warnings)
         slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, fit=False)
 
     def _showComparison(self, result) -> None:
         """A finished comparison: its table in the panel (Follow-up cells of lesion rows editable)."""
         self._parameterNode.compareTable = result.tableNode
         self._showComparisonRows(result.rows, len(result.matches), result.recist, result.volumetric)
-        self.ui.statusLabel.text = _("Compared in {s:.1f} s: {n} lesion group(s)").format(
-            s=result.elapsedSeconds, n=len(result.matches))
-        for w in result.warnings:
-            log.warning("MedSeg: %s", w)
+        self.panel.showOutcome(_("Compared in {s:.1f} s: {n} lesion group(s)").format(
+            s=result.elapsedSeconds, n=len(result.matches)), result.warnings)
         slicer.util.setSliceViewerLayers(background=self._parameterNode.baselineVolume,
                                          foreground=result.followupOnBaselineNode, foregroundOpacity=0.5, fit=False)
 
@@ -421,10 +415,8 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._fillTable(self.ui.compare_resultsTable, self.panel.changeTable(CHANGE_COLUMNS, result.rows))
         self.ui.compareResponseLabel.text = _("Lesion change: {counts}").format(
             counts=", ".join(f"{n} {kind}" for kind, n in result.counts.items()) or _("none"))
-        self.ui.statusLabel.text = _("Compared in {s:.1f} s: {n} change region(s)").format(
-            s=result.elapsedSeconds, n=len(result.rows))
-        for w in result.warnings:
-            log.warning("MedSeg: %s", w)
+        self.panel.showOutcome(_("Compared in {s:.1f} s: {n} change region(s)").format(
+            s=result.elapsedSeconds, n=len(result.rows)), result.warnings)
         slicer.util.setSliceViewerLayers(background=self._parameterNode.baselineVolume,
                                          foreground=result.followupOnBaselineNode, foregroundOpacity=0.5, fit=False)
         self._checkCanApply()

@@ -177,9 +177,9 @@ def test_existing_segmentation_gains_uniquely_named_segments_and_keeps_its_own(s
     assert res.roiNodes[0].GetAttribute("MedSeg.SegmentID") == new[0]
 
 
-def test_failure_mid_commit_leaves_the_scene_as_it_was(scene, monkeypatch):
-    node = _two_ball_node()
-    seg = _prefilled_segmentation(node)
+def _fail_on_second_box(monkeypatch) -> dict:
+    """Make the second ``SetLocked`` of a commit raise (after one box, the segments and their surfaces);
+    returns the call counter."""
     calls = {"n": 0}
     original = slicer.vtkMRMLMarkupsROINode.SetLocked
 
@@ -190,6 +190,13 @@ def test_failure_mid_commit_leaves_the_scene_as_it_was(scene, monkeypatch):
         original(self, locked)
 
     monkeypatch.setattr(slicer.vtkMRMLMarkupsROINode, "SetLocked", fail_on_second)
+    return calls
+
+
+def test_failure_mid_commit_leaves_the_scene_as_it_was(scene, monkeypatch):
+    node = _two_ball_node()
+    seg = _prefilled_segmentation(node)
+    calls = _fail_on_second_box(monkeypatch)
     for output in (None, seg):
         calls["n"] = 0
         before = scene_snapshot()

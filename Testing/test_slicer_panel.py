@@ -320,3 +320,14 @@ def test_a_clean_cancel_shows_no_dialog():
     panel.run(APPLY, "run", lambda: False, lambda: job, "MedSeg could not start.")
     panel.cancel()
     assert view.errors == [] and "cancelled" in view.status
+
+
+def test_a_finished_jobs_warnings_are_shown_once_with_the_summary(caplog):
+    panel, view = _panel()
+    panel.showOutcome("Done in 1.0 s: 2 segment(s), 1 box(es)", [])
+    assert view.status.startswith("Done") and view.infos == []
+    warning = "could not remove MedSeg's temporary folder /tmp/medseg-y"
+    with caplog.at_level("WARNING", logger="MedSeg"):
+        panel.showOutcome("Done in 1.0 s: 2 segment(s), 1 box(es)", [warning])
+    assert len(view.infos) == 1 and view.infos[0].startswith("Done") and warning in view.infos[0]
+    assert warning in caplog.text

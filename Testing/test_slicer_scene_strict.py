@@ -20,7 +20,7 @@ import vtk
 from MedSegExtensionLib.errors import CommitError
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import scene_snapshot
-from test_slicer_logic import _prefilled_segmentation, _run, _sphere_node, _two_ball_node
+from test_slicer_logic import _fail_on_second_box, _prefilled_segmentation, _run, _sphere_node, _two_ball_node
 
 SURFACE = "Closed surface"
 LABELMAP = "Binary labelmap"
@@ -28,21 +28,6 @@ LABELMAP = "Binary labelmap"
 
 def _display_node_ids(scene) -> set:
     return {nid for nid, node in scene._nodes.items() if type(node).__name__.endswith("DisplayNode")}
-
-
-def _fail_on_second_box(monkeypatch) -> dict:
-    """Make the second ``SetLocked`` of a commit raise (after one box, the segments and their surfaces)."""
-    calls = {"n": 0}
-    original = slicer.vtkMRMLMarkupsROINode.SetLocked
-
-    def fail_on_second(self, locked):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("injected failure after 1 of 2 boxes")
-        original(self, locked)
-
-    monkeypatch.setattr(slicer.vtkMRMLMarkupsROINode, "SetLocked", fail_on_second)
-    return calls
 
 
 def _surface(polys: int = 4) -> vtk.vtkPolyData:

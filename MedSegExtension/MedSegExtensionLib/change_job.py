@@ -97,7 +97,7 @@ class ChangeJob(CompareJob):
     """Runs one ``ChangeRequest`` (``ChangeJob(request, progress)``); ``result`` is a ``ChangeResult``."""
 
     def _what(self) -> str:
-        return "lesion change"
+        return "medseg compare (lesion change)"
 
     def _compute(self, out: Path, cancel: CancelToken) -> None:
         """``change_cases`` + ``write_change`` into ``out``."""

@@ -36,9 +36,9 @@ from medseg.pipeline.compare import compare_cases, write_comparison
 from medseg.pipeline.options import RunOptions
 from medseg.pipeline.tasks import get_task
 from MedSegExtensionLib.compare_scene import LINKS_ATTRIBUTE, comparison_links, table_attributes
-from MedSegExtensionLib.errors import ProcessError, StaleSceneError
+from MedSegExtensionLib.errors import StaleSceneError
 from MedSegExtensionLib.job import COMPUTE_SHARE, MedSegJob
-from MedSegExtensionLib.process import ExitStatus, medseg_child, medseg_command
+from MedSegExtensionLib.process import ExitStatus, medseg_command
 from MedSegExtensionLib.result_import import load_compare_folder
 from MedSegExtensionLib.results_table import build_compare_vtk_table, compare_rows
 from MedSegExtensionLib.scene_commit import commit_comparison, planned_segment_names
@@ -181,47 +181,15 @@ class CompareJob(MedSegJob):
     ``result`` (a ``CompareResult``) or ``error`` is set at the end. The temporary folder, ``poll``,
     ``cancel``, ``wait`` and the error bookkeeping are ``MedSegJob``'s.
 
-    Both routes share their frame here and differ in three steps a subclass may replace (the
-    lesion-change mode, ``change_job.ChangeJob``, does): ``_compute`` (the core in this process, into an
+    Both routes share ``MedSegJob``'s frame and differ in the steps a subclass replaces (as the
+    lesion-change mode, ``change_job.ChangeJob``, does again): ``_compute`` (the core in this process, into an
     output folder), ``_command`` (export the inputs, the child's command line) and ``_finish`` (read the
     folder, commit); ``_input_nodes`` lists the nodes that must still be in the scene at the end.
     """
 
-    def run_in_process(self, cancel: CancelToken | None = None):
-        """Compute here (blocking) and commit; raises on failure or cancel."""
-        self.status = ExitStatus.RUNNING
-        cancel = cancel or CancelToken()
-        try:
-            out = self._make_temp() / "out"
-            self._compute(out, cancel)
-            cancel.check()
-            self.result = self._finish(out)
-            return self.result
-        except BaseException as e:
-            self._fail(e)
-            raise
-        finally:
-            self._remove_temp()
-
-    def start(self) -> None:
-        """Export the inputs and start the ``medseg`` command as a child process (returns at once)."""
-        self.status = ExitStatus.RUNNING
-        try:
-            tmp = self._make_temp()
-            args = self._command(tmp)
-            self._child = medseg_child(args)  # the working directory is never ``tmp`` (process.py)
-            self._child.start()
-            if self._child.status is ExitStatus.NOT_STARTED:
-                raise ProcessError(self._child.error_message, exit_code=-1)
-        except BaseException as e:
-            self._fail(e)
-            self._remove_temp()
-            raise
-        self.progress(0.0, f"started medseg compare ({self._what()})")
-
     def _what(self) -> str:
         """What is compared, for the progress message."""
-        return self.request.task
+        return f"medseg compare ({self.request.task})"
 
     def _compute(self, out: Path, cancel: CancelToken) -> None:
         """``compare_cases`` + ``write_comparison`` into ``out``."""

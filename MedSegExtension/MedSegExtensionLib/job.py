@@ -144,19 +144,11 @@ class MedSegJob:
     # ------------------------------------------------------------------ in-process
     def run_in_process(self, cancel: CancelToken | None = None) -> ProcessResult:
         """Run the core here (blocking) and commit; raises on failure or cancel."""
-        req = self.request
         self.status = ExitStatus.RUNNING
         cancel = cancel or CancelToken()
         try:
             out = self._make_temp() / "out"
-            # the child always builds the meshes: they become the segments' 3D surfaces (scene_commit._add_surfaces),
-            # so nothing is converted on Slicer's GUI thread; ``createModels`` only decides the model nodes
-            options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params),
-                                 force=req.force)
-            result = run_task(req.volumes, options, cancel=cancel,
-                              progress=lambda f, m: self.progress(0.85 * COMPUTE_SHARE * f, m))
-            write_result(result, out, html=False, cancel=cancel,
-                         progress=lambda f, m: self.progress(COMPUTE_SHARE * (0.85 + 0.15 * f), m))
+            self._compute(out, cancel)
             cancel.check()
             self.result = self._finish(out)
             return self.result
@@ -166,21 +158,24 @@ class MedSegJob:
         finally:
             self._remove_temp()
 
+    def _compute(self, out: Path, cancel: CancelToken) -> None:
+        """``run_task`` + ``write_result`` into ``out`` (what the child does, in this process)."""
+        req = self.request
+        # the core always builds the meshes: they become the segments' 3D surfaces (scene_commit._add_surfaces),
+        # so nothing is converted on Slicer's GUI thread; ``createModels`` only decides the model nodes
+        options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params), force=req.force)
+        result = run_task(req.volumes, options, cancel=cancel,
+                          progress=lambda f, m: self.progress(0.85 * COMPUTE_SHARE * f, m))
+        write_result(result, out, html=False, cancel=cancel,
+                     progress=lambda f, m: self.progress(COMPUTE_SHARE * (0.85 + 0.15 * f), m))
+
     # ------------------------------------------------------------------ child process
     def start(self) -> None:
-        """Export the inputs and start ``medseg run`` as a child process (returns at once)."""
-        req = self.request
+        """Export the inputs and start the ``medseg`` command as a child process (returns at once)."""
         self.status = ExitStatus.RUNNING
         try:
-            tmp = self._make_temp()
-            paths = []
-            for n, vol in enumerate(req.volumes):
-                p = tmp / f"input_{n}.nrrd"
-                write_volume_nrrd(vol, p, compress=False)
-                paths.append(p)
-            args = medseg_command(paths, req.task, tmp / "out", req.device, True, req.params,  # meshes: see above
-                                  force=req.force)
-            self._child = medseg_child(args)
+            args = self._command(self._make_temp())
+            self._child = medseg_child(args)  # the working directory is never the temp folder (process.py)
             self._child.start()
             if self._child.status is ExitStatus.NOT_STARTED:
                 raise ProcessError(self._child.error_message, exit_code=-1)
@@ -188,7 +183,21 @@ class MedSegJob:
             self._fail(e)
             self._remove_temp()
             raise
-        self.progress(0.0, f"started medseg ({req.task})")
+        self.progress(0.0, f"started {self._what()}")
+
+    def _command(self, tmp: Path) -> list[str]:
+        """Export the inputs into ``tmp``; the ``medseg run`` command line (meshes always: see ``_compute``)."""
+        req = self.request
+        paths = []
+        for n, vol in enumerate(req.volumes):
+            p = tmp / f"input_{n}.nrrd"
+            write_volume_nrrd(vol, p, compress=False)
+            paths.append(p)
+        return medseg_command(paths, req.task, tmp / "out", req.device, True, req.params, force=req.force)
+
+    def _what(self) -> str:
+        """What runs, for the progress message."""
+        return f"medseg ({self.request.task})"
 
     def poll(self) -> bool:
         """Forward the child's progress; when it has ended, import and commit. True when done."""

@@ -357,6 +357,15 @@ class Panel:
             return None
         return kind, job.result
 
+    def showOutcome(self, summary: str, warnings: Sequence[str]) -> None:
+        """A finished job: ``summary`` in the status line; its warnings (e.g. a temporary folder with
+        patient images that could not be deleted) logged and, when there are any, shown in one dialog."""
+        self.view.setStatus(summary)
+        for w in warnings:
+            log.warning("MedSeg: %s", w)
+        if warnings:
+            self.view.showInfo("\n\n".join([summary, *warnings]))
+
     def sceneClosing(self) -> None:
         """The scene starts closing: its inputs are going away, so stop the job and import nothing."""
         if self.job is not None:

@@ -24,7 +24,8 @@ follow-up, the transform and the region table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -199,6 +200,23 @@ def _remove_with_display_node(node) -> None:
         slicer.mrmlScene.RemoveNode(node)
 
 
+@contextlib.contextmanager
+def _transaction() -> Iterator[_Transaction]:
+    """One commit: the scene in ``BatchProcessState`` [Libs/MRML/Core/vtkMRMLScene.h ``StartState``], and
+    everything added through the yielded ``_Transaction`` removed again if the block raises."""
+    tx = _Transaction()
+    scene = slicer.mrmlScene
+    scene.StartState(scene.BatchProcessState)
+    try:
+        try:
+            yield tx
+        except BaseException:
+            tx.rollback()
+            raise
+    finally:
+        scene.EndState(scene.BatchProcessState)
+
+
 def _folder(tx: _Transaction, name: str) -> int:
     sh = slicer.mrmlScene.GetSubjectHierarchyNode()
     item = sh.CreateFolderItem(sh.GetSceneItemID(), name)
@@ -342,35 +360,26 @@ def commit_plan(plan: ScenePlan, referenceVolumeNode, outputSegmentation=None, b
             raise CommitError(f"output segmentation {outputSegmentation.GetName()!r} has the source representation "
                               f"{source!r}, not {labelmap!r}; choose another output or change its source "
                               "representation in the Segmentations module")
-    tx = _Transaction()
-    scene = slicer.mrmlScene
-    scene.StartState(scene.BatchProcessState)
-    try:
-        try:
-            new = outputSegmentation is None
-            segNode = tx.add_node("vtkMRMLSegmentationNode", baseName) if new else outputSegmentation
-            if new:
-                tx.create_display_nodes(segNode)
-                segNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
-            ids = _import_segments(tx, plan, segNode, new)
-            _add_surfaces(plan, segNode, ids, new)
-            rois = _add_rois(tx, plan, segNode, ids, baseName)
-            models = _add_models(tx, plan, segNode, ids, baseName) if createModels else []
-            segmentation = segNode.GetSegmentation()
-            rows = [dict(r, segment_id=ids.get(r["segment_id"], r["segment_id"]),
-                         name=(segmentation.GetSegment(ids[r["segment_id"]]).GetName() if r["segment_id"] in ids
-                               else r["name"]))
-                    for r in plan.measurements]
-            table = None
-            if createTable:
-                table = tx.add_node("vtkMRMLTableNode", f"{baseName} measurements")
-                table.SetAndObserveTable(build_vtk_table(rows))
-                table.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, segNode.GetID())
-        except BaseException:
-            tx.rollback()
-            raise
-    finally:
-        scene.EndState(scene.BatchProcessState)
+    with _transaction() as tx:
+        new = outputSegmentation is None
+        segNode = tx.add_node("vtkMRMLSegmentationNode", baseName) if new else outputSegmentation
+        if new:
+            tx.create_display_nodes(segNode)
+            segNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+        ids = _import_segments(tx, plan, segNode, new)
+        _add_surfaces(plan, segNode, ids, new)
+        rois = _add_rois(tx, plan, segNode, ids, baseName)
+        models = _add_models(tx, plan, segNode, ids, baseName) if createModels else []
+        segmentation = segNode.GetSegmentation()
+        rows = [dict(r, segment_id=ids.get(r["segment_id"], r["segment_id"]),
+                     name=(segmentation.GetSegment(ids[r["segment_id"]]).GetName() if r["segment_id"] in ids
+                           else r["name"]))
+                for r in plan.measurements]
+        table = None
+        if createTable:
+            table = tx.add_node("vtkMRMLTableNode", f"{baseName} measurements")
+            table.SetAndObserveTable(build_vtk_table(rows))
+            table.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, segNode.GetID())
     return CommitResult(segNode, ids, rois, models, table, list(tx.folders), rows)
 
 
@@ -463,29 +472,20 @@ def commit_comparison(plan: ComparePlan, baselineVolumeNode, followupVolumeNode,
     Raises:
         CommitError (or the error that stopped the commit): the scene is as it was before the call.
     """
-    tx = _Transaction()
-    scene = slicer.mrmlScene
-    scene.StartState(scene.BatchProcessState)
-    try:
-        try:
-            base = _commit_visit(tx, plan.baseline, baselineVolumeNode, names["baseline"], createModels)
-            follow = _commit_visit(tx, plan.followup, followupVolumeNode, names["followup"], createModels)
-            volume = _add_volume(tx, plan.followup_on_baseline, names["volume"])
-            transform = _add_transform(tx, plan.followup_to_baseline_ras, names["transform"])
-            tableNode = _add_table(tx, table, names["table"], tableAttributes)
-            for suffix, node in ((".Baseline", base.segmentationNode), (".Followup", follow.segmentationNode)):
-                tableNode.SetAttribute(SEGMENTATION_ID_ATTRIBUTE + suffix, node.GetID())
-            tableNode.SetAttribute(COMPARE_VOLUME_ATTRIBUTE, volume.GetID())
-            tableNode.SetAttribute(COMPARE_TRANSFORM_ATTRIBUTE, transform.GetID())
-            result = CompareCommitResult(base, follow, volume, transform, tableNode, list(tx.folders))
-            if linkAttributes is not None:
-                for key, value in linkAttributes(result).items():
-                    tableNode.SetAttribute(key, str(value))
-        except BaseException:
-            tx.rollback()
-            raise
-    finally:
-        scene.EndState(scene.BatchProcessState)
+    with _transaction() as tx:
+        base = _commit_visit(tx, plan.baseline, baselineVolumeNode, names["baseline"], createModels)
+        follow = _commit_visit(tx, plan.followup, followupVolumeNode, names["followup"], createModels)
+        volume = _add_volume(tx, plan.followup_on_baseline, names["volume"])
+        transform = _add_transform(tx, plan.followup_to_baseline_ras, names["transform"])
+        tableNode = _add_table(tx, table, names["table"], tableAttributes)
+        for suffix, node in ((".Baseline", base.segmentationNode), (".Followup", follow.segmentationNode)):
+            tableNode.SetAttribute(SEGMENTATION_ID_ATTRIBUTE + suffix, node.GetID())
+        tableNode.SetAttribute(COMPARE_VOLUME_ATTRIBUTE, volume.GetID())
+        tableNode.SetAttribute(COMPARE_TRANSFORM_ATTRIBUTE, transform.GetID())
+        result = CompareCommitResult(base, follow, volume, transform, tableNode, list(tx.folders))
+        if linkAttributes is not None:
+            for key, value in linkAttributes(result).items():
+                tableNode.SetAttribute(key, str(value))
     return result
 
 
@@ -515,21 +515,12 @@ def commit_change(plan: ChangePlan, baselineVolumeNode, names: dict, table,
     Raises:
         CommitError (or the error that stopped the commit): the scene is as it was before the call.
     """
-    tx = _Transaction()
-    scene = slicer.mrmlScene
-    scene.StartState(scene.BatchProcessState)
-    try:
-        try:
-            regions = _commit_visit(tx, plan.result, baselineVolumeNode, names["segmentation"], False)
-            volume = _add_volume(tx, plan.followup_on_baseline, names["volume"])
-            transform = _add_transform(tx, plan.followup_to_baseline_ras, names["transform"])
-            tableNode = _add_table(tx, table, names["table"], tableAttributes)
-            tableNode.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, regions.segmentationNode.GetID())
-            tableNode.SetAttribute(COMPARE_VOLUME_ATTRIBUTE, volume.GetID())
-            tableNode.SetAttribute(COMPARE_TRANSFORM_ATTRIBUTE, transform.GetID())
-        except BaseException:
-            tx.rollback()
-            raise
-    finally:
-        scene.EndState(scene.BatchProcessState)
+    with _transaction() as tx:
+        regions = _commit_visit(tx, plan.result, baselineVolumeNode, names["segmentation"], False)
+        volume = _add_volume(tx, plan.followup_on_baseline, names["volume"])
+        transform = _add_transform(tx, plan.followup_to_baseline_ras, names["transform"])
+        tableNode = _add_table(tx, table, names["table"], tableAttributes)
+        tableNode.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, regions.segmentationNode.GetID())
+        tableNode.SetAttribute(COMPARE_VOLUME_ATTRIBUTE, volume.GetID())
+        tableNode.SetAttribute(COMPARE_TRANSFORM_ATTRIBUTE, transform.GetID())
     return ChangeCommitResult(regions, volume, transform, tableNode, list(tx.folders))

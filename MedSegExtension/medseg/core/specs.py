@@ -230,8 +230,22 @@ TASK_PARAMS: dict[str, TaskParam] = {
 Runner = Callable[..., SegmentationOutput]
 
 
+class TakesInputs:
+    """How many inputs something with ``inputs`` (a tuple of :class:`InputSpec`) takes."""
+
+    inputs: tuple[InputSpec, ...]
+
+    @property
+    def min_inputs(self) -> int:
+        return sum(1 for i in self.inputs if i.required)
+
+    @property
+    def max_inputs(self) -> int:
+        return len(self.inputs)
+
+
 @dataclass(frozen=True)
-class Task:
+class Task(TakesInputs):
     """A runnable task.
 
     A preset names its step as ``entry = "module:function"`` and its ``PreprocessSpec`` as
@@ -272,14 +286,6 @@ class Task:
         if unknown:
             raise InputError(f"task {self.name} declares parameter(s) {unknown} that are not in TASK_PARAMS")
         object.__setattr__(self, "params", {k: TASK_PARAMS[k].check(v) for k, v in self.params.items()})
-
-    @property
-    def min_inputs(self) -> int:
-        return sum(1 for i in self.inputs if i.required)
-
-    @property
-    def max_inputs(self) -> int:
-        return len(self.inputs)
 
     def describe_inputs(self) -> str:
         """``"flair (MR FLAIR), t1c (MR T1 post-contrast, optional)"``."""

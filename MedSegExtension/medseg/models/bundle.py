@@ -38,8 +38,9 @@ from medseg.core.terminology import TERMS
 from medseg.io.atomic import atomic_write_text
 from medseg.models.allowlist import NETWORKS, canonical_name
 from medseg.models.bundle_config import ConfigResolver, load_config, load_json
-from medseg.models.card import PALETTE, ModelCard, parse_card
+from medseg.models.card import PALETTE, ModelCard, parse_card, safe_model_name
 from medseg.models.errors import BundleError, ModelError
+from medseg.models.registry import is_bundle
 from medseg.models.weights import sha256_file
 
 OVERLAY_FILE = "medseg.json"
@@ -56,10 +57,6 @@ SKIPPED_TRANSFORMS = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureC
 #: constructor arguments of old MONAI versions that newer ones dropped (ignored with a note)
 DROPPED_ARGS = {"SwinUNETR": {"img_size"}}
 _META_KEYS = {"_target_", "_requires_", "_disabled_", "_desc_", "_mode_"}
-
-
-def is_bundle(folder: Path) -> bool:
-    return (Path(folder) / "configs" / "metadata.json").is_file()
 
 
 def _target_name(target: Any, where: str, source: str) -> str:
@@ -250,7 +247,7 @@ def bundle_card(folder: Path) -> ModelCard:
                "commercial_use": bool(lic.get("commercial_use", meta.get("commercial_use", False)))}
     data = {
         "schema": "medseg-model-card/1",
-        "name": _safe_name(str(meta.get("name") or folder.name)),
+        "name": safe_model_name(str(meta.get("name") or folder.name)),
         "description": str(meta.get("description", "")) + (" [" + "; ".join(notes) + "]" if notes else ""),
         "version": str(meta.get("version", "")),
         "dims": spatial,
@@ -310,6 +307,3 @@ def _licence_file(folder: Path) -> str:
     return "unknown (bundle states no licence)"
 
 
-def _safe_name(text: str) -> str:
-    out = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in text.strip())
-    return (out.strip("-._") or "bundle")[:64]

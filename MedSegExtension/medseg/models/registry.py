@@ -49,7 +49,7 @@ TASK_PREFIX = "model:"
 #: import names of the packages a learned model needs to be opened and run (none ships with 3D Slicer
 #: except where Slicer bundles it); listing a model never imports them
 MODEL_PACKAGES = ("torch", "monai", "jsonschema", "scipy")
-#: the file that makes a folder a MONAI bundle (as ``medseg.models.bundle.is_bundle``)
+#: the file that makes a folder a MONAI bundle (:func:`is_bundle`)
 BUNDLE_METADATA = ("configs", "metadata.json")
 
 logger = logging.getLogger("medseg")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.core.errors import InputError
-from medseg.core.specs import InputSpec, Task
+from medseg.core.specs import InputSpec, TakesInputs, Task
 from medseg.core.volume import Volume
 from medseg.models.registry import list_models
 
@@ -81,7 +81,7 @@ def available_tasks() -> dict[str, Task]:
 
 
 @dataclass(frozen=True)
-class TaskListing:
+class TaskListing(TakesInputs):
     """A task as a task menu shows it, found without importing what runs it (see :func:`list_tasks`).
 
     ``note``: why the task may not run as it stands (a model's missing Python packages), or, with
@@ -95,14 +95,6 @@ class TaskListing:
     note: str = ""
     usable: bool = True
     path: Path | None = None
-
-    @property
-    def min_inputs(self) -> int:
-        return sum(1 for i in self.inputs if i.required)
-
-    @property
-    def max_inputs(self) -> int:
-        return len(self.inputs)
 
 
 def list_tasks(dirs: Iterable[Path] | None = None) -> list[TaskListing]:
