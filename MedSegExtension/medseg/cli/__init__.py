@@ -34,6 +34,7 @@ from medseg.cli.progress import emit_error, emit_result
 from medseg.cli.signals import stop_on_signals
 from medseg.core.errors import CancelledError, ExitCode, MedSegError
 from medseg.core.progress import CancelToken
+from medseg.core.threads import THREADS_ENV, configure_threads, parse_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -68,14 +69,26 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
-    """``-q`` and ``--progress-json``, on the main parser (default False) and on each command."""
+    """``-q``, ``--threads`` and ``--progress-json``, on the main parser and on each command."""
     parser.add_argument("-q", "--quiet", action="store_true", default=default,
                         help="no progress bar or summary table")
+    parser.add_argument("--threads", type=threads_count, default=None if default is False else default,
+                        metavar="N",
+                        help=f"CPU threads for torch, ITK and VTK (default: ${THREADS_ENV} if set, else the usable "
+                             "cores minus one, leaving a core for Slicer and other jobs)")
     parser.add_argument("--progress-json", action="store_true", default=default,
                         help="machine-readable progress for a parent process (the Slicer module): one JSON "
                              "object per line on stdout: {\"type\": \"progress\", \"fraction\", \"message\"}, "
                              "then {\"type\": \"result\", \"out\"} or {\"type\": \"error\", \"message\", "
                              "\"exit_code\"}")
+
+
+def threads_count(text: str) -> int:
+    """argparse type of ``--threads``: a whole number >= 1."""
+    try:
+        return parse_threads(text, "--threads")
+    except MedSegError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -90,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.quiet = True
     args.cancel = CancelToken()
     try:
+        configure_threads(args.threads)
         with stop_on_signals(args.cancel):
             rc: ExitCode = args.handler(args)
         if args.progress_json and args.writes_output:

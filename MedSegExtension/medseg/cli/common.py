@@ -107,18 +107,20 @@ def run_options(args: argparse.Namespace, task: str, params: dict[str, Any]) -> 
 # ----------------------------------------------------------------------------- one case
 def run_case(volumes: Sequence[Volume], options: RunOptions, out_dir: Path, args: argparse.Namespace,
              label: str, task: Task | None = None, notes: Sequence[str] = (),
-             read_time_s: float | None = None) -> dict[str, Any]:
+             read_time_s: float | None = None, read_peak_mib: float | None = None) -> dict[str, Any]:
     """Run and write one case with a progress bar labelled ``label``; return its ``report.json``.
 
     ``notes`` (the reader's warnings) join the report's one warnings list; ``read_time_s`` (reading
     the inputs) is the ``read`` stage of its timings, so ``total_time_s`` (the sum of the stages) is
-    the one total the terminal, ``report.json`` and ``report.html`` show.
+    the one total the terminal, ``report.json`` and ``report.html`` show; ``read_peak_mib`` its peak
+    resident memory (MiB).
     """
     bar = Progress(args.quiet, label, as_json=args.progress_json)
     timings = {} if read_time_s is None else {"read": float(read_time_s)}
     try:
         result = run_task(volumes, options, task=task, progress=lambda f, m: bar(COMPUTE_SHARE * f, m),
-                          cancel=args.cancel, notes=notes, timings=timings)
+                          cancel=args.cancel, notes=notes, timings=timings,
+                          peaks=None if read_peak_mib is None else {"read": float(read_peak_mib)})
         mesh, dicom = args.formats
         write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=mesh, dicom_formats=dicom,
                      html=not args.no_html,

@@ -22,6 +22,7 @@ from medseg.cli.common import add_output_options, nonneg_int, positive_int, run_
 from medseg.cli.summary import format_summary
 from medseg.core.errors import CancelledError, ExitCode, InputError, MedSegError
 from medseg.core.formats import strip_image_suffix
+from medseg.core.peak_memory import PeakMemory
 from medseg.core.specs import TASK_PARAMS, Task, TaskParam
 from medseg.core.vocabulary import NanPolicy
 from medseg.io.atomic import atomic_write_text, check_output_folder, prepare_batch_folder
@@ -129,12 +130,16 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
     _check_dicom_export(args, paths[0])
     warnings: list[str] = []
     t0 = time.perf_counter()
+    memory = PeakMemory()
+    memory.start()
     volumes = [_read(p, args, warnings) for p in paths]
     read_s = time.perf_counter() - t0
+    read_peak = memory.stop()
     if args.formats[1]:
         dicom_source_files(volumes[0])  # refused before computing: NIfTI input, regularised series
     args.cancel.check()
-    report = run_case(volumes, options, args.out, args, task.name, task=task, notes=warnings, read_time_s=read_s)
+    report = run_case(volumes, options, args.out, args, task.name, task=task, notes=warnings, read_time_s=read_s,
+                      read_peak_mib=read_peak)
     if not args.quiet:
         print(format_summary(report, args.out))
     return ExitCode.OK

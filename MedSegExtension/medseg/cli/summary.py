@@ -46,7 +46,12 @@ def format_summary(report: dict[str, Any], out_dir: Path) -> str:
         lines.append(f"  ... and {len(boxes) - MAX_BOX_LINES} more (all in report.json and boxes.mrk.json)")
     t = report.get("timings_s", {})
     lines.append("Time: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
-                 + f"; total {report['total_time_s']:.1f}s on {report.get('device', '?')}")
+                 + f"; total {report['total_time_s']:.1f}s on {report.get('device', '?')}"
+                 + _threads_text(report.get("threads") or {}))
+    peaks = report.get("peak_memory_mib") or {}
+    if peaks:
+        top = max(peaks, key=lambda k: peaks[k])
+        lines.append(f"Peak memory: {peaks[top]:.0f} MiB (in {top})")
     if not report["segments"]:
         lines.append("NOTHING FOUND: the segmentation is empty")
     for w in report.get("warnings", []):
@@ -58,3 +63,9 @@ def format_summary(report: dict[str, Any], out_dir: Path) -> str:
             lines.append(f"Warning: {w}")
     lines.append(f"Output: {out_dir}")
     return "\n".join(lines)
+
+
+def _threads_text(threads: dict) -> str:
+    """", N CPU threads" from a report's ``threads`` entry (torch's count where it was loaded)."""
+    n = threads.get("torch") or threads.get("configured")
+    return f", {n} CPU thread{'s' if n != 1 else ''}" if n else ""

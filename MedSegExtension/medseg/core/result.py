@@ -28,6 +28,8 @@ class Result:
         meshes: segment id -> ``vtkPolyData`` in RAS mm.
         measurements: segment id -> measurement dict (keys: :class:`medseg.core.measurements.Measure`).
         timings: stage name -> seconds.
+        peak_memory_mib: stage name -> peak resident memory of the process during it (MiB; a stage
+            missing where it was not measured, see :mod:`medseg.core.peak_memory`).
         warnings: human-readable warnings for the report.
         inputs: one JSON-ready description per input (name, path, modality, geometry).
         lesions: segment id -> lesion kind, for the segments that are lesions.
@@ -46,6 +48,7 @@ class Result:
     meshes: dict[str, Any] = field(default_factory=dict)
     measurements: dict[str, dict] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_mib: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     inputs: list[dict] = field(default_factory=list)
     lesions: dict[str, str] = field(default_factory=dict)

@@ -15,6 +15,7 @@ import torch
 
 from medseg.core.errors import InputError, MedSegError
 from medseg.core.labelmap import LabelMap
+from medseg.core.peak_memory import PeakMemory
 from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_progress
 from medseg.core.result import FORCED_PREFIX
 from medseg.core.specs import SegmentationOutput, Task
@@ -37,10 +38,13 @@ STAGES = {
 
 class Stages:
     """Starts stages: a cancel check, a progress report with the stage's name, a ``SubProgress``
-    for the stage's own 0..1 progress, and its wall time in ``timings``."""
+    for the stage's own 0..1 progress, its wall time in ``timings`` and, when ``peaks`` is given, its
+    peak resident memory in MiB there (:class:`medseg.core.peak_memory.PeakMemory`)."""
 
-    def __init__(self, progress: ProgressCallback, cancel: CancelToken, timings: dict[str, float]) -> None:
-        self.progress, self.cancel, self.timings = progress, cancel, timings
+    def __init__(self, progress: ProgressCallback, cancel: CancelToken, timings: dict[str, float],
+                 peaks: dict[str, float] | None = None) -> None:
+        self.progress, self.cancel, self.timings, self.peaks = progress, cancel, timings, peaks
+        self._memory = PeakMemory() if peaks is not None else None
         self._current: tuple[str, float] | None = None
 
     def start(self, name: str) -> SubProgress:
@@ -49,12 +53,17 @@ class Stages:
         a, b = STAGES[name]
         self.progress(a, name)
         self._current = (name, time.perf_counter())
+        if self._memory is not None:
+            self._memory.start()
         return SubProgress(self.progress, a, b, self.cancel)
 
     def stop(self) -> None:
         if self._current is not None:
             name, t0 = self._current
             self.timings[name] = time.perf_counter() - t0
+            peak = self._memory.stop() if self._memory is not None else None
+            if peak is not None and self.peaks is not None:
+                self.peaks[name] = peak
             self._current = None
 
 
@@ -66,6 +75,7 @@ def segment_case(
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
     timings: dict[str, float] | None = None,
+    peaks: dict[str, float] | None = None,
 ) -> tuple[SegmentationOutput, torch.device]:
     """Run ``task`` on ``volumes`` (its inputs, in order) up to the label map on the first input's grid.
 
@@ -74,7 +84,7 @@ def segment_case(
         ``"<input> <task>"``) and every warning so far (device fallback, preprocessing notes, the
         step's own, then ``"forced: <reason>"`` for each suitability check a task that
         ``takes_force`` was forced past), and the torch device the work ran on. ``timings`` (when given) receives
-        preprocess, segment and map_back seconds.
+        preprocess, segment and map_back seconds, ``peaks`` (when given) their peak resident memory in MiB.
 
     Raises:
         InputError: wrong number of inputs, bad option or input (``UnsuitableInputError``: the input
@@ -88,7 +98,7 @@ def segment_case(
         raise InputError(f"task {task.name} takes {task.describe_inputs()}; got {len(vols)} input(s)")
     cancel = cancel or CancelToken()
     timings = {} if timings is None else timings
-    stages = Stages(progress, cancel, timings)
+    stages = Stages(progress, cancel, timings, peaks)
     run_fn, spec = task.load()
     device, note = resolve_device_with_note(options.device)
     warnings: list[str] = [note] if note else []

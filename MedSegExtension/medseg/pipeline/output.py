@@ -15,6 +15,7 @@ from pathlib import Path
 
 from medseg.core.errors import InputError, OutputError
 from medseg.core.formats import DicomFormat, parse_mesh_formats
+from medseg.core.peak_memory import PeakMemory
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 from medseg.core.result import Result
 from medseg.io.atomic import OutputFolder
@@ -28,6 +29,15 @@ from medseg.io.seg_nrrd import write_seg_nrrd
 from medseg.io.volume_writer import write_volume_nrrd
 from medseg.report import build_report, write_report_html, write_report_json
 from medseg.report.json_report import VOLUME_FILE_PREFIX
+
+
+def _record_peak(result: Result, report: dict | None, stage: str, peak: float | None) -> None:
+    """Put a stage's peak resident memory (MiB; None: not measured) into the result and the report."""
+    if peak is None:
+        return
+    result.peak_memory_mib[stage] = peak
+    if report is not None:
+        report.setdefault("peak_memory_mib", {})[stage] = round(peak, 1)
 
 
 def write_result(
@@ -93,6 +103,8 @@ def _write_dicom(result: Result, dicom: Sequence[DicomFormat], source_files: lis
 def _write_all(result, out_dir, overwrite, formats, dicom, source_files, html, progress, cancel,
                extra=None) -> dict[str, str]:
     t0 = time.perf_counter()
+    memory = PeakMemory()
+    memory.start()
     files: dict[str, str] = {}
     taken_volumes: set[str] = {"segmentation", "report", "boxes"}
     inputs = [i["path"] for i in result.inputs if i.get("path")]
@@ -139,11 +151,14 @@ def _write_all(result, out_dir, overwrite, formats, dicom, source_files, html, p
             cancel.check()
         progress(0.75, "writing report")
         result.timings["write"] = time.perf_counter() - t0
+        _record_peak(result, report=None, stage="write", peak=memory.stop())
         report = build_report(result, files=files, device=result.device,
                               model_files=model_files)
         if html:
             # the page adds its own time to the report's timings and total before it is written
+            memory.start()
             write_report_html(result, report, stage_dir)
+            _record_peak(result, report, "report_html", memory.stop())
             files["report_html"] = "report.html"
             result.timings["report_html"] = report["timings_s"]["report_html"]
         files["report"] = "report.json"

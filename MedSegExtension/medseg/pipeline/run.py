@@ -50,6 +50,7 @@ def run_task(
     cancel: CancelToken | None = None,
     notes: Sequence[str] = (),
     timings: dict[str, float] | None = None,
+    peaks: dict[str, float] | None = None,
 ) -> Result:
     """Run ``options.task`` (or ``task``) on ``volumes`` (the task's inputs in order) and return the ``Result``.
 
@@ -59,19 +60,22 @@ def run_task(
     ``notes`` are warnings from before the run (e.g. the reader's: skipped files, a regularised
     slice spacing); they open ``Result.warnings``, so the report and the summary hold one list.
     ``timings`` are stage times from before the run (e.g. ``{"read": 1.2}``); they open
-    ``Result.timings``.
+    ``Result.timings``. ``peaks`` likewise open ``Result.peak_memory_mib`` (each stage's peak resident
+    memory, MiB).
     """
     task = task or get_task(options.task)
     cancel = cancel or CancelToken()
     vols = list(volumes)
     timings = dict(timings or {})
-    seg, device = segment_case(vols, options, task=task, progress=progress, cancel=cancel, timings=timings)
+    peaks = dict(peaks or {})
+    seg, device = segment_case(vols, options, task=task, progress=progress, cancel=cancel, timings=timings,
+                               peaks=peaks)
     labelmap = seg.labelmap
     assert labelmap is not None  # segment_case guarantees it
     warnings = [*notes, *seg.warnings]
     if not labelmap.segments and not any(str(w).startswith(NOTHING_FOUND_PREFIX) for w in warnings):
         warnings.append(f"{NOTHING_FOUND_PREFIX}{task.name} found no structure; the segmentation is empty")
-    stages = Stages(progress, cancel, timings)
+    stages = Stages(progress, cancel, timings, peaks)
 
     stages.start("detect")
     boxes = boxes_for_lesions(labelmap, seg.lesions, seg.scores, warnings=warnings)
@@ -94,6 +98,7 @@ def run_task(
         meshes=meshes,
         measurements=measurements,
         timings=timings,
+        peak_memory_mib=peaks,
         warnings=warnings,
         inputs=[describe_input(v) for v in vols],
         lesions=dict(seg.lesions),

@@ -28,6 +28,7 @@ from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.measurements import SEGMENT_KEYS, Measure
 from medseg.core.result import NOTHING_FOUND_PREFIX, Result
+from medseg.core.threads import threads_in_use
 from medseg.core.volume import Volume
 from medseg.io.atomic import PathLike, atomic_write_text
 from medseg.measure.segments import measure_segments
@@ -264,6 +265,8 @@ def build_report(
     given_timings = {str(k): number_or_none(v) for k, v in (result.timings or {}).items()}
     timings = {k: max(0.0, v) for k, v in given_timings.items() if v is not None}
     total = float(sum(timings.values()))
+    given_peaks = {str(k): number_or_none(v) for k, v in (getattr(result, "peak_memory_mib", None) or {}).items()}
+    peaks = {k: round(max(0.0, v), 1) for k, v in given_peaks.items() if v is not None}
 
     report: dict[str, Any] = {
         "medseg_version": str(__version__),
@@ -277,6 +280,8 @@ def build_report(
         "files": files_out,
         "timings_s": timings,
         "total_time_s": max(0.0, total),
+        "peak_memory_mib": peaks,
+        "threads": threads_in_use(),
         "warnings": [str(w) for w in (result.warnings or [])],
         "device": str(device) or "cpu",
     }
