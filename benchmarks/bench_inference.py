@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSegExtension"))
 
+from medseg.core.threads import configure_threads
 from medseg.inference.memory import estimate_plan
 from medseg.inference.sliding_window import n_windows, sliding_window_inference
 
@@ -88,7 +89,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--sw-batch-size", type=int, default=None, help="default: MedSeg's memory plan")
     ap.add_argument("--end-to-end", action="store_true")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads for both sides (default 0: MedSeg's default, the usable cores minus one)")
     args = ap.parse_args(argv)
+    configure_threads(args.threads or None)
     device = torch.device(args.device)
     size = tuple(args.size) if args.size else ((96, 96, 64) if args.quick else (256, 256, 128))
     roi = (96, 96, 96)
