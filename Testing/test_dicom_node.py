@@ -54,7 +54,9 @@ from medseg.pipeline.dicom_node.rules import SeriesInfo, match_rule
 from medseg.pipeline.dicom_node.sender import MAX_BACKOFF_SECONDS, backoff_delay, send_files
 
 REPO = Path(__file__).resolve().parents[1]
-SETTLE = 0.4
+#: a series is complete after this long without a new image: long enough that a loaded machine (CI beside
+#: other jobs) never splits one test's series in two (0.4 s did, once: 7 of 8 images), short enough for a quick suite
+SETTLE = 1.5
 #: the longest any wait in these tests lasts (a real run plus sending takes a few seconds)
 TIMEOUT = 60.0
 RULE = {"calling_ae": "CT1", "modality": "CT", "task": "threshold", "params": {"threshold": 300}}
