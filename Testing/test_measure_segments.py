@@ -247,3 +247,50 @@ def test_neighbouring_segments_with_non_consecutive_labels_measure_only_their_ow
     assert res["bones"]["voxel_count"] == 2 * 2 * 2 * 10
     assert res["x"]["voxel_count"] == 1 and res["x"]["recist_axial_mm"] == 0.0
     assert res["lungs"]["voxel_count"] == 0
+
+
+# ------------------------------------------------------------- bounds from row ends (no erosion)
+def _random_labels(shape, seed) -> np.ndarray:
+    """Blobs of labels 2, 5 and 9 (not 1..n) with holes and concavities, one of them a single voxel."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    arr = np.zeros(shape, np.uint8)
+    arr[ndimage.binary_opening(rng.random(shape) < 0.55)] = 2
+    arr[ndimage.binary_dilation(rng.random(shape) < 0.01) & (arr == 0)] = 5
+    arr[shape[0] - 1, 0, shape[2] - 1] = 9
+    return arr
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bounds_from_row_ends_equal_bounds_from_boundary_voxels(geometry_case, seed):
+    """``measure_segments`` without diameters takes the bounds from the ends of the rows along i; the
+    oracle is the same measurement with diameters, which takes them from all boundary voxels."""
+    img = make_sitk_image(geometry_case)
+    vol = frames.sitk_to_volume(img)
+    arr = _random_labels(vol.shape_kji, seed)
+    segs = tuple(Segment(f"Segment_{v}", f"Seg {v}", (0.0, 1.0, 0.0), v) for v in (2, 5, 9, 11))
+    lm = LabelMap(vol.with_array(arr), segs)
+    fast = measure_segments(lm, all_diameters=False)
+    full = measure_segments(lm, all_diameters=True)
+    for sid in fast:
+        for key in ("voxel_count", "volume_ml", "centroid_ras", "bounds_ras"):
+            assert fast[sid][key] == full[sid][key], (sid, key)
+        assert fast[sid]["longest_diameter_mm"] is None or fast[sid]["voxel_count"] == 0
+    # and the bounds are those of every voxel's corners (SimpleITK positions), for the blob
+    pts = sitk_physical_points_ras(img)[arr == 2]
+    corners = (pts[:, None, :] + _voxel_corner_offsets(img)[None]).reshape(-1, 3)
+    np.testing.assert_allclose(fast["Segment_2"]["bounds_ras"]["min"], corners.min(axis=0), atol=1e-6)
+    np.testing.assert_allclose(fast["Segment_2"]["bounds_ras"]["max"], corners.max(axis=0), atol=1e-6)
+    assert fast["Segment_11"]["voxel_count"] == 0 and fast["Segment_11"]["bounds_ras"] is None
+
+
+def test_row_ends_are_the_first_and_last_voxel_of_each_row():
+    from medseg.measure.segments import _row_ends_ijk
+
+    sub = np.zeros((2, 3, 6), bool)
+    sub[0, 1, 2:5] = True  # row (k=0, j=1): i = 2..4
+    sub[1, 2, 3] = True  # a one-voxel row
+    sub[1, 0, [0, 5]] = True  # a row with a gap: its ends are 0 and 5
+    got = {tuple(p) for p in _row_ends_ijk(sub).tolist()}
+    assert got == {(2, 1, 0), (4, 1, 0), (3, 2, 1), (0, 0, 1), (5, 0, 1)}

@@ -93,3 +93,80 @@ def test_crop_validation():
         apply_crop(Volume.from_geometry(np.zeros((3, 3, 3))), c)
     with pytest.raises(InputError, match="margin"):
         body_crop_ct(ct_phantom(), margin_mm=-1)
+
+
+# ----------------------------------------------------------------------------- the lean body crop
+def _old_body_crop(volume: Volume, thr: float = -500.0, margin_mm: float = 10.0) -> tuple:
+    """The body crop as it was computed before (oracle): float32 copy, whole-grid int32 labels,
+    a mask of the largest region, per-axis projections of it."""
+    from scipy import ndimage
+
+    mask = volume.array.astype(np.float32) > thr
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == int(np.argmax(sizes))
+    sp_kji = np.asarray(volume.spacing, dtype=np.float64)[::-1]
+    pad = np.ceil(margin_mm / sp_kji - 1e-9).astype(int)
+    lo, hi = [], []
+    for axis in range(3):
+        nz = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        lo.append(max(0, int(nz[0]) - int(pad[axis])))
+        hi.append(min(mask.shape[axis], int(nz[-1]) + 1 + int(pad[axis])))
+    return tuple(lo), tuple(hi)
+
+
+def _cluttered_ct(seed: int) -> Volume:
+    """A non-cubic CT: the largest region is not the first one in raster order (a table and a
+    cable come first), hundreds of noise specks above -500 HU (more than 255 regions), a body
+    touching the last slice."""
+    rng = np.random.default_rng(seed)
+    arr = np.full((23, 41, 57), -1000, np.int16)
+    arr[0:3, 1:40, 2:6] = 100  # table along j, first in raster order
+    arr[0, 0, 50:57] = -400  # a thin cable just above the threshold
+    arr[9:23, 8:33, 15:49] = 30  # body, touching the last slice
+    arr[12:20, 12:28, 20:30] = -850  # lungs inside (holes in the mask)
+    speck = rng.random(arr.shape) < 0.03
+    arr[speck & (arr == -1000)] = -499  # just above -500 HU
+    arr[5, 20, 30] = -500  # exactly at the threshold: not above it
+    return Volume.from_geometry(arr, (0.8, 1.1, 2.5), (5.0, -3.0, 7.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("margin_mm", [0.0, 4.0, 10.0])
+def test_body_crop_equals_the_whole_grid_computation(seed, margin_mm):
+    v = _cluttered_ct(seed)
+    c = body_crop_ct(v, margin_mm=margin_mm)
+    assert (c.lo_kji, c.hi_kji) == _old_body_crop(v, margin_mm=margin_mm)
+    assert c.hi_kji[0] == v.shape_kji[0]  # the body reaches the last slice: the box is clipped there
+    # the same crop from the float32 image, and from a float64 one with non-integer values
+    assert body_crop_ct(v.with_array(v.array.astype(np.float32)), margin_mm=margin_mm) == c
+    f64 = v.array.astype(np.float64)
+    f64[f64 == -499] = -499.5
+    assert (body_crop_ct(v.with_array(f64), margin_mm=margin_mm).lo_kji,
+            body_crop_ct(v.with_array(f64), margin_mm=margin_mm).hi_kji) == _old_body_crop(
+                v.with_array(f64), margin_mm=margin_mm)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.uint16, np.int64])
+@pytest.mark.parametrize("threshold", [-500.0, -0.5, 0.0, 7.3, 254.9, 255.0, 1e6, -1e6])
+def test_above_threshold_on_integers_equals_the_float_comparison(dtype, threshold):
+    from medseg.preprocess.crop import above_threshold
+
+    info = np.iinfo(dtype)
+    values = np.array([info.min, info.min + 1, -501, -500, -499, -1, 0, 1, 7, 8, 254, 255, 256, info.max - 1,
+                       info.max], dtype=np.int64)
+    arr = values[(values >= info.min) & (values <= info.max)].astype(dtype)
+    np.testing.assert_array_equal(above_threshold(arr, threshold), arr.astype(np.float64) > threshold)
+    f = np.array([-1.5, 0.0, 2.25], np.float32)
+    np.testing.assert_array_equal(above_threshold(f, 0.0), f > 0.0)
+
+
+def test_uncrop_with_zero_fill_is_zero_outside():
+    c = Crop((1, 2, 3), (4, 6, 9), (5, 8, 11))
+    arr = np.arange(np.prod(c.shape_kji), dtype=np.uint16).reshape(c.shape_kji) + 1
+    out = uncrop(arr, c)
+    assert out.dtype == np.uint16 and out.shape == (5, 8, 11)
+    np.testing.assert_array_equal(out[c.slices], arr)
+    assert out.sum() == arr.sum()  # nothing but zeros outside

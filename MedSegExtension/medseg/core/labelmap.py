@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medseg.core.components import label_counts
 from medseg.core.errors import InputError
 from medseg.core.volume import Volume
 
@@ -95,10 +96,9 @@ class LabelMap:
         return LabelMap(self.volume.with_array(array), tuple(segments))
 
     def voxel_counts(self) -> dict[str, int]:
-        """Voxel count per segment id (one pass with bincount)."""
-        counts = np.bincount(self.volume.array.ravel().astype(np.int64),
-                             minlength=max([s.label_value for s in self.segments], default=0) + 1)
-        return {s.id: int(counts[s.label_value]) for s in self.segments}
+        """Voxel count per segment id (one counting pass, slab by slab: no whole-array int64 copy)."""
+        counts = label_counts(self.volume.array, [s.label_value for s in self.segments])
+        return {s.id: counts[s.label_value] for s in self.segments}
 
 
 def segment_by_value(segments: Sequence[Segment], value: int) -> Segment | None:

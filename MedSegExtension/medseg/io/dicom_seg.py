@@ -39,6 +39,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from medseg import __version__
+from medseg.core.components import count_values
 from medseg.core.errors import InputError, OutputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.terminology import term
@@ -139,7 +140,7 @@ def write_dicom_seg(labelmap: LabelMap, source_files: Sequence[Path], path: Path
     arr = labelmap.array
     if arr.size and int(arr.min()) < 0:
         raise InputError(f"label map {labelmap.volume.name!r} has negative values; DICOM SEG needs labels >= 0")
-    counts = np.bincount(arr.ravel().astype(np.int64))
+    counts = count_values(arr)  # checked >= 0 above; no whole-array int64 copy
     kept: list[Segment] = []
     for s in labelmap.segments:
         if s.label_value >= len(counts) or counts[s.label_value] == 0:

@@ -43,6 +43,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 from medseg import __version__
+from medseg.core.components import count_values
 from medseg.core.contours import mask_to_polygons
 from medseg.core.errors import InputError
 from medseg.core.frames import lps_to_ras_points, ras_to_lps_points
@@ -201,7 +202,7 @@ def write_rtstruct(labelmap: LabelMap, source_files: Sequence[Path], path: Path,
     ds.ReferencedFrameOfReferenceSequence = [frame]
 
     arr = labelmap.array
-    counts = np.bincount(arr.ravel().astype(np.int64))
+    counts = count_values(arr)  # InputError for negative values; no whole-array int64 copy
     known = {s.label_value for s in labelmap.segments}
     stray = [v for v in np.flatnonzero(counts[1:]) + 1 if int(v) not in known]
     if stray:

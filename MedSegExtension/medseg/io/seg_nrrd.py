@@ -29,6 +29,7 @@ from typing import Union, cast
 import nrrd
 import numpy as np
 
+from medseg.core.components import count_values
 from medseg.core.errors import InputError, OutputError
 from medseg.core.frames import lps_to_ras_matrix, ras_to_lps_matrix
 from medseg.core.labelmap import LabelMap, Segment
@@ -152,7 +153,7 @@ def _labelled_extent(array_kji: np.ndarray) -> str:
 
 def _present_values(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
-        return np.flatnonzero(np.bincount(array.ravel(), minlength=1))
+        return np.flatnonzero(count_values(array, minlength=1))  # no whole-array int64 copy
     return np.unique(array)
 
 

@@ -63,6 +63,25 @@ def boundary_mask(mask: np.ndarray, in_plane_of: int | None = None) -> np.ndarra
     return m & ~ndimage.binary_erosion(m, structure=_structure(in_plane_of), border_value=0)
 
 
+def _boundary_ijk(sub: np.ndarray) -> np.ndarray:
+    """IJK indices ``(N, 3)`` of the boundary voxels of the bool KJI block ``sub`` (:func:`boundary_mask`)."""
+    kji = np.nonzero(boundary_mask(sub))
+    return np.stack([kji[2], kji[1], kji[0]], axis=1)
+
+
+def _row_ends_ijk(sub: np.ndarray) -> np.ndarray:
+    """IJK indices ``(N, 3)`` of the first and the last voxel of every row along i of the bool
+    KJI block ``sub`` that has one (the same voxel twice for a one-voxel row).
+
+    A linear function of position (a RAS coordinate) is linear along each row, so its extremes
+    over ``sub`` are at row ends: the bounds of these voxels are the bounds of ``sub``."""
+    has = sub.any(axis=2)
+    k, j = np.nonzero(has)
+    first = sub.argmax(axis=2)[k, j]
+    last = sub.shape[2] - 1 - sub[:, :, ::-1].argmax(axis=2)[k, j]
+    return np.concatenate([np.stack([first, j, k], axis=1), np.stack([last, j, k], axis=1)])
+
+
 def _json_points(p: np.ndarray) -> list:
     return [[float(x) for x in row] for row in np.atleast_2d(p)]
 
@@ -220,15 +239,18 @@ def measure_segments(
             sub = arr[sl] == seg.label_value
             lo, _ = slices_to_ijk_bounds(sl)
             count = int(np.count_nonzero(sub))
-            # mean index from the three marginal profiles (no index grids)
+            # mean index from the three marginal profiles (no index grids; two passes over ``sub``)
+            plane_ji = sub.sum(axis=0)
             mean_ijk = np.array([
-                np.dot(sub.sum(axis=(0, 1)), np.arange(sub.shape[2])),
-                np.dot(sub.sum(axis=(0, 2)), np.arange(sub.shape[1])),
+                np.dot(plane_ji.sum(axis=0), np.arange(sub.shape[2])),
+                np.dot(plane_ji.sum(axis=1), np.arange(sub.shape[1])),
                 np.dot(sub.sum(axis=(1, 2)), np.arange(sub.shape[0])),
             ], dtype=np.float64) / count + lo
-            # extremes of any linear function of position (bounds, farthest pairs) lie on boundary voxels
-            kji = np.nonzero(boundary_mask(sub))
-            edge_ras = volume.ijk_to_ras_points(np.stack([kji[2], kji[1], kji[0]], axis=1) + lo)
+            want_diameter = all_diameters or is_lesion
+            # extremes of any linear function of position (bounds, farthest pairs) lie on boundary
+            # voxels, and (bounds) at the ends of the rows along i: far fewer, and no erosion
+            ends = _boundary_ijk(sub) if want_diameter else _row_ends_ijk(sub)
+            edge_ras = volume.ijk_to_ras_points(ends + lo)
             out = {
                 Measure.VOXEL_COUNT: count,
                 Measure.VOLUME_ML: count * voxel_ml,
@@ -240,7 +262,7 @@ def measure_segments(
                 Measure.LONGEST_DIAMETER_MM: None,
                 Measure.LONGEST_DIAMETER_ENDPOINTS_RAS: None,
             }
-            if all_diameters or is_lesion:
+            if want_diameter:
                 d, p, q = diameter(edge_ras)
                 assert p is not None and q is not None  # a segment with voxels has boundary voxels
                 out[Measure.LONGEST_DIAMETER_MM] = float(d)

@@ -120,6 +120,7 @@ def segment_case(
         if task.finish is None:
             raise MedSegError(f"task {task.name} returned probabilities but has no finish step")
         mapped = probabilities_to_input_grid(seg.probabilities, prep, device, cancel)
+        seg.probabilities = None  # the working-grid probabilities are not needed past here: free them
         seg = task.finish(mapped, prep.reference, seg)
     if seg.labelmap is None:
         raise MedSegError(f"task {task.name} returned neither a label map nor probabilities")

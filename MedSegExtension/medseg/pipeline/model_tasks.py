@@ -104,7 +104,8 @@ class ModelRunner:
         labels = postprocess_labels(mapped.labels, vox, card.keep_largest, card.fill_holes, card.min_size_mm3)
         dtype = LabelMap.label_dtype(max(lab.value for lab in card.labels))
         segments = card.segments()
-        labelmap = LabelMap(reference.with_array(labels.astype(dtype), name=f"{reference.name} {card.name}"), segments)
+        name = f"{reference.name} {card.name}"
+        labelmap = LabelMap(reference.with_array(labels.astype(dtype, copy=False), name=name), segments)
         warnings = list(output.warnings)
         flags = review_flags(labels, card.labels, vox)
         for lab in card.labels:
@@ -118,7 +119,7 @@ class ModelRunner:
                     scores[seg.id] = float(mapped.confidence[m].mean())
         volumes = {}
         if mapped.entropy is not None:
-            volumes["uncertainty"] = reference.with_array(mapped.entropy.astype(np.float32),
+            volumes["uncertainty"] = reference.with_array(mapped.entropy.astype(np.float32, copy=False),
                                                           name=f"{reference.name} uncertainty")
         review = {f"Segment_{v}": r for v, r in flags.items()}
         return SegmentationOutput(labelmap, {}, scores, warnings, volumes=volumes, review=review)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from medseg.core.components import count_values, label_components, mask_bounding_slices
 from medseg.core.errors import InputError
 from medseg.core.volume import Volume, crop_volume
 
@@ -71,45 +72,103 @@ def _check_margin(margin_mm: float) -> float:
     return m
 
 
+def crop_from_box(lo_kji: Sequence[int], hi_kji: Sequence[int], shape_kji: Sequence[int],
+                  spacing_ijk: Sequence[float] | np.ndarray, margin_mm: float) -> Crop:
+    """The voxel box ``[lo_kji, hi_kji)`` (KJI indices, ``hi`` exclusive) in a grid of shape
+    ``shape_kji`` grown by ``margin_mm`` per axis (rounded up to whole voxels of ``spacing_ijk``
+    mm), clipped to the grid."""
+    margin = _check_margin(margin_mm)
+    shape = tuple(int(s) for s in shape_kji)
+    sp_kji = np.asarray(spacing_ijk, dtype=np.float64)[::-1]
+    pad = np.ceil(margin / sp_kji - 1e-9).astype(int)
+    lo = [max(0, int(a) - int(p)) for a, p in zip(lo_kji, pad, strict=True)]
+    hi = [min(n, int(b) + int(p)) for b, p, n in zip(hi_kji, pad, shape, strict=True)]
+    return Crop(tuple(lo), tuple(hi), shape)  # type: ignore[arg-type]
+
+
 def crop_from_mask(mask: np.ndarray, spacing_ijk: Sequence[float] | np.ndarray, margin_mm: float) -> Crop:
     """Bounding box of ``mask`` (KJI) grown by ``margin_mm`` per axis (rounded up to whole voxels),
     clipped to the image. An empty mask gives the whole image with a note."""
-    margin = _check_margin(margin_mm)
+    _check_margin(margin_mm)
     shape = tuple(int(s) for s in mask.shape)
-    if not mask.any():
+    box = mask_bounding_slices(mask)
+    if box is None:
         return Crop.whole(shape, "no voxel above the crop threshold; kept the whole image")
-    sp_kji = np.asarray(spacing_ijk, dtype=np.float64)[::-1]
-    pad = np.ceil(margin / sp_kji - 1e-9).astype(int)
-    lo, hi = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        nz = np.nonzero(mask.any(axis=other))[0]
-        lo.append(max(0, int(nz[0]) - int(pad[axis])))
-        hi.append(min(shape[axis], int(nz[-1]) + 1 + int(pad[axis])))
-    return Crop(tuple(lo), tuple(hi), shape)  # type: ignore[arg-type]
+    return crop_from_box([b.start for b in box], [b.stop for b in box], shape, spacing_ijk, margin_mm)
+
+
+def above_threshold(array: np.ndarray, threshold: float) -> np.ndarray:
+    """``array > threshold`` (boolean, same shape). An integer array is compared in its own type
+    with ``floor(threshold)`` (the same answer for every integer), which is many times faster than
+    converting each voxel to float64 for the comparison."""
+    arr = np.asarray(array)
+    thr = float(threshold)
+    if not np.issubdtype(arr.dtype, np.integer) or not np.isfinite(thr):
+        return arr > thr
+    info = np.iinfo(arr.dtype)
+    t = np.floor(thr)
+    if t < info.min:
+        return np.ones(arr.shape, dtype=bool)
+    if t >= info.max:
+        return np.zeros(arr.shape, dtype=bool)
+    return arr > arr.dtype.type(int(t))
+
+
+def _box_above(array: np.ndarray, threshold: float, slab_voxels: int = 1 << 22) -> tuple[slice, ...] | None:
+    """KJI bounding slices of the voxels of ``array`` above ``threshold`` (None: there are none),
+    thresholded slab by slab along k (no mask of the whole array)."""
+    k_any = np.zeros(array.shape[0], dtype=bool)
+    plane = np.zeros(array.shape[1:], dtype=bool)
+    step = max(1, slab_voxels // max(1, int(np.prod(array.shape[1:]))))
+    for a in range(0, array.shape[0], step):
+        m = above_threshold(array[a:a + step], threshold)
+        k_any[a:a + step] = m.any(axis=(1, 2))
+        plane |= m.any(axis=0)
+    ks = np.flatnonzero(k_any)
+    if ks.size == 0:
+        return None
+    js = np.flatnonzero(plane.any(axis=1))
+    is_ = np.flatnonzero(plane.any(axis=0))
+    return (slice(int(ks[0]), int(ks[-1]) + 1), slice(int(js[0]), int(js[-1]) + 1),
+            slice(int(is_[0]), int(is_[-1]) + 1))
 
 
 def body_crop_ct(volume: Volume, threshold_hu: float = -500.0, margin_mm: float = 10.0) -> Crop:
     """Crop to the body on CT: the largest 6-connected region above ``threshold_hu`` (HU), its
     bounding box grown by ``margin_mm``, clipped to the image. Nothing above the threshold ->
-    the whole image, with a note (logged)."""
+    the whole image, with a note (logged).
+
+    Works on the volume's own voxel type (an integer CT needs no float copy: the comparison with
+    ``threshold_hu`` is the same). Memory and time: the box of the voxels above the threshold is
+    found slab by slab, and the regions are labelled only inside it (regions never reach outside
+    it; on CT the air around the patient is most of the grid), 1 byte (mask) + 2 bytes per voxel for up to 65535 regions
+    (:func:`medseg.core.components.label_components`); the largest region's box comes from
+    ``find_objects``, without a mask of it.
+    """
     thr = float(threshold_hu)
     if not np.isfinite(thr):
         raise InputError(f"body threshold must be a finite HU value, got {threshold_hu!r}")
-    mask = volume.array > thr
-    if mask.any():
-        labels, n = ndimage.label(mask)
-        if n > 1:
-            sizes = np.bincount(labels.ravel())
-            sizes[0] = 0
-            mask = labels == int(np.argmax(sizes))
-        del labels
-    crop = crop_from_mask(mask, volume.spacing, margin_mm)
-    if crop.note:
-        crop = Crop(crop.lo_kji, crop.hi_kji, crop.source_shape_kji,
-                    f"body crop of {volume.name or '(unnamed)'}: nothing above {thr:g} HU; kept the whole image")
+    _check_margin(margin_mm)
+    shape = tuple(int(s) for s in volume.array.shape)
+    box = _box_above(volume.array, thr)
+    if box is None:
+        crop = Crop.whole(shape, f"body crop of {volume.name or '(unnamed)'}: nothing above {thr:g} HU; "
+                                 "kept the whole image")
         logger.warning(crop.note)
-    return crop
+        return crop
+    inside = above_threshold(volume.array[box], thr)
+    labels, n = label_components(inside, smallest=False)  # uint16: only counted and boxed
+    del inside
+    largest = 1
+    if n > 1:
+        sizes = count_values(labels, n + 1)
+        sizes[0] = 0
+        largest = int(np.argmax(sizes))
+    inner = ndimage.find_objects(labels, max_label=largest)[largest - 1]
+    del labels
+    lo = [b.start + s.start for b, s in zip(box, inner, strict=True)]
+    hi = [b.start + s.stop for b, s in zip(box, inner, strict=True)]
+    return crop_from_box(lo, hi, shape, volume.spacing, margin_mm)
 
 
 def foreground_crop(volume: Volume, margin_mm: float = 10.0, fraction: float = 0.05) -> Crop:

@@ -6,9 +6,10 @@ The way back of :func:`medseg.preprocess.pipeline.preprocess`, for every task:
 * class probabilities (learned models) channel by channel, each resampled **linearly** onto the
   input grid with the core's resampler (same voxel convention; points beyond the working grid's
   edge take the edge value), then the argmax (softmax) or the threshold (sigmoid)
-  (:func:`probabilities_to_input_grid`). Channels are streamed: only the running maximum, the
-  running argmax (and, on request, the running entropy sum) live at input resolution, so many
-  classes never need ``C x input`` memory.
+  (:func:`probabilities_to_input_grid`). Channels are streamed one slab of input k-slices at a
+  time: only the results (labels in the smallest unsigned type, uint8 up to 255; the winning
+  probability; on request the entropy) live at input resolution, so many classes never need
+  ``C x input`` memory, and not even one whole resampled channel is held.
 
 Both go onto the cropped input grid first and are then pasted into the full input shape (0
 outside the crop).
@@ -21,15 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medseg.core.components import smallest_label_dtype
 from medseg.core.entropy import entropy_term
 from medseg.core.errors import InputError
 from medseg.core.progress import CancelToken
 from medseg.core.specs import Probabilities
-from medseg.core.torch_devices import DeviceLike, resolve_device
+from medseg.core.torch_devices import DeviceLike, resolve_device, run_with_oom_fallback
 from medseg.core.volume import Volume
 from medseg.preprocess.crop import uncrop
 from medseg.preprocess.pipeline import Preprocessed
-from medseg.preprocess.resample import resample_to_grid
+from medseg.preprocess.resample import resample_to_grid, slab_resampler
 
 
 @dataclass
@@ -37,7 +39,8 @@ class MappedProbabilities:
     """Class probabilities mapped back onto the first input's grid (KJI arrays of its shape).
 
     Attributes:
-        labels: label value per voxel (int32; 0 = background).
+        labels: label value per voxel (0 = background), in the smallest unsigned type that holds
+            the largest label value (uint8 up to 255).
         confidence: the winning probability per voxel (float32), None for nearest-neighbour labels.
         entropy: normalised entropy 0..1 (float32) when asked for, else None.
     """
@@ -97,24 +100,43 @@ def probabilities_to_input_grid(probs: Probabilities, prep: Preprocessed, device
     return MappedProbabilities(labels, conf, ent)
 
 
+def _value_lut(n_channels: int, channel_to_value: dict) -> np.ndarray:
+    """Channel -> label value (0 for a channel without a label), in the smallest unsigned type
+    that holds the largest value (uint8 up to 255)."""
+    top = max([int(v) for v in channel_to_value.values()], default=0)
+    lut = np.zeros(n_channels, dtype=smallest_label_dtype(top))
+    for ch, val in channel_to_value.items():
+        lut[int(ch)] = int(val)
+    return lut
+
+
 def _work_labels(probs: np.ndarray, channel_to_value: dict[int, int], activation: str) -> np.ndarray:
-    """Label values on the working grid: argmax (softmax) or each channel ``> 0.5`` (sigmoid)."""
+    """Label values on the working grid: argmax (softmax) or each channel ``> 0.5`` (sigmoid), in
+    the smallest unsigned type that holds the largest value."""
     if activation == "softmax":
-        lut = np.zeros(probs.shape[0], dtype=np.int32)
-        for ch, val in channel_to_value.items():
-            lut[ch] = val
-        return lut[np.argmax(probs, axis=0)]
-    labels = np.zeros(probs.shape[1:], dtype=np.int32)
+        return _value_lut(probs.shape[0], channel_to_value)[np.argmax(probs, axis=0)]
+    lut = _value_lut(probs.shape[0], channel_to_value)
+    labels = np.zeros(probs.shape[1:], dtype=lut.dtype)
     for ch, val in channel_to_value.items():
         labels[probs[ch] > 0.5] = val
     return labels
 
 
-def _channel_on(reference: Volume, work: Volume, channel: np.ndarray, device: torch.device) -> np.ndarray:
-    src = work.with_array(channel)
-    if src.same_grid(reference, atol=1e-6):
-        return np.asarray(channel, dtype=np.float32)
-    return resample_to_grid(src, reference, mode="linear", device=device, fill=None).array
+class _Channels:
+    """Channels on the working grid ``work`` put on ``reference``'s grid, one k-slab at a time:
+    linear resampling (:func:`medseg.preprocess.resample.slab_resampler`, points beyond the
+    working grid's edge take the edge value), or the channel itself when the grids are the same."""
+
+    def __init__(self, work: Volume, reference: Volume, channel: np.ndarray, device: torch.device) -> None:
+        src = work.with_array(channel)
+        self.same = src.same_grid(reference, atol=1e-6)
+        self.sampler = None if self.same else slab_resampler(src, reference, mode="linear", device=device, fill=None)
+        self.ranges = [(0, reference.shape_kji[0])] if self.sampler is None else self.sampler.ranges
+
+    def slab(self, channel: np.ndarray, a: int, b: int) -> np.ndarray:
+        if self.sampler is None:
+            return np.array(channel[a:b], dtype=np.float32)
+        return self.sampler.slab(channel, a, b)
 
 
 def softmax_to_labels(
@@ -128,34 +150,50 @@ def softmax_to_labels(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Argmax labels on ``reference``'s grid from ``(C, K, J, I)`` probabilities on ``work``'s grid.
 
+    Each channel is resampled linearly (float32) and the running maximum, its channel (and the
+    running entropy sum) are kept; this is done one slab of ``reference``'s k-slices at a time
+    over all the channels, so at input resolution only the results and one channel's slab exist.
+    Every voxel sees the same float32 values in the same order as with whole resampled channels.
+
     Returns:
-        ``(labels, max_prob, entropy)``: label values (int32; a channel without a label -> 0), the
-        winning probability, and the normalised entropy (0..1) when asked.
+        ``(labels, max_prob, entropy)``: label values (the smallest unsigned type that holds the
+        largest value, uint8 up to 255; a channel without a label -> 0), the winning probability
+        (float32), and the normalised entropy (0..1, float32) when asked.
     """
     n = probs.shape[0]
-    best_p: np.ndarray | None = None
-    best_c = np.zeros(reference.shape_kji, dtype=np.int32)
-    ent = np.zeros(reference.shape_kji, dtype=np.float32) if want_entropy else None
-    for c in range(n):
-        if cancel is not None:
-            cancel.check()
-        p = _channel_on(reference, work, probs[c], device)
-        if best_p is None:
-            best_p = p.copy()
-        else:
-            better = p > best_p
-            best_c[better] = c
-            np.maximum(best_p, p, out=best_p)
-        if ent is not None:
-            ent += entropy_term(p)
-    if best_p is None:
+    if n == 0:
         raise InputError("probabilities have no channel")
-    lut = np.zeros(n, dtype=np.int32)
-    for ch, val in channel_to_value.items():
-        lut[int(ch)] = int(val)
-    if ent is not None:
-        ent /= np.float32(np.log(n)) if n > 1 else np.float32(1.0)
-    return lut[best_c], best_p, ent
+    lut = _value_lut(n, channel_to_value)
+    channel_type = smallest_label_dtype(n - 1)
+
+    def kernel(dev: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        channels = _Channels(work, reference, probs[0], dev)
+        labels = np.empty(reference.shape_kji, dtype=lut.dtype)
+        best = np.empty(reference.shape_kji, dtype=np.float32)
+        ent = np.empty(reference.shape_kji, dtype=np.float32) if want_entropy else None
+        for a, b in channels.ranges:
+            best_p = best[a:b]
+            best_c = np.zeros(best_p.shape, dtype=channel_type)
+            ent_s = None if ent is None else ent[a:b]
+            if ent_s is not None:
+                ent_s[...] = 0.0
+            for c in range(n):
+                if cancel is not None:
+                    cancel.check()
+                p = channels.slab(probs[c], a, b)
+                if c == 0:
+                    best_p[...] = p
+                else:
+                    np.copyto(best_c, channel_type.type(c), where=p > best_p)
+                    np.maximum(best_p, p, out=best_p)
+                if ent_s is not None:
+                    ent_s += entropy_term(p)
+            np.take(lut, best_c, out=labels[a:b])
+        if ent is not None:
+            ent /= np.float32(np.log(n)) if n > 1 else np.float32(1.0)
+        return labels, best, ent
+
+    return run_with_oom_fallback(kernel, device, "mapping probabilities back")
 
 
 def sigmoid_to_labels(
@@ -167,23 +205,38 @@ def sigmoid_to_labels(
     want_entropy: bool = False,
     threshold: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Independent channels: each ``p > threshold`` sets its label (later channels win overlaps)."""
-    labels = np.zeros(reference.shape_kji, dtype=np.int32)
-    conf = np.zeros(reference.shape_kji, dtype=np.float32)
-    ent = np.zeros(reference.shape_kji, dtype=np.float32) if want_entropy else None
-    for ch, val in channel_to_value.items():
-        p = _channel_on(reference, work, probs[int(ch)], device)
-        on = p > threshold
-        labels[on] = int(val)
-        conf[on] = p[on]
-        if ent is not None:
-            np.maximum(ent, (entropy_term(p) + entropy_term(1.0 - p)) / np.float32(np.log(2.0)), out=ent)
-    return labels, conf, ent
+    """Independent channels: each ``p > threshold`` sets its label (later channels win overlaps).
+
+    One slab of ``reference``'s k-slices at a time over all the channels (as :func:`softmax_to_labels`).
+    Returns ``(labels, confidence, entropy)``: labels in the smallest unsigned type that holds the
+    largest value, the probability of the winning channel (float32, 0 where none), and the
+    largest per-channel normalised entropy (float32) when asked."""
+    lut = _value_lut(probs.shape[0], channel_to_value)
+
+    def kernel(dev: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        channels = _Channels(work, reference, probs[0], dev)
+        labels = np.zeros(reference.shape_kji, dtype=lut.dtype)
+        conf = np.zeros(reference.shape_kji, dtype=np.float32)
+        ent = np.zeros(reference.shape_kji, dtype=np.float32) if want_entropy else None
+        for a, b in channels.ranges:
+            lab_s, conf_s = labels[a:b], conf[a:b]
+            for ch, val in channel_to_value.items():
+                p = channels.slab(probs[int(ch)], a, b)
+                on = p > threshold
+                lab_s[on] = int(val)
+                conf_s[on] = p[on]
+                if ent is not None:
+                    np.maximum(ent[a:b], (entropy_term(p) + entropy_term(1.0 - p)) / np.float32(np.log(2.0)),
+                               out=ent[a:b])
+        return labels, conf, ent
+
+    return run_with_oom_fallback(kernel, device, "mapping probabilities back")
 
 
 def labels_nearest(labels_work: np.ndarray, work: Volume, reference: Volume, device: torch.device) -> np.ndarray:
-    """Nearest-neighbour label map onto the input grid (only when the card asks for it)."""
-    src = work.with_array(labels_work.astype(np.int32))
+    """Nearest-neighbour label map onto the input grid (only when the card asks for it); the
+    labels keep their type."""
+    src = work.with_array(labels_work)
     if src.same_grid(reference, atol=1e-6):
         return src.array
     return resample_to_grid(src, reference, mode="nearest", device=device, fill=None).array

@@ -3,8 +3,13 @@
 Order (each step reports progress and is preceded by a cancel check):
 
 1. validate: at least one volume, all on the same grid (shape, spacing, origin, direction);
-2. cast to float32 and apply the NaN/Inf policy;
-3. crop (computed on the first input, applied to all);
+2. cast to float32 and apply the NaN/Inf policy. An integer or boolean input (no NaN) with no
+   crop or the body crop is not converted here: the resampling and the smoothing read it slab by
+   slab as float32 and return float32, and what is still integer at step 6 is converted there
+   (after the crop: only the cropped part). The float32 values are the same either way, so is the
+   body crop (``x > threshold`` is the same on an integer and on its float32), and no
+   whole-volume float32 copy of the input is made;
+3. crop (computed on the first input, applied to all; views, no copies);
 4. reorient (exact axis permutation/flip) and resample to the target spacing (linear, same
    direction; a grid that already has it is kept as it is);
 5. denoise;
@@ -94,6 +99,12 @@ def collect_warnings(notes: list) -> Iterator[list]:
         log.removeHandler(handler)
 
 
+def _exact_in_float32(volume: Volume) -> bool:
+    """True for boolean and integer voxel types: no NaN/Inf to check, and converting to float32
+    keeps their order (so a threshold gives the same mask before and after)."""
+    return volume.array.dtype == np.bool_ or np.issubdtype(volume.array.dtype, np.integer)
+
+
 def to_spacing(volume: Volume, target_mm: Sequence[float | None], device: DeviceLike = "cpu") -> Volume:
     """``volume`` resampled (linear) to ``target_mm`` along i, j, k; an entry None keeps that axis'
     spacing, and a volume that already has the spacing is returned as it is."""
@@ -153,9 +164,15 @@ def preprocess(
         timings["validate"] = time.perf_counter() - t
 
         t = begin(1, "converting to float32")
+        # an integer input (no NaN to check) is not converted here (module doc, step 2): the
+        # resampling and the smoothing read it as float32 slab by slab, and what is still integer
+        # at normalisation is converted there, after the crop. The same float32 values either way,
+        # and ``x > threshold`` (body crop) is the same on an integer and on its float32.
+        defer = spec.crop in (CropMode.BODY_CT, CropMode.NONE)
         work = []
         for v in vols:
-            v, _ = check_finite(as_float32(v), nan_policy)
+            if not (defer and _exact_in_float32(v)):
+                v, _ = check_finite(as_float32(v), nan_policy)
             work.append(v)
         timings["cast"] = time.perf_counter() - t
 
@@ -184,7 +201,7 @@ def preprocess(
         timings["denoise"] = time.perf_counter() - t
 
         t = begin(5, "normalising")
-        work = [apply_normalization(v, spec.normalization_of(i), dev) for i, v in enumerate(work)]
+        work = [apply_normalization(as_float32(v), spec.normalization_of(i), dev) for i, v in enumerate(work)]
         timings["normalize"] = time.perf_counter() - t
     if cancel is not None:
         cancel.check()

@@ -171,6 +171,32 @@ def resample_to_grid(
     return Volume(arr, reference.ijk_to_ras.copy(), volume.name, dict(volume.meta))
 
 
+def slab_resampler(volume: Volume, reference: Volume, mode: str = "linear", device: DeviceLike = "cpu",
+                   fill: float | None = 0.0) -> _Separable | _General:
+    """What :func:`resample_to_grid` does, one slab of the reference's k-slices at a time, for any
+    array on ``volume``'s grid (its shape, type and IJK->RAS; its values are not used).
+
+    The result has ``ranges`` (the output k-slabs ``(a, b)``, the ones ``resample_to_grid`` uses)
+    and ``slab(array, a, b)`` -> the output k-slices ``a..b-1`` (float32 for ``"linear"``; for
+    ``"nearest"`` the array's values, in a type torch holds). Stitched together, the slabs are
+    exactly ``resample_to_grid(volume.with_array(array), reference, mode, device, fill).array``,
+    so a caller can combine several arrays (e.g. class probabilities) slab by slab without ever
+    holding a whole resampled one. No out-of-memory fallback here: wrap the caller's loop in
+    :func:`medseg.core.torch_devices.run_with_oom_fallback`.
+    """
+    _check_mode(mode)
+    if not isinstance(reference, Volume):
+        raise InputError(f"reference must be a Volume, got {type(reference).__name__}")
+    fill = _check_fill(fill, volume.array.dtype if mode == "nearest" else np.dtype(np.float32))
+    dev = resolve_device(device)
+    aligned = _axis_aligned(volume.ijk_to_ras, reference.ijk_to_ras)
+    if aligned is not None:
+        scale, offset = aligned
+        return _Separable(volume.array.shape, volume.array.dtype, reference.shape_kji, scale, offset, mode, fill, dev)
+    ref_to_src = np.linalg.solve(volume.ijk_to_ras, reference.ijk_to_ras)
+    return _General(volume.array.shape, volume.array.dtype, reference.shape_kji, ref_to_src, mode, fill, dev)
+
+
 # ------------------------------------------------------------------------------ separable kernel
 def _axis_plan(n_src: int, n_out: int, scale: float, offset: float, mode: str):
     """Per output index: source indices (lo, hi), weights w, and the outside mask."""
@@ -223,6 +249,91 @@ def _k_take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x[idx]
 
 
+class _Separable:
+    """Axis-aligned resampling (``x_src[a] = scale[a] * x_out[a] + offset[a]`` for a in i, j, k) of
+    arrays of one shape and type onto one output grid, one slab of output k-slices at a time.
+
+    In-plane (i, j) linear interpolation uses torch's bilinear upsampling kernel when both axes
+    have the half-pixel mapping (always true for :func:`resample_to_spacing`), otherwise two
+    gather + lerp passes; along k it is a gather of whole slices + lerp. The cheaper order
+    (in-plane first or k first) and the slabs (:attr:`ranges`) are decided once, from the shapes,
+    so the arithmetic of every output voxel is the same whichever slabs are asked for.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], dtype: np.dtype, out_shape: tuple[int, int, int],
+                 scale_ijk: np.ndarray, offset_ijk: np.ndarray, mode: str, fill: float | None,
+                 device: torch.device) -> None:
+        self.linear = mode == "linear"
+        self.in_shape = tuple(int(x) for x in in_shape)
+        self.out_shape = out_shape
+        self.scale = scale_ijk
+        self.fill = fill
+        self.device = device
+        self.dtype = np.dtype(np.float32) if self.linear else np.dtype(dtype)
+        Ko, Jo, Io = out_shape
+        self.plans = [_axis_plan(self.in_shape[d], out_shape[d], scale_ijk[2 - d], offset_ijk[2 - d], mode)
+                      for d in range(3)]
+        self.dev_idx = []
+        for lo, hi, w, outside in self.plans:
+            self.dev_idx.append((
+                torch.from_numpy(lo).to(device),
+                torch.from_numpy(hi).to(device),
+                None if w is None else torch.from_numpy(w.astype(np.float32)).to(device),
+                torch.from_numpy(np.nonzero(outside)[0]).to(device),
+            ))
+        self.bilinear = (self.linear and _half_pixel(scale_ijk[0], offset_ijk[0])
+                         and _half_pixel(scale_ijk[1], offset_ijk[1]))
+        item = 4 if self.linear else max(np.dtype(dtype).itemsize, 4)
+        per_out = max(Jo * Io, self.in_shape[1] * self.in_shape[2] * max(abs(float(scale_ijk[2])), 1e-3)) * item
+        step = max(1, int(_slabs.SLAB_BYTES // per_out))
+        #: the output k-slabs ``(a, b)`` the resampling is done in
+        self.ranges = list(_slabs.slab_ranges(Ko, step))
+        # the cheaper order, decided once so that the slab size never changes the arithmetic
+        self.inplane_first = self.in_shape[0] * Jo * Io <= Ko * self.in_shape[1] * self.in_shape[2]
+
+    def _inplane(self, t: torch.Tensor) -> torch.Tensor:
+        _, Jo, Io = self.out_shape
+        if self.bilinear:
+            if t.shape[1:] == (Jo, Io) and np.allclose(self.scale[:2], 1.0):
+                return t
+            return torch.ops.aten.upsample_bilinear2d(
+                t[:, None], [Jo, Io], False, 1.0 / float(self.scale[1]), 1.0 / float(self.scale[0])
+            )[:, 0]
+        for d in (2, 1) if Io / self.in_shape[2] <= Jo / self.in_shape[1] else (1, 2):
+            t = _lerp_along(t, d, self.dev_idx[d][0], self.dev_idx[d][1], self.dev_idx[d][2])
+        return t
+
+    def slab(self, array: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Output k-slices ``a..b-1`` of ``array`` resampled (``(a, b)`` one of :attr:`ranges`)."""
+        klo_all, khi_all, kw_all = self.plans[0][0], self.plans[0][1], self.plans[0][2]
+        k0 = int(min(klo_all[a:b].min(), khi_all[a:b].min()))
+        k1 = int(max(klo_all[a:b].max(), khi_all[a:b].max())) + 1
+        src = array[k0:k1]
+        device = self.device
+        t = _slabs.float_tensor(src, device) if self.linear else _slabs.raw_tensor(src, device)
+        if self.linear:
+            # k pass as one small matrix product: rows = output slices, columns = source slices
+            wk = np.zeros((b - a, k1 - k0), dtype=np.float32)
+            rows = np.arange(b - a)
+            np.add.at(wk, (rows, klo_all[a:b] - k0), (1.0 - kw_all[a:b]).astype(np.float32))
+            np.add.at(wk, (rows, khi_all[a:b] - k0), kw_all[a:b].astype(np.float32))
+            kpass = partial(_k_weighted, wk=torch.from_numpy(wk).to(device))
+        else:
+            kpass = partial(_k_take, idx=self.dev_idx[0][0][a:b] - k0)
+        # never modifies t in place: every pass allocates (t may share memory with the input)
+        t = kpass(self._inplane(t)) if self.inplane_first else self._inplane(kpass(t))
+        fill = self.fill
+        if fill is not None:
+            k_out = np.nonzero(self.plans[0][3][a:b])[0]
+            if k_out.size:
+                t[torch.from_numpy(k_out).to(device)] = fill
+            if self.dev_idx[1][3].numel():
+                t[:, self.dev_idx[1][3]] = fill
+            if self.dev_idx[2][3].numel():
+                t[..., self.dev_idx[2][3]] = fill
+        return _slabs.to_numpy(t)
+
+
 def _resample_separable(
     array: np.ndarray,
     out_shape: tuple[int, int, int],
@@ -232,110 +343,58 @@ def _resample_separable(
     fill: float | None,
     device: torch.device,
 ) -> np.ndarray:
-    """Axis-aligned resampling: ``x_src[a] = scale[a] * x_out[a] + offset[a]`` for a in i, j, k.
-
-    Works slab by slab over the output k-slices. In-plane (i, j) linear interpolation uses torch's
-    bilinear upsampling kernel when both axes have the half-pixel mapping (always true for
-    :func:`resample_to_spacing`), otherwise two gather + lerp passes; along k it is a gather of
-    whole slices + lerp. The cheaper order (in-plane first or k first) is chosen per slab.
-    """
-    linear = mode == "linear"
-    in_shape = array.shape
-    Ko, Jo, Io = out_shape
-    plans = [_axis_plan(in_shape[d], out_shape[d], scale_ijk[2 - d], offset_ijk[2 - d], mode) for d in range(3)]
-    dev_idx = []
-    for lo, hi, w, outside in plans:
-        dev_idx.append((
-            torch.from_numpy(lo).to(device),
-            torch.from_numpy(hi).to(device),
-            None if w is None else torch.from_numpy(w.astype(np.float32)).to(device),
-            torch.from_numpy(np.nonzero(outside)[0]).to(device),
-        ))
-    bilinear = linear and _half_pixel(scale_ijk[0], offset_ijk[0]) and _half_pixel(scale_ijk[1], offset_ijk[1])
-
-    def inplane(t: torch.Tensor) -> torch.Tensor:
-        if bilinear:
-            if t.shape[1:] == (Jo, Io) and np.allclose(scale_ijk[:2], 1.0):
-                return t
-            return torch.ops.aten.upsample_bilinear2d(
-                t[:, None], [Jo, Io], False, 1.0 / float(scale_ijk[1]), 1.0 / float(scale_ijk[0])
-            )[:, 0]
-        for d in (2, 1) if Io / in_shape[2] <= Jo / in_shape[1] else (1, 2):
-            t = _lerp_along(t, d, dev_idx[d][0], dev_idx[d][1], dev_idx[d][2])
-        return t
-
-    out = np.empty(out_shape, dtype=np.float32 if linear else array.dtype)
-    item = 4 if linear else max(array.dtype.itemsize, 4)
-    per_out = max(Jo * Io, in_shape[1] * in_shape[2] * max(abs(float(scale_ijk[2])), 1e-3)) * item
-    step = max(1, int(_slabs.SLAB_BYTES // per_out))
-    klo_all, khi_all, kw_all = plans[0][0], plans[0][1], plans[0][2]
-    # the cheaper order, decided once so that the slab size never changes the arithmetic
-    inplane_first = in_shape[0] * Jo * Io <= Ko * in_shape[1] * in_shape[2]
-    for a, b in _slabs.slab_ranges(Ko, step):
-        k0 = int(min(klo_all[a:b].min(), khi_all[a:b].min()))
-        k1 = int(max(klo_all[a:b].max(), khi_all[a:b].max())) + 1
-        src = array[k0:k1]
-        t = _slabs.float_tensor(src, device) if linear else _slabs.raw_tensor(src, device)
-        if linear:
-            # k pass as one small matrix product: rows = output slices, columns = source slices
-            wk = np.zeros((b - a, k1 - k0), dtype=np.float32)
-            rows = np.arange(b - a)
-            np.add.at(wk, (rows, klo_all[a:b] - k0), (1.0 - kw_all[a:b]).astype(np.float32))
-            np.add.at(wk, (rows, khi_all[a:b] - k0), kw_all[a:b].astype(np.float32))
-            kpass = partial(_k_weighted, wk=torch.from_numpy(wk).to(device))
-        else:
-            kpass = partial(_k_take, idx=dev_idx[0][0][a:b] - k0)
-        # never modifies t in place: every pass allocates (t may share memory with the input)
-        t = kpass(inplane(t)) if inplane_first else inplane(kpass(t))
-        if fill is not None:
-            k_out = np.nonzero(plans[0][3][a:b])[0]
-            if k_out.size:
-                t[torch.from_numpy(k_out).to(device)] = fill
-            if dev_idx[1][3].numel():
-                t[:, dev_idx[1][3]] = fill
-            if dev_idx[2][3].numel():
-                t[..., dev_idx[2][3]] = fill
-        out[a:b] = _slabs.to_numpy(t)
+    """Axis-aligned resampling (:class:`_Separable`), slab by slab over the output k-slices."""
+    r = _Separable(array.shape, array.dtype, out_shape, scale_ijk, offset_ijk, mode, fill, device)
+    out = np.empty(out_shape, dtype=r.dtype)
+    for a, b in r.ranges:
+        out[a:b] = r.slab(array, a, b)
     return out
 
 
 # ------------------------------------------------------------------------------ general kernel
-def _resample_general(
-    array: np.ndarray,
-    out_shape: tuple[int, int, int],
-    ref_to_src: np.ndarray,
-    mode: str,
-    fill: float | None,
-    device: torch.device,
-) -> np.ndarray:
-    """Resampling for any affine map ``ref_to_src`` (4x4, reference IJK -> source IJK)."""
-    linear = mode == "linear"
-    n_src = np.array(array.shape[::-1], dtype=np.int64)  # (I, J, K)
-    Ko, Jo, Io = out_shape
-    out = np.empty(out_shape, dtype=np.float32 if linear else array.dtype)
-    cdt = _slabs.coord_dtype(device)
-    A = torch.as_tensor(ref_to_src, dtype=cdt, device=device)
-    ii = torch.arange(Io, dtype=cdt, device=device).view(1, 1, Io)
-    jj = torch.arange(Jo, dtype=cdt, device=device).view(1, Jo, 1)
-    # about 64 bytes of temporaries per output voxel
-    step = max(1, int(_slabs.SLAB_BYTES // (64 * Jo * Io)))
-    for a, b in _slabs.slab_ranges(Ko, step):
+class _General:
+    """Resampling for any affine map ``ref_to_src`` (4x4, reference IJK -> source IJK) of arrays of
+    one shape and type, one slab of output k-slices at a time (slabs: :attr:`ranges`)."""
+
+    def __init__(self, in_shape: tuple[int, ...], dtype: np.dtype, out_shape: tuple[int, int, int],
+                 ref_to_src: np.ndarray, mode: str, fill: float | None, device: torch.device) -> None:
+        self.linear = mode == "linear"
+        self.n_src = np.array(tuple(in_shape)[::-1], dtype=np.int64)  # (I, J, K)
+        self.out_shape = out_shape
+        self.ref_to_src = ref_to_src
+        self.fill = fill
+        self.device = device
+        self.dtype = np.dtype(np.float32) if self.linear else np.dtype(dtype)
+        _, Jo, Io = out_shape
+        cdt = _slabs.coord_dtype(device)
+        self.cdt = cdt
+        self.A = torch.as_tensor(ref_to_src, dtype=cdt, device=device)
+        self.ii = torch.arange(Io, dtype=cdt, device=device).view(1, 1, Io)
+        self.jj = torch.arange(Jo, dtype=cdt, device=device).view(1, Jo, 1)
+        # about 64 bytes of temporaries per output voxel
+        step = max(1, int(_slabs.SLAB_BYTES // (64 * Jo * Io)))
+        #: the output k-slabs ``(a, b)`` the resampling is done in
+        self.ranges = list(_slabs.slab_ranges(out_shape[0], step))
+
+    def slab(self, array: np.ndarray, a: int, b: int) -> np.ndarray:
+        """Output k-slices ``a..b-1`` of ``array`` resampled (``(a, b)`` one of :attr:`ranges`)."""
+        _, Jo, Io = self.out_shape
+        n_src, fill, device, A = self.n_src, self.fill, self.device, self.A
         # source block that this slab can touch (bounding box of the slab's 8 corners)
         corners = np.array([[i, j, k, 1.0] for i in (0, Io - 1) for j in (0, Jo - 1) for k in (a, b - 1)])
-        src_c = (ref_to_src @ corners.T)[:3]
+        src_c = (self.ref_to_src @ corners.T)[:3]
         cmin, cmax = src_c.min(axis=1), src_c.max(axis=1)
         if fill is not None and (np.any(cmax < -0.5 - _EDGE_EPS) or np.any(cmin >= n_src - 0.5 + _EDGE_EPS)):
-            out[a:b] = fill
-            continue
+            return np.full((b - a, Jo, Io), fill, dtype=self.dtype)
         lo = np.clip(np.floor(cmin).astype(np.int64) - 1, 0, n_src - 1)
         hi = np.clip(np.ceil(cmax).astype(np.int64) + 2, 1, n_src)  # exclusive
         hi = np.maximum(hi, lo + 1)
         block = array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
-        kk = torch.arange(a, b, dtype=cdt, device=device).view(-1, 1, 1)
-        xyz = [A[r, 0] * ii + A[r, 1] * jj + A[r, 2] * kk + A[r, 3] for r in range(3)]  # (nk, Jo, Io) each
-        if linear:
+        kk = torch.arange(a, b, dtype=self.cdt, device=device).view(-1, 1, 1)
+        xyz = [A[r, 0] * self.ii + A[r, 1] * self.jj + A[r, 2] * kk + A[r, 3] for r in range(3)]  # (nk, Jo, Io) each
+        size = hi - lo
+        if self.linear:
             t = _slabs.float_tensor(block, device)
-            size = hi - lo
             grid = torch.stack(
                 [((2.0 * (xyz[r] - float(lo[r])) + 1.0) / float(size[r]) - 1.0).to(torch.float32) for r in range(3)],
                 dim=-1,
@@ -344,7 +403,6 @@ def _resample_general(
             del grid
         else:
             t = _slabs.raw_tensor(block, device)
-            size = hi - lo
             idx = [
                 (torch.floor(xyz[r] + 0.5).clamp_(0, float(n_src[r] - 1)) - float(lo[r]))
                 .clamp_(0, float(size[r] - 1)).long()
@@ -358,5 +416,20 @@ def _resample_general(
             for r in range(3):
                 outside |= (xyz[r] < -0.5 - _EDGE_EPS) | (xyz[r] >= float(n_src[r]) - 0.5 + _EDGE_EPS)
             res = res.masked_fill(outside, fill)
-        out[a:b] = _slabs.to_numpy(res)
+        return _slabs.to_numpy(res)
+
+
+def _resample_general(
+    array: np.ndarray,
+    out_shape: tuple[int, int, int],
+    ref_to_src: np.ndarray,
+    mode: str,
+    fill: float | None,
+    device: torch.device,
+) -> np.ndarray:
+    """Resampling for any affine map ``ref_to_src`` (:class:`_General`), slab by slab over the output k-slices."""
+    r = _General(array.shape, array.dtype, out_shape, ref_to_src, mode, fill, device)
+    out = np.empty(out_shape, dtype=r.dtype)
+    for a, b in r.ranges:
+        out[a:b] = r.slab(array, a, b)
     return out

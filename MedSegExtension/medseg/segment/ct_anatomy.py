@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg.core.components import count_values, fill_holes, label_components
 from medseg.segment.morphology import bbox_slices, fill_holes_2d, largest_components
 
 #: HU thresholds
@@ -39,7 +40,7 @@ def body_mask(hu: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
     if not body.any():
         return body
     body = fill_holes_2d(body, axial_axis(ijk_to_ras))
-    return ndimage.binary_fill_holes(body)
+    return fill_holes(body)
 
 
 def ras_x(ijk_to_ras: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -64,11 +65,11 @@ def split_lungs(air: np.ndarray, body: np.ndarray, ijk_to_ras: np.ndarray,
         (right, left, warnings)
     """
     warnings: list[str] = []
-    lab, n = ndimage.label(air, structure=FULL)
+    lab, n = label_components(air, FULL)
     empty = np.zeros_like(air, dtype=bool)
     if n == 0:
         return empty, empty.copy(), ["no aerated lung found inside the body"]
-    sizes = np.bincount(lab.ravel())
+    sizes = count_values(lab, n + 1)
     sizes[0] = 0
     order = np.argsort(sizes)[::-1]
     big = [int(c) for c in order if sizes[c] >= min_fraction * sizes[order[0]] and sizes[c] > 0]
@@ -118,18 +119,19 @@ def _split_by_erosion(joined: np.ndarray, spacing_kji: Sequence[float],
     sub = joined[sl]
     dist = ndimage.distance_transform_edt(sub, sampling=spacing_kji)
     for r in radii_mm:
-        core_lab, n = ndimage.label(dist > r, structure=FULL)
+        core_lab, n = label_components(dist > r, FULL)
         if n < 2:
             if n == 0:
                 break
             continue
-        sizes = np.bincount(core_lab.ravel())
+        sizes = count_values(core_lab, n + 1)
         sizes[0] = 0
         order = np.argsort(sizes)[::-1]
         if sizes[order[1]] < min_ratio * sizes[order[0]]:
             continue
         # every voxel goes to its nearest core (Euclidean, in mm)
-        _, inds = ndimage.distance_transform_edt(core_lab == 0, sampling=spacing_kji, return_indices=True)
+        inds = ndimage.distance_transform_edt(core_lab == 0, sampling=spacing_kji, return_distances=False,
+                                              return_indices=True)
         owner = core_lab[tuple(inds)]
         owner[~sub] = 0
         out = []
@@ -149,8 +151,8 @@ def bone_mask(hu_smooth: np.ndarray, body: np.ndarray, ijk_to_ras: np.ndarray,
     if not bone.any():
         return bone
     bone = fill_holes_2d(bone, axial_axis(ijk_to_ras)) & body
-    lab, _n = ndimage.label(bone, structure=FULL)
-    sizes = np.bincount(lab.ravel()) * voxel_mm3 / 1000.0
+    lab, n = label_components(bone, FULL)
+    sizes = count_values(lab, n + 1) * voxel_mm3 / 1000.0
     sizes[0] = 0
     return (sizes >= min_component_ml)[lab]
 
@@ -162,7 +164,7 @@ def fill_lung(lung: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
     sl = bbox_slices(lung, (1, 1, 1))
     out = np.zeros_like(lung)
     sub = fill_holes_2d(lung[sl], axial_axis(ijk_to_ras))
-    out[sl] = ndimage.binary_fill_holes(sub)
+    out[sl] = fill_holes(sub)
     return out
 
 

@@ -30,7 +30,9 @@ are then listed in ``SegmentationOutput.forced``). No lesion found: a warning st
 
 6. Everything is mapped back to the input grid; boundaries are refined at full resolution by
    the same thresholds. Every voxel belongs to at most one segment (lesions are cut out of
-   the lungs, lungs and bones out of the body).
+   the lungs, lungs and bones out of the body). This is done slab by slab of input slices, each
+   structure only inside its bounding box (``_paint_full``): the input-grid label map (uint8)
+   is the only whole-grid array it makes.
 
 Limitations: lesions smaller than 5 mm, or seen on a single slice (e.g. a 6 mm nodule on 3 mm
 slices), are not reported; small nodules with thick vessels attached may be taken for vessel
@@ -44,6 +46,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg.core.components import count_values, label_components
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
@@ -146,13 +149,130 @@ def _envelope(lung_filled: np.ndarray, factors: Sequence[int], spacing_w: np.nda
     return block_expand(env_c, factors, lung_filled.shape) | lung_filled
 
 
-def _refine(mask_w: np.ndarray, cond_full: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """Map a working-grid mask to the full grid; voxels of its one-voxel boundary band are
-    decided by ``cond_full`` (a full-resolution threshold)."""
-    shape = cond_full.shape
-    core = block_expand(ndimage.binary_erosion(mask_w, _CROSS), factors, shape)
-    outer = block_expand(ndimage.binary_dilation(mask_w, _CROSS), factors, shape)
-    return core | (outer & cond_full)
+#: a KJI box: one slice per array axis
+Box = tuple[slice, ...]
+
+#: full-grid slices per slab when mapping to the input grid (rounded to whole blocks)
+MAP_SLAB_SLICES = 32
+
+
+def _full_box(box_w: Box, factors: Sequence[int], shape: Sequence[int]) -> Box:
+    """The full-grid box covered by the working-grid box ``box_w`` (blocks of ``factors``), clipped to ``shape``."""
+    return tuple(slice(b.start * fi, min(b.stop * fi, n)) for b, fi, n in zip(box_w, factors, shape, strict=True))
+
+
+def _near(mask_w: np.ndarray) -> Box | None:
+    """The working-grid box of ``mask_w`` grown by one voxel (clipped), None when the mask is empty.
+
+    Everything a one-voxel erosion or dilation of the mask can touch lies inside it, and its faces
+    inside the grid are one voxel away from the mask, so either operation computed in the box
+    equals the one computed on the whole grid, restricted to the box."""
+    box = bbox_slices(mask_w, (1, 1, 1))
+    return None if any(b.stop <= b.start for b in box) else box
+
+
+class _Blocks:
+    """Working-grid arrays of one structure, inside its box (``box_w``), put on the full grid a
+    slab of slices at a time (:meth:`rows`): the full grid never holds a whole copy of them."""
+
+    def __init__(self, box_w: Box, arrays: Sequence[np.ndarray], factors: Sequence[int],
+                 shape: Sequence[int]) -> None:
+        self.box = _full_box(box_w, factors, shape)
+        self.arrays = list(arrays)
+        self.factors = tuple(int(x) for x in factors)
+
+    def rows(self, a: int, b: int) -> tuple[Box, list[np.ndarray]] | None:
+        """``(box, arrays)``: the part of the box within full-grid slices ``a..b-1`` (a full-grid box)
+        and every array expanded over it (block_expand); None when the box has no slice there."""
+        kb = self.box[0]
+        k0, k1 = max(a, kb.start), min(b, kb.stop)
+        if k0 >= k1:
+            return None
+        f0 = self.factors[0]
+        rel0, rel1 = k0 - kb.start, k1 - kb.start
+        r0, r1 = rel0 // f0, -(-rel1 // f0)
+        skip = rel0 - r0 * f0
+        shape = (rel1 - r0 * f0, self.box[1].stop - self.box[1].start, self.box[2].stop - self.box[2].start)
+        out = [block_expand(x[r0:r1], self.factors, shape)[skip:] for x in self.arrays]
+        return (slice(k0, k1), self.box[1], self.box[2]), out
+
+
+def _refine_blocks(mask_w: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> _Blocks | None:
+    """A working-grid mask's inside (one-voxel erosion) and reach (one-voxel dilation), in its box;
+    on the full grid, its voxels are the inside plus the voxels of the reach that pass a
+    full-resolution test (``_paint_full``). None for an empty mask."""
+    near = _near(mask_w)
+    if near is None:
+        return None
+    sub = mask_w[near]
+    return _Blocks(near, [ndimage.binary_erosion(sub, _CROSS), ndimage.binary_dilation(sub, _CROSS)],
+                   factors, shape)
+
+
+def _lesion_blocks(lesion_w: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> _Blocks | None:
+    """Lesion ranks on the working grid, in their box: inside of their union (one-voxel erosion),
+    its reach (one-voxel dilation), the ranks, and the ranks grown by one voxel (largest face
+    neighbour). None when there is no lesion."""
+    near = _near(lesion_w > 0)
+    if near is None:
+        return None
+    sub = lesion_w[near]
+    any_les = sub > 0
+    return _Blocks(near, [ndimage.binary_erosion(any_les, _CROSS), ndimage.binary_dilation(any_les, _CROSS), sub,
+                          ndimage.grey_dilation(sub, footprint=_CROSS)], factors, shape)
+
+
+def _smooth_halo(spacing_k: float) -> int:
+    """Slices the smoothing (``_smooth``) reads on each side along k: scipy's kernel radius + 1."""
+    return int(3.0 * SMOOTH_MM / float(spacing_k) + 0.5) + 1
+
+
+def _paint_full(labels: np.ndarray, ct: np.ndarray, spacing_full: np.ndarray, factors: Sequence[int],
+                masks: Sequence[tuple[int, np.ndarray]], lesion_w: np.ndarray) -> Box | None:
+    """Paint the working-grid structures onto the full-grid ``labels`` (module doc, step 6), slab by slab.
+
+    ``masks``: (label value, working-grid mask) for body, right lung, left lung and bones, in
+    that order; then the lesion ranks of ``lesion_w`` (value ``FIRST_LESION_VALUE - 1 + rank``).
+    A structure's voxels are the inside of its mask and the voxels of its one-voxel reach whose
+    smoothed HU (``ct`` smoothed like ``_smooth``, computed per slab with a halo, so the same
+    values) passes its threshold: above ``BODY_HU`` (body), below ``AIR_HU`` (lungs; the left lung
+    not over the right), above ``BONE_HU`` (bones); lesion band voxels take the largest
+    neighbouring rank where the tissue is soft tissue and not bone. Later structures overwrite
+    earlier ones. Returns the full-grid box of the lesions (None when there are none).
+    """
+    shape = labels.shape
+    tests = {BODY_VALUE: lambda h: h > anat.BODY_HU, RIGHT_LUNG_VALUE: lambda h: h < anat.AIR_HU,
+             LEFT_LUNG_VALUE: lambda h: h < anat.AIR_HU, BONE_VALUE: lambda h: h > anat.BONE_HU}
+    parts = [(value, _refine_blocks(mask, factors, shape)) for value, mask in masks]
+    lesions = _lesion_blocks(lesion_w, factors, shape)
+    f0 = int(factors[0])
+    step = max(1, MAP_SLAB_SLICES // f0) * f0
+    halo = _smooth_halo(spacing_full[0])
+    n_k = shape[0]
+    for a in range(0, n_k, step):
+        b = min(n_k, a + step)
+        lo, hi = max(0, a - halo), min(n_k, b + halo)
+        hu = _smooth(ct[lo:hi].astype(np.float32, copy=False), spacing_full)[a - lo:b - lo]
+        for value, blocks in parts:
+            got = None if blocks is None else blocks.rows(a, b)
+            if got is None:
+                continue
+            box, (core, reach) = got
+            lab = labels[box]
+            mask = reach & tests[value](hu[box[0].start - a:box[0].stop - a, box[1], box[2]])
+            mask |= core
+            if value == LEFT_LUNG_VALUE:
+                mask &= lab != RIGHT_LUNG_VALUE
+            np.copyto(lab, np.asarray(value, dtype=lab.dtype), where=mask)
+        got = None if lesions is None else lesions.rows(a, b)
+        if got is not None:
+            box, (core, reach, rank_core, rank_reach) = got
+            lab = labels[box]
+            tissue = (hu[box[0].start - a:box[0].stop - a, box[1], box[2]] >= anat.AIR_HU) & (lab != BONE_VALUE)
+            ranks = np.where(core, rank_core, np.where(reach & tissue, rank_reach, 0))
+            on = ranks > 0
+            lab[on] = ranks[on] + (FIRST_LESION_VALUE - 1)
+    return None if lesions is None else lesions.box
 
 
 def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = no_progress,
@@ -233,56 +353,46 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
     lungs_air = right | left
     cand = env & body & (hu_w >= anat.AIR_HU) & ~bones
     opened = open_small(cand, VESSEL_OPEN_RADIUS_MM, sp_w)
-    cand_lab, n = ndimage.label(opened, structure=_CROSS)
+    cand_lab, n = label_components(opened, _CROSS)
     feats = ct_lesion.component_features(cand_lab, n, m_w, hu_w, lungs_air, cand, axis)
     feats = [ct_lesion.decide(x) for x in feats]
     ct_lesion.add_neighbour_tissue([x for x in feats if x.accepted], cand_lab, cand, sp_w)
     feats = [ct_lesion.decide(x) for x in feats]
     kept = sorted((x for x in feats if x.accepted), key=lambda x: -x.volume_mm3)
-    lesion_w = np.zeros(cand_lab.shape, dtype=np.int32)
+    n_les = len(kept)
+    max_label = FIRST_LESION_VALUE + max(n_les - 1, 0)
+    label_type = LabelMap.label_dtype(max_label)
+    lesion_w = np.zeros(cand_lab.shape, dtype=label_type)  # lesion rank 1..n_les per voxel
     if kept:
-        remap = np.zeros(n + 1, dtype=np.int32)
+        remap = np.zeros(n + 1, dtype=label_type)
         for rank, x in enumerate(kept, start=1):
             remap[x.label] = rank
         lesion_w = remap[cand_lab]
         # give back the rim the opening shaved off (and no more): one ball, inside the candidates
         grown = ndimage.grey_dilation(lesion_w, footprint=ball_footprint(VESSEL_OPEN_RADIUS_MM, sp_w))
         lesion_w = np.where(lesion_w > 0, lesion_w, np.where(cand, grown, 0))
+        del grown
+    del cand_lab, opened
     check()
 
     progress(0.75, "ct-chest: mapping to the input grid")
     shape = vol.array.shape
+    labels = np.zeros(shape, dtype=label_type)
     if f == (1, 1, 1):
-        body_full, right_full, left_full, bones_full = body, right_f, left_f, bones
-        lesion_full = lesion_w
+        for value, mask in ((BODY_VALUE, body), (RIGHT_LUNG_VALUE, right_f), (LEFT_LUNG_VALUE, left_f),
+                            (BONE_VALUE, bones)):
+            labels[mask] = value
+        les_box = _near(lesion_w > 0)
+        if les_box is not None:
+            on = lesion_w[les_box] > 0
+            labels[les_box][on] = lesion_w[les_box][on] + (FIRST_LESION_VALUE - 1)
     else:
-        hu_full = _smooth(vol.array.astype(np.float32), sp_full)
-        body_full = _refine(body, hu_full > anat.BODY_HU, f)
-        air_full = hu_full < anat.AIR_HU
-        right_full = _refine(right_f, air_full, f)
-        left_full = _refine(left_f, air_full, f) & ~right_full
-        bones_full = _refine(bones, hu_full > anat.BONE_HU, f)
-        any_les = lesion_w > 0
-        core = block_expand(ndimage.binary_erosion(any_les, _CROSS), f, shape)
-        outer = block_expand(ndimage.binary_dilation(any_les, _CROSS), f, shape)
-        lab_core = block_expand(lesion_w, f, shape)
-        lab_outer = block_expand(ndimage.grey_dilation(lesion_w, footprint=_CROSS), f, shape)
-        tissue = (hu_full >= anat.AIR_HU) & ~bones_full
-        lesion_full = np.where(core, lab_core, np.where(outer & tissue, lab_outer, 0))
+        les_box = _paint_full(labels, vol.array, sp_full, f, [(BODY_VALUE, body), (RIGHT_LUNG_VALUE, right_f),
+                              (LEFT_LUNG_VALUE, left_f), (BONE_VALUE, bones)], lesion_w)
     check()
 
     progress(0.85, "ct-chest: segments")
-    n_les = len(kept)
-    max_label = FIRST_LESION_VALUE + max(n_les - 1, 0)
-    labels = np.zeros(shape, dtype=LabelMap.label_dtype(max_label))
-    labels[body_full] = BODY_VALUE
-    labels[right_full] = RIGHT_LUNG_VALUE
-    labels[left_full] = LEFT_LUNG_VALUE
-    labels[bones_full] = BONE_VALUE
-    les_any = lesion_full > 0
-    labels[les_any] = (lesion_full[les_any] + (FIRST_LESION_VALUE - 1)).astype(labels.dtype)
-
-    present = np.bincount(labels.ravel(), minlength=max_label + 1) > 0
+    present = count_values(labels, max_label + 1) > 0
     segments: list[Segment] = []
     for value, name, key in ((BODY_VALUE, "Body", "body"), (RIGHT_LUNG_VALUE, "Right lung", "right_lung"),
                              (LEFT_LUNG_VALUE, "Left lung", "left_lung"), (BONE_VALUE, "Bones", "bone")):
@@ -295,15 +405,20 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
     lesions: dict[str, str] = {}
     scores: dict[str, float] = {}
     lung_hu = float(np.median(hu_w[lungs_air])) if lungs_air.any() else -850.0
-    les_objs = ndimage.find_objects(lesion_full.astype(np.int32, copy=False), max_label=n_les) if n_les else []
+    les_objs: list = []
+    if n_les and les_box is not None:
+        # lesion boxes in the full grid: find_objects in the lesions' box, shifted by its corner
+        les_objs = [None if o is None else tuple(slice(a.start + b.start, a.stop + b.start)
+                                                 for a, b in zip(o, les_box, strict=True))
+                    for o in ndimage.find_objects(labels[les_box], max_label=max_label)[FIRST_LESION_VALUE - 1:]]
     number = 0
     for rank, x in enumerate(kept, start=1):
         value = FIRST_LESION_VALUE + rank - 1
-        sl = les_objs[rank - 1]
+        sl = les_objs[rank - 1] if les_objs else None
         if sl is None or not present[value]:
             continue
         number += 1
-        sub = lesion_full[sl] == rank
+        sub = labels[sl] == value
         origin = vol.ijk_to_ras_points(np.array([[s.start for s in sl[::-1]]], dtype=float))[0]
         m_sub = vol.ijk_to_ras.copy()
         m_sub[:3, 3] = origin

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg.core.components import count_values, fill_holes, label_components
+
 
 def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | np.ndarray) -> np.ndarray:
     """Voxels within ``radius_mm`` (centre to centre) of ``mask``."""
@@ -71,15 +73,15 @@ def fill_holes_2d(mask: np.ndarray, axis: int) -> np.ndarray:
     index: list[slice | int] = [slice(None)] * 3
     index[axis] = 1
     structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_fill_holes(mask, structure=structure)
+    return fill_holes(mask, structure)
 
 
 def largest_components(mask: np.ndarray, count: int = 1) -> np.ndarray:
     """The ``count`` largest 26-connected components of ``mask``."""
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    lab, n = label_components(mask, np.ones((3, 3, 3), dtype=bool))
     if n == 0:
         return np.zeros_like(mask, dtype=bool)
-    sizes = np.bincount(lab.ravel())
+    sizes = count_values(lab, n + 1)
     sizes[0] = 0
     keep = np.argsort(sizes)[::-1][:count]
     keep = keep[sizes[keep] > 0]
@@ -109,21 +111,28 @@ def block_mean(array: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     if f == (1, 1, 1):
         return array.astype(np.float32, copy=True)
     pad = [(0, (-s) % fi) for s, fi in zip(array.shape, f, strict=False)]
-    a = np.pad(array.astype(np.float32, copy=False), pad, mode="edge")
+    a = array.astype(np.float32, copy=False)
+    if any(p for _, p in pad) or not a.flags.c_contiguous:
+        # (a C-contiguous float32 array that needs no padding is reduced in place: the same sums
+        # in the same order as on the padded copy np.pad would make)
+        a = np.pad(a, pad, mode="edge")
     k, j, i = a.shape
     a = a.reshape(k // f[0], f[0], j // f[1], f[1], i // f[2], f[2])
     return a.mean(axis=(1, 3, 5), dtype=np.float32)
 
 
 def block_expand(array: np.ndarray, factors: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour inverse of ``block_mean``: repeat every value over its block, crop to ``shape``."""
+    """Nearest-neighbour inverse of ``block_mean``: repeat every value over its block, crop to ``shape``.
+
+    One pass over the output (after a repeat along the last axis at the input's size), where
+    repeating along each axis in turn would write two intermediate arrays of up to the output's size.
+    """
     f = tuple(int(x) for x in factors)
     if f == (1, 1, 1):
         return array
-    out = array
-    for ax, fi in enumerate(f):
-        if fi > 1:
-            out = np.repeat(out, fi, axis=ax)
+    a = np.repeat(array, f[2], axis=2) if f[2] > 1 else array
+    k, j, i = a.shape
+    out = np.broadcast_to(a[:, None, :, None, :], (k, f[0], j, f[1], i)).reshape(k * f[0], j * f[1], i)
     return out[: shape[0], : shape[1], : shape[2]]
 
 

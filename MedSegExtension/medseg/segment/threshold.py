@@ -7,8 +7,8 @@ as the simplest end-to-end path through the pipeline, which the geometry tests u
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
+from medseg.core.components import count_values, label_components
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
@@ -45,10 +45,10 @@ def segment_threshold(
         raise InputError(f"threshold must be a finite number, got {threshold}")
     progress(0.1, "thresholding")
     mask = np.asarray(vol.array) >= threshold
-    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    comps, n = label_components(mask, np.ones((3, 3, 3), dtype=bool))
     if cancel is not None:
         cancel.check()
-    counts = np.bincount(comps.ravel(), minlength=n + 1)
+    counts = count_values(comps, n + 1)
     counts[0] = 0
     min_vox = min_volume_mm3 / vol.voxel_volume_mm3
     order = [int(c) for c in np.argsort(-counts, kind="stable") if c != 0 and counts[c] > 0]
