@@ -24,10 +24,16 @@ def new_figure(width_in: float, height_in: float, dpi: int = 100) -> Figure:
     return fig
 
 
+#: zlib level of the PNGs (0-9). The pixels are the same at every level; on the report's slice
+#: figures level 3 took under half the time of the default 6 for files about 10 % larger.
+PNG_COMPRESS_LEVEL = 3
+
+
 def png_bytes(fig: Figure, facecolor: Any | None = None) -> bytes:
     """The figure as PNG bytes, on ``facecolor`` (the figure's own background by default)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor=fig.get_facecolor() if facecolor is None else facecolor)
+    fig.savefig(buf, format="png", facecolor=fig.get_facecolor() if facecolor is None else facecolor,
+                pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     return buf.getvalue()
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import ndimage
 
 from medseg.core.errors import OutputError
 from medseg.core.labelmap import LabelMap
@@ -103,13 +104,24 @@ def _named_rule(rule: str, names: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------- figures
 def _centroid_ijk(labels: LabelMap, ids: Sequence[str]) -> np.ndarray | None:
     """Mean voxel index (IJK) of the segments ``ids``; None when they have no voxels."""
-    values = [s.label_value for s in labels.segments if s.id in set(ids)]
+    values = sorted({s.label_value for s in labels.segments if s.id in set(ids)})
     if not values:
         return None
-    kji = np.argwhere(np.isin(labels.array, values))
-    if kji.size == 0:
+    arr = labels.array
+    # one pass finds each label's box; only the boxes are read (no whole-grid mask)
+    boxes = ndimage.find_objects(arr, max_label=values[-1])
+    total = np.zeros(3, dtype=np.int64)
+    count = 0
+    for v in values:
+        box = boxes[v - 1]
+        if box is None:
+            continue
+        kji = np.argwhere(arr[box] == v)
+        total += kji.sum(axis=0) + len(kji) * np.array([b.start for b in box])
+        count += len(kji)
+    if count == 0:
         return None
-    return kji.mean(axis=0)[::-1]
+    return (total / count)[::-1]
 
 
 def _draw_panel(ax: Axes, image: Volume | None, labels: LabelMap, ids: Sequence[str], colour: Sequence[float],

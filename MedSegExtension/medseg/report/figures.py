@@ -14,6 +14,7 @@ and the box names are placed where they overlap no other text.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,20 @@ def place_labels(fig: Figure, fixed: list[Artist], movable: list[tuple[Text, Any
             text.set_visible(False)
 
 
+def lay_out(fig: Figure) -> None:
+    """Lay ``fig`` out (axes aspect, text and legend positions) as drawing it would, without
+    painting it: the PNG is painted once, when it is saved. Its images take no part in the
+    layout, so they are not even resampled here."""
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    for im in images:
+        im.set_visible(False)
+    try:
+        fig.draw_without_rendering()
+    finally:
+        for im in images:
+            im.set_visible(True)
+
+
 def all_texts(fig: Figure) -> list[Text]:
     """Every visible, non-empty text of ``fig`` (titles, letters, labels, legend)."""
     # matplotlib only when a figure is drawn (slow import)
@@ -310,7 +325,7 @@ def draw_slice_figure(
     rows = _legend(fig, [s for s in segs if s.label_value in present], colours, roles)
     bottom = 0.04 + 0.055 * rows
     fig.subplots_adjust(left=0.01, right=0.99, top=0.88, bottom=bottom, wspace=0.04)
-    fig.canvas.draw()
+    lay_out(fig)
     legend_texts = fig.legends[0].get_texts() if fig.legends else []
     place_labels(fig, fixed + list(legend_texts), movable)
     return fig
@@ -426,4 +441,8 @@ def write_slice_figures(
         shown = SliceTarget(target.stem, caption, np.asarray(target.ras, dtype=float), target.segment_id)
         slice_figure(result, volume, shown, window, out_dir / rel, has_image, colours, roles)
         out.figures.append((rel, caption))
+    # a drawn figure is a web of reference cycles (artists <-> axes <-> figure) holding its image
+    # arrays (tens of MB each): free them now, not at some later full collection (e.g. while the
+    # 3D view renders, which then needs its own few hundred MB)
+    gc.collect()
     return out

@@ -25,7 +25,7 @@ from medseg.report.html_text import escape as _e
 from medseg.report.html_text import href as _href
 from medseg.report.html_text import number as _num
 from medseg.report.style import Role, display_colours, segment_roles
-from medseg.report.view3d import VIEW3D_SIZE, render_3d_view
+from medseg.report.view3d import VIEW3D_SIZE, render_3d_view, start_vtk_probe
 
 #: the number columns of the measurements table: (measurement, heading without its unit, format)
 MEASUREMENT_COLUMNS: tuple[tuple[Measure, str, str], ...] = (
@@ -227,6 +227,7 @@ def write_report_html(
     except OSError as exc:
         raise OutputError(f"cannot create report folder {fig_dir}: {exc.strerror or exc}") from exc
 
+    start_vtk_probe(result, renderer_3d)  # a child process: it checks VTK while the figures are drawn
     lesion_ids = lesion_ids_of(report)
     colours = display_colours(result.labelmap.segments, lesion_ids)
     roles = segment_roles(result.labelmap, lesion_ids)

@@ -13,12 +13,14 @@ A plane's 2D arrays are indexed ``[h, v]`` (horizontal, vertical voxel axis) unt
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from medseg.core.box import Box
+from medseg.core.errors import InputError
 from medseg.core.volume import Volume
 
 #: CT display window (HU)
@@ -124,10 +126,22 @@ def arrange(a_hv: np.ndarray, lay: PlaneLayout) -> np.ndarray:
 
 
 def slice_hv(volume: Volume, lay: PlaneLayout, index: int) -> np.ndarray:
-    """The voxel values of plane ``ijk[lay.axis] == index``, indexed ``[h, v]``."""
-    ijk = volume.array.transpose(2, 1, 0)
-    sl = np.take(ijk, index, axis=lay.axis)  # remaining axes in ascending order
-    return sl if lay.h_axis < lay.v_axis else sl.T
+    """The voxel values of plane ``ijk[lay.axis] == index`` (voxels, ``0 <= index <`` the volume's
+    size along that axis), indexed ``[h, v]``: a new array of one plane, read straight from the
+    KJI array (the rest of the volume is neither copied nor converted).
+
+    Raises:
+        InputError: ``index`` is outside the volume.
+    """
+    n = int(volume.shape_ijk[lay.axis])
+    idx = operator.index(index)
+    if not 0 <= idx < n:
+        raise InputError(f"slice index {'ijk'[lay.axis]}={index} is outside the volume (0..{n - 1})")
+    key: list[slice | int] = [slice(None)] * 3
+    key[2 - lay.axis] = idx  # array axes are k, j, i
+    plane = volume.array[tuple(key)]  # remaining voxel axes in descending order
+    asc = plane.T  # remaining voxel axes in ascending order
+    return np.array(asc if lay.h_axis < lay.v_axis else plane, order="C")
 
 
 def label_slice_hv(labels: Volume, grid: Volume, lay: PlaneLayout, index: int) -> np.ndarray:
@@ -200,14 +214,16 @@ def display_window(volume: Volume, modality: str | None) -> tuple[float, float]:
     """The grey-level window (low, high) in the volume's units: the CT window (HU) when the
     modality is CT (or the values look like Hounsfield units with air), else the 1st-99th
     percentiles."""
-    arr = volume.array
+    mod = (modality or "").upper()
+    if mod == "CT":
+        return CT_WINDOW
+    arr = volume.array  # read through a sample of about 2 million voxels, not copied whole
     step = max(1, round((arr.size / 2_000_000) ** (1 / 3)))
     sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float64)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return (0.0, 1.0)
-    mod = (modality or "").upper()
-    if mod == "CT" or (not mod and np.percentile(sample, 1) <= -900 and sample.max() > 0):
+    if not mod and np.percentile(sample, 1) <= -900 and sample.max() > 0:
         return CT_WINDOW
     lo, hi = np.percentile(sample, PERCENTILE_WINDOW)
     if hi <= lo:

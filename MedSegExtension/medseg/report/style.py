@@ -134,46 +134,128 @@ def display_colours(
 
 
 # --------------------------------------------------------------------------- roles
-def _filled(mask: np.ndarray) -> np.ndarray:
-    """``mask`` with its holes filled in every plane of each of the three array axes (a body with
-    lungs inside is closed in axial planes, though open at the top and bottom of the grid)."""
-    out = np.zeros_like(mask, dtype=bool)
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    if not found or found[0] is None:
-        return out
-    box = found[0]  # outside its bounding box the mask is empty, so filling inside it is enough
-    sub = mask[box]
-    filled = sub.copy()
-    cross = ndimage.generate_binary_structure(2, 1)
-    for axis in range(3):
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        np.moveaxis(structure, axis, 0)[1] = cross
-        filled |= ndimage.binary_fill_holes(sub, structure=structure)
-    out[box] = filled
+#: the label map is read in slabs of about this many voxels (bounded temporary masks)
+SLAB_VOXELS = 1 << 22
+
+Box3 = tuple[slice, slice, slice]
+
+
+def _slabs(box: Box3, axis: int, plane_voxels: int) -> list[Box3]:
+    """``box`` (array index ranges) cut along array ``axis`` into slabs of about
+    :data:`SLAB_VOXELS` voxels (at least one plane each)."""
+    step = max(1, SLAB_VOXELS // max(plane_voxels, 1))
+    lo, hi = box[axis].start, box[axis].stop
+    out = []
+    for a in range(lo, hi, step):
+        part = list(box)
+        part[axis] = slice(a, min(a + step, hi))
+        out.append((part[0], part[1], part[2]))
     return out
+
+
+def _voxels(box: Box3) -> int:
+    """The number of voxels of ``box``."""
+    return int(np.prod([b.stop - b.start for b in box]))
+
+
+def _intersect(a: Box3, b: Box3) -> Box3 | None:
+    """The common part of two boxes (array index ranges), None when they do not meet."""
+    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+    return None if any(s.start >= s.stop for s in out) else (out[0], out[1], out[2])
+
+
+def _within(inner: Box3, outer: Box3) -> Box3:
+    """``inner`` as index ranges relative to ``outer``'s start (``inner`` lies inside ``outer``)."""
+    r = tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer, strict=True))
+    return (r[0], r[1], r[2])
+
+
+def _count(arr: np.ndarray, box: Box3, value: int) -> int:
+    """How many voxels of ``arr[box]`` equal ``value`` (read slab by slab)."""
+    plane = _voxels(box) // max(box[0].stop - box[0].start, 1)
+    return sum(int(np.count_nonzero(arr[part] == value)) for part in _slabs(box, 0, plane))
+
+
+def _plane_holes(mask: np.ndarray, axis: int) -> np.ndarray:
+    """The holes of ``mask`` in each of its planes across array ``axis``: voxels outside the
+    mask that no path of in-plane, edge-sharing outside voxels joins to the plane's border."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    np.moveaxis(structure, axis, 0)[1] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_fill_holes(mask, structure=structure) & ~mask
+
+
+def _encloses(arr: np.ndarray, value: int, box: Box3, others: list[tuple[int, int, Box3]]) -> bool:
+    """Whether the hole-filled mask of label ``value`` holds at least
+    :data:`SHELL_ENCLOSED_FRACTION` of one of ``others`` ((label value, voxel count, box) each).
+
+    The mask's holes are filled in every plane of each of the three array axes (a body with
+    lungs inside is closed in axial planes, though open at the top and bottom of the grid),
+    inside ``box`` (the mask's bounding box: outside it there is nothing to fill); a voxel of
+    another label is held when it lies in such a hole in a plane of any axis. Planes are
+    independent, so only what decides the answer is read: the planes that meet the other labels'
+    boxes, slab by slab, stopping as soon as one label is held (the holes only grow with more
+    planes and axes).
+    """
+    # the holes lie inside ``box``: a label with too few voxels there cannot be held
+    cands = []  # (label value, voxels needed, its part of box, which of them were found held)
+    for v, n_vox, b in others:
+        inter = _intersect(box, b)
+        need = SHELL_ENCLOSED_FRACTION * n_vox
+        if inter is not None and _count(arr, inter, v) >= need:
+            cands.append((v, need, inter, np.zeros([s.stop - s.start for s in inter], dtype=bool)))
+    if not cands:
+        return False
+    held = [0] * len(cands)
+    plane_voxels = [_voxels(box) // max(box[a].stop - box[a].start, 1) for a in range(3)]
+    for axis in range(3):
+        span = list(box)
+        span[axis] = slice(min(c[2][axis].start for c in cands), max(c[2][axis].stop for c in cands))
+        for part in _slabs((span[0], span[1], span[2]), axis, plane_voxels[axis]):
+            holes = _plane_holes(arr[part] == value, axis)
+            for n, (v, need, inter, hit) in enumerate(cands):
+                common = _intersect(part, inter)
+                if common is None:
+                    continue
+                new = holes[_within(common, part)] & (arr[common] == v)
+                seen = hit[_within(common, inter)]  # a view: updated in place below
+                new &= ~seen
+                held[n] += int(np.count_nonzero(new))
+                seen |= new
+                if held[n] >= need:
+                    return True
+    return False
 
 
 def segment_roles(labelmap: LabelMap, lesion_ids: Iterable[str] = ()) -> dict[str, Role]:
     """Segment id -> :class:`Role`: lesions; shells (non-lesion segments whose hole-filled mask
     holds at least :data:`SHELL_ENCLOSED_FRACTION` of another non-lesion segment at least
-    :data:`SHELL_MIN_INNER_FRACTION` its size); other organs."""
+    :data:`SHELL_MIN_INNER_FRACTION` its size; holes filled in the planes of each array axis
+    within the segment's bounding box); other organs.
+
+    One pass over the label map finds each label's bounding box; counts and hole filling then
+    read only those boxes, in slabs (no whole-volume masks).
+    """
     lesions = set(lesion_ids)
     segs = list(labelmap.segments)
-    arr = labelmap.volume.array
-    present = {int(v) for v in np.unique(arr)}
-    organs = [s for s in segs if s.id not in lesions and s.label_value in present]
-    counts = {s.id: int((arr == s.label_value).sum()) for s in organs}
     roles = {s.id: (Role.LESION if s.id in lesions else Role.ORGAN) for s in segs}
+    organ_segs = [s for s in segs if s.id not in lesions]
+    if len(organ_segs) < 2:
+        return roles
+    arr = labelmap.volume.array
+    found = ndimage.find_objects(arr, max_label=max(s.label_value for s in organ_segs))
+    boxes: dict[int, Box3] = {}
+    for v in {s.label_value for s in organ_segs}:
+        b = found[v - 1]
+        if b is not None:
+            boxes[v] = (b[0], b[1], b[2])
+    organs = [s for s in organ_segs if s.label_value in boxes]
+    counts = {s.id: _count(arr, boxes[s.label_value], s.label_value) for s in organs}
     if len(organs) < 2:
         return roles
     # only the largest organs can hold another; try them largest first
     for s in sorted(organs, key=lambda x: -counts[x.id]):
-        others = [o for o in organs if o.id != s.id
+        others = [(o.label_value, counts[o.id], boxes[o.label_value]) for o in organs if o.id != s.id
                   and SHELL_MIN_INNER_FRACTION * counts[s.id] <= counts[o.id] < counts[s.id]]
-        if not others:
-            continue
-        filled = _filled(arr == s.label_value)
-        if any(int((filled & (arr == o.label_value)).sum()) >= SHELL_ENCLOSED_FRACTION * counts[o.id]
-               for o in others):
+        if others and _encloses(arr, s.label_value, boxes[s.label_value], others):
             roles[s.id] = Role.SHELL
     return roles
