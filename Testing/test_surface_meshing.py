@@ -195,7 +195,7 @@ def test_touching_labels_share_their_boundary_without_gaps():
 @pytest.mark.parametrize("method", METHODS)
 def test_decimate_reduces_triangles_and_stays_closed(method):
     lm, _, _ = ball_labelmap("axial_iso", 12.0)
-    full = mesh_stats(labelmap_to_meshes(lm, method=method)["Segment_1"])
+    full = mesh_stats(labelmap_to_meshes(lm, method=method, quality="full")["Segment_1"])
     dec = mesh_stats(labelmap_to_meshes(lm, method=method, decimate=0.7)["Segment_1"])
     assert dec["n_triangles"] < 0.45 * full["n_triangles"]
     assert dec["closed"] and dec["outward"]

@@ -64,7 +64,7 @@ def test_a_bad_thread_count_names_the_value(restore_threads, bad):
 
 def test_a_bad_environment_value_is_refused_with_its_name(restore_threads, monkeypatch):
     monkeypatch.setenv(threads.THREADS_ENV, "many")
-    with pytest.raises(InputError, match="MEDSEG_THREADS must be a whole number.*'many'"):
+    with pytest.raises(InputError, match=r"MEDSEG_THREADS must be a whole number.*'many'"):
         threads.configure_threads()
 
 

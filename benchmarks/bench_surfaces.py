@@ -1,6 +1,8 @@
 """Benchmark: label map -> per-segment closed smoothed surfaces in RAS.
 
-Ours: ``medseg.surface.labelmap_to_meshes`` (both methods, default smoothing 0.5).
+Ours: ``medseg.surface.labelmap_to_meshes`` (both methods, default smoothing 0.5), at mesh quality
+``full`` (the same full-resolution output as the baseline) and ``high`` (the default: decimated where
+nothing visible is lost, :mod:`medseg.surface.decimation`), with triangle counts and STL sizes.
 Baseline ("per-label pipeline", what Slicer's closed-surface conversion does one segment at a time):
 for each label, binary mask of the whole (1-voxel padded) volume -> vtkDiscreteMarchingCubes ->
 vtkWindowedSincPolyDataFilter (the same settings: 20 iterations, pass band 10**(-4*0.5)) ->
@@ -16,12 +18,20 @@ points are merged, as an STL reader does) whose enclosed volume is within 2 % of
 measured in a fresh child process per side (same input, built there from the same seed): the rise of the
 resident-set high-water mark (``VmHWM``) during one call over the RSS just before it.
 
-Usage: python benchmarks/bench_surfaces.py [--quick] [--repeat N]
+``--seg FILE`` times ours on a real label map instead (e.g. the ``segmentation.seg.nrrd`` of a full-size
+run), per segment: triangles at full and high quality, volume error against the voxel volume.
+
+The first lines say what ran where: CPU count, the CPUs this process may use, torch's intra-op threads
+(only when torch is already imported; nothing here uses it) and VTK's SMP backend and threads inside
+the meshing.
+
+Usage: python benchmarks/bench_surfaces.py [--quick] [--repeat N] [--seg FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -36,9 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedSegExtension"))
 
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.mesh_arrays import triangles_of
+from medseg.core.threads import usable_cpus
 from medseg.core.volume import Volume
 from medseg.surface import labelmap_to_meshes, mesh_stats, smoothing_pass_band
 from medseg.surface.manifold import manifold_defects
+from medseg.surface.meshing import build_meshes, vtk_threads
+
+#: bytes of a binary STL: 80-byte header, triangle count, 50 bytes per triangle
+STL_HEADER, STL_PER_TRIANGLE = 84, 50
 
 SMOOTHING = 0.5
 VOLUME_TOLERANCE = 0.02
@@ -155,9 +170,14 @@ def peak_in_child(side: str, quick: bool, n_labels: int) -> float:
         return float("nan")
 
 
+def ours(labelmap: LabelMap, side: str) -> dict[str, vtk.vtkPolyData]:
+    """``side`` is ``method:quality``."""
+    method, quality = side.split(":")
+    return labelmap_to_meshes(labelmap, method=method, smoothing=SMOOTHING, quality=quality)
+
+
 def child(side: str, labelmap: LabelMap) -> None:
-    fn = (lambda: baseline_per_label(labelmap)) if side == "baseline" else (
-        lambda: labelmap_to_meshes(labelmap, method=side, smoothing=SMOOTHING))
+    fn = (lambda: baseline_per_label(labelmap)) if side == "baseline" else (lambda: ours(labelmap, side))
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     except OSError:
@@ -167,6 +187,43 @@ def child(side: str, labelmap: LabelMap) -> None:
     result = fn()
     print((_status_kb("VmHWM") - before) / 1024.0)
     del result
+
+
+def threads_line() -> str:
+    torch = sys.modules.get("torch")
+    with vtk_threads() as vtk_n:
+        backend = vtk.vtkSMPTools.GetBackend()
+    torch_text = f"torch {torch.get_num_threads()} threads" if torch is not None else "torch not used"
+    return (f"os.cpu_count() {os.cpu_count()}, usable CPUs {usable_cpus()}, {torch_text}, "
+            f"VTK SMP {backend} {vtk_n} thread(s) while meshing")
+
+
+def stl_mb(meshes: dict[str, vtk.vtkPolyData]) -> float:
+    return sum(STL_HEADER + STL_PER_TRIANGLE * p.GetNumberOfPolys() for p in meshes.values()) / 1e6
+
+
+def real_labelmap(path: str, repeat: int) -> None:
+    """Ours on a real label map: times at full and high quality, and per segment the triangles and
+    the enclosed volume against the voxel volume."""
+    from medseg.io.seg_nrrd import read_seg_nrrd
+
+    lm = read_seg_nrrd(path)
+    print(f"{path}: KJI {lm.array.shape}, spacing {tuple(float(x) for x in lm.volume.spacing)} mm, "
+          f"{len(lm.segments)} segments")
+    built = {}
+    for quality in ("full", "high"):
+        t, c, b = measure(lambda q=quality: build_meshes(lm, smoothing=SMOOTHING, quality=q), repeat)
+        built[quality] = b
+        check(quality, lm, b.meshes)
+        print(f"  quality {quality:5s}: wall {t:6.2f} s  cpu {c:6.2f} s  "
+              f"{sum(p.GetNumberOfPolys() for p in b.meshes.values())} triangles  STL {stl_mb(b.meshes):6.1f} MB")
+    print("  segment        voxels mm3     full tris  high tris  volume error full / high")
+    for seg in lm.segments:
+        f, h = built["full"].segments.get(seg.id), built["high"].segments.get(seg.id)
+        if f is None or h is None:
+            continue
+        print(f"  {seg.name[:14]:14s} {f.voxel_volume_mm3:12.1f} {f.triangles:10d} {h.triangles:10d}   "
+              f"{100 * f.volume_error:+.3f} % / {100 * h.volume_error:+.3f} %")
 
 
 def check(name: str, labelmap: LabelMap, meshes: dict[str, vtk.vtkPolyData]) -> float:
@@ -193,35 +250,43 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny smoke size (80 x 80 x 60)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per side (best is kept)")
-    ap.add_argument("--child", choices=["baseline", "surface-nets", "flying-edges"], help=argparse.SUPPRESS)
+    ap.add_argument("--seg", help="time ours on this label map (.seg.nrrd) instead of the synthetic one")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--labels", type=int, default=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shape, radii = ((60, 80, 80), (7.0, 12.0)) if args.quick else ((150, 200, 200), (10.0, 24.0))
     if args.child:
         child(args.child, ellipsoid_labelmap(shape, args.labels, radii, seed=args.labels))
         return 0
-    print(f"vtk {vtk.vtkVersion.GetVTKVersion()}, SMP backend {vtk.vtkSMPTools.GetBackend()}, "
-          f"volume KJI {shape}, smoothing {SMOOTHING}")
+    print(f"vtk {vtk.vtkVersion.GetVTKVersion()}, smoothing {SMOOTHING}")
+    print(threads_line())
+    if args.seg:
+        real_labelmap(args.seg, args.repeat)
+        return 0
+    print(f"volume KJI {shape}")
     for n_labels in (5, 20):
         lm = ellipsoid_labelmap(shape, n_labels, radii, seed=n_labels)
         t_base, c_base, base = measure(lambda lm=lm: baseline_per_label(lm), args.repeat)
         e_base = check("baseline", lm, base)
+        mb_base = stl_mb(base)
         del base
         m_base = peak_in_child("baseline", args.quick, n_labels)
         print(f"\n{n_labels} labels, {int((lm.array > 0).sum())} labelled voxels")
-        print(f"  baseline per-label DMC+sinc : wall {t_base:6.3f} s  cpu {c_base:6.3f} s  "
-              f"peak +{m_base:5.1f} MiB  worst volume error {100 * e_base:.2f} %")
+        print(f"  baseline per-label DMC+sinc      : wall {t_base:6.3f} s  cpu {c_base:6.3f} s  "
+              f"peak +{m_base:5.1f} MiB  worst volume error {100 * e_base:.2f} %  STL {mb_base:5.1f} MB")
         for method in ("surface-nets", "flying-edges"):
-            t, c, ours = measure(
-                lambda lm=lm, method=method: labelmap_to_meshes(lm, method=method, smoothing=SMOOTHING), args.repeat)
-            e = check(method, lm, ours)
-            tris = sum(p.GetNumberOfPolys() for p in ours.values())
-            del ours
-            m = peak_in_child(method, args.quick, n_labels)
-            print(f"  ours {method:13s}          : wall {t:6.3f} s  cpu {c:6.3f} s  "
-                  f"peak +{m:5.1f} MiB  worst volume error {100 * e:.2f} %  {tris} triangles")
-            print(f"    speed-up baseline/ours: wall {t_base / t:5.2f}x  cpu {c_base / c:5.2f}x   "
-                  f"peak memory ours/baseline {m / m_base:4.2f}")
+            for quality in ("full", "high"):
+                side = f"{method}:{quality}"
+                t, c, meshes = measure(lambda lm=lm, side=side: ours(lm, side), args.repeat)
+                e = check(side, lm, meshes)
+                tris = sum(p.GetNumberOfPolys() for p in meshes.values())
+                mb = stl_mb(meshes)
+                del meshes
+                m = peak_in_child(side, args.quick, n_labels)
+                print(f"  ours {side:27s} : wall {t:6.3f} s  cpu {c:6.3f} s  "
+                      f"peak +{m:5.1f} MiB  worst volume error {100 * e:.2f} %  {tris} triangles  STL {mb:5.1f} MB")
+                print(f"    speed-up baseline/ours: wall {t_base / t:5.2f}x  cpu {c_base / c:5.2f}x   "
+                      f"peak memory ours/baseline {m / m_base:4.2f}")
     return 0
 
 

@@ -65,12 +65,17 @@ def point_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     n = points.shape[0]
     if triangles.shape[0] == 0:
         return np.zeros((n, 3), dtype=np.float32)
-    p0, p1, p2 = (points[triangles[:, c]] for c in range(3))
-    face = np.cross(p1 - p0, p2 - p0)  # length = 2 x area, so the sum is area-weighted
-    acc = np.empty((n, 3), dtype=np.float64)
-    idx = triangles.ravel()
-    for c in range(3):
-        acc[:, c] = np.bincount(idx, weights=np.repeat(face[:, c], 3), minlength=n)
+    p = np.asarray(points, dtype=np.float64)
+    e1 = p[triangles[:, 1]] - p[triangles[:, 0]]
+    e2 = p[triangles[:, 2]] - p[triangles[:, 0]]
+    # (e1 x e2), length = 2 x area, so the sums below are area-weighted
+    face = (e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1], e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2],
+            e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    acc = np.zeros((n, 3), dtype=np.float64)
+    for k in range(3):
+        corner = triangles[:, k]
+        for c in range(3):
+            acc[:, c] += np.bincount(corner, weights=face[c], minlength=n)
     length = np.linalg.norm(acc, axis=1, keepdims=True)
     np.divide(acc, length, out=acc, where=length > 0)
     return acc.astype(np.float32)
@@ -102,8 +107,11 @@ def polydata_from_arrays(points: np.ndarray, triangles: np.ndarray,
 
 
 def compact(points: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop points no triangle uses and renumber the triangles accordingly."""
+    """Drop points no triangle uses and renumber the triangles accordingly (order kept; one pass,
+    no sort)."""
     if triangles.shape[0] == 0:
         return np.zeros((0, 3), dtype=points.dtype), np.zeros((0, 3), dtype=np.int64)
-    used, inverse = np.unique(triangles.ravel(), return_inverse=True)
-    return points[used], inverse.reshape(-1, 3).astype(np.int64)
+    used = np.zeros(points.shape[0], dtype=bool)
+    used[triangles.ravel()] = True
+    new_id = np.cumsum(used) - 1
+    return points[used], new_id[triangles].astype(np.int64, copy=False)

@@ -99,6 +99,13 @@ def _shallow(polydata):
 
 
 def _triangulated(polydata):
+    """The polydata itself when its cells are all triangles (what MedSeg's meshes are: no copy),
+    else triangulated by ``vtkTriangleFilter``."""
+    polys = polydata.GetPolys()
+    only_triangles = (polydata.GetNumberOfCells() == polydata.GetNumberOfPolys() and polys is not None
+                      and polys.GetNumberOfCells() > 0 and polys.IsHomogeneous() == 3)
+    if only_triangles:
+        return polydata
     tri = vtkTriangleFilter()
     tri.SetInputData(polydata)
     tri.Update()

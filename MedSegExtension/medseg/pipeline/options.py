@@ -9,6 +9,7 @@ from medseg.core.devices import parse_device
 from medseg.core.errors import InputError
 from medseg.core.specs import Task
 from medseg.core.vocabulary import NanPolicy, SurfaceMethod
+from medseg.surface.decimation import MeshQuality
 
 #: largest fraction of model triangles ``decimate`` may remove
 MAX_DECIMATE = 0.95
@@ -26,7 +27,10 @@ class RunOptions:
         models: build 3D surface models.
         surface_method: surface-nets or flying-edges.
         smoothing: surface smoothing factor 0..1.
-        decimate: fraction of triangles to remove, 0..0.95.
+        decimate: fraction of triangles to remove, 0..0.95; when > 0 it replaces ``mesh_quality``.
+        mesh_quality: full, high (default), medium or low: how far models are decimated where
+            nothing visible is lost (:mod:`medseg.surface.decimation`); each model still encloses
+            its voxel volume within 2 %.
         params: task parameters (e.g. ``{"threshold": 100}`` for the threshold task; names in
             :data:`medseg.core.specs.TASK_PARAMS`).
         force: run past the suitability checks that are judgements (e.g. "the air inside the body
@@ -42,6 +46,7 @@ class RunOptions:
     surface_method: SurfaceMethod = SurfaceMethod.SURFACE_NETS
     smoothing: float = 0.5
     decimate: float = 0.0
+    mesh_quality: MeshQuality = MeshQuality.HIGH
     params: dict[str, Any] = field(default_factory=dict)
     force: bool = False
 
@@ -49,6 +54,7 @@ class RunOptions:
         object.__setattr__(self, "device", parse_device(self.device))
         object.__setattr__(self, "nan_policy", NanPolicy.parse(self.nan_policy, "NaN policy"))
         object.__setattr__(self, "surface_method", SurfaceMethod.parse(self.surface_method, "surface method"))
+        object.__setattr__(self, "mesh_quality", MeshQuality.parse(self.mesh_quality, "mesh quality"))
 
     def validate(self, task: Task) -> None:
         """Raise ``InputError`` naming the first bad option for ``task``."""

@@ -84,7 +84,8 @@ def run_task(
     if options.models:
         sub = stages.start("surfaces")
         meshes = labelmap_to_meshes(labelmap, method=options.surface_method, smoothing=options.smoothing,
-                                    decimate=options.decimate, progress=sub, cancel=cancel)
+                                    decimate=options.decimate, quality=options.mesh_quality, progress=sub,
+                                    cancel=cancel)
 
     stages.start("measure")
     measurements = measure_segments(labelmap, seg.lesions, meshes or None, all_diameters=False)

@@ -29,7 +29,7 @@ vertices whose triangles do not form one single fan.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import vtk
@@ -79,17 +79,21 @@ CRITICAL = np.array([_critical_face(c) is not None or _is_c2(c) for c in range(2
 def critical_blocks(mask: np.ndarray) -> np.ndarray:
     """``(N, 3)`` KJI corner (lowest index) of every 2x2x2 block of a boolean array that holds a
     critical configuration; empty when the set is well-composed (then its surface is a manifold)."""
-    m = np.asarray(mask, dtype=np.uint8)
+    m = np.asarray(mask, dtype=bool).view(np.uint8)
     if min(m.shape) < 2:
         return np.zeros((0, 3), dtype=np.int64)
-    k, j, i = (s - 1 for s in m.shape)
-    code = np.zeros((k, j, i), dtype=np.uint8)
-    for b, (dk, dj, di) in enumerate(_OFFSETS):
-        code |= m[dk:dk + k, dj:dj + j, di:di + i] << b
-    return np.argwhere(CRITICAL[code])
+    # bit b = 4 dk + 2 dj + di, built one axis at a time (three passes instead of eight)
+    code = m[:, :, :-1] | (m[:, :, 1:] << 1)
+    code = code[:, :-1, :] | (code[:, 1:, :] << 2)
+    code = code[:-1] | (code[1:] << 4)
+    flat = code.ravel()
+    mixed = np.flatnonzero((flat - np.uint8(1)) < 254)  # neither 0 nor 255 (uint8 wraps 0 to 255)
+    hit = mixed[CRITICAL[flat[mixed]]]
+    return np.stack(np.unravel_index(hit, code.shape), axis=1).astype(np.int64)
 
 
-def make_well_composed(labels: np.ndarray, values: Sequence[int], frozen_border: bool = True) -> int:
+def make_well_composed(labels: np.ndarray, values: Sequence[int], frozen_border: bool = True,
+                       boxes: Mapping[int, tuple[slice, ...]] | None = None) -> int:
     """Make each label in ``values`` well-composed, in place, in that order; return the number of
     voxels changed.
 
@@ -98,15 +102,19 @@ def make_well_composed(labels: np.ndarray, values: Sequence[int], frozen_border:
         values: the labels to repair (each in turn); other values, and 0, are free to take from.
         frozen_border: never change a voxel on the array's outer faces (the one-voxel background
             padding around a crop stays background, so surfaces stay closed).
+        boxes: each label's KJI bounding box in ``labels`` when the caller knows them (saves a pass
+            over the array); a label missing from it has no voxel.
     """
     changed = 0
     done: set[int] = set()
     wanted = [int(v) for v in values if int(v) > 0]
     if not wanted:
         return 0
-    boxes = ndimage.find_objects(labels, max_label=max(wanted))  # changes stay inside these boxes
+    if boxes is None:  # changes stay inside these boxes
+        found = ndimage.find_objects(labels, max_label=max(wanted))
+        boxes = {v: found[v - 1] for v in wanted if found[v - 1] is not None}
     for v in wanted:
-        box = boxes[v - 1]
+        box = boxes.get(v)
         if box is not None:
             changed += _repair_label(labels, v, box, done, frozen_border)
         done.add(v)
@@ -221,30 +229,81 @@ def manifold_defects(triangles: np.ndarray) -> dict[str, int]:
     return {"bad_edges": bad_edges, "same_direction_edges": same_direction, "bad_vertices": int(bad.sum())}
 
 
-def _defects(t: np.ndarray) -> tuple[int, int, np.ndarray]:
-    """(bad undirected edges, repeated directed edges, bad-vertex mask) of a non-empty triangle array."""
-    directed = np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])
-    edges, n_undirected = np.unique(np.sort(directed, axis=1), axis=0, return_counts=True)
-    dir_edges, n_directed = np.unique(directed, axis=0, return_counts=True)
-    bad = np.zeros(int(t.max()) + 1, dtype=bool)
-    bad[edges[n_undirected != 2].ravel()] = True
-    bad[dir_edges[n_directed > 1].ravel()] = True
+def _defects(t: np.ndarray, n_points: int | None = None) -> tuple[int, int, np.ndarray]:
+    """(bad undirected edges, repeated directed edges, bad-vertex mask) of a non-empty triangle array.
+
+    Edges and (vertex, neighbour) pairs are packed into single int64 keys (``a * n + b``), so all
+    the counting is 1-D sorting. When no directed edge repeats (the usual case), an edge is bad
+    exactly when its reverse is missing, and the fan around each vertex is followed from triangle
+    to triangle through the sorted edges (:func:`_fans_of_closed`).
+    """
+    n = int(t.max()) + 1 if n_points is None else max(int(n_points), int(t.max()) + 1)
+    a, b = t.ravel(), t[:, [1, 2, 0]].ravel()  # directed edges a -> b
+    directed = a * n + b
+    order = np.argsort(directed)
+    ordered = directed[order]
+    bad = np.zeros(n, dtype=bool)
+    if ordered.shape[0] < 2 or not np.any(ordered[1:] == ordered[:-1]):
+        reverse = b * n + a
+        at = np.minimum(np.searchsorted(ordered, reverse), ordered.shape[0] - 1)
+        lonely = ordered[at] != reverse  # an edge used once: its reverse is missing
+        bad[a[lonely]] = True
+        bad[b[lonely]] = True
+        if not lonely.any():
+            bad |= _fans_of_closed(a, t[:, [2, 0, 1]].ravel(), ordered, order, n) > 1
+            return 0, 0, bad
+        # open edges: the general count of the fans below
+        n_bad_edges, n_repeated = int(lonely.sum()), 0
+    else:
+        undirected, n_undirected = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_counts=True)
+        keys, n_directed = np.unique(ordered, return_counts=True)
+        for k in (undirected[n_undirected != 2], keys[n_directed > 1]):
+            bad[k // n] = True
+            bad[k % n] = True
+        n_bad_edges, n_repeated = int((n_undirected != 2).sum()), int((n_directed > 1).sum())
 
     # the link of each vertex: nodes (vertex, neighbour), one link edge per incident triangle;
     # a manifold vertex's link is one cycle (every node of degree 2, one component per vertex)
-    corner = np.concatenate([t, t[:, [1, 2, 0]], t[:, [2, 0, 1]]])  # (vertex, next, previous)
-    node_keys, inv = np.unique(np.concatenate([corner[:, [0, 1]], corner[:, [0, 2]]]), axis=0,
-                               return_inverse=True)
+    prev = t[:, [2, 0, 1]].ravel()  # corner (vertex a, next b, previous prev)
+    node_keys, inv = np.unique(np.concatenate([directed, a * n + prev]), return_inverse=True)
     inv = inv.ravel()
-    n = node_keys.shape[0]
-    a, b = inv[: corner.shape[0]], inv[corner.shape[0]:]
-    degree = np.bincount(np.concatenate([a, b]), minlength=n)
-    graph = coo_matrix((np.ones(a.shape[0]), (a, b)), shape=(n, n))
+    m = node_keys.shape[0]
+    first, second = inv[: a.shape[0]], inv[a.shape[0]:]
+    degree = np.bincount(inv, minlength=m)
+    graph = coo_matrix((np.ones(first.shape[0], dtype=np.int8), (first, second)), shape=(m, m))
     _, comp = connected_components(graph, directed=False)
-    comps_per_vertex = np.bincount(node_keys[np.unique(comp, return_index=True)[1], 0], minlength=bad.shape[0])
+    node_vertex = node_keys // n
+    comps_per_vertex = np.bincount(node_vertex[np.unique(comp, return_index=True)[1]], minlength=n)
     bad |= comps_per_vertex > 1
-    bad[node_keys[degree != 2, 0]] = True
-    return int((n_undirected != 2).sum()), int((n_directed > 1).sum()), bad
+    bad[node_vertex[degree != 2]] = True
+    return n_bad_edges, n_repeated, bad
+
+
+def _fans_of_closed(a: np.ndarray, prev: np.ndarray, ordered: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
+    """Fans of triangles around each vertex of a closed, consistently wound mesh (every directed
+    edge once, with its reverse): corner ``i`` (vertex ``a[i]``, previous point ``prev[i]``) is
+    followed by the corner whose edge is ``a[i] -> prev[i]``; each cycle of that map is one fan.
+    ``ordered``/``order``: the sorted directed-edge keys and their corners."""
+    succ = order[np.searchsorted(ordered, a * n + prev)]
+    # label each corner with the smallest corner of its cycle by pointer doubling: after step k a
+    # label is the minimum over the next 2**k corners; a step that changes nothing means done
+    label = np.arange(a.shape[0])
+    while True:
+        nxt = np.minimum(label, label[succ])
+        if np.array_equal(nxt, label):
+            break
+        label, succ = nxt, succ[succ]
+    return np.bincount(a[label == np.arange(a.shape[0])], minlength=n)
+
+
+def bad_vertices(triangles: np.ndarray, n_points: int) -> np.ndarray:
+    """(n_points,) mask of the points where a triangle array is not a closed, consistently wound
+    2-manifold: on an edge not used by exactly two triangles in opposite directions, or with
+    triangles that do not form one single fan. All False for a closed 2-manifold."""
+    t = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    if t.shape[0] == 0:
+        return np.zeros(n_points, dtype=bool)
+    return _defects(t, n_points)[2][:n_points]
 
 
 def repair_manifold(points: np.ndarray, triangles: np.ndarray,
@@ -266,7 +325,7 @@ def repair_manifold(points: np.ndarray, triangles: np.ndarray,
         cut = np.zeros(t.shape[0], dtype=bool)
         region = seed.copy()
         for _ in range(ring):  # triangles touching the region, then their vertices, ring times
-            cut = region[t].any(axis=1)
+            cut = region[t[:, 0]] | region[t[:, 1]] | region[t[:, 2]]
             region = np.zeros_like(region)
             region[t[cut].ravel()] = True
         kept = t[~cut]
@@ -322,9 +381,12 @@ def signed_volume(points: np.ndarray, triangles: np.ndarray) -> float:
     """Enclosed volume of a closed triangle mesh, > 0 when it is wound outward (units of points cubed)."""
     if triangles.shape[0] == 0:
         return 0.0
-    ref = points.mean(axis=0)
-    p0, p1, p2 = (points[triangles[:, c]] - ref for c in range(3))
-    return float(np.einsum("ij,ij->i", p0, np.cross(p1, p2)).sum() / 6.0)
+    p = np.asarray(points, dtype=np.float64)
+    p = p - p.mean(axis=0)  # shifting the origin keeps the sum well conditioned
+    a, b, c = (p[triangles[:, k]] for k in range(3))
+    det = (a[:, 0] * (b[:, 1] * c[:, 2] - b[:, 2] * c[:, 1]) + a[:, 1] * (b[:, 2] * c[:, 0] - b[:, 0] * c[:, 2])
+           + a[:, 2] * (b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0]))
+    return float(det.sum() / 6.0)
 
 
 def decimate_manifold(points: np.ndarray, tris: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -33,46 +33,79 @@ MAX_STEP = 0.5
 FALLBACK_TOLERANCE = 0.01
 
 
-def _components(n_points: int, tris: np.ndarray) -> tuple[int, np.ndarray]:
-    """Connected components of the triangle graph: (count, component of each point)."""
-    rows = np.concatenate([tris[:, 0], tris[:, 1], tris[:, 2]])
-    cols = np.concatenate([tris[:, 1], tris[:, 2], tris[:, 0]])
+def components(n_points: int, tris: np.ndarray) -> tuple[int, np.ndarray]:
+    """Connected components of a triangle mesh: (count, component of each point); a point used by
+    no triangle is a component of its own."""
+    rows = tris[:, :2].ravel()  # edges (0, 1) and (1, 2) of each triangle join all three points
+    cols = tris[:, 1:].ravel()
     graph = csr_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(n_points, n_points))
     n, labels = connected_components(graph, directed=False)
-    return int(n), labels
+    return int(n), labels.astype(np.int64, copy=False)
+
+
+def _cross_terms(points: np.ndarray, tris: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per triangle: 6 x its signed tetrahedron volume with the origin at the points' mean, and
+    its cross product (2 x area x unit normal), float64; written out per component (faster than
+    ``np.cross`` on large arrays)."""
+    p = np.asarray(points, dtype=np.float64)
+    ref = p.mean(axis=0) if p.shape[0] else np.zeros(3)
+    a, b, c = (p[tris[:, k]] - ref for k in range(3))
+    bc = np.empty_like(a)
+    bc[:, 0] = b[:, 1] * c[:, 2] - b[:, 2] * c[:, 1]
+    bc[:, 1] = b[:, 2] * c[:, 0] - b[:, 0] * c[:, 2]
+    bc[:, 2] = b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0]
+    vol6 = (a * bc).sum(axis=1)
+    # (b - a) x (c - a) = b x c - b x a - a x c = b x c + a x b + c x a
+    cross = bc
+    cross[:, 0] += a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1] + c[:, 1] * a[:, 2] - c[:, 2] * a[:, 1]
+    cross[:, 1] += a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2] + c[:, 2] * a[:, 0] - c[:, 0] * a[:, 2]
+    cross[:, 2] += a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0] + c[:, 0] * a[:, 1] - c[:, 1] * a[:, 0]
+    return vol6, cross
 
 
 def _volumes_and_areas(points: np.ndarray, tris: np.ndarray, face_comp: np.ndarray,
                        n: int) -> tuple[np.ndarray, np.ndarray]:
     """Signed enclosed volume and area of each component (divergence theorem)."""
-    p0, p1, p2 = (points[tris[:, k]].astype(np.float64) for k in range(3))
-    vol = np.einsum("ij,ij->i", p0, np.cross(p1, p2)) / 6.0
-    area = 0.5 * np.linalg.norm(np.cross(p1 - p0, p2 - p0), axis=1)
-    return np.bincount(face_comp, vol, minlength=n), np.bincount(face_comp, area, minlength=n)
+    vol6, cross = _cross_terms(points, tris)
+    area = 0.5 * np.sqrt(np.einsum("ij,ij->i", cross, cross))
+    return np.bincount(face_comp, vol6, minlength=n) / 6.0, np.bincount(face_comp, area, minlength=n)
+
+
+def component_volumes(points: np.ndarray, tris: np.ndarray, comp: np.ndarray, n: int) -> np.ndarray:
+    """Signed enclosed volume of each of the ``n`` components (``comp``: component of each point),
+    in the units of ``points`` cubed; > 0 for a surface wound outward."""
+    vol6, _ = _cross_terms(points, tris)
+    return np.bincount(comp[tris[:, 0]], vol6, minlength=n) / 6.0
 
 
 def _offset_to_volumes(out: np.ndarray, tris: np.ndarray, comp: np.ndarray, group_of_comp: np.ndarray,
-                       target: np.ndarray) -> np.ndarray:
+                       target: np.ndarray, max_step: float = MAX_STEP) -> np.ndarray:
     """Offset each group of components along the normals, in place, until its summed signed volume
     is ``target`` (within :data:`VOLUME_TOLERANCE`); returns the groups still off by more than
     :data:`FALLBACK_TOLERANCE`."""
     n_groups = target.shape[0]
     face_group = group_of_comp[comp[tris[:, 0]]]
     point_group = group_of_comp[comp]
+    volume, area = _volumes_and_areas(out, tris, face_group, n_groups)
     for _ in range(OFFSET_STEPS):
-        volume, area = _volumes_and_areas(out, tris, face_group, n_groups)
         off = np.abs(volume - target) > VOLUME_TOLERANCE * np.abs(target)
         if not off.any():
             break
+        # only the groups that are off move (the set only shrinks): work on their triangles only
+        sub = off[face_group]
+        tris, face_group = tris[sub], face_group[sub]
         d = np.where(off & (area > 0), (target - volume) / np.where(area > 0, area, 1.0), 0.0)
-        d = np.clip(d, -MAX_STEP, MAX_STEP)
-        normals = point_normals(out, tris).astype(np.float64)
+        d = np.clip(d, -max_step, max_step)
+        normals = point_normals(out, tris).astype(np.float64)  # zero at the points of other groups
         out += normals * d[point_group][:, None]
-    volume, _ = _volumes_and_areas(out, tris, face_group, n_groups)
+        moved_volume, moved_area = _volumes_and_areas(out, tris, face_group, n_groups)
+        volume, area = np.where(off, moved_volume, volume), np.where(off, moved_area, area)
     return np.abs(volume - target) > FALLBACK_TOLERANCE * np.abs(target)
 
 
-def restore_volumes(points: np.ndarray, tris: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def restore_volumes(points: np.ndarray, tris: np.ndarray, reference: np.ndarray,
+                    components_of_points: tuple[int, np.ndarray] | None = None,
+                    reference_volumes: np.ndarray | None = None) -> np.ndarray:
     """``points`` moved so each connected component encloses the volume it encloses with
     ``reference`` (the same mesh's points before smoothing), within :data:`VOLUME_TOLERANCE`.
 
@@ -82,6 +115,9 @@ def restore_volumes(points: np.ndarray, tris: np.ndarray, reference: np.ndarray)
         points: (N, 3) smoothed point positions (any frame; IJK in the mesher).
         tris: (M, 3) triangles, wound outward.
         reference: (N, 3) the same points before smoothing.
+        components_of_points: ``(count, component of each point)`` (:func:`components`) when
+            the caller has them.
+        reference_volumes: :func:`component_volumes` of ``reference`` when the caller has them.
 
     Returns:
         A new (N, 3) array; components already within the tolerance keep their points exactly, and
@@ -91,9 +127,9 @@ def restore_volumes(points: np.ndarray, tris: np.ndarray, reference: np.ndarray)
     out = np.asarray(points, dtype=np.float64).copy()
     if tris.shape[0] == 0:
         return out.astype(points.dtype)
-    n, comp = _components(out.shape[0], tris)
+    n, comp = components_of_points if components_of_points is not None else components(out.shape[0], tris)
     ref = np.asarray(reference, dtype=np.float64)
-    target, _ = _volumes_and_areas(ref, tris, comp[tris[:, 0]], n)
+    target = component_volumes(ref, tris, comp, n) if reference_volumes is None else reference_volumes
     failed = _offset_to_volumes(out, tris, comp, np.arange(n), target)
     if failed.any():  # smoothing nearly collapsed it (a lone voxel, a one-voxel spike): exact staircase
         back = failed[comp]
@@ -102,7 +138,8 @@ def restore_volumes(points: np.ndarray, tris: np.ndarray, reference: np.ndarray)
 
 
 def restore_voxel_volumes(points: np.ndarray, tris: np.ndarray, unsmoothed: np.ndarray,
-                          inside: np.ndarray) -> np.ndarray:
+                          inside: np.ndarray, components_of_points: tuple[int, np.ndarray] | None = None
+                          ) -> np.ndarray:
     """``points`` moved so the surfaces around each face-connected piece of ``inside`` enclose its
     voxel volume (within :data:`VOLUME_TOLERANCE`).
 
@@ -116,6 +153,8 @@ def restore_voxel_volumes(points: np.ndarray, tris: np.ndarray, unsmoothed: np.n
         tris: (M, 3) triangles, wound outward.
         unsmoothed: (N, 3) the same points before smoothing.
         inside: the label's boolean mask in KJI order, indexed by the same IJK.
+        components_of_points: ``(count, component of each point)`` (:func:`components`) when
+            the caller has them.
 
     Returns:
         A new (N, 3) array; a group still off by more than :data:`FALLBACK_TOLERANCE` is left as
@@ -124,7 +163,7 @@ def restore_voxel_volumes(points: np.ndarray, tris: np.ndarray, unsmoothed: np.n
     out = np.asarray(points, dtype=np.float64).copy()
     if tris.shape[0] == 0:
         return out.astype(points.dtype)
-    n, comp = _components(out.shape[0], tris)
+    n, comp = components_of_points if components_of_points is not None else components(out.shape[0], tris)
     pieces, n_pieces = ndimage.label(inside)
     counts = np.bincount(pieces.ravel(), minlength=n_pieces + 1).astype(np.float64)
     raw = np.asarray(unsmoothed, dtype=np.float64)
@@ -143,3 +182,29 @@ def restore_voxel_volumes(points: np.ndarray, tris: np.ndarray, unsmoothed: np.n
     target = np.bincount(group[n:], counts[1:], minlength=n_groups)
     _offset_to_volumes(out, tris, comp, group[:n], target)
     return out.astype(points.dtype)
+
+
+def restore_target_volumes(points: np.ndarray, tris: np.ndarray, comp: np.ndarray, group_of_comp: np.ndarray,
+                           target: np.ndarray, max_step: float = MAX_STEP) -> np.ndarray:
+    """``points`` moved so each group of connected components encloses ``target[group]`` (signed,
+    units of ``points`` cubed) within :data:`VOLUME_TOLERANCE`; for a decimated surface, whose
+    target is the volume of the full-resolution surface it came from.
+
+    Args:
+        points: (N, 3) point positions.
+        tris: (M, 3) triangles, wound outward.
+        comp: (N,) connected component of each point (:func:`components`).
+        group_of_comp: group of each component.
+        target: signed volume of each group.
+        max_step: largest offset of one step, in the units of ``points`` (:data:`MAX_STEP` voxels
+            in IJK; pass half a voxel in mm for RAS points).
+
+    Returns:
+        A new (N, 3) float64 array (a group still off by more than :data:`FALLBACK_TOLERANCE` is
+        left as the offset steps made it; the caller checks the volumes it needs).
+    """
+    out = np.asarray(points, dtype=np.float64).copy()
+    if tris.shape[0]:
+        _offset_to_volumes(out, tris, comp, np.asarray(group_of_comp, dtype=np.int64),
+                           np.asarray(target, dtype=np.float64), max_step)
+    return out
