@@ -7,6 +7,9 @@ labelled into uint16 and kept in the smallest unsigned type that holds their num
 (:func:`label_components`, uint8 for up to 255 components: 1 byte per voxel instead of scipy's
 default 4), and counts are taken slab by slab (:func:`count_values`; ``np.bincount`` of a whole
 array first copies it to int64, 8 bytes per voxel).
+
+scipy is imported inside each function: ``medseg`` (and so Slicer's module file, which imports
+``LabelMap``) must load without it (Slicer does not ship scipy).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from scipy import ndimage
 
 from medseg.core.errors import InputError
 
@@ -62,6 +64,8 @@ def label_components(mask: np.ndarray, structure: np.ndarray | None = None,
     Returns:
         ``(labels, n)``: component number per voxel (0 outside ``mask``) and the number of components.
     """
+    from scipy import ndimage
+
     m = np.asarray(mask)
     for dt in _LABEL_TYPES[1:]:
         try:
@@ -89,6 +93,8 @@ def fill_holes(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndar
     Returns:
         A new boolean array: ``mask`` with its holes filled.
     """
+    from scipy import ndimage
+
     m = np.asarray(mask, dtype=bool)
     s = ndimage.generate_binary_structure(m.ndim, 1) if structure is None else np.asarray(structure, dtype=bool)
     symmetric = s.shape == (3,) * m.ndim and np.array_equal(s, s[(slice(None, None, -1),) * m.ndim])
@@ -176,6 +182,8 @@ def label_bounding_slices(array: np.ndarray, label_values: Iterable[int]) -> dic
         raise InputError(f"label values must be >= 1, got {values[0]}")
     # uint64 is the one integer type find_objects may not take as is
     src = arr.astype(np.int64) if arr.dtype == np.uint64 else arr
+    from scipy import ndimage
+
     found = ndimage.find_objects(src, max_label=values[-1])
     out: dict[int, KJISlices | None] = {}
     for v in values:
