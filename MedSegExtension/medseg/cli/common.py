@@ -18,12 +18,11 @@ from medseg.core.devices import DEVICE_HELP, parse_device
 from medseg.core.errors import DeviceError, InputError
 from medseg.core.formats import DicomFormat, MeshFormat, parse_output_formats
 from medseg.core.specs import Task
-from medseg.core.vocabulary import NanPolicy, SurfaceMethod
+from medseg.core.vocabulary import MeshQuality, NanPolicy, SurfaceMethod
 from medseg.core.volume import Volume
 from medseg.pipeline.options import MAX_DECIMATE, RunOptions
 from medseg.pipeline.output import write_result
 from medseg.pipeline.run import run_task
-from medseg.surface.decimation import MeshQuality
 
 #: shares of a case's progress bar: computing, then writing the files
 COMPUTE_SHARE, WRITE_SHARE = 0.9, 0.1

@@ -64,7 +64,7 @@ def label_components(mask: np.ndarray, structure: np.ndarray | None = None,
     Returns:
         ``(labels, n)``: component number per voxel (0 outside ``mask``) and the number of components.
     """
-    from scipy import ndimage
+    from scipy import ndimage  # late: loading medseg (the Slicer module) needs no scipy
 
     m = np.asarray(mask)
     for dt in _LABEL_TYPES[1:]:
@@ -93,7 +93,7 @@ def fill_holes(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndar
     Returns:
         A new boolean array: ``mask`` with its holes filled.
     """
-    from scipy import ndimage
+    from scipy import ndimage  # late: loading medseg (the Slicer module) needs no scipy
 
     m = np.asarray(mask, dtype=bool)
     s = ndimage.generate_binary_structure(m.ndim, 1) if structure is None else np.asarray(structure, dtype=bool)
@@ -182,7 +182,7 @@ def label_bounding_slices(array: np.ndarray, label_values: Iterable[int]) -> dic
         raise InputError(f"label values must be >= 1, got {values[0]}")
     # uint64 is the one integer type find_objects may not take as is
     src = arr.astype(np.int64) if arr.dtype == np.uint64 else arr
-    from scipy import ndimage
+    from scipy import ndimage  # late: loading medseg (the Slicer module) needs no scipy
 
     found = ndimage.find_objects(src, max_label=values[-1])
     out: dict[int, KJISlices | None] = {}

@@ -66,6 +66,20 @@ class SurfaceMethod(Choice):
     FLYING_EDGES = "flying-edges"
 
 
+class MeshQuality(Choice):
+    """Mesh quality: how far models are decimated (target triangle edge length in voxels; what each
+    level allows is :data:`medseg.surface.decimation.LEVELS`)."""
+
+    #: no decimation: triangles about one voxel across
+    FULL = "full"
+    #: triangles up to about 4 voxels across, within 0.1 voxel of the full surface (default)
+    HIGH = "high"
+    #: up to about 6 voxels across, within 0.2 voxel
+    MEDIUM = "medium"
+    #: up to about 8 voxels across, within 0.35 voxel
+    LOW = "low"
+
+
 class DenoiseMode(Choice):
     """Denoising: the preprocessing smoothing filter."""
 

@@ -8,8 +8,7 @@ from typing import Any
 from medseg.core.devices import parse_device
 from medseg.core.errors import InputError
 from medseg.core.specs import Task
-from medseg.core.vocabulary import NanPolicy, SurfaceMethod
-from medseg.surface.decimation import MeshQuality
+from medseg.core.vocabulary import MeshQuality, NanPolicy, SurfaceMethod
 
 #: largest fraction of model triangles ``decimate`` may remove
 MAX_DECIMATE = 0.95

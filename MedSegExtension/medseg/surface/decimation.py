@@ -70,22 +70,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from medseg.core.errors import InputError
-from medseg.core.vocabulary import Choice
+from medseg.core.vocabulary import MeshQuality
 from medseg.surface.manifold import bad_vertices
 from medseg.surface.volume_fix import component_volumes, components, restore_target_volumes
-
-
-class MeshQuality(Choice):
-    """Mesh quality: how far models are decimated (target triangle edge length in voxels)."""
-
-    #: no decimation: triangles about one voxel across
-    FULL = "full"
-    #: triangles up to about 4 voxels across, within 0.1 voxel of the full surface (default)
-    HIGH = "high"
-    #: up to about 6 voxels across, within 0.2 voxel
-    MEDIUM = "medium"
-    #: up to about 8 voxels across, within 0.35 voxel
-    LOW = "low"
 
 
 @dataclass(frozen=True)

@@ -96,11 +96,10 @@ from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.mesh_arrays import image_from_labels, point_normals, polydata_from_arrays, triangles_of
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 from medseg.core.threads import default_threads
-from medseg.core.vocabulary import SurfaceMethod
+from medseg.core.vocabulary import MeshQuality, SurfaceMethod
 from medseg.surface.decimation import (
     LEVELS,
     MIN_COMPONENT_TRIANGLES,
-    MeshQuality,
     block_size,
     cluster_decimate,
     lattice_cells,
