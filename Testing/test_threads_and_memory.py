@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -175,3 +176,35 @@ def test_threads_option_is_refused_before_anything_runs(sphere_file, tmp_path, c
         main(["run", str(sphere_file), "--task", "threshold", "--threads", "0", "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "--threads must be a whole number of threads >= 1, got '0'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------ numpy's huge pages
+def _madvise_hugepage() -> bool:
+    return bool(np._core.multiarray._get_madvise_hugepage())
+
+
+@pytest.fixture()
+def restore_huge_pages():
+    before = _madvise_hugepage()
+    yield
+    np._core.multiarray._set_madvise_hugepage(before)
+
+
+def test_huge_pages_off_unless_the_user_chose(monkeypatch, restore_huge_pages):
+    from medseg.core.huge_pages import NUMPY_HUGEPAGE_ENV, configure_huge_pages
+
+    np._core.multiarray._set_madvise_hugepage(True)
+    monkeypatch.delenv(NUMPY_HUGEPAGE_ENV, raising=False)
+    assert configure_huge_pages() is False and _madvise_hugepage() is False
+    np._core.multiarray._set_madvise_hugepage(True)
+    monkeypatch.setenv(NUMPY_HUGEPAGE_ENV, "1")  # numpy's own variable: the user's choice stands
+    assert configure_huge_pages() is True and _madvise_hugepage() is True
+
+
+def test_the_command_turns_huge_pages_off():
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    code = ("import numpy as np; from medseg.cli import main; before = np._core.multiarray._get_madvise_hugepage(); "
+            "rc = main(['-q', 'tasks']); print(rc, before, np._core.multiarray._get_madvise_hugepage())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0 True False"

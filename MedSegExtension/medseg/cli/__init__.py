@@ -33,6 +33,7 @@ from medseg.cli.commands import COMMANDS
 from medseg.cli.progress import emit_error, emit_result
 from medseg.cli.signals import stop_on_signals
 from medseg.core.errors import CancelledError, ExitCode, MedSegError
+from medseg.core.huge_pages import configure_huge_pages
 from medseg.core.progress import CancelToken
 from medseg.core.threads import THREADS_ENV, configure_threads, parse_threads
 
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.cancel = CancelToken()
     try:
         configure_threads(args.threads)
+        configure_huge_pages()
         with stop_on_signals(args.cancel):
             rc: ExitCode = args.handler(args)
         if args.progress_json and args.writes_output:
