@@ -36,9 +36,12 @@ from slicer.util import VTKObservationMixin
 from medseg.core.devices import DEVICE_KINDS, parse_device
 from medseg.core.errors import InputError
 from medseg.core.formats import DicomFormat
+from medseg.core.vocabulary import MeshQuality
 
 #: the devices the panel offers (``cuda:N`` is accepted from the console)
 DEVICES = list(DEVICE_KINDS)
+#: the mesh qualities the panel offers (``medseg run --mesh-quality``), finest first
+MESH_QUALITIES = list(MeshQuality.values())
 #: task parameter -> the parameter-node field (and widget) that sets it in the panel
 PANEL_PARAMS = {"threshold": "threshold", "min_volume_mm3": "minVolume", "tta": "tta"}
 
@@ -84,6 +87,8 @@ class MedSegExtensionParameterNode:
     compareTable - the lesion table of the last comparison ("Recompute response" corrects it).
     lesionChange - "Compare" runs the lesion-change mode of two FLAIRs (MS) instead: no task, no segmentations.
     brainMask - lesion-change mode: the baseline's brain (None: derived from the baseline FLAIR).
+    meshQuality - how far the 3D surfaces (models and the segments' 3D view) are decimated: full, high,
+        medium or low (``medseg run --mesh-quality``; ``medseg.core.vocabulary.MeshQuality``).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -97,6 +102,7 @@ class MedSegExtensionParameterNode:
     tta: bool = False
     force: bool = False
     createModels: bool = True
+    meshQuality: Annotated[str, Choice(MESH_QUALITIES)] = MeshQuality.HIGH.value
     createTable: bool = True
     saveResults: bool = False
     saveFolder: pathlib.Path
@@ -279,7 +285,8 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.panel.inputs(), p.task, outputSegmentation=p.outputSegmentation, device=p.device,
                 params=self._params(), createModels=p.createModels, createTable=p.createTable, saveFolder=folder,
                 progressCallback=self.panel.onProgress, force=p.force,
-                dicomFormats=self._dicomFormats() if folder is not None else ())
+                dicomFormats=self._dicomFormats() if folder is not None else (),
+                meshQuality=self.panel.meshQuality())
 
         self.panel.run(APPLY, "run", self._ensureDependencies, start, _("MedSeg could not start."))
 
@@ -466,10 +473,12 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
     def createRequest(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                       params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
                       saveFolder=None, keepTemporaryFiles: bool = False, force: bool = False,
-                      dicomFormats: Sequence[str] = ()):
+                      dicomFormats: Sequence[str] = (), meshQuality: str = MeshQuality.HIGH.value):
         """Validate the nodes and options and copy the inputs out of the scene (``RunRequest``).
 
         ``force`` runs past a task's judgement checks of the input (``RunOptions.force``).
+        ``meshQuality``: full, high (default), medium or low, how far the 3D surfaces are decimated
+        (``medseg run --mesh-quality``; ``medseg.surface.decimation``).
         ``saveFolder``: where the results folder is written; None, ``""`` or ``"."`` (what an empty
         folder field of the panel holds) mean "not set": nothing is saved, never Slicer's working
         directory. ``dicomFormats`` ("rtstruct", "dicom-seg", "dicom-seg-labelmap") are written into
@@ -477,7 +486,8 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
 
         Raises:
             InputError: unknown task, wrong number of inputs, a node that is not a scalar volume,
-                an input under a non-linear transform, a save folder that is a file or not writable.
+                an input under a non-linear transform, a save folder that is a file or not writable,
+                an unknown mesh quality (the message names it and the accepted ones).
             DeviceError: a malformed device (not auto, cpu, cuda, cuda:N or mps).
         """
         # glue: deferred until a run starts (it imports the core, torch included)
@@ -499,6 +509,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         if outputSegmentation is not None and not isinstance(outputSegmentation, vtkMRMLSegmentationNode):
             raise InputError(f"output {outputSegmentation.GetName()!r} is not a segmentation node")
         device = parse_device(device)
+        quality = MeshQuality.parse(meshQuality, "mesh quality")
         formats = tuple(DicomFormat.parse(f, "DICOM format") for f in dicomFormats)
         folder = checked_save_folder(saveFolder)
         dicomFiles = []
@@ -514,12 +525,13 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             outputSegmentation=outputSegmentation, createModels=createModels, createTable=createTable,
             saveFolder=folder,
             baseName=f"{nodes[0].GetName()} {task}", keepTemporaryFiles=keepTemporaryFiles, force=bool(force),
-            dicomFormats=formats, dicomFiles=dicomFiles)
+            dicomFormats=formats, dicomFiles=dicomFiles, meshQuality=quality)
 
     def process(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                 params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
                 saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None,
-                runInProcess: bool = True, cancelToken=None, force: bool = False, dicomFormats: Sequence[str] = ()):
+                runInProcess: bool = True, cancelToken=None, force: bool = False, dicomFormats: Sequence[str] = (),
+                meshQuality: str = MeshQuality.HIGH.value):
         """Run ``task`` on ``inputVolumes`` and add the results to the scene; blocks until done.
 
         :param inputVolumes: the task's input volume nodes, in order (e.g. [flair, t1c]).
@@ -533,6 +545,11 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             (the report lists each check forced past).
         :param dicomFormats: "rtstruct", "dicom-seg" (or "dicom-seg-labelmap"), written into
             ``saveFolder`` for a first input loaded from Slicer's DICOM database.
+        :param meshQuality: "full" (no decimation, triangles about one voxel across), "high" (default:
+            up to about 4 voxels across, within 0.1 voxel of the full surface), "medium" (6 voxels, 0.2
+            voxel) or "low" (8 voxels, 0.35 voxel): how far the 3D surfaces (model nodes, the segments'
+            3D view, the saved models) are decimated, as ``medseg run --mesh-quality``. Surfaces under
+            2000 triangles are never decimated.
         :return: ``ProcessResult`` (segmentation node, segment ids, ROI/model/table nodes, measurements).
         :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
             unchanged whenever one is raised.
@@ -540,7 +557,8 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
 
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
-                                     createTable, saveFolder, force=force, dicomFormats=dicomFormats)
+                                     createTable, saveFolder, force=force, dicomFormats=dicomFormats,
+                                     meshQuality=meshQuality)
         job = MedSegJob(request, progressCallback)
         if runInProcess:
             return job.run_in_process(cancelToken)
@@ -550,13 +568,15 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
     def startProcess(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                      params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
                      saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None,
-                     force: bool = False, dicomFormats: Sequence[str] = ()):
+                     force: bool = False, dicomFormats: Sequence[str] = (), meshQuality: str = MeshQuality.HIGH.value):
         """Start a child-process run and return its ``MedSegJob`` at once; call ``job.poll()``
-        periodically (it imports the results when the child ends) and ``job.cancel()`` to stop."""
+        periodically (it imports the results when the child ends) and ``job.cancel()`` to stop.
+        The options are ``process``'s."""
         from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
 
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
-                                     createTable, saveFolder, force=force, dicomFormats=dicomFormats)
+                                     createTable, saveFolder, force=force, dicomFormats=dicomFormats,
+                                     meshQuality=meshQuality)
         job = MedSegJob(request, progressCallback)
         job.start()
         return job
@@ -861,6 +881,7 @@ class MedSegExtensionTest(ScriptedLoadableModuleTest):
         panel.params.task = "threshold"
         panel.refresh()
         self.assertTrue(states[APPLY].enabled)
+        self.assertEqual(panel.meshQuality(), "high")  # the default of ``medseg run --mesh-quality``
         panel.params.saveResults = True  # the folder is left unset (".")
         panel.refresh()
         self.assertFalse(states[APPLY].enabled)

@@ -25,6 +25,7 @@ import slicer
 
 from medseg.core.errors import CancelledError, InputError, OutputError
 from medseg.core.progress import CancelToken
+from medseg.core.vocabulary import MeshQuality
 from medseg.core.volume import Volume
 from medseg.io.atomic import OutputFolder
 from medseg.io.filenames import unique_file_stem
@@ -70,6 +71,8 @@ class RunRequest:
     #: RTSTRUCT / DICOM SEG written into the saved folder, and the input's DICOM files they reference
     dicomFormats: tuple = ()
     dicomFiles: list = field(default_factory=list)
+    #: how far the 3D surfaces are decimated (``medseg run --mesh-quality``), in both routes
+    meshQuality: MeshQuality = MeshQuality.HIGH
 
 
 @dataclass
@@ -163,7 +166,8 @@ class MedSegJob:
         req = self.request
         # the core always builds the meshes: they become the segments' 3D surfaces (scene_commit._add_surfaces),
         # so nothing is converted on Slicer's GUI thread; ``createModels`` only decides the model nodes
-        options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params), force=req.force)
+        options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params), force=req.force,
+                             mesh_quality=req.meshQuality)
         result = run_task(req.volumes, options, cancel=cancel,
                           progress=lambda f, m: self.progress(0.85 * COMPUTE_SHARE * f, m))
         write_result(result, out, html=False, cancel=cancel,
@@ -186,14 +190,16 @@ class MedSegJob:
         self.progress(0.0, f"started {self._what()}")
 
     def _command(self, tmp: Path) -> list[str]:
-        """Export the inputs into ``tmp``; the ``medseg run`` command line (meshes always: see ``_compute``)."""
+        """Export the inputs into ``tmp``; the ``medseg run`` command line (meshes always, at the request's
+        mesh quality: see ``_compute``)."""
         req = self.request
         paths = []
         for n, vol in enumerate(req.volumes):
             p = tmp / f"input_{n}.nrrd"
             write_volume_nrrd(vol, p, compress=False)
             paths.append(p)
-        return medseg_command(paths, req.task, tmp / "out", req.device, True, req.params, force=req.force)
+        return medseg_command(paths, req.task, tmp / "out", req.device, True, req.params, force=req.force,
+                              mesh_quality=req.meshQuality)
 
     def _what(self) -> str:
         """What runs, for the progress message."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medseg.core.errors import FORCE_HINT, CancelledError, InputError
+from medseg.core.vocabulary import MeshQuality
 from MedSegExtensionLib.results_table import format_cell
 from MedSegExtensionLib.tasks import TaskInfo
 
@@ -184,6 +185,12 @@ class Panel:
         """Where results are saved: None when "Save to folder" is off or no folder is chosen."""
         p = self.params
         return folder_or_none(p.saveFolder) if p is not None and p.saveResults else None
+
+    def meshQuality(self) -> str:
+        """How far the 3D surfaces are decimated (``medseg run --mesh-quality``): the parameter node's
+        ``meshQuality``, "full", "high", "medium" or "low" (``MeshQuality``); ``InputError`` naming any
+        other value (Apply shows it, and nothing starts)."""
+        return MeshQuality.parse(self.params.meshQuality, "mesh quality").value
 
     # ------------------------------------------------------------------ buttons
     def buttonStates(self) -> dict[str, ButtonState]:

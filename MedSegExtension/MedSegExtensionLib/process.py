@@ -37,6 +37,7 @@ from typing import Any
 import medseg
 from medseg.core.errors import ExitCode
 from medseg.core.specs import TASK_PARAMS
+from medseg.core.vocabulary import MeshQuality
 
 log = logging.getLogger("MedSeg")
 
@@ -78,10 +79,16 @@ def python_executable() -> str:
 
 
 def medseg_command(inputs: Sequence[Path], task: str, out_dir: Path, device: str = "auto",
-                   models: bool = True, params: dict | None = None, force: bool = False) -> list[str]:
-    """The ``medseg run`` command line (as an argument list) for one case."""
+                   models: bool = True, params: dict | None = None, force: bool = False,
+                   mesh_quality: str = MeshQuality.HIGH.value) -> list[str]:
+    """The ``medseg run`` command line (as an argument list) for one case.
+
+    ``mesh_quality`` (full, high, medium, low: ``MeshQuality``) is always passed as ``--mesh-quality``,
+    so the child does not depend on the command's default; ``InputError`` naming any other value.
+    """
+    quality = MeshQuality.parse(mesh_quality, "mesh quality")
     args = [python_executable(), "-m", "medseg.cli", "--progress-json", "run", *[str(p) for p in inputs],
-            "--task", task, "--out", str(out_dir), "--device", device, "--no-html"]
+            "--task", task, "--out", str(out_dir), "--device", device, "--no-html", "--mesh-quality", quality.value]
     if not models:
         args.append("--no-models")
     if force:

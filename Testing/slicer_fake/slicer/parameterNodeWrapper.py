@@ -208,11 +208,26 @@ def parameterNodeWrapper(cls):
                                    "__module__": cls.__module__})
 
 
+def _gui_choices(datatype) -> list:
+    """The items Slicer's ``QComboBoxToStringableConnector`` puts into a ``QComboBox`` bound to a str, int,
+    float or bool member: the member's ``Choice`` annotation's choices, in order (guiConnectors.py,
+    ``create`` and ``__init__``: ``widget.clear()`` then ``addItem(str(c))`` for each; without a ``Choice``
+    it raises ``RuntimeError``)."""
+    choice = next((v for v in _split(datatype)[1] if isinstance(v, Choice)), None)
+    if choice is None:
+        raise RuntimeError("ComboBoxToStringableConnector requires the Choice annotation to be used.")
+    return list(choice.choices)
+
+
 def _gui_read(widgetClass: str, datatype, widgetValue):
     """What Slicer's GUI connector for a ``widgetClass`` widget reads into a member of ``datatype``
     (guiConnectors.py): ``ctkPathLineEdit`` -> ``type(widget.currentPath)``, so an empty field is
-    ``Path("")`` == ``Path(".")``; ``QCheckBox`` -> ``widget.checked``; ``QDoubleSpinBox`` -> ``widget.value``."""
+    ``Path("")`` == ``Path(".")``; ``QCheckBox`` -> ``widget.checked``; ``QDoubleSpinBox`` -> ``widget.value``;
+    ``QComboBox`` (``widgetValue``: its ``currentIndex``) -> ``choices[widget.currentIndex]``
+    (QComboBoxToStringableConnector.read)."""
     base = _optional(_split(datatype)[0])[0]
+    if widgetClass == "QComboBox":
+        return _gui_choices(datatype)[widgetValue]
     if widgetClass == "ctkPathLineEdit":
         return base(widgetValue)  # type: ignore[operator]  # ctkPathLineEditToPathConnector.read
     if widgetClass == "QCheckBox":
@@ -222,9 +237,17 @@ def _gui_read(widgetClass: str, datatype, widgetValue):
     raise TypeError(f"no GUI connector for {widgetClass!r} in the stand-in")
 
 
-def _gui_write(widgetClass: str, value):
+def _gui_write(widgetClass: str, value, datatype=None):
     """What Slicer's GUI connector shows in a ``widgetClass`` widget for ``value`` (guiConnectors.py):
-    ``ctkPathLineEdit`` -> ``currentPath = str(value)``, so an unset path shows ``"."``."""
+    ``ctkPathLineEdit`` -> ``currentPath = str(value)``, so an unset path shows ``"."``; ``QComboBox``
+    (give the member's ``datatype``) -> the ``currentIndex`` of the first choice equal to ``value``,
+    ``ValueError`` when none is (QComboBoxToStringableConnector.write)."""
+    if widgetClass == "QComboBox":
+        choices = _gui_choices(datatype)
+        for index, c in enumerate(choices):
+            if c == value:
+                return index
+        raise ValueError(f"Unable to find value {value} in choices {choices}")
     if widgetClass == "ctkPathLineEdit":
         return str(value)  # ctkPathLineEditToPathConnector.write
     if widgetClass in ("QCheckBox", "QDoubleSpinBox"):
