@@ -141,3 +141,39 @@ def test_postprocess_fills_holes_with_background_only_and_keeps_other_labels():
     assert out[6, 8, 0] == 0  # the stray piece of the body is dropped
     assert int(np.count_nonzero(out == 4)) == 4 and int(np.count_nonzero(out == 7)) == 1
     assert int(np.count_nonzero(out == 1)) == 6 * 8 * 8 - 4
+
+
+def test_bounding_slices_are_per_label_value_and_shared_once_frozen(monkeypatch):
+    import medseg.core.labelmap as labelmap_module
+
+    calls = []
+    real = labelmap_module.label_bounding_slices
+    monkeypatch.setattr(labelmap_module, "label_bounding_slices",
+                        lambda arr, values: calls.append(tuple(values)) or real(arr, values))
+    lm = _labelmap()
+    expected = {4: (slice(2, 3), slice(2, 5), slice(1, 8)), 1: (slice(1, 4), slice(1, 6), slice(0, 9)),
+                2: None, 7: (slice(4, 5), slice(6, 7), slice(10, 11))}
+    assert lm.bounding_slices() == expected  # no lungs: None; the marker at the far corner
+    assert lm.bounding_slices() == expected and len(calls) == 2  # writeable: scanned at every call
+    assert lm.freeze() is lm and not lm.array.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        lm.array[0, 0, 0] = 4  # a stage that tried to change it fails loudly
+    first = lm.bounding_slices()
+    first[4] = None  # the caller's copy: the cached boxes stay
+    assert lm.bounding_slices() == expected and len(calls) == 3  # frozen: one pass for every later call
+    arr = _labels()
+    arr.flags.writeable = False
+    other = _labelmap(arr).with_segments(arr, lm.segments[:2])
+    assert other.bounding_slices() == {4: expected[4], 1: expected[1]}
+
+
+def test_the_pipeline_hands_on_a_frozen_label_map():
+    from medseg.data.phantom import make_chest_phantom
+    from medseg.pipeline.options import RunOptions
+    from medseg.pipeline.run import run_task
+
+    vol, _ = make_chest_phantom(shape_kji=(64, 72, 80), spacing_mm=(4.0, 4.5, 5.0), seed=3)
+    result = run_task([vol], RunOptions("ct-chest", models=False))
+    assert result.labelmap is not None and not result.labelmap.array.flags.writeable
+    assert result.labelmap.bounding_slices() == label_bounding_slices(
+        result.labelmap.array, [s.label_value for s in result.labelmap.segments])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medseg.core.components import label_counts
+from medseg.core.components import KJISlices, label_bounding_slices, label_counts
 from medseg.core.errors import InputError
 from medseg.core.volume import Volume
 
@@ -94,6 +94,34 @@ class LabelMap:
 
     def with_segments(self, array: np.ndarray, segments: Sequence[Segment]) -> LabelMap:
         return LabelMap(self.volume.with_array(array), tuple(segments))
+
+    def freeze(self) -> LabelMap:
+        """Make the label array read-only, in place, and return this label map.
+
+        The pipeline freezes the label map it hands on after segmentation: a stage that tried to
+        change it in place would fail loudly, and per-array results (:meth:`bounding_slices`) are
+        computed once for all the stages that read it.
+        """
+        self.volume.array.flags.writeable = False
+        return self
+
+    def bounding_slices(self) -> dict[int, KJISlices | None]:
+        """Each segment's KJI bounding box in the array: label value -> slices (stop exclusive), None
+        for a segment with no voxel; one ``find_objects`` pass (:func:`label_bounding_slices`).
+
+        Kept for the next call while the array is read-only (:meth:`freeze`): boxes, surfaces,
+        measurements and the report share one pass over a 512 x 512 x 300 label map (0.2-0.3 s each)
+        instead of making four. A writeable array is scanned at every call.
+        """
+        values = tuple(s.label_value for s in self.segments)
+        if self.array.flags.writeable:
+            self.__dict__.pop("_bounding_slices", None)
+            return label_bounding_slices(self.array, values)
+        cached = self.__dict__.get("_bounding_slices")
+        if cached is None or cached[0] != values:
+            cached = (values, label_bounding_slices(self.array, values))
+            object.__setattr__(self, "_bounding_slices", cached)
+        return dict(cached[1])
 
     def voxel_counts(self) -> dict[str, int]:
         """Voxel count per segment id (one counting pass, slab by slab: no whole-array int64 copy)."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from medseg.core.box import Box
-from medseg.core.components import label_bounding_slices, label_counts, slices_to_ijk_bounds
+from medseg.core.components import label_counts, slices_to_ijk_bounds
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap
 from medseg.core.volume import Volume
@@ -163,7 +163,7 @@ def boxes_for_lesions(
     volume = labelmap.volume
     segs = [s for s in labelmap.segments if s.id in lesions]
     values = [s.label_value for s in segs]
-    bounds = label_bounding_slices(labelmap.array, values)
+    bounds = labelmap.bounding_slices()
     counts = label_counts(labelmap.array, values) if float(min_volume_mm3) > 0 else {}
     voxel_mm3 = volume.voxel_volume_mm3
 

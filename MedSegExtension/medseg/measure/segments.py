@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 from vtkmodules.vtkFiltersCore import vtkMassProperties, vtkTriangleFilter
 
-from medseg.core.components import label_bounding_slices, slices_to_ijk_bounds
+from medseg.core.components import slices_to_ijk_bounds
 from medseg.core.diameter import diameter
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap
@@ -227,7 +227,7 @@ def measure_segments(
     m33 = volume.ijk_to_ras[:3, :3]
     half_voxel_ras = 0.5 * np.abs(m33).sum(axis=1)  # RAS half-extent of one voxel
     voxel_ml = volume.voxel_volume_mm3 / 1000.0
-    bboxes = label_bounding_slices(arr, [s.label_value for s in labelmap.segments])
+    bboxes = labelmap.bounding_slices()
 
     results: dict[str, dict] = {}
     for seg in labelmap.segments:

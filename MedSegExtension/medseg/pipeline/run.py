@@ -70,8 +70,9 @@ def run_task(
     peaks = dict(peaks or {})
     seg, device = segment_case(vols, options, task=task, progress=progress, cancel=cancel, timings=timings,
                                peaks=peaks)
-    labelmap = seg.labelmap
-    assert labelmap is not None  # segment_case guarantees it
+    assert seg.labelmap is not None  # segment_case guarantees it
+    # read-only from here: boxes, surfaces, measurements and the report share one pass for its boxes
+    labelmap = seg.labelmap.freeze()
     warnings = [*notes, *seg.warnings]
     if not labelmap.segments and not any(str(w).startswith(NOTHING_FOUND_PREFIX) for w in warnings):
         warnings.append(f"{NOTHING_FOUND_PREFIX}{task.name} found no structure; the segmentation is empty")

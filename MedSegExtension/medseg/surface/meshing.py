@@ -86,7 +86,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import vtk
-from scipy import ndimage
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from vtk.util import numpy_support as ns
@@ -255,7 +254,7 @@ def build_meshes(
 
     progress(0.0, f"finding {len(segments)} segment(s)")
     labels = _as_vtk_labels(labelmap.array)
-    boxes = _bounding_boxes(labels, [s.label_value for s in segments])
+    boxes = _bounding_boxes(labelmap, [s.label_value for s in segments])
     present = [s for s in segments if boxes.get(s.label_value) is not None]
     for s in segments:
         meshes[s.id] = vtk.vtkPolyData()
@@ -365,13 +364,15 @@ def _as_vtk_labels(array: np.ndarray) -> np.ndarray:
     return a.astype(dtype)
 
 
-def _bounding_boxes(labels: np.ndarray, values: Sequence[int]) -> dict[int, _Box | None]:
-    """KJI bounding box of each requested label value (``None`` when it has no voxel), one pass."""
-    top = max(values)
-    slices = ndimage.find_objects(labels, max_label=top)
+def _bounding_boxes(labelmap: LabelMap, values: Sequence[int]) -> dict[int, _Box | None]:
+    """KJI bounding box of each requested label value (``None`` when it has no voxel): the label
+    map's one ``find_objects`` pass (:meth:`LabelMap.bounding_slices`, shared with the other stages
+    when the label map is frozen). The boxes hold for the array :func:`_as_vtk_labels` makes of it,
+    which only turns negative values (never a segment's) into background."""
+    found = labelmap.bounding_slices()
     out: dict[int, _Box | None] = {}
     for v in values:
-        sl = slices[v - 1] if v - 1 < len(slices) else None
+        sl = found.get(v)
         out[v] = None if sl is None else _Box(np.array([x.start for x in sl]), np.array([x.stop for x in sl]))
     return out
 
