@@ -307,7 +307,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 [p.baselineVolume], [p.followupVolume], p.task, baselineSegmentation=p.baselineSegmentation,
                 followupSegmentation=p.followupSegmentation, intervalDays=p.intervalDays or None,
                 device=p.device, params=self._params(), createModels=p.createModels, force=p.force,
-                progressCallback=self.panel.onProgress)
+                progressCallback=self.panel.onProgress, meshQuality=self.panel.meshQuality())
 
         self.panel.run(COMPARE, "change" if p.lesionChange else "compare", self._ensureDependencies, start,
                        _("MedSeg could not start the comparison."))
@@ -587,17 +587,20 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
                              baselineSegmentation=None, followupSegmentation=None,
                              intervalDays: Optional[float] = None, device: str = "auto",
                              params: Optional[dict] = None, createModels: bool = False, rigidOnly: bool = False,
-                             force: bool = False, keepTemporaryFiles: bool = False):
+                             force: bool = False, keepTemporaryFiles: bool = False,
+                             meshQuality: str = MeshQuality.HIGH.value):
         """Validate the nodes and options of a comparison and copy them out of the scene (``CompareRequest``).
 
         ``baselineVolumes``/``followupVolumes``: each visit's inputs in the task's order (the same count);
         the first ones are registered. ``baselineSegmentation``/``followupSegmentation``: a segmentation
         node to use for that visit instead of segmenting it (exported onto the visit's first volume's
-        grid). ``intervalDays``: days between the scans (None or 0: unknown).
+        grid). ``intervalDays``: days between the scans (None or 0: unknown). ``meshQuality``: how far
+        both visits' 3D surfaces are decimated, as in ``process``.
 
         Raises:
             InputError: unknown task, wrong or unequal numbers of inputs, a volume in both visits, a node
-                of the wrong kind, a segmentation under a transform or without segments, a bad interval.
+                of the wrong kind, a segmentation under a transform or without segments, a bad interval,
+                an unknown mesh quality.
             DeviceError: a malformed device.
         """
         # glue: deferred until a comparison starts (it imports the core, torch included)
@@ -634,6 +637,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
                 raise InputError(f"the {what} segmentation {seg.GetName()!r} is not a segmentation node")
         days = check_interval_days(intervalDays)
         device = parse_device(device)
+        quality = MeshQuality.parse(meshQuality, "mesh quality")
         baseNodes, followNodes = visits["baseline"], visits["follow-up"]
         baseVolumes, followVolumes = volumes_from_nodes(baseNodes), volumes_from_nodes(followNodes)
         warnings: list = []
@@ -654,13 +658,13 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             baselineSegmentationNode=baselineSegmentation, followupSegmentationNode=followupSegmentation,
             baselineSegmentation=labelmaps[0], followupSegmentation=labelmaps[1], intervalDays=days,
             rigidOnly=bool(rigidOnly), force=bool(force), createModels=bool(createModels),
-            keepTemporaryFiles=keepTemporaryFiles, warnings=warnings)
+            keepTemporaryFiles=keepTemporaryFiles, warnings=warnings, meshQuality=quality)
 
     def compare(self, baselineVolumes: Sequence, followupVolumes: Sequence, task: str, baselineSegmentation=None,
                 followupSegmentation=None, intervalDays: Optional[float] = None, device: str = "auto",
                 params: Optional[dict] = None, createModels: bool = False, rigidOnly: bool = False,
                 force: bool = False, progressCallback: Optional[Callable[[float, str], None]] = None,
-                runInProcess: bool = True, cancelToken=None):
+                runInProcess: bool = True, cancelToken=None, meshQuality: str = MeshQuality.HIGH.value):
         """Compare a baseline and a follow-up visit and add the result to the scene; blocks until done.
 
         Adds: both segmentations (the follow-up's lesions named after their baseline matches, same
@@ -672,6 +676,8 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         :param runInProcess: True runs the core here (console, tests); False runs ``medseg compare`` as a
             child process and waits for it.
         :param cancelToken: a ``medseg.core.progress.CancelToken`` (in-process runs).
+        :param meshQuality: how far the 3D surfaces are decimated ("full", "high", "medium", "low"), as in
+            ``process``.
         :return: ``CompareResult`` (nodes, table rows, matches, responses, warnings).
         :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
             unchanged whenever one is raised.
@@ -680,7 +686,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
 
         request = self.createCompareRequest(baselineVolumes, followupVolumes, task, baselineSegmentation,
                                             followupSegmentation, intervalDays, device, params, createModels,
-                                            rigidOnly, force)
+                                            rigidOnly, force, meshQuality=meshQuality)
         job = CompareJob(request, progressCallback)
         if runInProcess:
             return job.run_in_process(cancelToken)
@@ -691,14 +697,16 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
                      baselineSegmentation=None, followupSegmentation=None, intervalDays: Optional[float] = None,
                      device: str = "auto", params: Optional[dict] = None, createModels: bool = False,
                      rigidOnly: bool = False, force: bool = False,
-                     progressCallback: Optional[Callable[[float, str], None]] = None):
+                     progressCallback: Optional[Callable[[float, str], None]] = None,
+                     meshQuality: str = MeshQuality.HIGH.value):
         """Start a child-process comparison and return its ``CompareJob`` at once (``job.poll()``
-        periodically imports the result when the child ends; ``job.cancel()`` stops it)."""
+        periodically imports the result when the child ends; ``job.cancel()`` stops it). The options
+        are ``compare``'s."""
         from MedSegExtensionLib.compare_job import CompareJob  # glue: deferred until a comparison starts
 
         request = self.createCompareRequest(baselineVolumes, followupVolumes, task, baselineSegmentation,
                                             followupSegmentation, intervalDays, device, params, createModels,
-                                            rigidOnly, force)
+                                            rigidOnly, force, meshQuality=meshQuality)
         job = CompareJob(request, progressCallback)
         job.start()
         return job

@@ -353,3 +353,33 @@ def test_child_process_compare_through_the_logic(nodes):
     job.cancel()
     assert job.poll() and job.status is ExitStatus.CANCELLED
     assert not temp.exists() and scene_snapshot() == before
+
+
+def test_compare_builds_both_visits_surfaces_at_the_chosen_mesh_quality(nodes, tmp_path):
+    """The panel's mesh quality reaches a comparison in both routes: in this process each visit's largest
+    lesion model has fewer triangles at ``low`` than at ``full`` with the same enclosed volume (2 %); the
+    child's ``medseg compare`` command line carries it; an unknown value is refused naming it."""
+    base, follow, _, _ = nodes
+    logic = MedSegExtensionLogic()
+    facts = {}
+    for level in ("full", "low"):
+        # 650 HU: the bone (700 HU) as well, a surface large enough to be decimated (lesions are < 2000 triangles)
+        res = logic.compare([base], [follow], "threshold", params={"threshold": 650.0}, createModels=True,
+                            meshQuality=level)
+        for m in res.modelNodes:
+            mass = vtk.vtkMassProperties()
+            mass.SetInputData(m.GetPolyData())
+            mass.Update()
+            visit = m.GetAttribute("MedSeg.SegmentationID") == res.baselineSegmentationNode.GetID()
+            facts[(level, visit, m.GetName())] = (m.GetPolyData().GetNumberOfCells(), mass.GetVolume())
+    for visit in (True, False):  # each visit's largest structure (the bone) at both levels
+        (n_full, v_full), (n_low, v_low) = (max((v for k, v in facts.items() if k[:2] == (level, visit)),
+                                                key=lambda t: t[1]) for level in ("full", "low"))
+        assert n_full > 2000 and n_low < n_full / 2, (n_full, n_low)
+        assert v_low == pytest.approx(v_full, rel=0.02)
+    with pytest.raises(InputError, match="mesh quality must be one of full, high, medium, low, got 'ultra'"):
+        logic.createCompareRequest([base], [follow], "threshold", meshQuality="ultra")
+    assert str(logic.createCompareRequest([base], [follow], "threshold", meshQuality="medium").meshQuality) == "medium"
+    args = compare_command([tmp_path / "b.nrrd"], [tmp_path / "f.nrrd"], "threshold", tmp_path / "out",
+                           mesh_quality="low")
+    assert args[4] == "compare" and args[args.index("--mesh-quality") + 1] == "low"

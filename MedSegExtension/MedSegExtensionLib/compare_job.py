@@ -28,6 +28,7 @@ import vtk
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken
+from medseg.core.vocabulary import MeshQuality
 from medseg.core.volume import Volume
 from medseg.followup.rematch import rematch, stored_comparison
 from medseg.io.seg_nrrd import terminology_from_string, write_seg_nrrd
@@ -73,6 +74,8 @@ class CompareRequest:
     force: bool = False
     createModels: bool = False
     keepTemporaryFiles: bool = False
+    #: how far both visits' 3D surfaces are decimated (``--mesh-quality``), in both routes
+    meshQuality: MeshQuality = MeshQuality.HIGH
     warnings: list = field(default_factory=list)
 
 
@@ -159,11 +162,14 @@ def labelmap_from_segmentation_node(segmentationNode, volumeNode, volume: Volume
 def compare_command(baseline: Sequence[Path], followup: Sequence[Path], task: str, out_dir: Path,
                     device: str = "auto", models: bool = False, params: dict | None = None, force: bool = False,
                     baseline_seg: Path | None = None, followup_seg: Path | None = None,
-                    interval_days: float | None = None, rigid_only: bool = False) -> list[str]:
+                    interval_days: float | None = None, rigid_only: bool = False,
+                    mesh_quality: str = MeshQuality.HIGH.value) -> list[str]:
     """The ``medseg compare`` command line (an argument list): the options ``medseg run`` gets
     (``process.medseg_command``: ``--progress-json``, device, task parameters, ``--no-html``,
-    ``--no-models``, ``--force``), the baseline's inputs then the follow-up's, and the compare flags."""
-    args = medseg_command([*baseline, *followup], task, out_dir, device, models, params, force=force)
+    ``--no-models``, ``--force``, ``--mesh-quality``), the baseline's inputs then the follow-up's, and the
+    compare flags."""
+    args = medseg_command([*baseline, *followup], task, out_dir, device, models, params, force=force,
+                          mesh_quality=mesh_quality)
     args[args.index("run")] = "compare"
     for flag, path in (("--baseline-seg", baseline_seg), ("--followup-seg", followup_seg)):
         if path is not None:
@@ -198,7 +204,7 @@ class CompareJob(MedSegJob):
         # meshes always: they become the segments' 3D surfaces (scene_commit._add_surfaces), so nothing is
         # converted on Slicer's GUI thread; ``createModels`` only decides the model nodes
         options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params),
-                             force=req.force)
+                             force=req.force, mesh_quality=req.meshQuality)
         options.validate(task)
         comparison = compare_cases(
             req.baselineVolumes, req.followupVolumes, options, task=task,
@@ -227,7 +233,7 @@ class CompareJob(MedSegJob):
         return compare_command(paths["baseline"], paths["followup"], req.task, tmp / "out", req.device,
                                True, req.params, force=req.force, baseline_seg=segs["baseline"],
                                followup_seg=segs["followup"], interval_days=req.intervalDays,
-                               rigid_only=req.rigidOnly)
+                               rigid_only=req.rigidOnly, mesh_quality=req.meshQuality)
 
     def _input_nodes(self) -> list:
         """The nodes the comparison read: both visits' volumes and the given segmentations."""
