@@ -3,8 +3,11 @@
 Slices are read straight from the KJI array (checked against the former ``np.take`` formulation
 and against SimpleITK on an oblique, anisotropic, flipped, non-cubic grid); segment roles read
 label boxes slab by slab (checked against the former whole-volume algorithm, kept here as the
-oracle); a slice figure's PNG is byte-identical to the one drawn the former way; the 3D view is
-rendered once with :data:`medseg.report.view3d.MAX_PEELS` depth peels and looks as with 8.
+oracle), take the boxes a frozen label map already has and fill the slabs that decide first; a
+slice figure's PNG is byte-identical to the one drawn the former way, and its outlines (no contour
+sets), overlay (a table look-up), layout and PNG writer (unfiltered rows) give the pixels of the
+former ones; the 3D view is rendered once with :data:`medseg.report.view3d.MAX_PEELS` depth peels
+and looks as with 8.
 Memory bounds are asserted with tracemalloc (numpy reports its buffers to it); no timings.
 """
 
@@ -20,7 +23,7 @@ from scipy import ndimage
 
 from conftest import grid_centre_ras, make_sitk_image, sitk_index_to_ras, sphere_image
 from medseg.core.box import Box
-from medseg.core.errors import InputError
+from medseg.core.errors import InputError, OutputError
 from medseg.core.frames import sitk_to_volume
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.result import Result
@@ -380,3 +383,240 @@ def test_vtk_check_starts_early_only_when_it_will_be_asked(chest_meshes, monkeyp
     assert view3d.vtk_offscreen_available() == early  # the same answer as a check made when asked
     view3d.start_vtk_probe(chest_meshes, "vtk")  # answered already: nothing more is started
     assert view3d._vtk_probe_proc is None
+
+
+# --------------------------------------------------------------------------- the figures' cheaper drawing
+def _decoded(data: bytes) -> np.ndarray:
+    """The pixels of PNG ``data`` as Pillow decodes them (uint8, channels last)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+def _savefig_png(fig, facecolor=None) -> bytes:
+    """The former ``png_bytes``: matplotlib's own PNG writer (Pillow, zlib level 3)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor=fig.get_facecolor() if facecolor is None else facecolor,
+                pil_kwargs={"compress_level": 3})
+    return buf.getvalue()
+
+
+def _contour_outline(ax, xs, ys, mask, color, linewidth):
+    """The former outline: a contour set of the mask."""
+    return ax.contour(xs, ys, mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=linewidth)
+
+
+def _mask_fill_rgba(lab, fills):
+    """The former overlay: one boolean mask per label value."""
+    rgba = np.zeros((*lab.shape, 4), dtype=np.float32)
+    for v, c in fills.items():
+        m = lab == v
+        rgba[m, :3] = c[:3]
+        rgba[m, 3] = c[3]
+    return rgba
+
+
+def _outline_masks() -> list[np.ndarray]:
+    """Masks that exercise the contour paths: blobs with holes, pieces touching every edge (open
+    lines), a single pixel, a diagonal chain (corners), a long ragged shape (hundreds of vertices)."""
+    rng = np.random.default_rng(11)
+    rows, cols = np.mgrid[:37, :53]
+    ring = ((rows - 18) ** 2 + ((cols - 20) * 0.8) ** 2 <= 140) & ((rows - 18) ** 2 + (cols - 20) ** 2 > 30)
+    edges = np.zeros((37, 53), bool)
+    edges[:5, 10:30] = edges[20:, -3:] = edges[-1, :4] = edges[10:14, 0] = True
+    single = np.zeros((37, 53), bool)
+    single[7, 9] = True
+    diagonal = np.eye(37, 53, k=4, dtype=bool) | np.eye(37, 53, k=5, dtype=bool)
+    ragged = ndimage.binary_opening(rng.random((37, 53)) < 0.55)
+    return [ring, edges, single, diagonal, ragged]
+
+
+def test_outline_is_pixel_identical_to_a_contour_set():
+    from medseg.report.canvas import new_figure
+
+    def draw(outline, mask, xs, ys) -> np.ndarray:
+        fig = new_figure(3.1, 2.3, dpi=90)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.set_facecolor("black")
+        outline(ax, xs, ys, mask, (0.9, 0.2, 0.1), 2.0)
+        outline(ax, xs, ys, ndimage.binary_dilation(mask, iterations=2), (0.2, 0.8, 0.3), 1.0)  # around it
+        ax.plot([xs[0], xs[-1]], [ys[0], ys[-1]], color="yellow")
+        ax.set_xlim(xs[0] - 1.0, xs[-1] + 2.0)
+        ax.set_ylim(ys[0] - 1.5, ys[-1] + 1.0)
+        ax.set_aspect("equal")
+        return _decoded(_savefig_png(fig))
+
+    for n, mask in enumerate(_outline_masks()):
+        # anisotropic pixels, columns and rows of different lengths, not starting at 0
+        xs, ys = 3.0 + np.arange(mask.shape[1]) * 0.7, -2.0 + np.arange(mask.shape[0]) * 1.9
+        new = draw(figures.add_outline, mask, xs, ys)
+        old = draw(_contour_outline, mask, xs, ys)
+        assert np.array_equal(new, old), f"mask {n}: {(new != old).any(axis=-1).sum()} pixels differ"
+        red = (new[..., 0] > 200) & (new[..., 1] < 120) & (new[..., 2] < 100)
+        green = (new[..., 1] > 150) & (new[..., 0] < 120) & (new[..., 2] < 120)
+        assert red.sum() > 5 and green.sum() > 5, f"mask {n}: an outline is not drawn"  # not both blank
+
+
+def test_outline_paths_are_those_of_the_contour_set():
+    from medseg.report.canvas import new_figure
+
+    ax = new_figure(2.0, 2.0).add_subplot(1, 1, 1)
+    for mask in _outline_masks():
+        xs, ys = np.arange(mask.shape[1]) * 0.7, np.arange(mask.shape[0]) * 1.9
+        new = figures.add_outline(ax, xs, ys, mask, (1.0, 0.0, 0.0), 1.5)
+        old = _contour_outline(ax, xs, ys, mask, (1.0, 0.0, 0.0), 1.5)
+        (p_new,), (p_old,) = new.get_paths(), old.get_paths()
+        assert np.array_equal(p_new.vertices, p_old.vertices) and np.array_equal(p_new.codes, p_old.codes)
+        assert np.array_equal(new.get_edgecolor(), old.get_edgecolor())
+        assert list(new.get_linewidths()) == list(old.get_linewidths()) == [1.5]
+        assert new.get_zorder() == old.get_zorder() and new.get_transform() == old.get_transform()
+
+
+def test_fill_rgba_matches_one_mask_per_value():
+    rng = np.random.default_rng(5)
+    fills = {3: (0.2, 0.8, 0.2, 0.3), 7: (0.9, 0.1, 0.1, 0.2), 40: (0.1, 0.2, 0.9, 0.0)}
+    lab = rng.choice(np.array([0, 3, 7, 9, 40], np.uint8), size=(23, 31))  # 9: a value with no fill
+    got = figures.fill_rgba(lab, fills)
+    assert got.dtype == np.float32 and got.shape == (23, 31, 4)
+    assert np.array_equal(got, _mask_fill_rgba(lab, fills))
+    assert np.array_equal(got[lab == 7], np.tile(np.float32(fills[7]), ((lab == 7).sum(), 1)))
+    assert not got[(lab == 0) | (lab == 9)].any()
+    # values beyond the table, negative ones, and no fills: the per-value masks
+    big = np.where(lab == 40, figures.MAX_TABLE_LABEL + 5, np.where(lab == 9, -4, lab)).astype(np.int32)
+    big_fills = {**fills, figures.MAX_TABLE_LABEL + 5: (0.5, 0.5, 0.5, 0.3)}
+    assert np.array_equal(figures.fill_rgba(big, big_fills), _mask_fill_rgba(big, big_fills))
+    assert not figures.fill_rgba(lab, {}).any()
+
+
+def test_png_bytes_has_the_pixels_and_metadata_of_savefig():
+    from PIL import Image
+
+    from medseg.report.canvas import encode_png, new_figure
+
+    fig = new_figure(2.3, 1.7, dpi=80)
+    fig.patch.set_facecolor("black")
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(np.random.default_rng(2).random((17, 29)), cmap="gray")
+    ax.text(0.5, 0.5, "R", color="yellow", transform=ax.transAxes)
+    for facecolor in (None, "white", (0.2, 0.3, 0.4, 0.5)):
+        new, old = png_bytes(fig, facecolor), _savefig_png(fig, facecolor)
+        assert np.array_equal(_decoded(new), _decoded(old))
+        assert _decoded(new).shape == (136, 184, 4)
+        with Image.open(io.BytesIO(new)) as a, Image.open(io.BytesIO(old)) as b:
+            assert a.mode == b.mode == "RGBA" and a.info == b.info  # Software text, dpi
+    rgb = np.random.default_rng(3).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    assert np.array_equal(_decoded(encode_png(rgb)), rgb)
+    for bad in (rgb.astype(np.float32), rgb[..., :2], rgb[:0], rgb[..., 0]):
+        with pytest.raises(OutputError, match=r"uint8 \(height, width, 3 or 4\) image, got"):
+            encode_png(bad)
+
+
+def test_slice_figures_are_pixel_identical_to_the_former_drawing(monkeypatch, tmp_path):
+    """Outlines, overlay, layout and PNG writing of the former code against the present ones,
+    through write_slice_figures, on the oblique anisotropic flipped non-cubic grid with label
+    values 3 and 7."""
+    res = _oblique_result()
+    report = {"segments": [
+        {"id": "organ", "is_lesion": False, "centroid_ras": list(res.boxes[0].center + np.array([-3.0, 2.0, 1.0])),
+         "voxel_count": 500},
+        {"id": "lesion", "is_lesion": True, "centroid_ras": list(res.boxes[0].center), "voxel_count": 60},
+    ], "inputs": [{"modality": "CT"}]}
+    (tmp_path / "new" / figures.FIGURES_DIR).mkdir(parents=True)
+    (tmp_path / "old" / figures.FIGURES_DIR).mkdir(parents=True)
+    new = figures.write_slice_figures(res, report, tmp_path / "new")
+    monkeypatch.setattr(figures, "add_outline", _contour_outline)
+    monkeypatch.setattr(figures, "fill_rgba", _mask_fill_rgba)
+    monkeypatch.setattr(figures, "lay_out", lambda fig: fig.canvas.draw())
+    monkeypatch.setattr(figures, "png_bytes", _savefig_png)
+    old = figures.write_slice_figures(res, report, tmp_path / "old")
+    assert new.figures == old.figures and len(new.figures) == 2
+    for rel, _ in new.figures:
+        a, b = _decoded((tmp_path / "new" / rel).read_bytes()), _decoded((tmp_path / "old" / rel).read_bytes())
+        assert np.array_equal(a, b), f"{rel}: {(a != b).any(axis=-1).sum()} pixels differ"
+        red = (a[..., 0] > 180) & (a[..., 1] < 80) & (a[..., 2] < 80)
+        green = (a[..., 1] > 150) & (a[..., 0] < 120) & (a[..., 2] < 120)
+        assert red.sum() > 50 and green.sum() > 50  # the lesion and the organ are outlined
+
+
+def test_young_garbage_is_collected_and_old_objects_watched_again():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    assert gc.get_freeze_count() == 0
+    with figures.collect_young_garbage():
+        assert gc.get_freeze_count() > 0  # the objects from before are left alone
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a reference cycle, like a drawn figure's
+        gone = weakref.ref(a)
+        del a, b
+    assert gone() is None and gc.get_freeze_count() == 0
+    with pytest.raises(ValueError, match="inside"), figures.collect_young_garbage():
+        raise ValueError("inside")
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # frozen by the program around: left frozen
+    try:
+        frozen = gc.get_freeze_count()
+        with figures.collect_young_garbage():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
+# --------------------------------------------------------------------------- roles, cheaper
+def test_plane_holes_match_binary_fill_holes():
+    rng = np.random.default_rng(8)
+    cross = ndimage.generate_binary_structure(2, 1)
+    for shape in ((9, 14, 11), (1, 12, 7), (13, 1, 10), (6, 8, 1)):
+        mask = ndimage.binary_dilation(rng.random(shape) < 0.25)  # walls with holes of all sizes
+        for axis in range(3):
+            structure = np.zeros((3, 3, 3), dtype=bool)
+            np.moveaxis(structure, axis, 0)[1] = cross
+            want = ndimage.binary_fill_holes(mask, structure=structure) & ~mask
+            got = style._plane_holes(mask, axis)
+            assert got.dtype == bool and np.array_equal(got, want), (shape, axis)
+    ring = np.zeros((3, 7, 7), bool)
+    ring[:, 1:6, 1:6] = True
+    ring[:, 2:5, 2:5] = False  # a square tube along axis 0: a hole in planes across axis 0 only
+    assert style._plane_holes(ring, 0)[:, 2:5, 2:5].all() and style._plane_holes(ring, 0).sum() == 27
+    assert not style._plane_holes(ring, 1).any() and not style._plane_holes(ring, 2).any()
+
+
+def test_roles_use_the_frozen_label_maps_boxes_and_skip_slabs_without_inner_labels(monkeypatch):
+    """A frozen label map's boxes (computed once for all stages) are not searched again; the
+    slabs holding most of an inner label are filled first, and the answer is the former
+    algorithm's."""
+    monkeypatch.setattr(style, "SLAB_VOXELS", 1 << 15)
+    shape = (90, 61, 70)  # k, j, i
+    arr = np.zeros(shape, np.uint8)
+    k, j, i = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    arr[((j - 30) ** 2 + (i - 35) ** 2 <= 27 ** 2) & (k >= 2) & (k < 88)] = 9  # body
+    arr[((j - 24) ** 2 + (i - 22) ** 2 <= 12 ** 2) & (k >= 40) & (k < 80)] = 4  # lungs, high up
+    arr[((j - 24) ** 2 + (i - 48) ** 2 <= 12 ** 2) & (k >= 40) & (k < 80)] = 6
+    arr[((j - 48) ** 2 + (i - 35) ** 2 <= 6 ** 2) & (k >= 2) & (k < 88)] = 2  # a spine, all the way
+    lm = _labelmap(arr, {"body": 9, "rl": 4, "ll": 6, "spine": 2}, spacing=(0.9, 0.7, 2.5)).freeze()
+    want = _roles_oracle(lm)
+    assert want == {"body": Role.SHELL, "rl": Role.ORGAN, "ll": Role.ORGAN, "spine": Role.ORGAN}
+    body_box = lm.bounding_slices()[9]  # as the pipeline's stages do
+    assert body_box is not None
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the label map was searched again")
+
+    monkeypatch.setattr("medseg.core.labelmap.label_bounding_slices", no_scan)
+    filled = []
+    plane_holes = style._plane_holes
+    monkeypatch.setattr(style, "_plane_holes",
+                        lambda mask, axis: filled.append((axis, mask.shape)) or plane_holes(mask, axis))
+    assert style.segment_roles(lm) == want
+    plane = (body_box[1].stop - body_box[1].start) * (body_box[2].stop - body_box[2].start)
+    slab_planes = style.SLAB_VOXELS // plane
+    assert slab_planes == 10 and all(axis == 0 for axis, _ in filled)  # decided in axial planes
+    # slabs of 10 planes from k = 2: the spine lies in all 9, the lungs (k 40..79) fill 3 whole;
+    # the two first of those hold half a lung. In k order, the former code filled the holes of 5
+    # slabs (k 2..51) before the spine was half held.
+    assert len(filled) == 2

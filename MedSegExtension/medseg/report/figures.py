@@ -15,7 +15,8 @@ and the box names are placed where they overlap no other text.
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,16 +198,18 @@ def place_labels(fig: Figure, fixed: list[Artist], movable: list[tuple[Text, Any
 
 def lay_out(fig: Figure) -> None:
     """Lay ``fig`` out (axes aspect, text and legend positions) as drawing it would, without
-    painting it: the PNG is painted once, when it is saved. Its images take no part in the
-    layout, so they are not even resampled here."""
-    images = [im for ax in fig.axes for im in ax.get_images()]
-    for im in images:
-        im.set_visible(False)
+    painting it: the PNG is painted once, when it is saved. The axes' images, outlines, lines
+    and texts (not their titles) take no part in the layout (the axes' limits are set; a text's
+    extent is computed when asked for), so they are not even resampled, transformed or set here;
+    they are shown again afterwards."""
+    hidden = [a for ax in fig.axes for a in (*ax.images, *ax.collections, *ax.lines, *ax.texts) if a.get_visible()]
+    for a in hidden:
+        a.set_visible(False)
     try:
         fig.draw_without_rendering()
     finally:
-        for im in images:
-            im.set_visible(True)
+        for a in hidden:
+            a.set_visible(True)
 
 
 def all_texts(fig: Figure) -> list[Text]:
@@ -218,6 +221,65 @@ def all_texts(fig: Figure) -> list[Text]:
 
 
 # --------------------------------------------------------------------------- drawing
+#: fill_rgba looks label values up in a table when they lie in 0..this (else it masks value by value)
+MAX_TABLE_LABEL = 1 << 16
+
+
+def fill_rgba(lab: np.ndarray, fills: Mapping[int, tuple[float, float, float, float]]) -> np.ndarray:
+    """The overlay of a label plane ``lab`` (any shape, integer label values): float32 RGBA
+    ``(*lab.shape, 4)``, ``fills[v]`` where ``lab == v`` and transparent black elsewhere.
+
+    One table look-up for label values in 0..:data:`MAX_TABLE_LABEL` (a label map's usual
+    range), else one mask per value; the same float32 values either way."""
+    out_shape = (*lab.shape, 4)
+    if not fills:
+        return np.zeros(out_shape, dtype=np.float32)
+    if lab.size and int(lab.min()) >= 0 and int(lab.max()) <= MAX_TABLE_LABEL:
+        table = np.zeros((int(lab.max()) + 1, 4), dtype=np.float32)
+        for v, rgba in fills.items():
+            if 0 <= v < len(table):
+                table[v] = rgba
+        return table[lab]
+    out = np.zeros(out_shape, dtype=np.float32)
+    for v, rgba in fills.items():
+        out[lab == v] = rgba
+    return out
+
+
+def add_outline(ax: Any, xs: np.ndarray, ys: np.ndarray, mask: np.ndarray, color: tuple[float, float, float],
+                linewidth: float) -> Any:
+    """Outline ``mask`` (2D bool, display order ``[row, col]``, pixel centres at plot mm ``xs``
+    (columns) and ``ys`` (rows)) in ``color``, ``linewidth`` points wide, on ``ax``: the 0.5
+    iso-line of the mask.
+
+    Draws what ``ax.contour(xs, ys, mask.astype(np.float32), levels=[0.5], colors=[color],
+    linewidths=linewidth)`` draws, pixel for pixel: the same contour generator and paths in one
+    collection with a contour set's line properties; but without its colour mapping, level
+    handling and autoscaling, which took most of a slice figure's drawing time. Returns the
+    collection.
+    """
+    # matplotlib (and its contour generator) only when a figure is drawn (slow import)
+    import contourpy
+    import matplotlib as mpl
+    from matplotlib.collections import PathCollection
+    from matplotlib.path import Path as MplPath
+
+    algorithm = mpl.rcParams["contour.algorithm"]
+    corner_mask = False if algorithm == "mpl2005" else mpl.rcParams["contour.corner_mask"]
+    x, y = np.meshgrid(np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64))
+    z = np.ma.masked_invalid(np.ma.asarray(mask.astype(np.float32)), copy=False)
+    # the generator and line type contour sets use: (vertices, codes) of each piece of the line
+    gen: Any = contourpy.contour_generator(x, y, z, name=algorithm, corner_mask=corner_mask,
+                                           line_type=contourpy.LineType.SeparateCode,
+                                           fill_type=contourpy.FillType.OuterCode, chunk_size=0)
+    vertices, codes = gen.create_contour(0.5)
+    path = MplPath(np.concatenate(vertices), np.concatenate(codes)) if len(vertices) else MplPath(np.empty((0, 2)))
+    lines = PathCollection([path], facecolors="none", edgecolors=[color], linewidths=[linewidth],
+                           linestyles=["solid"], label="_nolegend_", zorder=2)
+    ax.add_collection(lines, autolim=False)
+    return lines
+
+
 def draw_slice_figure(
     result: Result,
     volume: Volume,
@@ -265,12 +327,8 @@ def draw_slice_figure(
                   interpolation="nearest")
         values = [int(v) for v in np.unique(lab) if int(v) in by_value]
         present.update(values)
-        rgba = np.zeros((*lab.shape, 4), dtype=np.float32)
-        for val in values:
-            seg = by_value[val]
-            m = lab == val
-            rgba[m, :3] = colours[seg.id]
-            rgba[m, 3] = FILL_ALPHA[roles.get(seg.id, Role.ORGAN)]
+        fills = {v: (*colours[by_value[v].id], FILL_ALPHA[roles.get(by_value[v].id, Role.ORGAN)]) for v in values}
+        rgba = fill_rgba(lab, fills)
         if rgba[..., 3].any():
             ax.imshow(rgba, origin="lower", extent=extent, interpolation="nearest")
         if nh >= 2 and nv >= 2:
@@ -280,8 +338,7 @@ def draw_slice_figure(
                 seg = by_value[val]
                 m = lab == val
                 rs, cs = _around(m.any(axis=1), nv), _around(m.any(axis=0), nh)  # contour its box only
-                ax.contour(xs[cs], ys[rs], m[rs, cs].astype(np.float32), levels=[0.5], colors=[colours[seg.id]],
-                           linewidths=LINE_WIDTH[roles.get(seg.id, Role.ORGAN)])
+                add_outline(ax, xs[cs], ys[rs], m[rs, cs], colours[seg.id], LINE_WIDTH[roles.get(seg.id, Role.ORGAN)])
         for box in result.boxes:
             poly = box_section_ijk(box, volume, lay.axis, float(idx))
             if poly.shape[0] < 3:
@@ -434,15 +491,39 @@ def write_slice_figures(
     targets = slice_targets(result, report)
     lesions = targets[1:]
     out = SliceFigures(lesions_total=len(lesions), lesions_shown=min(len(lesions), max(max_lesions, 0)))
-    for target in targets[: 1 + out.lesions_shown]:
-        rel = f"{FIGURES_DIR}/{target.stem}.png"
-        r = np.round(np.asarray(target.ras, dtype=float), 1)
-        caption = f"{target.title} at RAS ({r[0]:.1f}, {r[1]:.1f}, {r[2]:.1f}) mm"
-        shown = SliceTarget(target.stem, caption, np.asarray(target.ras, dtype=float), target.segment_id)
-        slice_figure(result, volume, shown, window, out_dir / rel, has_image, colours, roles)
-        out.figures.append((rel, caption))
-    # a drawn figure is a web of reference cycles (artists <-> axes <-> figure) holding its image
-    # arrays (tens of MB each): free them now, not at some later full collection (e.g. while the
-    # 3D view renders, which then needs its own few hundred MB)
-    gc.collect()
+    with collect_young_garbage():
+        for target in targets[: 1 + out.lesions_shown]:
+            rel = f"{FIGURES_DIR}/{target.stem}.png"
+            r = np.round(np.asarray(target.ras, dtype=float), 1)
+            caption = f"{target.title} at RAS ({r[0]:.1f}, {r[1]:.1f}, {r[2]:.1f}) mm"
+            shown = SliceTarget(target.stem, caption, np.asarray(target.ras, dtype=float), target.segment_id)
+            slice_figure(result, volume, shown, window, out_dir / rel, has_image, colours, roles)
+            out.figures.append((rel, caption))
     return out
+
+
+@contextmanager
+def collect_young_garbage() -> Iterator[None]:
+    """Within: the garbage collector leaves the objects made before alone (``gc.freeze``);
+    on leaving: the garbage made within is collected, and the older objects are watched again.
+
+    Drawing a figure makes tens of thousands of objects, which trigger collections; after a
+    pipeline run those each walked the process's few hundred thousand older objects (torch,
+    the stages' results), about 0.15 s a full collection. A drawn figure is a web of
+    reference cycles (artists <-> axes <-> figure) holding its image arrays (tens of MB each):
+    the collection on leaving frees them now, not at some later full collection (e.g. while the
+    3D view renders, which then needs its own few hundred MB). When objects were frozen already
+    (by the program around MedSeg), nothing is frozen or unfrozen here; the collection on
+    leaving is made all the same.
+    """
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
+    try:
+        yield
+    finally:
+        try:
+            gc.collect()
+        finally:
+            if freeze:
+                gc.unfreeze()

@@ -178,10 +178,22 @@ def _count(arr: np.ndarray, box: Box3, value: int) -> int:
 
 def _plane_holes(mask: np.ndarray, axis: int) -> np.ndarray:
     """The holes of ``mask`` in each of its planes across array ``axis``: voxels outside the
-    mask that no path of in-plane, edge-sharing outside voxels joins to the plane's border."""
+    mask that no path of in-plane, edge-sharing outside voxels joins to the plane's border.
+
+    What ``ndimage.binary_fill_holes(mask, in-plane structure) & ~mask`` gives, found by one
+    labelling of the outside voxels (its pieces that touch a plane's border are not holes)
+    instead of an iterated dilation from the border: about half the time on a body's slab.
+    """
     structure = np.zeros((3, 3, 3), dtype=bool)
     np.moveaxis(structure, axis, 0)[1] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_fill_holes(mask, structure=structure) & ~mask
+    pieces, n = ndimage.label(~mask, structure=structure)
+    open_piece = np.zeros(n + 1, dtype=bool)
+    open_piece[0] = True  # label 0: the mask itself
+    for a in range(3):
+        if a != axis:  # the border of each plane: the first and last rows of the other two axes
+            open_piece[np.take(pieces, 0, axis=a)] = True
+            open_piece[np.take(pieces, -1, axis=a)] = True
+    return ~open_piece[pieces]
 
 
 def _encloses(arr: np.ndarray, value: int, box: Box3, others: list[tuple[int, int, Box3]]) -> bool:
@@ -192,9 +204,10 @@ def _encloses(arr: np.ndarray, value: int, box: Box3, others: list[tuple[int, in
     lungs inside is closed in axial planes, though open at the top and bottom of the grid),
     inside ``box`` (the mask's bounding box: outside it there is nothing to fill); a voxel of
     another label is held when it lies in such a hole in a plane of any axis. Planes are
-    independent, so only what decides the answer is read: the planes that meet the other labels'
-    boxes, slab by slab, stopping as soon as one label is held (the holes only grow with more
-    planes and axes).
+    independent, so only what decides the answer is read: the slabs of planes that hold voxels
+    of the other labels, those holding most of them (relative to what each needs) first, stopping
+    as soon as one label is held. The answer does not depend on that order: the holes only grow
+    with more planes and axes, and a voxel is counted once.
     """
     # the holes lie inside ``box``: a label with too few voxels there cannot be held
     cands = []  # (label value, voxels needed, its part of box, which of them were found held)
@@ -210,7 +223,17 @@ def _encloses(arr: np.ndarray, value: int, box: Box3, others: list[tuple[int, in
     for axis in range(3):
         span = list(box)
         span[axis] = slice(min(c[2][axis].start for c in cands), max(c[2][axis].stop for c in cands))
+        order = []  # (-share, first plane, slab); share: the largest part of a label's need it could hold
         for part in _slabs((span[0], span[1], span[2]), axis, plane_voxels[axis]):
+            share = 0.0
+            for v, need, inter, _ in cands:
+                common = _intersect(part, inter)
+                if common is not None:
+                    share = max(share, int(np.count_nonzero(arr[common] == v)) / need)
+            if share > 0:  # a slab without voxels of the other labels holds none of them
+                order.append((-share, part[axis].start, part))
+        order.sort(key=lambda x: (x[0], x[1]))
+        for _, _, part in order:
             holes = _plane_holes(arr[part] == value, axis)
             for n, (v, need, inter, hit) in enumerate(cands):
                 common = _intersect(part, inter)
@@ -232,8 +255,9 @@ def segment_roles(labelmap: LabelMap, lesion_ids: Iterable[str] = ()) -> dict[st
     :data:`SHELL_MIN_INNER_FRACTION` its size; holes filled in the planes of each array axis
     within the segment's bounding box); other organs.
 
-    One pass over the label map finds each label's bounding box; counts and hole filling then
-    read only those boxes, in slabs (no whole-volume masks).
+    The labels' bounding boxes come from :meth:`LabelMap.bounding_slices` (one pass over the
+    label map, shared with the other stages when the map is frozen, as in a pipeline run);
+    counts and hole filling then read only those boxes, in slabs (no whole-volume masks).
     """
     lesions = set(lesion_ids)
     segs = list(labelmap.segments)
@@ -242,10 +266,10 @@ def segment_roles(labelmap: LabelMap, lesion_ids: Iterable[str] = ()) -> dict[st
     if len(organ_segs) < 2:
         return roles
     arr = labelmap.volume.array
-    found = ndimage.find_objects(arr, max_label=max(s.label_value for s in organ_segs))
+    found = labelmap.bounding_slices()
     boxes: dict[int, Box3] = {}
     for v in {s.label_value for s in organ_segs}:
-        b = found[v - 1]
+        b = found.get(v)
         if b is not None:
             boxes[v] = (b[0], b[1], b[2])
     organs = [s for s in organ_segs if s.label_value in boxes]
