@@ -6,8 +6,9 @@ free (:func:`default_threads`); ``medseg --threads N`` (or ``MEDSEG_THREADS``) s
 
 The count is set through the environment variables each library reads when it starts
 (``OMP_NUM_THREADS`` for torch, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` for ITK, ``VTK_SMP_MAX_THREADS``
-for VTK's SMP tools), so a library imported later and a child process both follow it, and directly
-in the libraries already imported. Nothing is imported here.
+for VTK's SMP tools, ``LP_NUM_THREADS`` for Mesa's software renderer), so a library imported later
+and a child process both follow it, and directly in the libraries already imported. Nothing is
+imported here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from medseg.core.errors import InputError
 #: environment variable with the thread count (an integer >= 1); the ``--threads`` option wins
 THREADS_ENV = "MEDSEG_THREADS"
 #: environment variables read at start-up by the libraries MedSeg computes with
-LIBRARY_THREAD_ENVS = ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "VTK_SMP_MAX_THREADS")
+#: (``LP_NUM_THREADS``: Mesa's llvmpipe, the software OpenGL the report's 3D view renders with when
+#: there is no GPU, read when its first context is made)
+LIBRARY_THREAD_ENVS = ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "VTK_SMP_MAX_THREADS",
+                       "LP_NUM_THREADS")
 
 _configured: int | None = None
 
