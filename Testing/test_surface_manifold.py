@@ -27,14 +27,16 @@ from medseg.io.mesh_io import read_mesh
 from medseg.pipeline.options import RunOptions
 from medseg.pipeline.output import write_result
 from medseg.pipeline.run import run_task
-from medseg.surface import labelmap_to_meshes
+from medseg.surface import labelmap_to_meshes, manifold
 from medseg.surface.manifold import (
+    bad_vertices,
     critical_blocks,
     decimate_manifold,
     make_well_composed,
     manifold_defects,
     repair_manifold,
 )
+from medseg.surface.volume_fix import components, restore_target_volumes
 
 METHODS = ["surface-nets", "flying-edges"]
 GEOMETRY = "oblique_aniso_flipped"  # 0.7 x 0.7 x 5 mm, rotated 30 degrees, det < 0; KJI (12, 64, 72)
@@ -165,6 +167,85 @@ def test_manifold_defects_sees_what_vtk_sees():
     assert fixed is not None
     assert manifold_defects(fixed[1]) == {"bad_edges": 0, "same_direction_edges": 0, "bad_vertices": 0}
     assert vtk_open_or_non_manifold_edges(polydata_from_arrays(*fixed)) == 0
+
+
+def octahedron(ids: list[int]) -> np.ndarray:
+    """The 8 faces of an octahedron on the 6 point ids (+x, -x, +y, -y, +z, -z), wound outward."""
+    px, nx, py, ny, pz, nz = ids
+    return np.array([[px, py, pz], [py, nx, pz], [nx, ny, pz], [ny, px, pz],
+                     [py, px, nz], [nx, py, nz], [ny, nx, nz], [px, ny, nz]])
+
+
+@pytest.mark.parametrize("limit", [None, 10**9, 1])
+def test_defects_found_where_they_are_on_an_otherwise_closed_mesh(monkeypatch, limit):
+    """One array, scattered non-consecutive point ids among unused ones: a closed octahedron (no
+    defect), two tetrahedra sharing point 40 only (two fans there, every edge fine), a tetrahedron
+    with a face missing (its 3 points on open edges) and one with a face turned (3 edges wound the
+    same way twice). Every point is judged on its own triangles, through each way of sorting the
+    edges (``limit``: the int64 packing fits, fits once the used points are renumbered, does not)."""
+    if limit is not None:
+        monkeypatch.setattr(manifold, "_PACKED_LIMIT", limit)
+    tet = np.array([[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]])
+    clean = octahedron([3, 97, 11, 58, 25, 70])
+    pinch = np.concatenate([np.choose(tet, [40, 41, 42, 43]), np.choose(tet, [40, 51, 52, 53])])
+    hole = np.choose(tet[1:], [60, 61, 62, 63])  # face (0, 2, 1) missing: points 60, 62, 61 on it
+    turned = np.choose(tet, [80, 81, 82, 83])
+    turned[0] = turned[0, ::-1]  # face (80, 82, 81) wound the same way as its neighbours
+    n = 120
+    bad = bad_vertices(np.concatenate([clean, pinch, hole, turned]), n)
+    assert np.flatnonzero(bad).tolist() == [40, 60, 61, 62, 80, 81, 82]
+    assert manifold_defects(np.concatenate([clean, pinch, hole, turned])) == {
+        "bad_edges": 3, "same_direction_edges": 3, "bad_vertices": 7}
+    assert not bad_vertices(clean, n).any()
+    assert np.flatnonzero(bad_vertices(np.concatenate([clean, pinch]), n)).tolist() == [40]
+    assert manifold_defects(np.concatenate([clean, hole])) == {
+        "bad_edges": 3, "same_direction_edges": 0, "bad_vertices": 3}
+
+
+def test_components_number_each_surface_by_its_smallest_point():
+    """Two octahedra with interleaved point ids and two points on no triangle: one component per
+    surface and per lone point, numbered in the order of their smallest point, as scipy numbers the
+    components of the graph of all triangle edges."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    first = octahedron([1, 4, 6, 9, 10, 12])
+    second = octahedron([2, 3, 5, 7, 11, 13])
+    tris = np.concatenate([second, first]).astype(np.int32)
+    count, labels = components(15, tris)  # points 0 and 8, 14 on no triangle
+    expected = np.empty(15, dtype=np.int64)
+    expected[[0]] = 0
+    expected[[1, 4, 6, 9, 10, 12]] = 1
+    expected[[2, 3, 5, 7, 11, 13]] = 2
+    expected[8], expected[14] = 3, 4
+    assert count == 5 and labels.dtype == np.int64 and labels.tolist() == expected.tolist()
+    edges = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
+    graph = coo_matrix((np.ones(edges.shape[0]), (edges[:, 0], edges[:, 1])), shape=(15, 15))
+    assert np.array_equal(labels, connected_components(graph, directed=False)[1])
+
+
+def test_volume_restore_moves_only_the_surfaces_off_their_target():
+    """Two octahedra (volume 4 r^3 / 3), one shrunk by 3 %, one exact, and a point on no triangle:
+    the shrunk one is offset towards its target, the exact one and the lone point keep their
+    coordinates bit for bit; with -0.0 for the zero coordinates (the update then runs over every
+    point, as it always did) the values are the same."""
+    unit = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float)
+    points = np.concatenate([2.0 * unit + [5.0, 0.0, 1.0], 1.5 * unit * 0.97 + [-4.0, 2.0, 0.5], [[0.0, 0.5, 7.0]]])
+    tris = np.concatenate([octahedron([0, 1, 2, 3, 4, 5]), octahedron([6, 7, 8, 9, 10, 11])])
+    n, comp = components(13, tris)
+    target = np.array([4 * 2.0**3 / 3, 4 * 1.5**3 / 3, 0.0])
+    out = restore_target_volumes(points, tris, comp, np.arange(n), target)
+    before = signed_volume(points[6:12], tris[8:] - 6)
+    after = signed_volume(out[6:12], tris[8:] - 6)
+    assert before == pytest.approx(0.97**3 * target[1])  # 8.7 % short
+    # four offset steps along the vertex normals of so coarse a surface: within a percent
+    assert abs(after - target[1]) < min(0.01 * target[1], abs(before - target[1]) / 10)
+    assert np.array_equal(out[:6], points[:6]) and np.array_equal(out[12], points[12])
+    assert not np.signbit(out[points == 0]).any()
+    with_negative_zero = np.where(points == 0, -0.0, points)
+    assert np.signbit(with_negative_zero[points == 0]).all()  # the lone point's and the exact octahedron's
+    again = restore_target_volumes(with_negative_zero, tris, comp, np.arange(n), target)
+    assert np.array_equal(again, out)
 
 
 @pytest.mark.parametrize(("make", "n_contacts"), [(cubes_on_an_edge, 20), (cubes_on_a_corner, 1)])

@@ -41,6 +41,8 @@ from medseg.core.mesh_arrays import polydata_from_arrays, triangles_of
 
 #: largest relative volume change the manifold repair after decimation may make
 REPAIR_VOLUME = 0.002
+#: edge keys times edge counts below this fit in an int64 with room (one plain sort, :func:`_pairing`)
+_PACKED_LIMIT = 2**62
 #: voxel offsets (dk, dj, di) of bit b of a 2x2x2 block code: b = 4 dk + 2 dj + di
 _OFFSETS = np.array([[(b >> 2) & 1, (b >> 1) & 1, b & 1] for b in range(8)], dtype=np.int64)
 #: the 6 faces of a block, each as its 4 bits in cyclic order (opposite corners 0/2 and 1/3)
@@ -232,12 +234,58 @@ def manifold_defects(triangles: np.ndarray) -> dict[str, int]:
 def _defects(t: np.ndarray, n_points: int | None = None) -> tuple[int, int, np.ndarray]:
     """(bad undirected edges, repeated directed edges, bad-vertex mask) of a non-empty triangle array.
 
-    Edges and (vertex, neighbour) pairs are packed into single int64 keys (``a * n + b``), so all
-    the counting is 1-D sorting. When no directed edge repeats (the usual case), an edge is bad
-    exactly when its reverse is missing, and the fan around each vertex is followed from triangle
-    to triangle through the sorted edges (:func:`_fans_of_closed`).
+    The directed edges are paired with their reverses by one sort of their undirected keys
+    (:func:`_pairing`). Every vertex whose edges are all used exactly twice, in opposite
+    directions, has its triangles in cycles (fans) that :func:`_several_fans` follows; only the
+    triangles around the other vertices (a few, or none on a closed manifold) go through the
+    general count (:func:`_defects_general`), whose verdict on a vertex depends on that vertex's
+    own triangles only. A triangle with a repeated point: the general count on the whole array.
+    When the triangles use fewer than half of the ``n_points`` ids (a part of a larger mesh), the
+    ids used are numbered 0..k-1 first (in order, so every key keeps its order): only the returned
+    mask is then as long as ``n_points``.
     """
     n = int(t.max()) + 1 if n_points is None else max(int(n_points), int(t.max()) + 1)
+    if 8 * t.size < n:  # a few triangles: their ids by a sort of them, not a pass over all ids
+        ids = np.unique(t)
+        compact = np.searchsorted(ids, t)
+    else:
+        used = np.zeros(n, dtype=bool)
+        used[t.ravel()] = True
+        ids = np.flatnonzero(used)
+        compact = (np.cumsum(used) - 1)[t] if ids.size < n // 2 else t
+    if ids.size < n // 2:
+        n_bad_edges, n_repeated, bad_used = _defects(compact, ids.size)
+        bad = np.zeros(n, dtype=bool)
+        bad[ids] = bad_used
+        return n_bad_edges, n_repeated, bad
+    a, b = t.ravel(), t[:, [1, 2, 0]].ravel()  # directed edges a -> b (edge 3 j + k: corner k of triangle j)
+    if np.any(a == b):
+        return _defects_general(t, n)
+    twin, n_bad_edges, n_repeated = _pairing(a, b, n)
+    # corner 3 j + k is followed by the corner whose edge is a -> prev: the twin of the triangle's
+    # edge prev -> a, which is the edge of its corner 3 j + (k + 2) % 3
+    succ = twin[np.arange(a.shape[0]).reshape(-1, 3)[:, [2, 0, 1]].ravel()]
+    unpaired = twin < 0
+    if not unpaired.any():  # closed and consistently wound (the usual case): only the fans to count
+        return 0, 0, _several_fans(a, succ, n)
+    dirty = np.zeros(n, dtype=bool)  # on an edge not used exactly twice in opposite directions
+    dirty[a[unpaired]] = True
+    dirty[b[unpaired]] = True
+    bad = _several_fans(a, succ, n, ~dirty)
+    around = np.compress(dirty[t[:, 0]] | dirty[t[:, 1]] | dirty[t[:, 2]], t, axis=0)  # every triangle at one
+    bad[dirty] = _defects_general(around, n)[2][dirty]
+    return n_bad_edges, n_repeated, bad
+
+
+def _defects_general(t: np.ndarray, n: int) -> tuple[int, int, np.ndarray]:
+    """:func:`_defects` by sorting (vertex, neighbour) keys and the components of each vertex's
+    link (``n``: the number of points, above every id in ``t``).
+
+    Edges and (vertex, neighbour) pairs are packed into single int64 keys (``a * n + b``), so all
+    the counting is 1-D sorting. When no directed edge repeats, an edge is bad exactly when its
+    reverse is missing, and the fan around each vertex is followed from triangle to triangle
+    through the sorted edges (:func:`_fans_of_closed`).
+    """
     a, b = t.ravel(), t[:, [1, 2, 0]].ravel()  # directed edges a -> b
     directed = a * n + b
     order = np.argsort(directed)
@@ -279,12 +327,89 @@ def _defects(t: np.ndarray, n_points: int | None = None) -> tuple[int, int, np.n
     return n_bad_edges, n_repeated, bad
 
 
+def _pairing(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, int, int]:
+    """Each directed edge ``a -> b`` (no loops; ids below ``n``) paired with its reverse: (index of
+    the reverse edge, -1 for an edge whose undirected edge is not used exactly twice in opposite
+    directions; the number of undirected edges not used exactly twice; the number of directed
+    edges used more than once).
+
+    One plain sort of ``undirected key * m + edge`` (several times faster than an argsort of the
+    keys); the vertices are numbered 0..k-1 among those used first when the ids are too large for
+    that to fit in an int64 (an argsort when even that does not fit)."""
+    m = a.shape[0]
+    k = n
+    if k * k * m >= _PACKED_LIMIT:
+        used = np.zeros(n, dtype=bool)
+        used[a] = True
+        k = int(used.sum())
+        number = np.cumsum(used) - 1
+        a, b = number[a], number[b]
+    key = np.minimum(a, b) * k + np.maximum(a, b)
+    if k * k * m < _PACKED_LIMIT:
+        key, order = np.divmod(np.sort(key * m + np.arange(m)), m)
+    else:
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+    twin = np.full(m, -1, dtype=np.intp)
+    first, second = order[0:-1:2], order[1::2]
+    af = a[first]
+    if (m % 2 == 0 and np.array_equal(key[0::2], key[1::2]) and np.all(key[2::2] != key[1:-1:2])
+            and np.all(af == b[second])):  # every key in one pair, in opposite directions
+        twin[first] = second
+        twin[second] = first
+        return twin, 0, 0
+    start = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))  # groups of one undirected edge
+    size = np.diff(np.append(start, m))
+    two = start[size == 2]
+    pair = two[a[order[two]] == b[order[two + 1]]]  # used twice, in opposite directions
+    twin[order[pair]] = order[pair + 1]
+    twin[order[pair + 1]] = order[pair]
+    # a directed edge used more than once: in a group of an undirected edge used more than twice,
+    # or twice in one direction
+    rest = np.flatnonzero(twin[order] < 0)
+    directed = a[order[rest]] * k + b[order[rest]]
+    _, repeats = np.unique(directed, return_counts=True)
+    return twin, int((size != 2).sum()), int((repeats > 1).sum())
+
+
 def _fans_of_closed(a: np.ndarray, prev: np.ndarray, ordered: np.ndarray, order: np.ndarray, n: int) -> np.ndarray:
     """Fans of triangles around each vertex of a closed, consistently wound mesh (every directed
     edge once, with its reverse): corner ``i`` (vertex ``a[i]``, previous point ``prev[i]``) is
     followed by the corner whose edge is ``a[i] -> prev[i]``; each cycle of that map is one fan.
     ``ordered``/``order``: the sorted directed-edge keys and their corners."""
-    succ = order[np.searchsorted(ordered, a * n + prev)]
+    return _fans(a, order[np.searchsorted(ordered, a * n + prev)], n)
+
+
+def _several_fans(a: np.ndarray, succ: np.ndarray, n: int, only: np.ndarray | None = None) -> np.ndarray:
+    """(n,) mask of the vertices with more than one cycle of the corner map ``succ`` (corner ``i``
+    at vertex ``a[i]`` to the next corner around that same vertex, a permutation of the vertex's
+    corners), looked at only where ``only`` is set (None: everywhere): from one corner of each
+    vertex, ``succ`` is followed until it comes back; the vertex has one fan exactly when that took
+    as many steps as it has corners (at most its number of corners; the vertices still walking get
+    fewer at each step)."""
+    valence = np.bincount(a, minlength=n)
+    start = np.zeros(n, dtype=np.intp)
+    start[a] = np.arange(a.shape[0])  # one corner of each vertex (any)
+    vertex = np.flatnonzero(valence if only is None else (valence > 0) & only)
+    first = start[vertex]
+    cur = succ[first]
+    cycle = np.zeros(n, dtype=valence.dtype)
+    step = 1
+    while vertex.size:
+        back = cur == first
+        cycle[vertex[back]] = step
+        walking = ~back
+        vertex, first, cur = np.compress(walking, vertex), np.compress(walking, first), succ[np.compress(walking, cur)]
+        step += 1
+    several = cycle < valence
+    if only is not None:
+        several &= only
+    return several
+
+
+def _fans(a: np.ndarray, succ: np.ndarray, n: int) -> np.ndarray:
+    """Number of cycles of the corner map ``succ`` (corner ``i`` at vertex ``a[i]`` to the next
+    corner around that vertex) at each of the ``n`` vertices: its fans of triangles."""
     # label each corner with the smallest corner of its cycle by pointer doubling: after step k a
     # label is the minimum over the next 2**k corners; a step that changes nothing means done
     label = np.arange(a.shape[0])

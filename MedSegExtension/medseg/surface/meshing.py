@@ -418,8 +418,9 @@ def _compact(points: np.ndarray, raw: np.ndarray, tris: np.ndarray) -> _Surface:
     used[tris.ravel()] = True
     new_id = np.cumsum(used) - 1
     n = int(used.sum())
-    t = new_id.astype(np.int32 if n < 2**31 - 1 else np.int64)[tris]  # 32-bit ids: half the memory
-    return _Surface(points[used], raw[used], t, components(n, t))
+    t = np.take(new_id.astype(np.int32 if n < 2**31 - 1 else np.int64), tris)  # 32-bit ids: half the memory
+    # np.compress: the rows kept, several times faster than a boolean index of an (N, 3) array
+    return _Surface(np.compress(used, points, axis=0), np.compress(used, raw, axis=0), t, components(n, t))
 
 
 # --------------------------------------------------------------------------- VTK stages
