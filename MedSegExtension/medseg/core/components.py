@@ -154,12 +154,18 @@ def mask_bounding_slices(mask: np.ndarray) -> KJISlices | None:
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 3:
         raise InputError(f"mask must be 3D (K, J, I), got {m.ndim}D")
-    plane = np.asarray(m.any(axis=0))  # (J, I)
-    ks = np.flatnonzero(m.any(axis=(1, 2)))
+    return bounding_slices_of_projections(np.asarray(m.any(axis=(1, 2))), np.asarray(m.any(axis=0)))
+
+
+def bounding_slices_of_projections(k_any: np.ndarray, plane: np.ndarray) -> KJISlices | None:
+    """The tight KJI bounding slices of a 3D mask from its two projections: ``k_any`` (K,), whether
+    each k-slice holds a voxel, and ``plane`` (J, I), whether any slice holds a voxel there (what a
+    caller that reads the mask slab by slab accumulates); None when the mask is empty."""
+    ks = np.flatnonzero(k_any)
     if ks.size == 0:
         return None
-    js = np.flatnonzero(plane.any(axis=1))
-    is_ = np.flatnonzero(plane.any(axis=0))
+    js = np.flatnonzero(np.asarray(plane).any(axis=1))
+    is_ = np.flatnonzero(np.asarray(plane).any(axis=0))
     return (slice(int(ks[0]), int(ks[-1]) + 1), slice(int(js[0]), int(js[-1]) + 1),
             slice(int(is_[0]), int(is_[-1]) + 1))
 

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from medseg.core.components import count_values, label_components, mask_bounding_slices
+from medseg.core.components import (
+    bounding_slices_of_projections,
+    count_values,
+    label_components,
+    mask_bounding_slices,
+)
 from medseg.core.errors import InputError
 from medseg.core.volume import Volume, crop_volume
 
@@ -124,13 +129,7 @@ def _box_above(array: np.ndarray, threshold: float, slab_voxels: int = 1 << 22) 
         m = above_threshold(array[a:a + step], threshold)
         k_any[a:a + step] = m.any(axis=(1, 2))
         plane |= m.any(axis=0)
-    ks = np.flatnonzero(k_any)
-    if ks.size == 0:
-        return None
-    js = np.flatnonzero(plane.any(axis=1))
-    is_ = np.flatnonzero(plane.any(axis=0))
-    return (slice(int(ks[0]), int(ks[-1]) + 1), slice(int(js[0]), int(js[-1]) + 1),
-            slice(int(is_[0]), int(is_[-1]) + 1))
+    return bounding_slices_of_projections(k_any, plane)
 
 
 def body_crop_ct(volume: Volume, threshold_hu: float = -500.0, margin_mm: float = 10.0) -> Crop:
