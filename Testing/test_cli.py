@@ -172,7 +172,7 @@ def test_bad_device_is_one_argument_error_before_any_input_is_read(sphere_file, 
     def must_not_read(*a, **k):
         raise AssertionError("an input was read")
 
-    monkeypatch.setattr(cli_run, "read_volume", must_not_read)
+    monkeypatch.setattr(cli_run, "read_inputs", must_not_read)
     second = _write(sitk.ReadImage(str(sphere_file)), tmp_path / "in" / "second.nrrd")
     out = tmp_path / "o"
     with pytest.raises(SystemExit) as e:
@@ -260,12 +260,11 @@ def test_global_options_work_after_the_command(sphere_file, tmp_path, capsys):
     (["--threshold", "50", "--device", "gpu:3"], "unknown device"),
 ])
 def test_bad_options_are_refused_before_any_input_is_read(sphere_file, tmp_path, capsys, monkeypatch, flags, says):
-    import medseg.cli.run as run_mod
 
     def never(*a, **k):
         raise AssertionError("the input was read before the options were checked")
 
-    monkeypatch.setattr(run_mod, "read_volume", never)
+    monkeypatch.setattr("medseg.pipeline.case_files.read_volume", never)
     try:
         rc, _, err = _run(["run", str(sphere_file), "--task", "threshold", "--out", str(tmp_path / "o"), *flags],
                           capsys)
@@ -277,15 +276,16 @@ def test_bad_options_are_refused_before_any_input_is_read(sphere_file, tmp_path,
 
 # ----------------------------------------------------------------------------- what the user reads
 def test_read_warnings_are_in_the_report_and_the_summary_once(sphere_file, tmp_path, capsys, monkeypatch):
-    import medseg.cli.run as run_mod
 
-    real = run_mod.read_volume
+    from medseg.pipeline import case_files
+
+    real = case_files.read_volume
 
     def read_with_a_warning(path, *, warnings, **kw):
         warnings.append("2 RTSTRUCT files were skipped")
         return real(path, warnings=warnings, **kw)
 
-    monkeypatch.setattr(run_mod, "read_volume", read_with_a_warning)
+    monkeypatch.setattr("medseg.pipeline.case_files.read_volume", read_with_a_warning)
     rc, out, err = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50",
                          "--out", str(tmp_path / "o")], capsys)
     assert rc == 0
@@ -368,9 +368,9 @@ def test_force_reaches_the_run_and_the_summary_says_it(tmp_path, capsys, shared_
 
 # ----------------------------------------------------------------------------- DICOM export
 def test_dicom_export_needs_a_dicom_series_and_says_so_before_reading(sphere_file, tmp_path, capsys, monkeypatch):
-    import medseg.cli.run as run_mod
 
-    monkeypatch.setattr(run_mod, "read_volume", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    monkeypatch.setattr("medseg.pipeline.case_files.read_volume",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
     rc, _, err = _run(["run", str(sphere_file), "--task", "threshold", "--threshold", "50", "--out",
                        str(tmp_path / "o"), "--formats", "stl,rtstruct"], capsys)
     assert rc == 2 and "needs a DICOM series folder" in err and not (tmp_path / "o").exists()

@@ -8,7 +8,6 @@ is one argparse error (exit 2) before any input is read.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,8 @@ from medseg.core.formats import DicomFormat, MeshFormat, parse_output_formats
 from medseg.core.specs import Task
 from medseg.core.vocabulary import MeshQuality, NanPolicy, SurfaceMethod
 from medseg.core.volume import Volume
+from medseg.pipeline.case_files import WriteOptions, compute_and_write
 from medseg.pipeline.options import MAX_DECIMATE, RunOptions
-from medseg.pipeline.output import write_result
-from medseg.pipeline.run import run_task
-
-#: shares of a case's progress bar: computing, then writing the files
-COMPUTE_SHARE, WRITE_SHARE = 0.9, 0.1
 
 
 # ----------------------------------------------------------------------------- argparse value types
@@ -112,6 +107,13 @@ def run_options(args: argparse.Namespace, task: str, params: dict[str, Any]) -> 
                       force=getattr(args, "force", False))
 
 
+def write_options(args: argparse.Namespace) -> WriteOptions:
+    """``WriteOptions`` from the parsed output options (``--formats``, ``--no-html``, ``--overwrite``)."""
+    mesh, dicom = args.formats
+    return WriteOptions(mesh_formats=tuple(mesh), dicom_formats=tuple(dicom), html=not args.no_html,
+                        overwrite=bool(args.overwrite))
+
+
 # ----------------------------------------------------------------------------- one case
 def run_case(volumes: Sequence[Volume], options: RunOptions, out_dir: Path, args: argparse.Namespace,
              label: str, task: Task | None = None, notes: Sequence[str] = (),
@@ -124,17 +126,9 @@ def run_case(volumes: Sequence[Volume], options: RunOptions, out_dir: Path, args
     resident memory (MiB).
     """
     bar = Progress(args.quiet, label, as_json=args.progress_json)
-    timings = {} if read_time_s is None else {"read": float(read_time_s)}
     try:
-        result = run_task(volumes, options, task=task, progress=lambda f, m: bar(COMPUTE_SHARE * f, m),
-                          cancel=args.cancel, notes=notes, timings=timings,
-                          peaks=None if read_peak_mib is None else {"read": float(read_peak_mib)})
-        mesh, dicom = args.formats
-        write_result(result, out_dir, overwrite=args.overwrite, mesh_formats=mesh, dicom_formats=dicom,
-                     html=not args.no_html,
-                     progress=lambda f, m: bar(COMPUTE_SHARE + WRITE_SHARE * f, m), cancel=args.cancel)
+        return compute_and_write(volumes, options, out_dir, task=task, write=write_options(args), progress=bar,
+                                 cancel=args.cancel, notes=notes, read_time_s=read_time_s,
+                                 read_peak_mib=read_peak_mib)
     finally:
         bar.close()
-    with open(out_dir / "report.json", encoding="utf-8") as fh:
-        report: dict[str, Any] = json.load(fh)
-    return report

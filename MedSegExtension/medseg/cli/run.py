@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,12 @@ from medseg.cli.common import add_output_options, nonneg_int, positive_int, run_
 from medseg.cli.summary import format_summary
 from medseg.core.errors import CancelledError, ExitCode, InputError, MedSegError
 from medseg.core.formats import strip_image_suffix
-from medseg.core.peak_memory import PeakMemory
 from medseg.core.specs import TASK_PARAMS, Task, TaskParam
 from medseg.core.vocabulary import NanPolicy
 from medseg.io.atomic import atomic_write_text, check_output_folder, prepare_batch_folder
-from medseg.io.dicom_series import dicom_source_files
 from medseg.io.filenames import unique_file_stem
 from medseg.io.input_checks import DEFAULT_MAX_VOXELS
-from medseg.io.volume_reader import read_volume
+from medseg.pipeline.case_files import ReadOptions, read_inputs
 from medseg.pipeline.model_tasks import model_task
 from medseg.pipeline.options import RunOptions
 from medseg.pipeline.tasks import get_task
@@ -99,10 +96,10 @@ def _task(args: argparse.Namespace) -> Task:
     return model_task(args.model) if args.model is not None else get_task(args.task)
 
 
-def _read(path: Path, args: argparse.Namespace, warnings: list[str]):
-    """One input with the reader options of the command line."""
-    return read_volume(path, series_uid=args.series, frame=args.frame, warnings=warnings,
-                       allow_external_data=args.allow_external_data, max_voxels=args.max_voxels)
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    """``ReadOptions`` from the reader options of the command line."""
+    return ReadOptions(series_uid=args.series, frame=args.frame, allow_external_data=args.allow_external_data,
+                       max_voxels=args.max_voxels)
 
 
 def _check_dicom_export(args: argparse.Namespace, first_input: Path) -> None:
@@ -128,18 +125,10 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
         raise InputError(f"task {task.name} takes at most {task.max_inputs} input(s), got {len(paths)}")
     check_output_folder(args.out, args.overwrite, inputs=paths)
     _check_dicom_export(args, paths[0])
-    warnings: list[str] = []
-    t0 = time.perf_counter()
-    memory = PeakMemory()
-    memory.start()
-    volumes = [_read(p, args, warnings) for p in paths]
-    read_s = time.perf_counter() - t0
-    read_peak = memory.stop()
-    if args.formats[1]:
-        dicom_source_files(volumes[0])  # refused before computing: NIfTI input, regularised series
+    inputs = read_inputs(paths, read_options(args), dicom_export=bool(args.formats[1]))
     args.cancel.check()
-    report = run_case(volumes, options, args.out, args, task.name, task=task, notes=warnings, read_time_s=read_s,
-                      read_peak_mib=read_peak)
+    report = run_case(inputs.volumes, options, args.out, args, task.name, task=task, notes=inputs.warnings,
+                      read_time_s=inputs.time_s, read_peak_mib=inputs.peak_mib)
     if not args.quiet:
         print(format_summary(report, args.out))
     return ExitCode.OK
@@ -158,13 +147,9 @@ def _run_batch(paths: list[Path], task: Task, options: RunOptions, args: argpars
         entry: dict[str, Any] = {"input": str(p), "output": str(out)}
         args.cancel.check()
         try:
-            warnings: list[str] = []
-            t0 = time.perf_counter()
-            vol = _read(p, args, warnings)
-            if args.formats[1]:
-                dicom_source_files(vol)
-            report = run_case([vol], options, out, args, p.name, task=task, notes=warnings,
-                              read_time_s=time.perf_counter() - t0)
+            inputs = read_inputs([p], read_options(args), dicom_export=bool(args.formats[1]))
+            report = run_case(inputs.volumes, options, out, args, p.name, task=task, notes=inputs.warnings,
+                              read_time_s=inputs.time_s, read_peak_mib=inputs.peak_mib)
             entry.update(status="ok", segments=len(report["segments"]), boxes=len(report["boxes"]),
                          warnings=report.get("warnings", []))
         except CancelledError:

@@ -113,3 +113,30 @@ class NormalizationKind(Choice):
     ZSCORE = "zscore"
     #: robust z-score: median and scaled MAD inside the foreground, clipped (the classical presets)
     ROBUST_ZSCORE = "robust-zscore"
+
+
+class CaseStatus(Choice):
+    """What became of one case of a batch (``medseg batch``'s manifest)."""
+
+    #: not finished yet (a manifest written while the batch runs)
+    PENDING = "pending"
+    #: run and written
+    OK = "ok"
+    #: not run: its output folder is complete for the same inputs and task (``--resume``)
+    SKIPPED = "skipped"
+    #: bad input, a failed write or an unexpected error (the reason says which)
+    FAILED = "failed"
+    #: stopped at ``--timeout``; nothing was written
+    TIMEOUT = "timeout"
+    #: its worker died while running it (out of memory, killed) more often than ``--retries`` allows
+    LOST = "lost"
+
+
+class Engine(Choice):
+    """Batch engine: where the cases of ``medseg batch`` run."""
+
+    #: a Dask cluster of worker processes on this machine, sized to its cores, memory and GPUs
+    LOCAL = "local"
+    #: the Dask cluster at ``--scheduler`` (SLURM/PBS through dask-jobqueue, Kubernetes, ...), or a
+    #: local one with ``--workers`` when no scheduler is given
+    DASK = "dask"

@@ -38,6 +38,8 @@ def describe_input(volume: Volume) -> dict:
         d["path"] = str(volume.meta["path"])
     if "modality" in volume.meta:
         d["modality"] = str(volume.meta["modality"])
+    if "inputs_sha256" in volume.meta:  # the fingerprint ``medseg batch --resume`` compares
+        d["inputs_sha256"] = str(volume.meta["inputs_sha256"])
     return d
 
 
