@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+import types
 import unittest
 from collections.abc import Callable, Sequence
 from typing import Annotated, Optional
@@ -134,6 +135,9 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._timer = None
         self.panel = None  # MedSegExtensionLib.panel.Panel, made in setup()
+        self.batchPanel = None  # MedSegExtensionLib.panel.BatchPanel, made in setup()
+        self._batch = None  # the "Batch over folder" section's widgets (a namespace), made in setup()
+        self._batchTimer = None
 
     def setup(self) -> None:
         import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
@@ -169,13 +173,76 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self.onPollTimer)
 
+        self._buildBatchSection()
         self.ui.progressBar.setVisible(False)
         self.initializeParameterNode()
 
+    def _buildBatchSection(self) -> None:
+        """The collapsible "Batch over folder" section, below the panel's .ui: the folder of cases, the
+        output folder (both ``ctkPathLineEdit`` folder fields that remember recent folders), Resume, Start
+        and Cancel, a progress bar and a status line. The task and device are the ones chosen above; the
+        batch runs ``medseg batch`` in the background and changes nothing in the scene."""
+        # Slicer's CTK and Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+        import ctk
+        import qt
+
+        from MedSegExtensionLib.panel import BatchPanel  # glue: light (no Qt, no torch)
+
+        section = ctk.ctkCollapsibleButton()
+        section.text = _("Batch over folder")
+        section.collapsed = True
+        self.layout.addWidget(section)
+        form = qt.QFormLayout(section)
+        inputEdit = ctk.ctkPathLineEdit()
+        inputEdit.filters = ctk.ctkPathLineEdit.Dirs
+        inputEdit.settingKey = "MedSeg/BatchInputFolder"
+        inputEdit.toolTip = _("The folder of cases: each image file or DICOM series sub-folder in it is one case")
+        form.addRow(_("Folder of cases:"), inputEdit)
+        outputEdit = ctk.ctkPathLineEdit()
+        outputEdit.filters = ctk.ctkPathLineEdit.Dirs
+        outputEdit.settingKey = "MedSeg/BatchOutputFolder"
+        outputEdit.toolTip = _("Where the results go: a folder per case, batch_status.json/.csv and cohort.csv; "
+                               "never the folder of cases or a folder inside it")
+        form.addRow(_("Output folder:"), outputEdit)
+        resumeCheckBox = qt.QCheckBox(_("Resume"))
+        resumeCheckBox.toolTip = _("Skip the cases the output folder already holds results for (after a cancel "
+                                   "or a failure)")
+        form.addRow(resumeCheckBox)
+        buttons = qt.QHBoxLayout()
+        startButton = qt.QPushButton(_("Start batch"))
+        cancelButton = qt.QPushButton(_("Cancel batch"))
+        buttons.addWidget(startButton)
+        buttons.addWidget(cancelButton)
+        form.addRow(buttons)
+        progressBar = qt.QProgressBar()
+        progressBar.setVisible(False)
+        form.addRow(progressBar)
+        statusLabel = qt.QLabel()
+        statusLabel.wordWrap = True
+        statusLabel.textInteractionFlags = qt.Qt.TextSelectableByMouse  # the output folder's path can be copied
+        form.addRow(statusLabel)
+        self._batch = types.SimpleNamespace(
+            section=section, inputEdit=inputEdit, outputEdit=outputEdit, resumeCheckBox=resumeCheckBox,
+            startButton=startButton, cancelButton=cancelButton, progressBar=progressBar, statusLabel=statusLabel)
+
+        self._batchTimer = qt.QTimer()
+        self._batchTimer.setInterval(250)
+        self._batchTimer.connect("timeout()", self.onBatchPollTimer)
+        self.batchPanel = BatchPanel(self, self.panel, _)
+        self.panel.batch = self.batchPanel
+        for edit in (inputEdit, outputEdit):
+            edit.connect("currentPathChanged(QString)", self.onBatchFoldersChanged)
+        resumeCheckBox.connect("toggled(bool)", self.onBatchFoldersChanged)
+        startButton.connect("clicked(bool)", self.onBatchStartButton)
+        cancelButton.connect("clicked(bool)", self.onBatchCancelButton)
+        self.onBatchFoldersChanged()
+
     def cleanup(self) -> None:
-        """Module reloaded or Slicer closing: stop the job and the poll timer, drop the observers."""
+        """Module reloaded or Slicer closing: stop the job, the batch and the poll timers, drop the observers."""
         if self.panel is not None:
             self.panel.cleanup()
+        if self.batchPanel is not None:
+            self.batchPanel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -334,6 +401,32 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showComparisonRows(rows, len(outcome.matches), outcome.recist, outcome.volumetric)
             self.ui.statusLabel.text = _("Recomputed with {n} correction(s)").format(n=len(corrections))
 
+    def onBatchFoldersChanged(self, *_args) -> None:
+        """A batch folder or Resume changed (``currentPathChanged(QString)``, ``toggled(bool)``)."""
+        w = self._batch
+        self.batchPanel.foldersChanged(w.inputEdit.currentPath, w.outputEdit.currentPath, w.resumeCheckBox.checked)
+
+    def onBatchStartButton(self) -> None:
+        """Start a batch over the folder of cases with the task and device chosen above (in the background)."""
+        w = self._batch
+
+        def start():
+            p = self._parameterNode
+            job = self.logic.startBatch(self.batchPanel.inputFolder, self.batchPanel.outputFolder, p.task,
+                                        resume=self.batchPanel.resume, device=p.device)
+            w.inputEdit.addCurrentPathToHistory()
+            w.outputEdit.addCurrentPathToHistory()
+            return job
+
+        self.batchPanel.start(self._ensureDependencies, start, _("MedSeg could not start the batch."))
+
+    def onBatchCancelButton(self) -> None:
+        """Kill the running batch; the cases finished so far stay in its output folder."""
+        self.batchPanel.cancel()
+
+    def onBatchPollTimer(self) -> None:
+        self.batchPanel.poll()
+
     def onPollTimer(self) -> None:
         finished = self.panel.poll()
         if finished is None:
@@ -357,6 +450,27 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
+
+    def setBatchButton(self, button: str, state) -> None:
+        """Show a ``panel.ButtonState`` on the batch section's button with role ``button``."""
+        widget = {"batchStart": self._batch.startButton, "batchCancel": self._batch.cancelButton}[button]
+        widget.enabled = state.enabled
+        widget.text = state.text
+        widget.toolTip = state.toolTip
+
+    def setBatchStatus(self, text: str) -> None:
+        self._batch.statusLabel.text = text
+
+    def setBatchProgress(self, visible: bool, value: int) -> None:
+        self._batch.progressBar.setVisible(visible)
+        self._batch.progressBar.value = value
+
+    def startBatchPolling(self) -> None:
+        self._batchTimer.start()
+
+    def stopBatchPolling(self) -> None:
+        if self._batchTimer is not None:
+            self._batchTimer.stop()
 
     def setProgress(self, visible: bool, value: int) -> None:
         self.ui.progressBar.setVisible(visible)
@@ -581,6 +695,35 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         job.start()
         return job
 
+
+    # ------------------------------------------------------------------ batch over a folder
+    def startBatch(self, inputFolder, outputFolder, task: str, resume: bool = False, workers: Optional[int] = None,
+                   device: str = "auto", progressCallback: Optional[Callable[[float, str], None]] = None):
+        """Start ``medseg batch`` over a folder of cases in the background and return its ``BatchJob`` at
+        once (``job.poll()`` gives the case counts and progress; ``job.cancel()`` kills it and its workers;
+        ``job.wait()`` blocks until it ends). Nothing is added to the scene: the results are files.
+
+        :param inputFolder: the folder of cases (each image file or DICOM series sub-folder is one case).
+        :param outputFolder: where the results go: ``<case>/`` (a ``medseg run`` output folder),
+            ``batch_status.json``/``.csv``, ``cohort.csv``. Required; never the folder of cases or inside it.
+        :param task: the task every case runs (one input image per case).
+        :param resume: skip the cases the output folder already holds results for.
+        :param workers: cases run at once (None: the command's default).
+        :param device: auto, cpu, cuda, cuda:N or mps.
+        :return: ``batch_job.BatchJob`` (running).
+        :raises: InputError (unknown task, a folder not chosen or missing, the output folder inside the
+            folder of cases, bad workers), DeviceError, ProcessError (the command could not be started).
+        """
+        # glue: deferred until a batch starts (light: no torch)
+        from MedSegExtensionLib.batch_job import BatchJob
+        from MedSegExtensionLib.tasks import find_task
+
+        if find_task(task) is None:
+            raise InputError(f"unknown task {task!r}; known: {', '.join(t.name for t in self.availableTasks())}")
+        job = BatchJob(inputFolder, outputFolder, task, workers=workers, resume=resume, device=parse_device(device),
+                       progress=progressCallback)
+        job.start()
+        return job
 
     # ------------------------------------------------------------------ compare two visits
     def createCompareRequest(self, baselineVolumes: Sequence, followupVolumes: Sequence, task: str,

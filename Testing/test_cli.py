@@ -150,7 +150,7 @@ def test_batch_goes_on_past_a_bad_case(sphere_file, tmp_path, capsys):
     assert rc == 1
     status = json.loads((out / "batch_status.json").read_text())
     assert [s["status"] for s in status] == ["ok", "failed", "ok"]
-    assert "broken.nrrd" in status[1]["error"]
+    assert "broken.nrrd" in status[1]["reason"] and (out / "cohort.csv").is_file()
     assert (out / "sphere" / "report.json").is_file() and (out / "second" / "report.json").is_file()
     assert not (out / "broken").exists()
     assert "2 ok, 1 failed" in stdout

@@ -9,6 +9,11 @@ calls and forwards its signals here; tests drive a ``Panel`` with a recording vi
 
 The panel reads the parameter node (``MedSegExtensionParameterNode``) through its attribute names
 only, so any object with those attributes will do.
+
+``BatchPanel`` makes the decisions of the "Batch over folder" section the same way: a batch
+(``batch_job.BatchJob``, ``medseg batch`` in a child process) runs beside the single-case job, with
+its own buttons, progress bar, status line and poll timer; only one batch runs at a time, and the
+Install button waits for it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Protocol
 
 from medseg.core.errors import FORCE_HINT, CancelledError, InputError
 from medseg.core.vocabulary import MeshQuality
+from MedSegExtensionLib.batch_job import BatchProgress, BatchResult, check_batch_folders
 from MedSegExtensionLib.results_table import format_cell
 from MedSegExtensionLib.tasks import TaskInfo
 
@@ -32,6 +38,9 @@ log = logging.getLogger("MedSeg")
 #: the panel's buttons, by role (the widget maps each to its QPushButton)
 APPLY, COMPARE, RECOMPUTE, INSTALL = "apply", "compare", "recompute", "install"
 BUTTONS = (APPLY, COMPARE, RECOMPUTE, INSTALL)
+#: the "Batch over folder" section's buttons, by role (the widget maps each to a QPushButton it builds)
+BATCH_START, BATCH_CANCEL = "batchStart", "batchCancel"
+BATCH_BUTTONS = (BATCH_START, BATCH_CANCEL)
 #: what the command's ``--force`` hint becomes in the panel (its "Input checks" box)
 FORCE_TEXT = '(tick "Run even if the input looks unsuitable for the task" under Input checks to run anyway)'
 
@@ -147,6 +156,12 @@ class Panel:
         self.jobButton = APPLY
         self.installing = False
         self.compareCells: dict[int, str] = {}  # lesion row -> its "Follow-up" cell as shown
+        #: the "Batch over folder" section, when the widget has one (refreshed with the other buttons)
+        self.batch: BatchPanel | None = None
+
+    def batchRunning(self) -> bool:
+        """Whether a batch runs (the Install button waits for it)."""
+        return self.batch is not None and self.batch.job is not None
 
     # ------------------------------------------------------------------ tasks
     def task(self, name: str) -> TaskInfo | None:
@@ -241,6 +256,8 @@ class Panel:
 
     def _installState(self) -> ButtonState:
         _ = self._
+        if self.batchRunning():
+            return ButtonState(False, _("Install Python packages"), _("A batch is running"))
         if not self.missingPackages:
             return ButtonState(False, _("Install Python packages"),
                                _("The Python packages MedSeg needs are installed"))
@@ -257,6 +274,8 @@ class Panel:
         """Show every button's state."""
         for name, state in self.buttonStates().items():
             self.view.setButton(name, state)
+        if self.batch is not None:
+            self.batch.refresh()
 
     # ------------------------------------------------------------------ running
     def _fail(self, message: str, exc: BaseException) -> None:
@@ -315,7 +334,7 @@ class Panel:
     def install(self, ensureDependencies: Callable[[], bool]) -> None:
         """The Install button: the same dependency check as Apply, without starting anything."""
         _ = self._
-        if self.installing or self.job is not None:
+        if self.installing or self.job is not None or self.batchRunning():
             return
         restart = self._ensure(ensureDependencies, _("MedSeg could not install its Python packages."))
         if restart is None:
@@ -413,3 +432,256 @@ class Panel:
             if text.strip() != shown:
                 out[row] = text
         return out
+
+
+# ---------------------------------------------------------------------------------- batch over a folder
+def format_duration(seconds: float, tr: Callable[[str], str] = _identity) -> str:
+    """``seconds`` as the panel shows a time: "40 s" (under 2 min), "12 min" (under 2 h), "3 h 05 min"."""
+    s = max(float(seconds), 0.0)
+    if s < 120:
+        return tr("{n} s").format(n=round(s))
+    minutes = round(s / 60)
+    if minutes < 120:
+        return tr("{n} min").format(n=minutes)
+    return tr("{h} h {m:02d} min").format(h=minutes // 60, m=minutes % 60)
+
+
+class Batch(Protocol):
+    """A running batch (``batch_job.BatchJob``)."""
+
+    error: BaseException | None
+    result: BatchResult | None
+
+    def poll(self) -> BatchProgress: ...
+
+    def cancel(self) -> None: ...
+
+
+class BatchView(Protocol):
+    """What the batch section asks of the widget."""
+
+    def setBatchButton(self, button: str, state: ButtonState) -> None: ...
+
+    def setBatchStatus(self, text: str) -> None: ...
+
+    def setBatchProgress(self, visible: bool, value: int) -> None: ...
+
+    def startBatchPolling(self) -> None: ...
+
+    def stopBatchPolling(self) -> None: ...
+
+    def showError(self, text: str, details: str) -> None: ...
+
+    def showInfo(self, text: str) -> None: ...
+
+    def waitCursor(self) -> AbstractContextManager: ...
+
+
+class BatchPanel:
+    """The "Batch over folder" section's state and decisions.
+
+    The widget sets ``inputFolder``, ``outputFolder`` and ``resume`` from its fields (``foldersChanged``)
+    and forwards Start, Cancel and its poll timer here; the task and device are the single-case panel's
+    (``panel.params``). One batch runs at a time; the single-case panel's Apply and Compare go on
+    meanwhile (separate job, separate timer), and closing the scene does not stop it (it reads and
+    writes files only); reloading the module or closing Slicer does (``cleanup``).
+
+    Args:
+        view: the widget, as a :class:`BatchView`.
+        panel: the single-case ``Panel`` (its task, its dependency check, its "installing" state).
+        tr: the translation function (``slicer.i18n.tr`` in Slicer).
+    """
+
+    def __init__(self, view: BatchView, panel: Panel, tr: Callable[[str], str] = _identity) -> None:
+        self.view = view
+        self.panel = panel
+        self._ = tr
+        self.inputFolder = ""
+        self.outputFolder = ""
+        self.resume = False
+        self.job: Batch | None = None
+        self._shownProblem = ""  # the folder problem the status line shows ("" when it shows something else)
+
+    # ------------------------------------------------------------------ buttons
+    def folderProblem(self) -> str:
+        """Why the chosen folders cannot take a batch ("" when they can): not chosen, missing, the output
+        folder the folder of cases or inside it (``batch_job.check_batch_folders``)."""
+        try:
+            check_batch_folders(self.inputFolder, self.outputFolder)
+        except InputError as e:
+            return str(e)
+        return ""
+
+    def startState(self) -> ButtonState:
+        """The Start button, named with the task chosen above: enabled when no batch runs, no packages
+        install, the task can run one image per case and the folders are fit; else its tool tip says why not."""
+        _ = self._
+        task = self.panel.currentTask()
+        text = _("Start batch") if task is None else _("Start batch ({task})").format(task=task.name)
+        if self.panel.installing:
+            return ButtonState(False, text, _("Installing Python packages..."))
+        if self.job is not None:
+            return ButtonState(False, text, _("A batch is running; cancel it or wait for it to end"))
+        if task is None:
+            return ButtonState(False, text, _("Select a task"))
+        if not task.usable:
+            return ButtonState(False, text, task.note or _("This task cannot run"))
+        if task.min_inputs > 1:
+            return ButtonState(False, text, _("Task {task} needs {n} input volumes per case; a batch gives each "
+                                              "case one image").format(task=task.name, n=task.min_inputs))
+        problem = self.folderProblem()
+        if problem:
+            return ButtonState(False, text, problem)
+        return ButtonState(True, text, _('Run "{task}" on every case of the folder, in the background').format(
+            task=task.name))
+
+    def buttonStates(self) -> dict[str, ButtonState]:
+        """Start's and Cancel's states."""
+        _ = self._
+        running = self.job is not None
+        return {BATCH_START: self.startState(),
+                BATCH_CANCEL: ButtonState(running, _("Cancel batch"),
+                                          _("Stop the batch; the cases finished so far stay in the output folder")
+                                          if running else _("No batch is running"))}
+
+    def refresh(self) -> None:
+        """Show Start's and Cancel's states."""
+        for name, state in self.buttonStates().items():
+            self.view.setBatchButton(name, state)
+
+    def foldersChanged(self, inputFolder: Any, outputFolder: Any, resume: bool) -> None:
+        """The widget's fields changed: take them, refresh the buttons and, while no batch runs, say in
+        the status line what is wrong with the folders once either is chosen (a shown problem is cleared
+        when it is gone; the last batch's summary stays otherwise)."""
+        self.inputFolder = "" if inputFolder is None else str(inputFolder)
+        self.outputFolder = "" if outputFolder is None else str(outputFolder)
+        self.resume = bool(resume)
+        self.refresh()
+        if self.job is not None:
+            return
+        unset = not self.inputFolder.strip() and not self.outputFolder.strip()
+        problem = "" if unset else self.folderProblem()
+        if problem or self._shownProblem:
+            self.view.setBatchStatus(problem)
+        self._shownProblem = problem
+
+    # ------------------------------------------------------------------ running
+    def _fail(self, message: str, exc: BaseException) -> None:
+        """Show ``exc`` in the batch status line and a dialog (traceback as details) and log it."""
+        log.error("%s %s", message, exc, exc_info=(type(exc), exc, exc.__traceback__))
+        self._shownProblem = ""
+        self.view.setBatchStatus(str(exc))
+        self.view.showError(f"{message}\n\n{exc}", "".join(traceback.format_exception(type(exc), exc,
+                                                                                       exc.__traceback__)))
+
+    def start(self, ensureDependencies: Callable[[], bool], start: Callable[[], Batch], message: str) -> None:
+        """Start was clicked: refused while a batch runs or packages install; else the dependency check
+        (no wait cursor, the run buttons disabled), then ``start()`` under the wait cursor, then polling."""
+        _ = self._
+        if self.panel.installing:
+            log.info("MedSeg: batch start ignored while Python packages are being installed")
+            return
+        if self.job is not None:
+            log.warning("MedSeg: a batch is already running; another one is not started")
+            return
+        restart = self.panel._ensure(ensureDependencies, message)
+        if restart is None:
+            return
+        if restart:
+            self.view.showInfo(_("Python packages were updated. Restart Slicer, then press {button} again.").format(
+                button=_("Start batch")))
+            return
+        try:
+            with self.view.waitCursor():
+                job = start()
+        except Exception as exc:  # shown to the user and logged, not swallowed
+            self._fail(message, exc)
+            return
+        self.job = job
+        self._shownProblem = ""
+        self.view.setBatchProgress(True, 0)
+        self.view.setBatchStatus(_("Starting the batch..."))
+        self.panel.refresh()  # Start, Cancel and Install follow
+        self.view.startBatchPolling()
+
+    def progressText(self, state: BatchProgress) -> str:
+        """The status line while a batch runs: "7/12 cases: 6 ok, 1 failed, 2 running; ETA 40 s" (skipped
+        cases named after ok when there are any, as ``medseg batch`` words it; no ETA while the command
+        has none); the command's own progress message before its first counts."""
+        _ = self._
+        c = state.counts
+        if c is None:
+            return state.message or _("Starting the batch...")
+        parts = [_("{n} ok").format(n=c.ok)]
+        if c.skipped:
+            parts.append(_("{n} skipped").format(n=c.skipped))
+        parts += [_("{n} failed").format(n=c.failed), _("{n} running").format(n=c.running)]
+        text = _("{done}/{total} cases: {counts}").format(done=c.done, total=c.total, counts=", ".join(parts))
+        if c.eta_s is not None:
+            text += "; " + _("ETA {time}").format(time=format_duration(c.eta_s, _))
+        return text
+
+    def summary(self, result: BatchResult) -> str:
+        """A finished batch: the counts and time, the output folder, and each failed case with its reason
+        (cases the batch never ran, "pending", are counted as not run)."""
+        _ = self._
+        n = result.statusCounts()
+        failed = result.failedCases
+        head = _("Batch finished in {time}: {ok} of {total} case(s) ok, {failed} failed, {skipped} skipped").format(
+            time=format_duration(result.elapsedSeconds, _), ok=n["ok"], total=len(result.cases), failed=len(failed),
+            skipped=n["skipped"])
+        if n["pending"]:
+            head += ", " + _("{n} not run").format(n=n["pending"])
+        lines = [head + ".", _("Output folder: {folder}").format(folder=result.outputFolder)]
+        if failed:
+            lines.append(_("Failed cases:"))
+            lines += [f"  {c.case} ({c.status}): {c.reason or _('no reason given')}" for c in failed]
+        return "\n".join(lines)
+
+    def poll(self) -> BatchResult | None:
+        """Poll the running batch: show its progress; when it has ended, its summary (a dialog too when
+        cases failed) or its error. Returns the result of a batch that ran to its end, else None."""
+        _ = self._
+        if self.job is None:
+            return None
+        state = self.job.poll()
+        if not state.done:
+            self.view.setBatchProgress(True, round(100 * state.fraction))
+            self.view.setBatchStatus(self.progressText(state))
+            return None
+        job, self.job = self.job, None
+        self.view.stopBatchPolling()
+        self.view.setBatchProgress(False, 0)
+        self.panel.refresh()
+        if job.error is not None:
+            self.view.setBatchStatus(str(job.error))
+            if isinstance(job.error, CancelledError):
+                log.info("MedSeg: %s", job.error)
+                return None
+            log.error("MedSeg batch failed: %s", job.error)
+            self.view.showError(_("MedSeg batch failed: {error}").format(error=job.error), "".join(
+                traceback.format_exception(type(job.error), job.error, job.error.__traceback__)))
+            return None
+        result = job.result
+        assert result is not None
+        text = self.summary(result)
+        self.view.setBatchStatus(text)
+        log.info("MedSeg: %s", text)
+        if result.failedCases:
+            self.view.showInfo(text)
+        return result
+
+    def cancel(self) -> None:
+        """Cancel was clicked: kill the batch (its whole process tree); finished cases stay on disk."""
+        if self.job is None:
+            return
+        self.view.setBatchStatus(self._("Cancelling the batch..."))
+        self.job.cancel()
+        self.poll()
+
+    def cleanup(self) -> None:
+        """The module is reloaded or Slicer closes: kill the batch and stop polling."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+        self.view.stopBatchPolling()

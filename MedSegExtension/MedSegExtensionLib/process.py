@@ -1,7 +1,8 @@
 """Run the ``medseg`` command as a child process, stream its progress, kill it on cancel.
 
 The child is started with ``--progress-json``: it prints one JSON object per line on stdout
-(``progress``, then ``result`` or ``error``). A reader thread puts parsed events on a queue;
+(``progress``, then ``result`` or ``error``; ``medseg batch`` adds ``batch`` events with the case
+counts, read into :class:`BatchCounts`). A reader thread puts parsed events on a queue;
 the owner drains it with ``poll()`` from the GUI thread (a ``QTimer``) or from a wait loop, so
 nothing here touches Qt or the scene.
 
@@ -22,6 +23,7 @@ import contextlib
 import enum
 import json
 import logging
+import math
 import os
 import queue
 import shutil
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import medseg
-from medseg.core.errors import ExitCode
+from medseg.core.errors import ExitCode, InputError
 from medseg.core.specs import TASK_PARAMS
 from medseg.core.vocabulary import MeshQuality
 
@@ -63,13 +65,34 @@ class ExitStatus(enum.Enum):
 
 
 @dataclass(frozen=True)
+class BatchCounts:
+    """The case counts of a ``medseg batch`` run, from its ``batch`` event: cases in all (``total``),
+    finished ``ok``, ``failed`` (timeouts included), ``running`` now, ``skipped`` (already done, with
+    ``--resume``), and the estimated seconds left (``eta_s``, None while unknown)."""
+
+    total: int
+    ok: int
+    failed: int
+    running: int
+    skipped: int
+    eta_s: float | None
+
+    @property
+    def done(self) -> int:
+        """Cases finished one way or another (ok, failed or skipped)."""
+        return self.ok + self.failed + self.skipped
+
+
+@dataclass(frozen=True)
 class ProcessEvent:
-    """One line from the child: ``kind`` is progress, result, error or log (a non-JSON line)."""
+    """One line from the child: ``kind`` is progress, result, error, batch (``counts`` set) or log
+    (a non-JSON line, or a JSON line that is no MedSeg event)."""
 
     kind: str
     fraction: float = 0.0
     message: str = ""
     exit_code: int | None = None
+    counts: BatchCounts | None = None
 
 
 def python_executable() -> str:
@@ -107,6 +130,33 @@ def medseg_command(inputs: Sequence[Path], task: str, out_dir: Path, device: str
     return args
 
 
+def batch_command(folder: Path, task: str, out_dir: Path, workers: int | None = None, resume: bool = False,
+                  device: str | None = None) -> list[str]:
+    """The ``medseg batch`` command line (as an argument list) for a folder of cases (each image file or
+    DICOM series sub-folder in ``folder`` is one case), results in ``out_dir``: ``batch FOLDER --task TASK
+    --out DIR --progress-json``, then ``--workers N`` (cases run at once; None: the command's default),
+    ``--resume`` (skip the cases ``out_dir`` already holds) and ``--device`` (None: the command's default)
+    when given. The paths are passed as given: make them absolute, the child does not run in the
+    caller's working directory (``medseg_working_directory``).
+
+    Raises:
+        InputError: an empty task name, or ``workers`` not a whole number >= 1 (the message names it).
+    """
+    if not isinstance(task, str) or not task.strip():
+        raise InputError(f"a batch needs a task name, got {task!r}")
+    args = [python_executable(), "-m", "medseg.cli", "batch", str(folder), "--task", task, "--out", str(out_dir),
+            "--progress-json"]
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InputError(f"the number of batch workers must be a whole number >= 1, got {workers!r}")
+        args += ["--workers", str(workers)]
+    if resume:
+        args.append("--resume")
+    if device is not None:
+        args += ["--device", device]
+    return args
+
+
 def child_environment(package_parent: Path) -> dict:
     """The environment for the child: ``package_parent`` (the folder holding ``medseg/``) first on
     PYTHONPATH, unbuffered output."""
@@ -117,13 +167,33 @@ def child_environment(package_parent: Path) -> dict:
     return env
 
 
+def _batch_counts(obj: dict) -> BatchCounts | None:
+    """The counts of a ``batch`` event, or None when one is missing or not a whole number >= 0 (or the
+    ETA not a finite number >= 0 or null)."""
+    values = [obj.get(key) for key in ("total", "ok", "failed", "running", "skipped")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        return None
+    eta = obj.get("eta_s")
+    if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta)
+                            or eta < 0):
+        return None
+    return BatchCounts(*values, eta_s=None if eta is None else float(eta))
+
+
 def parse_line(line: str) -> ProcessEvent:
-    """A ``ProcessEvent`` from one stdout line (anything that is not a MedSeg JSON event is a log line)."""
+    """A ``ProcessEvent`` from one stdout line (anything that is not a MedSeg JSON event is a log line;
+    a malformed ``batch`` event is a log line too, with a warning)."""
     text = line.strip()
     try:
         obj = json.loads(text)
     except ValueError:
         return ProcessEvent("log", message=text)
+    if isinstance(obj, dict) and obj.get("type") == "batch":
+        counts = _batch_counts(obj)
+        if counts is None:
+            log.warning("a malformed batch event from medseg, shown as a log line: %s", text)
+            return ProcessEvent("log", message=text)
+        return ProcessEvent("batch", counts=counts)
     if not isinstance(obj, dict) or obj.get("type") not in ("progress", "result", "error"):
         return ProcessEvent("log", message=text)
     code = obj.get("exit_code")

@@ -208,7 +208,7 @@ def _run(args: argparse.Namespace, job: BatchJob, cases: list, on_row: Any, on_c
         remote = connect(args.scheduler, args.retries) if args.scheduler is not None else \
             jobqueue_client(args.cluster, args.workers or 1, args.retries)
         with remote as client:
-            run_cases(cases, replace(job, threads=args.threads), client, on_row=on_row, on_counts=on_counts,
+            run_cases(cases, replace(job, threads=args.threads or 0), client, on_row=on_row, on_counts=on_counts,
                       cancel=stop)
         args.cancel.check()
         return

@@ -11,28 +11,28 @@ out (the task's default applies), and a task refuses a parameter it does not tak
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from medseg.cli.commands import COMMANDS
-from medseg.cli.common import add_output_options, nonneg_int, positive_int, run_case, run_options
+from medseg.cli.common import add_output_options, nonneg_int, positive_int, run_case, run_options, write_options
+from medseg.cli.progress import Progress
 from medseg.cli.summary import format_summary
-from medseg.core.errors import CancelledError, ExitCode, InputError, MedSegError
+from medseg.core.errors import ExitCode, InputError
 from medseg.core.formats import strip_image_suffix
 from medseg.core.specs import TASK_PARAMS, Task, TaskParam
-from medseg.core.vocabulary import NanPolicy
-from medseg.io.atomic import atomic_write_text, check_output_folder, prepare_batch_folder
+from medseg.core.vocabulary import CaseStatus, NanPolicy
+from medseg.io.atomic import check_output_folder, prepare_batch_folder
+from medseg.io.batch_inputs import BatchCase
 from medseg.io.filenames import unique_file_stem
 from medseg.io.input_checks import DEFAULT_MAX_VOXELS
+from medseg.pipeline.batch_case import BatchJob, case_output, run_batch_case
+from medseg.pipeline.batch_manifest import manifest_names, write_manifest
 from medseg.pipeline.case_files import ReadOptions, read_inputs
 from medseg.pipeline.model_tasks import model_task
 from medseg.pipeline.options import RunOptions
 from medseg.pipeline.tasks import get_task
-
-#: the batch's per-case status file, in the output folder
-BATCH_STATUS_FILE = "batch_status.json"
 
 
 # ----------------------------------------------------------------------------- task parameters
@@ -135,34 +135,33 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
 
 
 def _run_batch(paths: list[Path], task: Task, options: RunOptions, args: argparse.Namespace) -> ExitCode:
-    """One case per input, each in ``DIR/<name>/``; a failing case is reported and the rest go on."""
+    """One case per input, each in ``DIR/<name>/``, one after the other in this process (``medseg batch``
+    spreads them over worker processes); a failing case is reported and the rest go on. The same case
+    route and manifest as ``medseg batch``."""
     taken: set[str] = set()
-    cases = [(p, args.out / unique_file_stem(strip_image_suffix(p.name), taken, "case")) for p in paths]
-    for p, out in cases:
-        check_output_folder(out, args.overwrite, inputs=paths)
-        _check_dicom_export(args, p)
+    cases = [BatchCase(unique_file_stem(strip_image_suffix(p.name), taken, "case"), (p,)) for p in paths]
+    job = BatchJob(out=args.out.absolute(), options=options, model_dir=args.model, read=read_options(args),
+                   write=write_options(args))
+    for case in cases:
+        check_output_folder(case_output(job, case), args.overwrite, inputs=paths)
+        _check_dicom_export(args, case.inputs[0])
     prepare_batch_folder(args.out, inputs=paths)
-    status: list[dict[str, Any]] = []
-    for p, out in cases:
-        entry: dict[str, Any] = {"input": str(p), "output": str(out)}
+    rows: dict[str, dict[str, Any]] = {}
+    for case in cases:
         args.cancel.check()
+        bar = Progress(args.quiet, case.inputs[0].name, as_json=args.progress_json)
         try:
-            inputs = read_inputs([p], read_options(args), dicom_export=bool(args.formats[1]))
-            report = run_case(inputs.volumes, options, out, args, p.name, task=task, notes=inputs.warnings,
-                              read_time_s=inputs.time_s, read_peak_mib=inputs.peak_mib)
-            entry.update(status="ok", segments=len(report["segments"]), boxes=len(report["boxes"]),
-                         warnings=report.get("warnings", []))
-        except CancelledError:
-            raise
-        except MedSegError as e:
-            entry.update(status="failed", error=str(e))
-            print(f"medseg: {p}: {e}", file=sys.stderr)
-        status.append(entry)
-    atomic_write_text(args.out / BATCH_STATUS_FILE, json.dumps(status, indent=2) + "\n")
-    failed = [s for s in status if s["status"] != "ok"]
+            rows[case.case_id] = row = run_batch_case(case, job, task=task, progress=bar, cancel=args.cancel)
+        finally:
+            bar.close()
+        if row["status"] != CaseStatus.OK.value:
+            print(f"medseg: {case.inputs[0]}: {row['reason']}", file=sys.stderr)
+        write_manifest(args.out, cases, rows)
+    failed = [r for r in rows.values() if r["status"] != CaseStatus.OK.value]
     if not args.quiet:
-        for s in status:
-            outcome = f": {s['error']}" if s["status"] != "ok" else f" -> {s['output']}"
-            print(f"{s['status']:7s} {s['input']}{outcome}")
-        print(f"{len(status) - len(failed)} ok, {len(failed)} failed; status in {args.out / BATCH_STATUS_FILE}")
+        for case in cases:
+            r = rows[case.case_id]
+            outcome = f": {r['reason']}" if r["status"] != CaseStatus.OK.value else f" -> {r['output']}"
+            print(f"{r['status']:7s} {case.inputs[0]}{outcome}")
+        print(f"{len(rows) - len(failed)} ok, {len(failed)} failed; status in {args.out / manifest_names()[0]}")
     return ExitCode.FAILED if failed else ExitCode.OK

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.core.errors import CancelledError, MedSegError
-from medseg.core.progress import CancelToken
+from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 from medseg.core.specs import Task
 from medseg.core.threads import configure_threads, usable_cpus
 from medseg.core.vocabulary import CaseStatus
@@ -53,7 +53,8 @@ class BatchJob:
         read, write: how inputs are read and outputs written.
         resume: skip a case whose output folder is complete for the same inputs and task.
         timeout_s: stop a case after this many seconds (None: no limit; a case's own limit wins).
-        threads: CPU threads per case (torch, ITK, VTK); None: every CPU the worker may use (a cluster job's).
+        threads: CPU threads per case (torch, ITK, VTK); 0: every CPU the worker may use (a cluster job's);
+            None: as the process is set up already (``medseg run`` in its own process).
     """
 
     out: Path
@@ -63,7 +64,7 @@ class BatchJob:
     write: WriteOptions = field(default_factory=WriteOptions)
     resume: bool = False
     timeout_s: float | None = None
-    threads: int | None = 1
+    threads: int | None = None
 
     def task(self) -> Task:
         """The task object (rebuilt in each worker: tasks hold functions and networks)."""
@@ -101,8 +102,12 @@ def _peak(report: dict[str, Any]) -> float | None:
     return round(max(peaks), 1) if peaks else None
 
 
-def run_batch_case(case: BatchCase, job: BatchJob) -> dict[str, Any]:
+def run_batch_case(case: BatchCase, job: BatchJob, *, task: Task | None = None,
+                   progress: ProgressCallback = no_progress, cancel: CancelToken | None = None) -> dict[str, Any]:
     """Run ``case`` (see the module docstring) and return its manifest row; never raises for the case's sake.
+
+    ``task``: the task object when the caller has it (else rebuilt from ``job``). ``cancel``: the caller's
+    token (``medseg run``'s Ctrl-C); its cancel raises ``CancelledError``: a user's stop ends the batch.
 
     The row: ``case``, ``inputs``, ``reference``, ``output``, ``status`` (:class:`CaseStatus` value),
     ``reason`` ("" when ok), ``time_s`` (wall time in this worker), ``peak_memory_mib`` (the case's largest
@@ -119,12 +124,13 @@ def run_batch_case(case: BatchCase, job: BatchJob) -> dict[str, Any]:
         "inputs_sha256": "", "worker": f"{socket.gethostname()}:{os.getpid()}", "segments": None, "boxes": None,
         "warnings": None, "report": None,
     }
-    cancel = CancelToken()
+    cancel = cancel or CancelToken()
     timer: threading.Timer | None = None
     timed_out = threading.Event()
     try:
-        configure_threads(job.threads or usable_cpus())
-        task = job.task()
+        if job.threads is not None:
+            configure_threads(job.threads or usable_cpus())
+        task = task or job.task()
         row["inputs_sha256"] = fingerprint = input_fingerprint(case.inputs)
         report = completed_report(out_dir, fingerprint, task.name) if job.resume else None
         if report is not None:
@@ -141,13 +147,15 @@ def run_batch_case(case: BatchCase, job: BatchJob) -> dict[str, Any]:
                 timer.daemon = True
                 timer.start()
             report = run_files(case.inputs, job.options, out_dir, task=task, read=job.read, write=job.write,
-                               cancel=cancel, fingerprint=fingerprint)
+                               progress=progress, cancel=cancel, fingerprint=fingerprint)
             row["status"] = CaseStatus.OK.value
             row["peak_memory_mib"] = _peak(report)
         row.update(report=report, segments=len(report.get("segments", [])), boxes=len(report.get("boxes", [])),
                    warnings=len(report.get("warnings", [])))
     except CancelledError as e:
-        row["status"] = (CaseStatus.TIMEOUT if timed_out.is_set() else CaseStatus.FAILED).value
+        if not timed_out.is_set():
+            raise
+        row["status"] = CaseStatus.TIMEOUT.value
         row["reason"] = str(e)
     except MedSegError as e:
         row["reason"] = str(e)
