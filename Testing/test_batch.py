@@ -25,10 +25,13 @@ from conftest import grid_centre_ras, make_sitk_image, sphere_image
 from dicom_fixtures import write_ct_series
 from medseg.cli import main
 from medseg.core.errors import InputError
+from medseg.core.frames import sitk_to_volume
+from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.vocabulary import CaseStatus
 from medseg.io.batch_inputs import BatchCase, collect_cases, parse_shard, shard_cases
 from medseg.io.input_hash import input_fingerprint
 from medseg.io.output_marker import write_marker
+from medseg.io.seg_nrrd import write_seg_nrrd
 from medseg.pipeline.batch_case import BatchJob
 from medseg.pipeline.batch_engine import (
     EVENT_TOPIC,
@@ -42,6 +45,7 @@ from medseg.pipeline.batch_engine import (
     worker_device,
 )
 from medseg.pipeline.batch_manifest import manifest_names, write_manifest
+from medseg.pipeline.batch_reference import compare_to_reference
 from medseg.pipeline.options import RunOptions
 
 GIB = 2**30
@@ -248,9 +252,13 @@ def test_a_dozen_cases_survive_a_corrupt_file_a_timeout_and_a_killed_worker_and_
     for name in ("big_kill", "big_slow"):  # a few seconds each: long enough to be caught mid-case
         _ball(src / f"{name}.nrrd", 60, size=(230, 200, 170), spacing=(0.8, 0.9, 1.1))
     _truncated(files["small0"], src / "corrupt.nrrd")
+    # small1's reference: its own ball, as a Slicer segmentation named as the threshold task names it
+    ball = sitk.ReadImage(str(files["small1"]))
+    write_seg_nrrd(_labelmap(sitk.Cast(ball > 100, sitk.sitkInt16) * 4, [("Lesion 1", 4)]), src / "small1.seg.nrrd")
     table = tmp_path / "cases.csv"
-    lines = ["case,input,timeout_s,site"] + [f"{n},in/{n}.nrrd,,S{i % 2}" for i, n in enumerate(radii)]
-    lines += ["big_kill,in/big_kill.nrrd,,S0", "big_slow,in/big_slow.nrrd,0.3,S1", "corrupt,in/corrupt.nrrd,,S0"]
+    lines = ["case,input,timeout_s,site,reference"] + [
+        f"{n},in/{n}.nrrd,,S{i % 2},{'in/small1.seg.nrrd' if n == 'small1' else ''}" for i, n in enumerate(radii)]
+    lines += ["big_kill,in/big_kill.nrrd,,S0,", "big_slow,in/big_slow.nrrd,0.3,S1,", "corrupt,in/corrupt.nrrd,,S0,"]
     table.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     argv = ["batch", str(table), "--task", "threshold", "--threshold", "100", "--out", str(out), "--engine", "dask",
@@ -282,6 +290,9 @@ def test_a_dozen_cases_survive_a_corrupt_file_a_timeout_and_a_killed_worker_and_
     cohort = list(csv.DictReader((out / "cohort.csv").open()))
     assert sorted(r["case"] for r in cohort) == sorted([*radii, "big_kill"])
     assert {r["site"] for r in cohort} == {"S0", "S1"}
+    (evaluated,) = [r for r in cohort if r["ref_dice"]]
+    assert (evaluated["case"], evaluated["segment"], evaluated["ref_dice"], evaluated["ref_hd95_mm"]) == (
+        "small1", "Lesion 1", "1", "0")
 
     # resume: one output removed, one input changed; only those two (and the two failures) run again
     stamp = {n: (out / n / "report.json").stat().st_mtime_ns for n in radii}
@@ -386,3 +397,51 @@ def test_the_documented_slurm_config_books_one_gpu_per_job_and_one_case_per_work
         bad.write_text(text)
         with pytest.raises(InputError, match=says):
             jobqueue_cluster(bad, 2)
+
+
+# ----------------------------------------------------------------------------- evaluation against a reference
+def _labelmap(img: sitk.Image, segments: list[tuple[str, int]]) -> LabelMap:
+    colours = [(0.9, 0.2, 0.2), (0.2, 0.6, 0.9), (0.3, 0.8, 0.3)]
+    return LabelMap(sitk_to_volume(img), tuple(Segment(f"Segment_{v}", n, colours[i % 3], v)
+                                               for i, (n, v) in enumerate(segments)))
+
+
+def test_the_reference_is_put_on_the_result_grid_and_matched_by_name_on_an_oblique_flipped_grid(tmp_path):
+    """Result: a 10 mm ball (value 3, "Tumour") on an oblique, anisotropic, flipped grid. Reference: a 12 mm ball
+    (value 7, " tumour ") and a node (value 2) on a sub-grid cropped from it, as Slicer saves a segmentation."""
+    geom = "oblique_aniso_flipped"
+    full = make_sitk_image(geom)
+    centre = grid_centre_ras(full)
+    mine = sitk.GetArrayFromImage(sphere_image(geom, centre, 10.0, inside=3))
+    ref_full = sitk.GetArrayFromImage(sphere_image(geom, centre, 12.0, inside=7))
+    ref_full[2:4, 5:9, 6:10] = 2  # a node the result does not have, off the ball
+    ref_img = sitk.GetImageFromArray(ref_full)
+    ref_img.CopyInformation(full)
+    cropped = sitk.RegionOfInterest(ref_img, [60, 58, 10], [4, 3, 1])  # size, index (i, j, k): keeps positions
+    assert np.count_nonzero(sitk.GetArrayFromImage(cropped)) == np.count_nonzero(ref_full)
+    result_img = sitk.GetImageFromArray(mine)
+    result_img.CopyInformation(full)
+    metrics = compare_to_reference(_labelmap(result_img, [("Tumour", 3)]),
+                                   _labelmap(cropped, [(" tumour ", 7), ("Node", 2)]))
+    voxel_ml = float(np.prod(full.GetSpacing())) / 1000
+    a, b = mine == 3, ref_full == 7
+    assert metrics[" tumour "]["ref_dice"] == pytest.approx(2 * np.count_nonzero(a & b) /
+                                                            (np.count_nonzero(a) + np.count_nonzero(b)), abs=1e-12)
+    assert metrics[" tumour "]["ref_volume_ml"] == pytest.approx(np.count_nonzero(b) * voxel_ml)
+    assert metrics[" tumour "]["ref_volume_diff_pct"] == pytest.approx(
+        (np.count_nonzero(a) - np.count_nonzero(b)) / np.count_nonzero(b) * 100)
+    # two concentric balls 2 mm apart: surface distances of about 2 mm (voxels 0.7 x 0.7 x 5 mm)
+    assert 0.5 < metrics[" tumour "]["ref_asd_mm"] < 5.0 and metrics[" tumour "]["ref_hd95_mm"] >= 1.0
+    assert metrics["Node"]["ref_dice"] == 0.0 and metrics["Node"]["ref_hd95_mm"] == float("inf")
+    assert metrics["Node"]["ref_volume_ml"] == pytest.approx(2 * 4 * 4 * voxel_ml)
+
+
+def test_the_cohort_table_carries_the_reference_metrics_and_the_segments_the_result_missed(tmp_path):
+    case = BatchCase("p1", (Path("/in/p1.nrrd"),), reference=Path("/in/p1.seg.nrrd"))
+    report = {"segments": [{"name": "Lesion 1", "volume_ml": 2.0}, {"name": "Lesion 2", "volume_ml": 1.0}]}
+    row = {"case": "p1", "status": "ok", "report": report,
+           "reference_metrics": {"lesion 1": {"ref_dice": 0.9, "ref_hd95_mm": 1.5}, "Node": {"ref_dice": 0.0}}}
+    write_manifest(tmp_path, [case], {"p1": row})
+    rows = list(csv.DictReader((tmp_path / "cohort.csv").open()))
+    assert [(r["segment"], r["ref_dice"]) for r in rows] == [("Lesion 1", "0.9"), ("Lesion 2", ""), ("Node", "0")]
+    assert rows[0]["ref_hd95_mm"] == "1.5" and rows[0]["volume_ml"] == "2"

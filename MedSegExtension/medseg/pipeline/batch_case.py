@@ -33,6 +33,7 @@ from medseg.core.vocabulary import CaseStatus
 from medseg.io.batch_inputs import BatchCase
 from medseg.io.input_hash import input_fingerprint
 from medseg.io.output_marker import read_marker
+from medseg.pipeline.batch_reference import evaluate_case
 from medseg.pipeline.case_files import FINGERPRINT_KEY, ReadOptions, WriteOptions, run_files
 from medseg.pipeline.model_tasks import model_task
 from medseg.pipeline.options import RunOptions
@@ -113,7 +114,9 @@ def run_batch_case(case: BatchCase, job: BatchJob, *, task: Task | None = None,
     ``reason`` ("" when ok), ``time_s`` (wall time in this worker), ``peak_memory_mib`` (the case's largest
     stage peak, from its report; None when it did not run), ``inputs_sha256``, ``worker`` (host:pid),
     ``segments`` and ``boxes`` (counts, when ok or skipped), ``warnings`` (count), and ``traceback``
-    for an unexpected error. ``report`` holds the case's ``report.json`` when there is one (ok, skipped).
+    for an unexpected error. With a reference (``case.reference``): ``reference_metrics`` (segment name ->
+    :func:`medseg.pipeline.batch_reference.compare_to_reference`'s metrics) or ``reference_error``.
+    ``report`` holds the case's ``report.json`` when there is one (ok, skipped).
     """
     t0 = time.perf_counter()
     out_dir = case_output(job, case)
@@ -152,6 +155,11 @@ def run_batch_case(case: BatchCase, job: BatchJob, *, task: Task | None = None,
             row["peak_memory_mib"] = _peak(report)
         row.update(report=report, segments=len(report.get("segments", [])), boxes=len(report.get("boxes", [])),
                    warnings=len(report.get("warnings", [])))
+        if case.reference is not None:
+            try:
+                row["reference_metrics"] = evaluate_case(out_dir, case.reference)
+            except MedSegError as e:  # the case is done; its evaluation could not be: said in the manifest
+                row["reference_error"] = str(e)
     except CancelledError as e:
         if not timed_out.is_set():
             raise

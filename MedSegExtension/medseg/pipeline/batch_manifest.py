@@ -4,8 +4,9 @@
   peak memory, output folder, fingerprint, worker); rewritten (atomically) each time a case ends, so
   an interrupted batch still says what it did.
 - ``cohort.csv``: one row per case and segment with the measurements of its ``report.json``
-  (:class:`medseg.core.measurements.Measure` keys; centroids as R, A, S columns) and the table of
-  cases' own columns.
+  (:class:`medseg.core.measurements.Measure` keys; centroids as R, A, S columns), the metrics against
+  the case's reference segmentation where the table gives one (:mod:`medseg.pipeline.batch_reference`)
+  and the table of cases' own columns.
 
 With ``--shard I/N`` each shard writes its own ``batch_status-shard-I-of-N.json`` (and ``.csv``,
 ``cohort-shard-I-of-N.csv``), so the shards of a job array never overwrite each other's manifest; a
@@ -25,12 +26,13 @@ from medseg.core.measurements import SEGMENT_KEYS, Measure
 from medseg.core.vocabulary import CaseStatus
 from medseg.io.atomic import atomic_write_text
 from medseg.io.batch_inputs import BatchCase
+from medseg.pipeline.batch_reference import REFERENCE_COLUMNS
 
 #: the manifest's and the cohort table's file stems
 STATUS_STEM, COHORT_STEM = "batch_status", "cohort"
 #: the manifest's columns, in order (``inputs`` is a list in JSON, ``;``-joined in CSV)
 STATUS_COLUMNS = ("case", "status", "reason", "time_s", "peak_memory_mib", "segments", "boxes", "warnings",
-                  "output", "inputs", "reference", "inputs_sha256", "worker", "attempts")
+                  "output", "inputs", "reference", "reference_error", "inputs_sha256", "worker", "attempts")
 #: measurements in the cohort table, in order (scalars; the centroid is split into R, A, S)
 COHORT_MEASURES = (Measure.VOLUME_ML, Measure.SURFACE_AREA_MM2, Measure.VOXEL_COUNT, Measure.LONGEST_DIAMETER_MM,
                    Measure.RECIST_AXIAL_MM, Measure.SHORT_AXIS_MM)
@@ -70,8 +72,11 @@ def _cell(value: Any) -> Any:
 
 
 def cohort_rows(case: BatchCase, row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The cohort table's rows of one case: one per segment of its report (none when it has no report)."""
+    """The cohort table's rows of one case: one per segment of its report (none when it has no report), with
+    the reference metrics of the segment of the same name, and one more per reference segment the result
+    lacks (missed: Dice 0)."""
     report = row.get("report") or {}
+    metrics = dict(row.get("reference_metrics") or {})
     rows = []
     for seg in report.get("segments", []):
         out: dict[str, Any] = {"case": case.case_id, "status": row.get("status"), "segment": seg.get("name")}
@@ -81,15 +86,31 @@ def cohort_rows(case: BatchCase, row: dict[str, Any]) -> list[dict[str, Any]]:
         centroid = seg.get(str(Measure.CENTROID_RAS)) or [None, None, None]
         for axis, value in zip("RAS", centroid, strict=True):
             out[f"centroid_{axis.lower()}_mm"] = value
+        out.update(_metrics_of(metrics, str(seg.get("name"))))
         out.update(case.extra)
         rows.append(out)
+    if report:
+        for name, values in metrics.items():  # reference segments the result has no segment for
+            rows.append({"case": case.case_id, "status": row.get("status"), "segment": name, **values,
+                         **case.extra})
     return rows
+
+
+def _metrics_of(metrics: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """Pop the reference metrics of segment ``name`` (case and spacing ignored) from ``metrics``."""
+    key = " ".join(name.split()).casefold()
+    for ref_name in list(metrics):
+        if " ".join(ref_name.split()).casefold() == key:
+            return metrics.pop(ref_name)
+    return {}
 
 
 def cohort_columns(cases: Sequence[BatchCase]) -> list[str]:
     """The cohort table's columns: case, segment, the segment keys, the measurements, the table's own columns."""
     columns = ["case", "status", "segment", *[k for k in SEGMENT_KEYS if k != "name"],
                *[str(m) for m in COHORT_MEASURES], "centroid_r_mm", "centroid_a_mm", "centroid_s_mm"]
+    if any(c.reference is not None for c in cases):
+        columns.extend(REFERENCE_COLUMNS)
     for case in cases:
         columns.extend(k for k in case.extra if k not in columns)
     return columns
