@@ -445,3 +445,43 @@ def test_the_cohort_table_carries_the_reference_metrics_and_the_segments_the_res
     rows = list(csv.DictReader((tmp_path / "cohort.csv").open()))
     assert [(r["segment"], r["ref_dice"]) for r in rows] == [("Lesion 1", "0.9"), ("Lesion 2", ""), ("Node", "0")]
     assert rows[0]["ref_hd95_mm"] == "1.5" and rows[0]["volume_ml"] == "2"
+
+
+def test_a_stopped_batch_keeps_the_finished_cases_and_resume_goes_on(tmp_path, cluster, capsys):
+    for n in range(6):  # a few seconds each, so that some are still to run when the batch is stopped
+        _ball(tmp_path / "cases" / f"p{n}.nrrd", 50, size=(200, 180, 150), spacing=(0.8, 0.9, 1.1))
+    out = tmp_path / "out"
+    argv = ["batch", str(tmp_path / "cases"), "--task", "threshold", "--threshold", "100", "--out", str(out),
+            "--engine", "dask", "--scheduler", cluster.scheduler_address, "--no-html", "-q"]
+
+    def interrupt_after_the_first_case() -> None:
+        while True:
+            try:
+                rows = json.loads((out / "batch_status.json").read_text())
+            except (OSError, ValueError):
+                rows = []
+            if any(r["status"] == "ok" for r in rows):
+                os.kill(os.getpid(), signal.SIGTERM)  # as a job scheduler stops a job: the command's handler cancels
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=interrupt_after_the_first_case)
+    t.start()
+    rc = main(argv)
+    t.join()
+    err = capsys.readouterr().err
+    assert rc == 3 and "stopped by SIGTERM" in err and "--resume" in err and "finished case(s) are kept" in err
+    rows = json.loads((out / "batch_status.json").read_text())
+    done = {r["case"] for r in rows if r["status"] == "ok"}
+    assert done and len(done) < 6 and {r["status"] for r in rows} <= {"ok", "pending"}
+    assert all((out / c / "report.json").is_file() for c in done)
+    # nothing half-written: every case folder is complete (one may have committed as the batch stopped; its
+    # row then says pending and --resume finds it complete); only hidden staging folders of killed workers
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.name.startswith("."):
+            assert (entry / "report.json").is_file(), entry
+    assert main([*argv, "--resume"]) == 0
+    rows = json.loads((out / "batch_status.json").read_text())
+    assert {r["case"] for r in rows if r["status"] == "skipped"} >= done
+    assert {r["status"] for r in rows} <= {"ok", "skipped"} and any(r["status"] == "ok" for r in rows)
+    assert not [e for e in out.iterdir() if ".partial-" in e.name]  # the killed workers' staging is gone

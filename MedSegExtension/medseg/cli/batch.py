@@ -23,7 +23,7 @@ from medseg.cli.commands import COMMANDS
 from medseg.cli.common import add_output_options, nonneg_int, positive_int, run_options, write_options
 from medseg.cli.progress import Progress, emit_json
 from medseg.cli.run import add_task_param_flags, task_params
-from medseg.core.errors import ExitCode, InputError
+from medseg.core.errors import CancelledError, ExitCode, InputError
 from medseg.core.vocabulary import CaseStatus, Engine, NanPolicy
 from medseg.io.atomic import check_output_folder, prepare_batch_folder
 from medseg.io.batch_inputs import collect_cases, parse_shard, shard_cases
@@ -189,9 +189,14 @@ def cmd_batch(args: argparse.Namespace) -> ExitCode:
     t0 = time.perf_counter()
     try:
         _run(args, job, cases, on_row, on_counts)
+    except KeyboardInterrupt:  # Ctrl-C: the cluster is closed on the way out; say what is kept, as for SIGTERM
+        args.cancel.cancel("cancelled by the user (Ctrl-C)")
     finally:
         bar.close()
     json_path = write_manifest(out, cases, rows, shard)[0]
+    if args.cancel.cancelled:
+        raise CancelledError(f"{args.cancel.reason}; {len(rows)} finished case(s) are kept in {out} (see "
+                             f"{json_path.name}), the running ones left nothing; run again with --resume to go on")
     elapsed = time.perf_counter() - t0
     failed = [by_id[c] for c, r in rows.items() if CaseStatus.parse(r["status"]) not in DONE_STATUSES]
     if not args.quiet:
@@ -210,7 +215,6 @@ def _run(args: argparse.Namespace, job: BatchJob, cases: list, on_row: Any, on_c
         with remote as client:
             run_cases(cases, replace(job, threads=args.threads or 0), client, on_row=on_row, on_counts=on_counts,
                       cancel=stop)
-        args.cancel.check()
         return
     plan = plan_local(args.workers, len(cases), job.options.device, case_memory_gib=args.case_memory)
     for note in plan.notes:
@@ -223,7 +227,6 @@ def _run(args: argparse.Namespace, job: BatchJob, cases: list, on_row: Any, on_c
     with local_client(plan, args.retries) as client:
         run_cases(cases, replace(job, threads=threads), client, gpus=plan.gpus, on_row=on_row,
                   on_counts=on_counts, cancel=stop, memory_limit=plan.memory_limit)
-    args.cancel.check()
 
 
 def _summary(cases: list, rows: dict[str, dict[str, Any]], elapsed: float, json_path: Path, out: Path,

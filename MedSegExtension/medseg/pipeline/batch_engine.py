@@ -225,7 +225,8 @@ def run_cases(cases: Sequence[BatchCase], job: BatchJob, client: Client, *, gpus
     """Run ``cases`` on ``client``'s cluster; return each case's manifest row by case id.
 
     ``on_row(row)`` is called as each case ends, ``on_counts(counts)`` after every change; ``cancel()``
-    returning True stops the batch (running cases are cancelled; their rows are not written). Worker
+    returning True stops the batch: cases not started are cancelled, the workers running one are restarted
+    (nothing of those cases is written; they have no row). Worker
     deaths are retried by Dask (:func:`dask_config`); ``memory_limit`` (bytes, None: unknown) only
     words the reason of a case lost that way. ``case_fn`` is the task each case runs (:func:`dask_case`;
     another must also send the start event).
@@ -258,14 +259,13 @@ def run_cases(cases: Sequence[BatchCase], job: BatchJob, client: Client, *, gpus
         pending = dict(futures)
         last: tuple[int, int, int, int] | None = None
         while pending:
-            if cancel is not None and cancel():
-                for f in pending:
-                    f.cancel()
-                break
             for f, case in list(pending.items()):
                 if f.done():
                     del pending[f]
                     finish(case, _result(f, case, job, watch, memory_limit))
+            if cancel is not None and cancel():
+                _stop_all(pending, client, watch)
+                break
             _stop_stuck(pending, job, client, watch, finish)
             with watch.lock:
                 counts.running = sum(1 for c in pending.values() if c.case_id in watch.started)
@@ -302,6 +302,17 @@ def _result(future: Any, case: BatchCase, job: BatchJob, watch: _Watch, memory_l
         return _row(case, job, CaseStatus.FAILED, f"internal error in the batch engine: {type(e).__name__}: {e}")
 
 
+def _stop_all(pending: dict[Any, BatchCase], client: Client, watch: _Watch) -> None:
+    """Cancel every case not finished, and restart the workers running one, so that no case goes on writing
+    after the batch stopped (on a cluster that outlives the batch, a cancelled task would run to its end)."""
+    for f in pending:
+        f.cancel()
+    with watch.lock:
+        busy = sorted({watch.started[c.case_id][1] for c in pending.values() if c.case_id in watch.started})
+    if busy:
+        client.restart_workers(busy, timeout=RESTART_TIMEOUT_S, raise_for_error=False)
+
+
 def _stop_stuck(pending: dict[Any, BatchCase], job: BatchJob, client: Client, watch: _Watch,
                 finish: Callable[[BatchCase, dict[str, Any]], None]) -> None:
     """Stop each case that runs past its hard time-out: mark it ``timeout`` and restart its worker."""
@@ -331,11 +342,13 @@ def _stop_stuck(pending: dict[Any, BatchCase], job: BatchJob, client: Client, wa
 def local_cluster(plan: LocalPlan, retries: int) -> LocalCluster:
     """A Dask ``LocalCluster`` for ``plan``: worker processes (named 0..n-1), one case each at a time, no
     dashboard, on this machine only."""
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines (workers starting, closing) are noise
+    # its own lines (workers starting and closing, heartbeats failing while a cancelled batch shuts down) are
+    # noise: what became of each case is in its row, a dead worker's case in its reason
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     with dask.config.set(dask_config(retries)):
         return LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True,
                             memory_limit=plan.memory_limit, dashboard_address="127.0.0.1:0", host="127.0.0.1",
-                            silence_logs=logging.ERROR)
+                            silence_logs=logging.CRITICAL)
 
 
 @contextmanager
