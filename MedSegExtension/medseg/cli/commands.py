@@ -15,5 +15,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dicom-node": ("medseg.cli.dicom_node", "receive DICOM series, segment each, send RTSTRUCT/SEG on"),
     "convert": ("medseg.cli.convert", "an RTSTRUCT or DICOM SEG as a .seg.nrrd on its image series"),
     "batch": ("medseg.cli.batch", "many cases on Dask (this machine or a cluster), resumable, with a cohort table"),
+    "eval": ("medseg.cli.evaluate", "segmentations against references: Dice, HD95, surface Dice, lesions; dashboard"),
     "compare": ("medseg.cli.compare", "baseline vs follow-up: lesions matched over time, RECIST 1.1, volumes"),
 }

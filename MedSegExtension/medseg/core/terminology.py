@@ -8,6 +8,7 @@ so Slicer shows the entries as known terms.
 from __future__ import annotations
 
 import copy
+import re
 
 
 def _code(value: str, meaning: str, scheme: str = "SCT") -> dict:
@@ -103,3 +104,17 @@ def key_for_tg263_name(name: str) -> str | None:
         if tg.lower() == name.strip().lower():
             return key
     return None
+
+
+#: names (case ignored) that mark a segment of a user's or another tool's segmentation as a lesion ("Lesion 3",
+#: "Tumour", "GTV1", "GTV_2", "Nodule", "met")
+LESION_NAME = re.compile(r"^(lesion|tumou?r|gtv|nodule|mass|metastasis|met)(\b|\d|_)", re.IGNORECASE)
+#: words in a segment's terminology meanings that mark a lesion
+LESION_TERMS = ("nodule", "mass", "neoplasm", "tumor", "tumour", "lesion", "edema", "necrosis")
+
+
+def is_lesion_segment(name: str, terminology: dict | None = None) -> bool:
+    """True when a segment named ``name`` with ``terminology`` (coded entries with a ``meaning``) is a
+    lesion by :data:`LESION_NAME` or :data:`LESION_TERMS` (a segmentation MedSeg did not make)."""
+    coded = " ".join(str(v.get("meaning", "")) for v in (terminology or {}).values() if isinstance(v, dict))
+    return bool(LESION_NAME.match(name.strip())) or any(t in coded.lower() for t in LESION_TERMS)

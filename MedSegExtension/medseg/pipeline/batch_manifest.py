@@ -73,8 +73,8 @@ def _cell(value: Any) -> Any:
 
 def cohort_rows(case: BatchCase, row: dict[str, Any]) -> list[dict[str, Any]]:
     """The cohort table's rows of one case: one per segment of its report (none when it has no report), with
-    the reference metrics of the segment of the same name, and one more per reference segment the result
-    lacks (missed: Dice 0)."""
+    the reference metrics of the structure of the same name, and one more per other reference structure (the
+    pooled ``Lesions``, or a structure the result missed: Dice 0)."""
     report = row.get("report") or {}
     metrics = dict(row.get("reference_metrics") or {})
     rows = []

@@ -21,7 +21,6 @@ Route (:func:`compare_cases`):
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from medseg.core.labelmap import LabelMap
 from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_progress
 from medseg.core.result import Result
 from medseg.core.specs import Task
+from medseg.core.terminology import is_lesion_segment
 from medseg.core.volume import Volume
 from medseg.followup.matching import LesionMatch, match_lesions
 from medseg.followup.naming import baseline_fates, followup_names
@@ -48,10 +48,6 @@ from medseg.pipeline.run import run_task
 from medseg.register.rigid_affine import Registration, register_volumes, resample_volume, write_transform
 from medseg.report.compare_page import COMPARE_HTML, write_compare_html
 
-#: names (case ignored) that mark a segment of a given segmentation as a lesion
-LESION_NAME = re.compile(r"^(lesion|tumou?r|gtv|nodule|mass|metastasis|met)\b", re.IGNORECASE)
-#: terminology words that mark a lesion
-LESION_TERMS = ("nodule", "mass", "neoplasm", "tumor", "tumour", "lesion", "edema", "necrosis")
 #: values of the change map on the baseline grid
 CHANGE_VALUES = {"stable": 1, "gone": 2, "new": 3}
 #: files of a comparison folder
@@ -88,13 +84,12 @@ class Comparison:
 
 def lesion_ids(labelmap: LabelMap, kinds: dict[str, str] | None = None) -> dict[str, str]:
     """Segment id -> lesion kind: the task's own lesions (``kinds``), else segments named or coded as
-    lesions (:data:`LESION_NAME`, :data:`LESION_TERMS`); when none is, every segment."""
+    lesions (:func:`medseg.core.terminology.is_lesion_segment`); when none is, every segment."""
     if kinds:
         return dict(kinds)
     found = {}
     for s in labelmap.segments:
-        coded = " ".join(str(v.get("meaning", "")) for v in (s.terminology or {}).values() if isinstance(v, dict))
-        if LESION_NAME.match(s.name) or any(t in coded.lower() for t in LESION_TERMS):
+        if is_lesion_segment(s.name, s.terminology):
             found[s.id] = "lesion"
     return found or {s.id: "lesion" for s in labelmap.segments}
 

@@ -24,7 +24,7 @@ from medseg.data.phantom import PhantomTruth
 from medseg.io.atomic import atomic_write_text
 from medseg.io.seg_nrrd import read_seg_nrrd
 from medseg.io.volume_writer import write_volume_nrrd
-from medseg.measure.metrics import dice
+from medseg.measure.evaluation import dice
 
 #: the task the demo runs
 DEMO_TASK = "ct-chest"

@@ -1,0 +1,63 @@
+"""Read a segmentation from what users have: a Slicer ``.seg.nrrd``, a label image, or a MedSeg output folder.
+
+- ``.seg.nrrd`` / ``.nrrd``: :func:`medseg.io.seg_nrrd.read_seg_nrrd` (named segments; a plain label
+  NRRD gets one unnamed segment per value, ``Segment_<value>``, as Slicer does);
+- a NIfTI or MetaImage label image: one unnamed segment per value present (``Segment_<value>``);
+- a folder that MedSeg wrote (``medseg run``/``batch`` output): its ``segmentation.seg.nrrd``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from medseg.core.errors import InputError
+from medseg.core.formats import image_format
+from medseg.core.labelmap import LabelMap, Segment
+from medseg.io.seg_nrrd import read_seg_nrrd
+from medseg.io.volume_reader import read_volume
+
+#: the segmentation file of a MedSeg output folder
+OUTPUT_SEGMENTATION = "segmentation.seg.nrrd"
+#: the colour of a segment that has none
+_GRAY = (0.5, 0.5, 0.5)
+_UNNAMED = re.compile(r"Segment_(\d+)$")
+
+
+def is_unnamed(segment: Segment) -> bool:
+    """True when ``segment`` carries no name of its own (``Segment_<its label value>``, as a label image gets)."""
+    m = _UNNAMED.match(segment.name.strip())
+    return m is not None and int(m.group(1)) == segment.label_value
+
+
+def read_segmentation(path: Path) -> LabelMap:
+    """The segmentation in ``path`` (see the module docstring); ``InputError`` naming the path otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        inner = p / OUTPUT_SEGMENTATION
+        if not inner.is_file():
+            raise InputError(f"folder {p} holds no {OUTPUT_SEGMENTATION} (is it a MedSeg output folder?)")
+        return read_seg_nrrd(inner)
+    if not p.exists():
+        raise InputError(f"segmentation {p} does not exist")
+    fmt = image_format(p)
+    if fmt == "NRRD":
+        return read_seg_nrrd(p)
+    if fmt is None:
+        raise InputError(f"segmentation {p} is not a .seg.nrrd, NRRD, NIfTI or MetaImage file")
+    volume = read_volume(p)
+    data = volume.array
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)) or np.any(data < 0):
+            raise InputError(f"label image {p} has non-integer or negative values; a label image holds 0 and "
+                             "positive whole numbers")
+    elif data.dtype.kind not in "ui" or (data.size and int(data.min()) < 0):
+        raise InputError(f"label image {p} has voxel type {data.dtype} or negative values; a label image holds 0 "
+                         "and positive whole numbers")
+    top = int(data.max()) if data.size else 0
+    labels = data.astype(LabelMap.label_dtype(top), copy=False)
+    values = [int(v) for v in np.unique(labels) if v != 0]
+    segments = tuple(Segment(f"Segment_{v}", f"Segment_{v}", _GRAY, v) for v in values)
+    return LabelMap(volume.with_array(labels), segments)
