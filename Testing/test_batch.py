@@ -487,3 +487,13 @@ def test_a_stopped_batch_keeps_the_finished_cases_and_resume_goes_on(tmp_path, c
     assert {r["case"] for r in rows if r["status"] == "skipped"} >= done
     assert {r["status"] for r in rows} <= {"ok", "skipped"} and any(r["status"] == "ok" for r in rows)
     assert not [e for e in out.iterdir() if ".partial-" in e.name]  # the killed workers' staging is gone
+
+
+def _malloc_trim() -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_batch_workers_keep_glibc_malloc_defaults(cluster):
+    """Dask's MALLOC_TRIM_THRESHOLD_=65536 made every large array page-fault in again (cases 1.7x slower)."""
+    with Client(cluster.scheduler_address, timeout=30) as client:
+        assert set(client.run(_malloc_trim).values()) == {None}
