@@ -16,5 +16,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("medseg.cli.convert", "an RTSTRUCT or DICOM SEG as a .seg.nrrd on its image series"),
     "batch": ("medseg.cli.batch", "many cases on Dask (this machine or a cluster), resumable, with a cohort table"),
     "eval": ("medseg.cli.evaluate", "segmentations against references: Dice, HD95, surface Dice, lesions; dashboard"),
+    "train": ("medseg.cli.train", "train a network on your own image/label pairs into a model folder"),
     "compare": ("medseg.cli.compare", "baseline vs follow-up: lesions matched over time, RECIST 1.1, volumes"),
 }
