@@ -135,8 +135,17 @@ def test_two_methods_over_three_cases_give_the_metrics_files_and_a_dashboard(tmp
         lines += [f"case{n},unet,unet{n}.seg.nrrd,ref{n}.seg.nrrd,ct{n}.nrrd",
                   f"case{n},threshold,thr{n}.seg.nrrd,ref{n}.seg.nrrd,ct{n}.nrrd"]
     (tmp_path / "cases.csv").write_text("\n".join(lines) + "\n")
+    for fold in (0, 1):  # two training runs' logs, as medseg train writes them into its model folders
+        folder = tmp_path / f"unet-fold{fold}"
+        folder.mkdir()
+        epochs = [{"epoch": e, "loss": 1.0 / e, "lr": 1e-3, "val_dice": {"Liver": 0.5 + e / 20}, "val_dice_mean":
+                   0.5 + e / 20, "time_s": 1.0} for e in range(1, 6)]
+        (folder / "training_log.json").write_text(json.dumps({"schema": "medseg-training-log/1", "fold": fold,
+                                                              "structures": ["Liver"], "epochs": epochs}))
     out = tmp_path / "eval"
-    assert main(["eval", "--cases", str(tmp_path / "cases.csv"), "--out", str(out), "--nsd-tolerance", "1.5"]) == 0
+    assert main(["eval", "--cases", str(tmp_path / "cases.csv"), "--out", str(out), "--nsd-tolerance", "1.5",
+                 "--training-log", str(tmp_path / "unet-fold0"), str(tmp_path / "unet-fold1" / "training_log.json")
+                 ]) == 0
     said = capsys.readouterr().out
     assert "unet" in said and "threshold" in said and "dashboard.html" in said
     rows = list(csv.DictReader((out / "metrics.csv").open()))
@@ -155,6 +164,11 @@ def test_two_methods_over_three_cases_give_the_metrics_files_and_a_dashboard(tmp
     for f in figures:
         assert f"figures/{f}" in page and (out / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "How each metric is computed" in page and "case2" in page
+    assert "training_curves.png" in figures and "unet-fold0, unet-fold1" in page
+    (tmp_path / "not_a_log.json").write_text("{}")
+    assert main(["eval", "--cases", str(tmp_path / "cases.csv"), "--out", str(tmp_path / "e2"), "-q",
+                 "--training-log", str(tmp_path / "not_a_log.json")]) == 2
+    assert not (tmp_path / "e2").exists()
     # the folder is MedSeg's: replaced only with --overwrite
     assert main(["eval", "--cases", str(tmp_path / "cases.csv"), "--out", str(out), "-q"]) == 2
     assert main(["eval", "--cases", str(tmp_path / "cases.csv"), "--out", str(out), "-q", "--overwrite"]) == 0

@@ -63,6 +63,9 @@ def add_parser(sub: Any) -> None:
                    help=f"tolerance of the normalized surface Dice (default {DEFAULT_NSD_TOLERANCE_MM:g} mm)")
     e.add_argument("--match", choices=Match.values(), default=Match.NAME.value,
                    help="pair structures by segment name (default) or by label value (label images)")
+    e.add_argument("--training-log", nargs="+", type=Path, default=[], metavar="LOG",
+                   help="training_log.json files (or model folders) of medseg train runs: their loss and validation "
+                        "curves on the dashboard")
     e.add_argument("--overwrite", action="store_true", help="replace an output folder MedSeg wrote before")
     e.set_defaults(handler=cmd_eval, writes_output=True)
 
@@ -81,7 +84,8 @@ def cmd_eval(args: argparse.Namespace) -> ExitCode:
     bar = Progress(args.quiet, "eval", as_json=args.progress_json)
     try:
         document = evaluate_cases(cases, args.out, nsd_tolerance_mm=args.nsd_tolerance, match=Match.parse(args.match),
-                                  overwrite=args.overwrite, progress=bar, cancel=args.cancel)
+                                  overwrite=args.overwrite, progress=bar, cancel=args.cancel,
+                                  training_logs=args.training_log)
     finally:
         bar.close()
     if not args.quiet:

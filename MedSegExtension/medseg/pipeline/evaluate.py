@@ -180,16 +180,37 @@ def evaluate_pair(pred: LabelMap, ref: LabelMap, *, nsd_tolerance_mm: float = DE
     return rows
 
 
+#: the training log ``medseg train`` writes into a model folder
+TRAINING_LOG = "training_log.json"
+
+
+def read_training_log(path: Path) -> dict[str, Any]:
+    """A ``medseg train`` log (the file, or the model folder holding :data:`TRAINING_LOG`), labelled with its
+    folder's name; ``InputError`` naming the path when it is missing or not such a log."""
+    p = Path(path)
+    file = p / TRAINING_LOG if p.is_dir() else p
+    try:
+        log = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"training log {file} cannot be read: {e}") from e
+    if not isinstance(log, dict) or not isinstance(log.get("epochs"), list):
+        raise InputError(f"{file} is not a medseg train log (it has no list of epochs)")
+    log.setdefault("label", file.parent.name)
+    return log
+
+
 def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
                    match: Match = Match.NAME, overwrite: bool = False, progress: ProgressCallback = no_progress,
-                   cancel: CancelToken | None = None) -> dict[str, Any]:
+                   cancel: CancelToken | None = None, training_logs: Sequence[Path] = ()) -> dict[str, Any]:
     """Evaluate every case and write ``metrics.csv``, ``metrics.json`` and ``dashboard.html`` (with its
-    figures) into ``out`` (all or nothing); return the JSON document."""
+    figures; the curves of ``training_logs``, :func:`read_training_log`) into ``out`` (all or nothing);
+    return the JSON document."""
     if not cases:
         raise InputError("no cases to evaluate")
     if not nsd_tolerance_mm > 0:
         raise InputError(f"the surface-Dice tolerance must be more than 0 mm, got {nsd_tolerance_mm}")
     cancel = cancel or CancelToken()
+    logs = [read_training_log(p) for p in training_logs]
     for c in cases:
         for what, p in (("prediction", c.prediction), ("reference", c.reference)):
             if not p.exists():
@@ -221,7 +242,7 @@ def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: fl
         (stage / METRICS_JSON).write_text(json.dumps(_finite_json(document), indent=1, default=_json, allow_nan=False)
                                           + "\n", encoding="utf-8")
         (stage / METRICS_CSV).write_text(_csv(rows), encoding="utf-8")
-        write_dashboard(document, stage, lambda case, method: _figure_inputs(by_key[(case, method)], match))
+        write_dashboard(document, stage, lambda case, method: _figure_inputs(by_key[(case, method)], match), logs)
     progress(1.0, "done")
     return document
 

@@ -7,6 +7,7 @@ case, method, structure and metrics; the metric definitions with their implement
   cases);
 - one box-and-strip plot per metric (structures along x, one box per method, every case a dot);
   values that are not finite (a distance to an empty mask) are left out and counted under the plot;
+- the loss and validation curves of ``medseg train`` runs (their ``training_log.json``), when given;
 - thumbnails of each method's best and worst case (by mean Dice over the reference's structures): the
   axial slice where prediction and reference disagree most (best case: where the reference is
   largest), agreement green, missed reference blue, extra prediction red, over the image when the
@@ -193,8 +194,40 @@ def _thumbnail(pred: LabelMap, ref: LabelMap, image: Volume | None, worst: bool,
     path.write_bytes(png_bytes(fig, facecolor="white"))
 
 
-def write_dashboard(document: Mapping[str, Any], out_dir: Path, figure_inputs: FigureInputs) -> Path:
-    """Write ``dashboard.html`` and its figures into ``out_dir``; return the page's path."""
+def _num(value: Any) -> float:
+    return np.nan if value is None else float(value)
+
+
+def _training_curves(logs: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Loss (left) and validation Dice (right; the mean solid, each structure dotted) per epoch, one colour
+    per training run (``training_log.json`` of ``medseg train``)."""
+    fig = new_figure(8.0, 3.0)
+    loss_ax, dice_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for i, log in enumerate(logs):
+        colour = METHOD_COLOURS[i % len(METHOD_COLOURS)]
+        epochs = log.get("epochs") or []
+        name = mpl_text(str(log.get("label") or log.get("model") or f"run {i + 1}"))
+        x = [e["epoch"] for e in epochs]
+        loss_ax.plot(x, [_num(e.get("loss")) for e in epochs], color=colour, label=name)
+        dice_ax.plot(x, [_num(e.get("val_dice_mean")) for e in epochs], color=colour, label=name)
+        for structure in log.get("structures") or []:
+            dice_ax.plot(x, [_num((e.get("val_dice") or {}).get(structure)) for e in epochs], color=colour, lw=0.8,
+                         ls=":", alpha=0.8)
+    loss_ax.set_title("training loss", fontsize=10)
+    dice_ax.set_title(mpl_text("validation Dice (mean; dotted: each structure)"), fontsize=10)
+    dice_ax.set_ylim(0, 1)
+    for ax in (loss_ax, dice_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    dice_ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    path.write_bytes(png_bytes(fig, facecolor="white"))
+
+
+def write_dashboard(document: Mapping[str, Any], out_dir: Path, figure_inputs: FigureInputs,
+                    training_logs: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """Write ``dashboard.html`` and its figures into ``out_dir``; return the page's path. ``training_logs``:
+    ``training_log.json`` documents of ``medseg train`` runs, drawn as loss and validation curves."""
     rows: list[Mapping[str, Any]] = document["rows"]
     defs: Mapping[str, Mapping[str, str]] = document["metrics"]
     figures = Path(out_dir) / FIGURES
@@ -243,6 +276,12 @@ def write_dashboard(document: Mapping[str, Any], out_dir: Path, figure_inputs: F
             note = f"; {left_out} value(s) not finite (a mask empty on one side) left out" if left_out else ""
             w(f"<figure><img src='{href(FIGURES + '/' + name + '.png')}' alt='{escape(m)}'><figcaption>"
               f"{escape(defs[m]['title'])}: one dot per case{escape(note)}</figcaption></figure>")
+
+    if training_logs:
+        _training_curves(training_logs, figures / "training_curves.png")
+        runs = ", ".join(str(log.get("label") or log.get("model") or "run") for log in training_logs)
+        w(f"<h2>Training</h2><figure><img src='{href(FIGURES + '/training_curves.png')}' alt='training curves'>"
+          f"<figcaption>Loss and validation Dice per epoch: {escape(runs)}</figcaption></figure>")
 
     w("<h2>Best and worst cases</h2><p class='meta'>Axial slice; green: both, blue: in the reference only "
       "(missed), red: in the prediction only (extra).</p>")
