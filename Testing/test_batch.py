@@ -497,3 +497,27 @@ def test_batch_workers_keep_glibc_malloc_defaults(cluster):
     """Dask's MALLOC_TRIM_THRESHOLD_=65536 made every large array page-fault in again (cases 1.7x slower)."""
     with Client(cluster.scheduler_address, timeout=30) as client:
         assert set(client.run(_malloc_trim).values()) == {None}
+
+
+def test_a_learned_model_runs_in_the_workers_from_its_folder(tmp_path, cluster):
+    import torch
+
+    from medseg.models.authoring import save_model_folder
+    from test_models_runner import card_dict, threshold_net
+
+    model_dir = tmp_path / "ball-model"
+    weights = tmp_path / "ball.pt"  # TorchScript: the card's network needs no state dict of its own
+    torch.jit.save(torch.jit.trace(threshold_net(3, 100.0, slope=-4.0), torch.zeros(1, 1, 8, 8, 8)), str(weights))
+    card = card_dict(labels=[{"value": 4, "channel": 1, "name": "Ball"}])
+    card["weights"]["format"] = "torchscript"
+    save_model_folder(model_dir, card, weights_file=weights)
+    for n, r in (("a", 6.0), ("b", 9.0)):
+        _ball(tmp_path / "cases" / f"{n}.nrrd", r)
+    out = tmp_path / "out"
+    rc = main(["batch", str(tmp_path / "cases"), "--model", str(model_dir), "--out", str(out), "--engine", "dask",
+               "--scheduler", cluster.scheduler_address, "--no-html", "--no-models", "-q", "--device", "cpu"])
+    assert rc == 0
+    for n, r in (("a", 6.0), ("b", 9.0)):
+        (seg,) = json.loads((out / n / "report.json").read_text())["segments"]
+        assert seg["name"] == "Ball" and seg["label_value"] == 4
+        assert seg["volume_ml"] == pytest.approx(4 / 3 * math.pi * r**3 / 1000, rel=0.3)

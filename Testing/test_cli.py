@@ -105,12 +105,15 @@ def test_failure_while_writing_leaves_nothing(sphere_file, tmp_path, capsys, mon
     assert [p for p in os.listdir(tmp_path) if "partial" in p] == []
 
 
-def test_2d_input_refused(tmp_path, capsys):
-    img = sitk.Image(32, 32, sitk.sitkInt16)
-    p = _write(img, tmp_path / "slice.nrrd")
-    rc, _, err = _run(["run", str(p), "--task", "threshold", "--out", str(tmp_path / "o")], capsys)
-    assert rc == 2 and "2D" in err
-    assert not (tmp_path / "o").exists()
+def test_a_2d_input_runs_as_one_slice(tmp_path, capsys):
+    arr = np.zeros((32, 40), np.int16)
+    arr[10:20, 12:30] = 100
+    p = _write(sitk.GetImageFromArray(arr), tmp_path / "slice.nrrd")
+    rc, _, _ = _run(["run", str(p), "--task", "threshold", "--threshold", "50", "--out", str(tmp_path / "o")],
+                    capsys)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rc == 0 and report["inputs"][0]["shape_ijk"] == [40, 32, 1]
+    assert [s["voxel_count"] for s in report["segments"]] == [10 * 18]
 
 
 def test_nan_refused_then_filled(tmp_path, capsys):

@@ -172,3 +172,27 @@ def test_two_methods_over_three_cases_give_the_metrics_files_and_a_dashboard(tmp
     # the folder is MedSeg's: replaced only with --overwrite
     assert main(["eval", "--cases", str(tmp_path / "cases.csv"), "--out", str(out), "-q"]) == 2
     assert main(["eval", "--cases", str(tmp_path / "cases.csv"), "--out", str(out), "-q", "--overwrite"]) == 0
+
+
+def test_png_masks_evaluate_in_2d_and_an_antialiased_one_needs_a_threshold(tmp_path, capsys):
+    from PIL import Image
+
+    yy, xx = np.mgrid[:120, :160]
+    pred = ((yy - 60) ** 2 + (xx - 70) ** 2 <= 30**2).astype(np.uint8) * 255
+    ref = ((yy - 60) ** 2 + (xx - 80) ** 2 <= 30**2).astype(np.uint8) * 255
+    Image.fromarray(pred).save(tmp_path / "pred.png")
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    smooth = ref.astype(np.float64)
+    smooth[1:-1, 1:-1] = (smooth[:-2, 1:-1] + smooth[2:, 1:-1] + smooth[1:-1, :-2] + smooth[1:-1, 2:]) / 4
+    Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / "ref_aa.png")  # anti-aliased edge: grey levels
+    out = tmp_path / "e"
+    assert main(["eval", str(tmp_path / "pred.png"), "--ref", str(tmp_path / "ref.png"), "--match", "value",
+                 "--out", str(out), "-q"]) == 0
+    (row,) = list(csv.DictReader((out / "metrics.csv").open()))
+    assert float(row["dice"]) == pytest.approx(_dice(pred > 0, ref > 0), abs=1e-5)
+    assert float(row["hd95_mm"]) <= 10.0 + 1e-6  # a 10 px shift, measured in the image plane (1 px = 1 unit)
+    rc = main(["eval", str(tmp_path / "pred.png"), "--ref", str(tmp_path / "ref_aa.png"), "--match", "value",
+               "--out", str(tmp_path / "e2"), "-q"])
+    assert rc == 2 and "threshold" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "pred.png"), "--ref", str(tmp_path / "ref_aa.png"), "--match", "value",
+                 "--out", str(tmp_path / "e3"), "-q", "--mask-threshold", "127"]) == 0

@@ -132,11 +132,11 @@ def test_junk_files_skipped(tmp_path, shared_data):
     assert "picture.png" in joined and "cut.dcm" in joined
 
 
-def test_2d_refused(tmp_path):
+def test_2d_is_a_one_slice_volume(tmp_path):
     p = tmp_path / "slice.nrrd"
     sitk.WriteImage(sitk.Image(20, 30, sitk.sitkInt16), str(p))
-    with pytest.raises(InputError, match="needs a 3D volume, got a 2D"):
-        read_volume(p)
+    vol = read_volume(p)
+    assert vol.array.shape == (1, 30, 20) and vol.meta["dims"] == 2
 
 
 def test_4d_needs_a_frame(tmp_path):
@@ -171,9 +171,9 @@ def test_vector_and_complex_refused(tmp_path):
 def test_missing_unsupported_corrupt(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         read_volume(tmp_path / "nope.nrrd")
-    (tmp_path / "x.png").write_bytes(b"abc")
+    (tmp_path / "x.bmp").write_bytes(b"abc")
     with pytest.raises(InputError, match="unsupported file type"):
-        read_volume(tmp_path / "x.png")
+        read_volume(tmp_path / "x.bmp")
     bad = tmp_path / "bad.nrrd"
     bad.write_bytes(np.random.default_rng(0).bytes(300))
     with pytest.raises(InputError, match=r"bad.nrrd"):

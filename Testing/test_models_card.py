@@ -161,5 +161,5 @@ def test_listing_a_bundle_names_it_as_discovery_does(tmp_path):
     assert listed[0].summary.inputs == (("image", "CT"),) and listed[0].summary.produces == ("spleen",)
     assert listed[0].note == ""  # every package a model needs is installed here
     names = [t.name for t in list_tasks([tmp_path / "m"])]
-    assert names[:3] == ["ct-chest", "mr-brain-tumor", "threshold"] and names[3] == listed[0].task_name
-    assert list(available_tasks())[:3] == names[:3]
+    assert names[:4] == ["ct-chest", "mr-brain-tumor", "threshold", "cxr-lungs"] and names[4] == listed[0].task_name
+    assert list(available_tasks())[:4] == names[:4]

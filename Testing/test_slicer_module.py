@@ -99,8 +99,8 @@ def test_a_malformed_settings_file_is_a_note_in_the_task_list(tmp_path, monkeypa
     monkeypatch.setenv("MEDSEG_SETTINGS", str(settings))
     monkeypatch.delenv("MEDSEG_MODELS_DIR", raising=False)
     tasks = module.MedSegExtensionLogic.availableTasks()
-    assert [t.name for t in tasks][:3] == ["ct-chest", "mr-brain-tumor", "threshold"]
-    bad = tasks[3]
+    assert [t.name for t in tasks][:4] == ["ct-chest", "mr-brain-tumor", "threshold", "cxr-lungs"]
+    bad = tasks[4]
     assert not bad.usable and str(settings) in bad.note and "not valid JSON" in bad.note
     assert str(settings) in caplog.text  # logged with its path
     from MedSegExtensionLib.tasks import find_task

@@ -66,6 +66,8 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--training-log", nargs="+", type=Path, default=[], metavar="LOG",
                    help="training_log.json files (or model folders) of medseg train runs: their loss and validation "
                         "curves on the dashboard")
+    e.add_argument("--mask-threshold", type=float, default=None, metavar="T",
+                   help="PNG/JPEG masks with grey levels (anti-aliased): inside above T (e.g. 127 for 8-bit)")
     e.add_argument("--overwrite", action="store_true", help="replace an output folder MedSeg wrote before")
     e.set_defaults(handler=cmd_eval, writes_output=True)
 
@@ -85,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> ExitCode:
     try:
         document = evaluate_cases(cases, args.out, nsd_tolerance_mm=args.nsd_tolerance, match=Match.parse(args.match),
                                   overwrite=args.overwrite, progress=bar, cancel=args.cancel,
-                                  training_logs=args.training_log)
+                                  training_logs=args.training_log, mask_threshold=args.mask_threshold)
     finally:
         bar.close()
     if not args.quiet:

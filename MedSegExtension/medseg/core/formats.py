@@ -1,6 +1,7 @@
 """The file formats MedSeg reads and writes, declared once.
 
-Image files are read by :mod:`medseg.io.volume_reader`; mesh files are written and read by
+Image files (NRRD, NIfTI, MetaImage; PNG and JPEG as one-slice volumes) are read by
+:mod:`medseg.io.volume_reader`; mesh files are written and read by
 :mod:`medseg.io.mesh_io`; the CLI's ``--formats`` and the output writer parse mesh formats here.
 """
 
@@ -21,7 +22,13 @@ IMAGE_FORMATS: dict[str, str] = {
     ".nhdr": "NRRD",
     ".mha": "MetaImage",
     ".mhd": "MetaImage",
+    ".png": "PNG",
+    ".jpeg": "JPEG",
+    ".jpg": "JPEG",
 }
+
+#: the 2D-only formats among :data:`IMAGE_FORMATS` (read as one-slice volumes; see ``medseg.io.image2d``)
+IMAGE_FORMATS_2D: frozenset[str] = frozenset({"PNG", "JPEG"})
 
 
 class MeshFormat(Choice):

@@ -1,4 +1,4 @@
-"""Parse the headers of NRRD, NIfTI and MetaImage files without reading their data.
+"""Parse the headers of NRRD, NIfTI, MetaImage, PNG and JPEG files without reading their data.
 
 What a header promises (sizes, voxel type, encoding, where the data lies) is known before any
 data is decompressed, so :mod:`medseg.io.input_checks` can refuse a file that promises too much,
@@ -64,11 +64,20 @@ class ImageHeader:
 
 
 def read_header(path: Path, fmt: str) -> ImageHeader:
-    """The header of image file ``path`` of format ``fmt`` ("NRRD", "NIfTI", "MetaImage")."""
+    """The header of image file ``path`` of format ``fmt`` ("NRRD", "NIfTI", "MetaImage", "PNG", "JPEG").
+
+    ``extra["spacing_given"]`` says whether the header states a pixel spacing at all (NRRD
+    ``spacings``/``space directions``, MetaImage ``ElementSpacing``/``ElementSize``, NIfTI always;
+    PNG/JPEG: see :func:`_png` and :func:`_jpeg`, whose ``extra`` holds the raw resolution fields).
+    """
     if fmt == "NRRD":
         return _nrrd(path)
     if fmt == "NIfTI":
         return _nifti(path)
+    if fmt == "PNG":
+        return _png(path)
+    if fmt == "JPEG":
+        return _jpeg(path)
     return _meta(path)
 
 
@@ -171,7 +180,8 @@ def _nrrd(path: Path) -> ImageHeader:
     return ImageHeader(path, "NRRD", sizes, _nrrd_type_bytes(path, fields["type"]), fields["type"],
                        encoding, files, data_offset,
                        byte_skip=_int(path, fields.get("byte skip", fields.get("byteskip", "0")), "byte skip"),
-                       line_skip=_int(path, fields.get("line skip", fields.get("lineskip", "0")), "line skip"))
+                       line_skip=_int(path, fields.get("line skip", fields.get("lineskip", "0")), "line skip"),
+                       extra={"spacing_given": "spacings" in fields or "space directions" in fields})
 
 
 def _data_files(path: Path, value: str, listed: list[str] | None, what: str) -> tuple[Path, ...]:
@@ -231,7 +241,7 @@ def _nifti(path: Path) -> ImageHeader:
     sizes = tuple(max(int(d), 1) for d in dims[1:1 + n]) or (1,)
     return ImageHeader(path, "NIfTI", sizes, max(int(bitpix), 8) // 8, f"NIfTI datatype {datatype}",
                        "gzip" if path.name.lower().endswith(".gz") else "raw", data_offset=offset,
-                       extra={"endian": endian, "datatype": int(datatype), "slope": float(slope),
+                       extra={"spacing_given": True, "endian": endian, "datatype": int(datatype), "slope": float(slope),
                               "inter": float(inter), "float": _NIFTI_FLOAT_TYPES.get(int(datatype))})
 
 
@@ -281,4 +291,101 @@ def _meta(path: Path) -> ImageHeader:
         data_offset = None
     return ImageHeader(path, "MetaImage", sizes, _MET_BYTES[etype], fields["ElementType"],
                        "zlib" if compressed else "raw", files, data_offset,
-                       byte_skip=_int(path, fields.get("HeaderSize", "0"), "HeaderSize"))
+                       byte_skip=_int(path, fields.get("HeaderSize", "0"), "HeaderSize"),
+                       extra={"spacing_given": "ElementSpacing" in fields or "ElementSize" in fields})
+
+
+# ---------------------------------------------------------------------------------------- PNG
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: PNG colour type -> (samples per pixel, name)
+_PNG_COLOUR = {0: (1, "grey"), 2: (3, "RGB"), 3: (1, "palette"), 4: (2, "grey+alpha"), 6: (4, "RGBA")}
+
+
+def _png(path: Path) -> ImageHeader:
+    """PNG: IHDR (size, bit depth, colour type), PLTE (palette length), pHYs (pixels per unit).
+
+    ``extra``: ``bit_depth``, ``colour_type`` (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA),
+    ``palette_size`` (entries, 0 without PLTE) and ``phys``: ``(pixels per unit x, y, unit)`` with
+    unit 1 = metre, 0 = unknown (an aspect ratio only), or None without a pHYs chunk (pHYs must
+    come before the image data; chunks after the first IDAT are not read).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(_MAX_HEADER_BYTES)
+    if not head.startswith(_PNG_MAGIC):
+        raise NotThisFormatError(f"cannot read {path}: not a PNG file (no PNG signature at its start)")
+    pos, ihdr, phys, palette = len(_PNG_MAGIC), None, None, 0
+    while pos + 8 <= len(head):
+        length, ctype = struct.unpack(">I4s", head[pos:pos + 8])
+        data = head[pos + 8:pos + 8 + length]
+        if ctype == b"IDAT" or ctype == b"IEND":
+            break
+        if len(data) < length:
+            raise _bad(path, f"the PNG chunk {ctype.decode('latin-1')!r} is truncated")
+        if ctype == b"IHDR":
+            if length != 13:
+                raise _bad(path, f"the PNG IHDR chunk has {length} bytes, not 13")
+            ihdr = struct.unpack(">IIBBBBB", data)
+        elif ctype == b"pHYs" and length == 9:
+            phys = struct.unpack(">IIB", data)
+        elif ctype == b"PLTE":
+            palette = length // 3
+        pos += 12 + length
+    if ihdr is None:
+        raise _bad(path, "the PNG file has no IHDR chunk (truncated or not a PNG image)")
+    width, height, bit_depth, colour_type = ihdr[:4]
+    if colour_type not in _PNG_COLOUR or bit_depth not in (1, 2, 4, 8, 16) or width < 1 or height < 1:
+        raise _bad(path, f"the PNG header is malformed (size {width}x{height}, bit depth {bit_depth}, "
+                         f"colour type {colour_type})")
+    samples, name = _PNG_COLOUR[colour_type]
+    sizes = (samples, width, height) if samples > 1 else (width, height)
+    return ImageHeader(path, "PNG", sizes, 2 if bit_depth == 16 else 1, f"PNG {name} {bit_depth}-bit",
+                       "zlib", extra={"bit_depth": bit_depth, "colour_type": colour_type, "palette_size": palette,
+                                      "phys": phys, "spacing_given": phys is not None and phys[2] == 1})
+
+
+# --------------------------------------------------------------------------------------- JPEG
+#: start-of-frame markers (baseline, extended, progressive, lossless; not DHT/JPG/DAC)
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg(path: Path) -> ImageHeader:
+    """JPEG: the start-of-frame segment (size, components, precision) and the JFIF density.
+
+    ``extra``: ``precision`` (bits), ``components``, ``jfif``: ``(unit, x density, y density)``
+    with unit 1 = dots per inch, 2 = dots per cm, 0 = an aspect ratio only, or None without a
+    JFIF APP0 segment (EXIF resolutions are not read: cameras and scanners fill them with 72 dpi).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(_MAX_HEADER_BYTES)
+    if not head.startswith(b"\xff\xd8"):
+        raise NotThisFormatError(f"cannot read {path}: not a JPEG file (no start-of-image marker)")
+    pos, sof, jfif = 2, None, None
+    while pos + 4 <= len(head):
+        if head[pos] != 0xFF:
+            raise _bad(path, f"the JPEG header is malformed (no marker at byte {pos})")
+        marker = head[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", head[pos + 2:pos + 4])
+        data = head[pos + 4:pos + 2 + length]
+        if marker == 0xE0 and data[:5] == b"JFIF\0" and len(data) >= 12:
+            jfif = (data[7], *struct.unpack(">HH", data[8:12]))
+        elif marker in _JPEG_SOF and len(data) >= 6:
+            precision, height, width, comps = struct.unpack(">BHHB", data[:6])
+            sof = (precision, height, width, comps)
+        if marker in (0xDA, 0xD9) or (sof is not None and marker in _JPEG_SOF):
+            break
+        pos += 2 + length
+    if sof is None:
+        raise _bad(path, "the JPEG file has no start-of-frame segment (truncated or not a JPEG image)")
+    precision, height, width, comps = sof
+    if width < 1 or height < 1 or comps < 1:
+        raise _bad(path, f"the JPEG header is malformed (size {width}x{height}, {comps} components)")
+    sizes = (comps, width, height) if comps > 1 else (width, height)
+    return ImageHeader(path, "JPEG", sizes, 2 if precision > 8 else 1, f"JPEG {comps}-component {precision}-bit",
+                       "jpeg", extra={"precision": precision, "components": comps, "jfif": jfif,
+                                      "spacing_given": jfif is not None and jfif[0] in (1, 2)})

@@ -3,6 +3,8 @@
 - ``.seg.nrrd`` / ``.nrrd``: :func:`medseg.io.seg_nrrd.read_seg_nrrd` (named segments; a plain label
   NRRD gets one unnamed segment per value, ``Segment_<value>``, as Slicer does);
 - a NIfTI or MetaImage label image: one unnamed segment per value present (``Segment_<value>``);
+- a PNG or JPEG mask (a 2D image): its labels by :func:`medseg.io.image2d.mask_labels` (palette indices,
+  a two-value mask as 0/1, or above ``mask_threshold`` for an anti-aliased one), one unnamed segment each;
 - a folder that MedSeg wrote (``medseg run``/``batch`` output): its ``segmentation.seg.nrrd``.
 """
 
@@ -14,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from medseg.core.errors import InputError
-from medseg.core.formats import image_format
+from medseg.core.formats import IMAGE_FORMATS_2D, image_format
 from medseg.core.labelmap import LabelMap, Segment
+from medseg.io.image2d import mask_labels
 from medseg.io.seg_nrrd import read_seg_nrrd
 from medseg.io.volume_reader import read_volume
 
@@ -32,8 +35,10 @@ def is_unnamed(segment: Segment) -> bool:
     return m is not None and int(m.group(1)) == segment.label_value
 
 
-def read_segmentation(path: Path) -> LabelMap:
-    """The segmentation in ``path`` (see the module docstring); ``InputError`` naming the path otherwise."""
+def read_segmentation(path: Path, mask_threshold: float | None = None) -> LabelMap:
+    """The segmentation in ``path`` (see the module docstring); ``InputError`` naming the path otherwise.
+    ``mask_threshold``: for a PNG/JPEG mask with grey levels (anti-aliased), the value above which a pixel
+    is inside (127 for 8-bit); refused without one."""
     p = Path(path)
     if p.is_dir():
         inner = p / OUTPUT_SEGMENTATION
@@ -48,6 +53,8 @@ def read_segmentation(path: Path) -> LabelMap:
     if fmt is None:
         raise InputError(f"segmentation {p} is not a .seg.nrrd, NRRD, NIfTI or MetaImage file")
     volume = read_volume(p)
+    if fmt in IMAGE_FORMATS_2D:  # a picture of a mask: its labels, not its grey levels
+        volume = mask_labels(volume, mask_threshold)
     data = volume.array
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or np.any(data != np.round(data)) or np.any(data < 0):

@@ -1,6 +1,8 @@
-"""Read one input into a ``Volume``: NRRD, NIfTI, MHA/MHD files or a DICOM series folder.
+"""Read one input into a ``Volume``: NRRD, NIfTI, MHA/MHD, PNG or JPEG files, or a DICOM series folder.
 
-ITK reads every format in LPS; the conversion to RAS happens in ``medseg.core.frames`` only.
+ITK reads NRRD/NIfTI/MetaImage in LPS; the conversion to RAS happens in ``medseg.core.frames`` only.
+A 2D image (PNG, JPEG, or a 2D NRRD/NIfTI/MetaImage) is a one-slice volume, shape ``(1, rows,
+columns)``; how its values, spacing and orientation are read is decided in ``medseg.io.image2d``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from medseg.core.errors import InputError
-from medseg.core.formats import image_format, strip_image_suffix
+from medseg.core.formats import IMAGE_FORMATS_2D, image_format, strip_image_suffix
 from medseg.core.frames import sitk_to_volume
 from medseg.core.volume import Volume
 from medseg.io.dicom_series import read_dicom_series
+from medseg.io.image2d import itk_2d_to_volume, read_png_jpeg
 from medseg.io.image_headers import ImageHeader, NotThisFormatError, read_header
 from medseg.io.input_checks import (
     DEFAULT_MAX_VOXELS,
@@ -47,8 +50,13 @@ def read_volume(
 ) -> Volume:
     """Read ``path`` (an image file or a DICOM series folder) into a ``Volume`` (KJI, IJK->RAS).
 
+    A 2D image is a one-slice volume (K=1) with ``meta["dims"] == 2`` and ``meta["spacing_known"]``
+    (False: no spacing in the file, 1 x 1 per pixel, and a warning naming the file); PNG/JPEG are
+    greyscale (colour by luminance, palette PNGs keep their indices) and oriented as radiographs are
+    displayed (row 0 superior, column 0 the patient's right). See ``medseg.io.image2d``.
+
     Args:
-        path: NRRD/NIfTI/MHA/MHD file, or a folder holding one DICOM image series.
+        path: NRRD/NIfTI/MHA/MHD/PNG/JPEG file, or a folder holding one DICOM image series.
         series_uid: which series to read when a DICOM folder holds several.
         frame: which frame to take from a 4D input (refused without it).
         warnings: list that receives human-readable warnings (skipped files, irregular slices,
@@ -58,8 +66,9 @@ def read_volume(
         max_voxels: most voxels the header may promise (all frames); refused above, before reading.
 
     Raises:
-        InputError: missing/unsupported/corrupt file, 2D or 4D input without ``frame``, vector or
-            complex pixels, data that does not match its header (size, gzip CRC), data files
+        InputError: missing/unsupported/corrupt file, 4D input without ``frame``, vector or
+            complex pixels (NRRD/NIfTI/MetaImage; PNG/JPEG colour is converted to grey),
+            data that does not match its header (size, gzip CRC), data files
             outside the header's folder, a promised size over ``max_voxels`` or the available
             memory, absurd geometry. ``AmbiguousInputError`` for several DICOM series and no
             ``series_uid``.
@@ -75,8 +84,15 @@ def read_volume(
     if fmt is None:
         raise InputError(
             f"input {p} has an unsupported file type; use NRRD (.nrrd/.nhdr), NIfTI (.nii/.nii.gz), "
-            f"MetaImage (.mha/.mhd) or a DICOM series folder"
+            f"MetaImage (.mha/.mhd), PNG (.png), JPEG (.jpg/.jpeg) or a DICOM series folder"
         )
+    if fmt in IMAGE_FORMATS_2D:
+        header = read_header(p, fmt)
+        check_promised_size(p, header.sizes, header.scalar_bytes, max_voxels)
+        vol = read_png_jpeg(p, header, warnings)
+        if vol.meta["spacing_known"]:  # 1 x 1 per pixel is no claim about size, so no size to check
+            check_geometry(vol, p)
+        return vol
     name = itk_path(p)
     header = _header(p, name, fmt)
     check_data_inside(p, header.data_files, allow_external_data)
@@ -92,10 +108,11 @@ def read_volume(
     except RuntimeError as e:
         raise _itk_error(p, fmt, e) from e
     report_itk_messages(messages, p, warnings)
-    vol = image_to_volume(image, p, fmt, frame=frame)
+    vol = image_to_volume(image, p, fmt, frame=frame, header=header, warnings=warnings)
     if nonfinite is not None and nonfinite[0].size:
         _restore_nonfinite(vol, header, nonfinite, frame)
-    check_geometry(vol, p)
+    if vol.meta.get("spacing_known", True):
+        check_geometry(vol, p)
     return vol
 
 
@@ -149,8 +166,11 @@ def _restore_nonfinite(vol: Volume, header: ImageHeader, nonfinite, frame: int |
     vol.array.flat[idx[keep] - start] = vals[keep].astype(vol.array.dtype)
 
 
-def image_to_volume(image, path: Path, fmt: str, frame: int | None = None) -> Volume:
-    """Check dimension and pixel type of a SimpleITK image and convert it (LPS -> RAS)."""
+def image_to_volume(image, path: Path, fmt: str, frame: int | None = None, header: ImageHeader | None = None,
+                    warnings: list[str] | None = None) -> Volume:
+    """Check dimension and pixel type of a SimpleITK image and convert it (LPS -> RAS); a 2D image
+    becomes a one-slice volume (``medseg.io.image2d.itk_2d_to_volume``; ``header`` says whether its
+    file states a spacing, ``warnings`` receives the warning when it does not)."""
     pixel = image.GetPixelIDTypeAsString()
     if any(c in pixel for c in _SCALAR_COMPLEX):
         raise InputError(f"{path}: pixel type '{pixel}' is complex; MedSeg needs a real-valued scalar image")
@@ -162,7 +182,11 @@ def image_to_volume(image, path: Path, fmt: str, frame: int | None = None) -> Vo
     dim = image.GetDimension()
     size = image.GetSize()
     if dim == 2:
-        raise InputError(f"{path}: needs a 3D volume, got a 2D image of size {size[0]}x{size[1]}")
+        if frame not in (None, 0):
+            raise InputError(f"{path}: is 2D, so --frame {frame} does not apply (only frame 0 exists)")
+        vol = itk_2d_to_volume(image, path, fmt, header, warnings)
+        vol.meta.update({"path": str(path), "format": fmt, "pixel_type": pixel})
+        return vol
     if dim == 4:
         n = size[3]
         if n == 1:

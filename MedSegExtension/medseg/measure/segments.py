@@ -5,7 +5,8 @@ The keys are :class:`medseg.core.measurements.Measure` members (equal to their k
 Every position is RAS mm; every length mm; volumes mL. Definitions:
 
 - ``voxel_count``: voxels carrying the segment's label value.
-- ``volume_ml``: ``voxel_count * voxel volume (mm^3) / 1000``.
+- ``volume_ml``: ``voxel_count * voxel volume (mm^3) / 1000``. For a one-slice volume (a 2D image, one slice
+  1 mm thick: ``medseg.io.image2d``) ``volume_ml * 1000`` is the area in mm^2.
 - ``centroid_ras``: mean of the RAS positions of the segment's voxel centres.
 - ``bounds_ras``: ``{"min": [x, y, z], "max": [x, y, z]}``, the axis-aligned RAS bounds of the segment's
   voxel *corners*: the voxel-centre bounds widened by half a voxel (for oblique volumes, by half the RAS
@@ -18,7 +19,8 @@ Every position is RAS mm; every length mm; volumes mL. Definitions:
 - Lesions only, RECIST-style:
   ``recist_axial_mm`` is the largest such distance between two voxel centres of one *slice* of the volume,
   where the slices are taken across the volume axis closest to RAS superior (axis k for an axial scan; for
-  an oblique volume the slice planes follow the volume, not RAS z = const). ``recist_slice_axis`` ("i",
+  an oblique volume the slice planes follow the volume, not RAS z = const). A volume with one slice (a 2D
+  image, e.g. a coronal chest X-ray) is measured in that slice, whatever its orientation. ``recist_slice_axis`` ("i",
   "j" or "k") and ``recist_slice_index`` say which slice, ``recist_endpoints_ras`` the two centres.
   ``short_axis_mm`` is the longest extent, in that slice, perpendicular to the long axis (the largest
   span of voxel centres across strips one in-plane voxel wide along the long axis, an approximation of
@@ -91,7 +93,9 @@ def _recist(sub: np.ndarray, lo_ijk: np.ndarray, volume: Volume) -> dict[str, An
     """Longest in-slice diameter and short axis of the bool KJI block ``sub`` at voxel offset ``lo_ijk``."""
     direction = volume.direction
     spacing = volume.spacing
-    a = int(np.argmax(np.abs(direction[2, :])))  # volume axis closest to RAS superior
+    flat = [x for x in range(3) if volume.shape_ijk[x] == 1]
+    # a one-slice volume (a 2D image) is measured in its own plane; else across the axis closest to superior
+    a = flat[-1] if flat else int(np.argmax(np.abs(direction[2, :])))
     in_plane = [x for x in range(3) if x != a]
     arr_axis = 2 - a  # KJI array axis of volume axis a
     edge = boundary_mask(sub, in_plane_of=arr_axis)

@@ -68,8 +68,18 @@ class BatchJob:
     threads: int | None = None
 
     def task(self) -> Task:
-        """The task object (rebuilt in each worker: tasks hold functions and networks)."""
-        return model_task(self.model_dir) if self.model_dir is not None else get_task(self.options.task)
+        """The task object (built once per worker process: tasks hold functions and networks, which are not
+        sent with each case; a learned model is loaded once, not once per case)."""
+        if self.model_dir is None:
+            return get_task(self.options.task)
+        key = str(Path(self.model_dir).resolve())
+        if key not in _MODEL_TASKS:
+            _MODEL_TASKS[key] = model_task(self.model_dir)
+        return _MODEL_TASKS[key]
+
+
+#: learned-model tasks built in this process, by model folder (see :meth:`BatchJob.task`)
+_MODEL_TASKS: dict[str, Task] = {}
 
 
 def case_output(job: BatchJob, case: BatchCase) -> Path:

@@ -201,10 +201,12 @@ def read_training_log(path: Path) -> dict[str, Any]:
 
 def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
                    match: Match = Match.NAME, overwrite: bool = False, progress: ProgressCallback = no_progress,
-                   cancel: CancelToken | None = None, training_logs: Sequence[Path] = ()) -> dict[str, Any]:
+                   cancel: CancelToken | None = None, training_logs: Sequence[Path] = (),
+                   mask_threshold: float | None = None) -> dict[str, Any]:
     """Evaluate every case and write ``metrics.csv``, ``metrics.json`` and ``dashboard.html`` (with its
     figures; the curves of ``training_logs``, :func:`read_training_log`) into ``out`` (all or nothing);
-    return the JSON document."""
+    return the JSON document. ``mask_threshold``: for PNG/JPEG masks with grey levels
+    (:func:`medseg.io.segmentation_files.read_segmentation`)."""
     if not cases:
         raise InputError("no cases to evaluate")
     if not nsd_tolerance_mm > 0:
@@ -219,7 +221,8 @@ def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: fl
     rows: list[dict[str, Any]] = []
     for n, case in enumerate(cases):
         progress(n / len(cases), f"{case.case} ({case.method})")
-        pred, ref = read_segmentation(case.prediction), read_segmentation(case.reference)
+        pred = read_segmentation(case.prediction, mask_threshold)
+        ref = read_segmentation(case.reference, mask_threshold)
         _check_match(pred, ref, match, case)
         for row in evaluate_pair(pred, ref, nsd_tolerance_mm=nsd_tolerance_mm, match=match):
             rows.append({"case": case.case, "method": case.method, **row})
@@ -229,6 +232,7 @@ def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: fl
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "nsd_tolerance_mm": nsd_tolerance_mm,
         "match": str(match),
+        "mask_threshold": mask_threshold,
         "metrics": {str(m): {"unit": m.unit, "title": m.title, "implementation": m.implementation}
                     for m in (*STRUCTURE_METRICS, *LESION_METRICS)},
         "cases": [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(c).items()} for c in cases],
@@ -242,15 +246,17 @@ def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: fl
         (stage / METRICS_JSON).write_text(json.dumps(_finite_json(document), indent=1, default=_json, allow_nan=False)
                                           + "\n", encoding="utf-8")
         (stage / METRICS_CSV).write_text(_csv(rows), encoding="utf-8")
-        write_dashboard(document, stage, lambda case, method: _figure_inputs(by_key[(case, method)], match), logs)
+        write_dashboard(document, stage, lambda case, method: _figure_inputs(by_key[(case, method)], mask_threshold),
+                        logs)
     progress(1.0, "done")
     return document
 
 
-def _figure_inputs(case: EvalCase, match: Match) -> tuple[LabelMap, LabelMap, Any]:
+def _figure_inputs(case: EvalCase, mask_threshold: float | None) -> tuple[LabelMap, LabelMap, Any]:
     """What a dashboard thumbnail of ``case`` shows: prediction, reference and image (or None)."""
     image = read_volume(case.image) if case.image is not None else None
-    return read_segmentation(case.prediction), read_segmentation(case.reference), image
+    return (read_segmentation(case.prediction, mask_threshold), read_segmentation(case.reference, mask_threshold),
+            image)
 
 
 def _finite_json(value: Any) -> Any:

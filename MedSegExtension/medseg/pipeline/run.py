@@ -18,7 +18,7 @@ from medseg.measure.segments import measure_segments
 from medseg.pipeline.case import Stages, segment_case
 from medseg.pipeline.options import RunOptions
 from medseg.pipeline.tasks import get_task
-from medseg.surface.meshing import labelmap_to_meshes
+from medseg.surface.meshing import ONE_SLICE_NOTE, labelmap_to_meshes
 
 log = logging.getLogger("medseg")
 
@@ -84,7 +84,9 @@ def run_task(
     boxes = boxes_for_lesions(labelmap, seg.lesions, seg.scores, warnings=warnings)
 
     meshes = {}
-    if options.models:
+    if options.models and 1 in labelmap.volume.shape_kji:
+        warnings.append(ONE_SLICE_NOTE)
+    elif options.models:
         sub = stages.start("surfaces")
         meshes = labelmap_to_meshes(labelmap, method=options.surface_method, smoothing=options.smoothing,
                                     decimate=options.decimate, quality=options.mesh_quality, progress=sub,

@@ -29,6 +29,11 @@ def _check_mr_brain_inputs(volumes: Sequence[Volume]) -> None:
     importlib.import_module("medseg.segment.mr_brain").check_inputs(volumes)
 
 
+def _check_cxr_inputs(volumes: Sequence[Volume]) -> None:
+    """``cxr-lungs``' check on the raw input (one 2D image; a 3D volume is refused)."""
+    importlib.import_module("medseg.segment.cxr_lungs").check_inputs(volumes)
+
+
 #: ``ct-chest`` and ``mr-brain-tumor`` take ``force`` (their suitability checks: ``segment/suitability.py``)
 TASKS: dict[str, Task] = {
     t.name: t
@@ -63,6 +68,16 @@ TASKS: dict[str, Task] = {
             "medseg.segment.threshold:segment_threshold",
             "medseg.segment.threshold:SPEC",
             {"threshold": 0.5, "min_volume_mm3": 0.0},
+        ),
+        Task(
+            "cxr-lungs",
+            "Chest X-ray (2D, PA): right and left lung fields, classical (no weights): Otsu thresholds from "
+            "the image's own histogram, outside air and chest wall removed, the two largest fields by side.",
+            (InputSpec("cxr", "2D chest X-ray (PNG/JPEG or a one-slice volume)"),),
+            ("Right lung", "Left lung"),
+            "medseg.segment.cxr_lungs:segment_cxr_lungs",
+            "medseg.segment.cxr_lungs:SPEC",
+            check_inputs=_check_cxr_inputs,
         ),
     ]
 }

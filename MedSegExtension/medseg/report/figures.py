@@ -289,7 +289,8 @@ def draw_slice_figure(
     colours: Mapping[str, tuple[float, float, float]] | None = None,
     roles: Mapping[str, Role] | None = None,
 ) -> Figure:
-    """The figure of the three planes of ``volume`` through ``target.ras`` (RAS mm), the
+    """The figure of the three planes of ``volume`` through ``target.ras`` (RAS mm; a one-slice
+    volume, a 2D image: its one plane), the
     background in the grey-level ``window`` (``show_background=False``: black background, for
     results without an input volume); ``colours`` and ``roles`` per segment id (see
     :mod:`medseg.report.style`; computed here when not given)."""
@@ -303,16 +304,19 @@ def draw_slice_figure(
     target_value = seg_by_id[target.segment_id].label_value if target.segment_id in seg_by_id else None
     layouts = plane_layouts(volume)
     shape = np.array(volume.shape_ijk)
+    flat = [a for a in range(3) if shape[a] == 1]
+    if flat:  # a one-slice volume (a 2D image): its own plane only; the others would be lines
+        layouts = [lay for lay in layouts if lay.axis == flat[-1]]
     target_ijk = volume.ras_to_ijk_points(target.ras)[0]
     index = np.clip(np.rint(target_ijk), 0, shape - 1).astype(int)
 
-    fig = new_figure(13.5, 5.2)
+    fig = new_figure(13.5 if len(layouts) > 1 else 6.5, 5.2 if len(layouts) > 1 else 6.5)
     fig.patch.set_facecolor("black")
     fixed: list[Artist] = [fig.suptitle(mpl_text(target.title), color="white", fontsize=12)]
     movable: list[tuple[Text, Any, list[tuple[float, float, str, str]]]] = []
     present: set[int] = set()
     for n, lay in enumerate(layouts):
-        ax = fig.add_subplot(1, 3, n + 1)
+        ax = fig.add_subplot(1, len(layouts), n + 1)
         ax.set_facecolor("black")
         idx = int(index[lay.axis])
         img = arrange(slice_hv(volume, lay, idx).astype(np.float32), lay)

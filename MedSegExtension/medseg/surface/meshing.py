@@ -111,6 +111,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("medseg")
 
+#: what happens to a one-slice volume (a 2D image): no surface, since a one-voxel-thick slab has no
+#: 3D shape of its own (its "surface" would be its two faces)
+ONE_SLICE_NOTE = "no 3D models: the image has one slice (a 2D image); its segments are areas, not solids"
+
 #: largest fraction of triangles decimation may remove
 MAX_DECIMATE = 0.95
 #: windowed-sinc iterations (Slicer's value: "ten or twenty iterations is all that is usually necessary")
@@ -220,7 +224,8 @@ def labelmap_to_meshes(
 
     Returns:
         ``{segment id: vtkPolyData}`` in the order of the requested segments. A segment with no
-        voxel maps to an empty ``vtkPolyData`` (no points, no cells).
+        voxel maps to an empty ``vtkPolyData`` (no points, no cells). A label map with one slice
+        (a 2D image) gets no surfaces at all: ``{}``, and :data:`ONE_SLICE_NOTE` is logged.
 
     Raises:
         InputError: unknown method, quality or segment, smoothing or decimate out of range.
@@ -250,6 +255,10 @@ def build_meshes(
     built: dict[str, SegmentMesh] = {}
     if not segments:
         progress(1.0, "no segments to mesh")
+        return MeshBuild(meshes, built)
+    if 1 in labelmap.volume.shape_kji:
+        log.info(ONE_SLICE_NOTE)  # the pipeline puts it in the report's warnings
+        progress(1.0, ONE_SLICE_NOTE)
         return MeshBuild(meshes, built)
 
     progress(0.0, f"finding {len(segments)} segment(s)")
