@@ -45,6 +45,11 @@ DEVICES = list(DEVICE_KINDS)
 MESH_QUALITIES = list(MeshQuality.values())
 #: task parameter -> the parameter-node field (and widget) that sets it in the panel
 PANEL_PARAMS = {"threshold": "threshold", "min_volume_mm3": "minVolume", "tta": "tta"}
+#: the "Train from segmentations" section's network dimensions: (menu text, ``medseg train --dims``; None: the
+#: command's default, 2 when every image has one slice, else 3)
+TRAIN_DIMS = ((_("Automatic (2D for one-slice images, else 3D)"), None), (_("3D"), 3), (_("2D (slice by slice)"), 2))
+#: the "Train from segmentations" section's default number of epochs (``medseg train --epochs``' default)
+TRAIN_EPOCHS = 100
 
 
 #
@@ -122,6 +127,19 @@ class MedSegExtensionParameterNode:
 #
 # MedSegExtensionWidget
 #
+def _show_button(widget, state) -> None:
+    """Show a ``panel.ButtonState`` (enabled, text, tooltip) on a push button."""
+    widget.enabled = state.enabled
+    widget.text = state.text
+    widget.toolTip = state.toolTip
+
+
+def _show_progress(bar, visible: bool, value: int) -> None:
+    """Show or hide a progress bar at ``value`` (0..100)."""
+    bar.setVisible(visible)
+    bar.value = value
+
+
 class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module panel: Qt widgets and Slicer calls. Every decision (button states, Apply / Compare /
     Install, polling, error display, table layout) is made by ``MedSegExtensionLib.panel.Panel``;
@@ -138,6 +156,9 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.batchPanel = None  # MedSegExtensionLib.panel.BatchPanel, made in setup()
         self._batch = None  # the "Batch over folder" section's widgets (a namespace), made in setup()
         self._batchTimer = None
+        self.trainPanel = None  # MedSegExtensionLib.panel.TrainPanel, made in setup()
+        self._train = None  # the "Train from segmentations" section's widgets (a namespace), made in setup()
+        self._trainTimer = None
 
     def setup(self) -> None:
         import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
@@ -174,6 +195,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.connect("timeout()", self.onPollTimer)
 
         self._buildBatchSection()
+        self._buildTrainSection()
         self.ui.progressBar.setVisible(False)
         self.initializeParameterNode()
 
@@ -237,12 +259,126 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         cancelButton.connect("clicked(bool)", self.onBatchCancelButton)
         self.onBatchFoldersChanged()
 
+    def _buildTrainSection(self) -> None:
+        """The collapsible "Train from segmentations" section: the data (ticked segmentations of the scene,
+        each with the volume its labels are read on, by default its reference volume; or a folder of
+        image/label pairs), the model's name and models folder (default: MedSeg's models directory, so the
+        model joins the task list), epochs, network, 2D/3D and the licence (required), Train and Cancel, a
+        progress bar and a status line. The device is the one chosen above. Training runs ``medseg train``
+        in the background and changes nothing in the scene."""
+        # Slicer's CTK and Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+        import ctk
+        import qt
+
+        from medseg.models.errors import ModelError  # core: light
+        from medseg.pipeline.train_config import NETWORK_CLASS  # core: light (no torch)
+        from MedSegExtensionLib.panel import TrainPanel  # glue: light (no Qt, no torch)
+        from MedSegExtensionLib.train_job import default_models_folder  # glue: light until a run starts
+
+        section = ctk.ctkCollapsibleButton()
+        section.text = _("Train from segmentations")
+        section.collapsed = True
+        self.layout.addWidget(section)
+        form = qt.QFormLayout(section)
+        sceneRadio = qt.QRadioButton(_("Segmentations in the scene"))
+        sceneRadio.checked = True
+        folderRadio = qt.QRadioButton(_("A folder"))
+        sourceRow = qt.QHBoxLayout()
+        sourceRow.addWidget(sceneRadio)
+        sourceRow.addWidget(folderRadio)
+        form.addRow(_("Training data:"), sourceRow)
+        caseTable = qt.QTableWidget()
+        caseTable.setColumnCount(2)
+        caseTable.setHorizontalHeaderLabels([_("Segmentation"), _("Labels drawn on volume")])
+        caseTable.horizontalHeader().setStretchLastSection(True)
+        caseTable.toolTip = _("Tick the segmentations to train on; each is read on the volume beside it (by "
+                              "default its reference volume); segments with the same name are one structure")
+        form.addRow(caseTable)
+        refreshButton = qt.QPushButton(_("Refresh the list of segmentations"))
+        form.addRow(refreshButton)
+        folderEdit = ctk.ctkPathLineEdit()
+        folderEdit.filters = ctk.ctkPathLineEdit.Dirs
+        folderEdit.settingKey = "MedSeg/TrainDataFolder"
+        folderEdit.toolTip = _("images/ + labels/, or <case>.nrrd beside <case>.seg.nrrd (see medseg train --help)")
+        form.addRow(_("Data folder:"), folderEdit)
+        nameEdit = qt.QLineEdit()
+        nameEdit.placeholderText = _("letters, digits, '.', '_' and '-', e.g. liver-ct")
+        form.addRow(_("Model name:"), nameEdit)
+        modelsEdit = ctk.ctkPathLineEdit()
+        modelsEdit.filters = ctk.ctkPathLineEdit.Dirs
+        modelsEdit.toolTip = _("The model is written into <this folder>/<model name> (never over an existing "
+                               "folder); a folder that is not one of MedSeg's models directories is added to them")
+        form.addRow(_("Models folder:"), modelsEdit)
+        epochsSpinBox = qt.QSpinBox()
+        epochsSpinBox.minimum = 1
+        epochsSpinBox.maximum = 100000
+        epochsSpinBox.value = TRAIN_EPOCHS
+        form.addRow(_("Epochs:"), epochsSpinBox)
+        networkComboBox = qt.QComboBox()
+        for network in NETWORK_CLASS:
+            networkComboBox.addItem(network)
+        form.addRow(_("Network:"), networkComboBox)
+        dimsComboBox = qt.QComboBox()
+        for text, _dims in TRAIN_DIMS:
+            dimsComboBox.addItem(text)
+        form.addRow(_("Dimensions:"), dimsComboBox)
+        licenceEdit = qt.QLineEdit()
+        licenceEdit.placeholderText = _("required, e.g. CC-BY-4.0 or internal research use only")
+        licenceEdit.toolTip = _("The licence of the trained weights, recorded in the model card: weights trained "
+                                "on your data carry your data's terms")
+        form.addRow(_("Licence:"), licenceEdit)
+        buttons = qt.QHBoxLayout()
+        startButton = qt.QPushButton(_("Train"))
+        cancelButton = qt.QPushButton(_("Cancel training"))
+        buttons.addWidget(startButton)
+        buttons.addWidget(cancelButton)
+        form.addRow(buttons)
+        progressBar = qt.QProgressBar()
+        progressBar.setVisible(False)
+        form.addRow(progressBar)
+        statusLabel = qt.QLabel()
+        statusLabel.wordWrap = True
+        statusLabel.textInteractionFlags = qt.Qt.TextSelectableByMouse  # the model folder's path can be copied
+        form.addRow(statusLabel)
+        self._train = types.SimpleNamespace(
+            section=section, sceneRadio=sceneRadio, folderRadio=folderRadio, caseTable=caseTable,
+            refreshButton=refreshButton, folderEdit=folderEdit, nameEdit=nameEdit, modelsEdit=modelsEdit,
+            epochsSpinBox=epochsSpinBox, networkComboBox=networkComboBox, dimsComboBox=dimsComboBox,
+            licenceEdit=licenceEdit, startButton=startButton, cancelButton=cancelButton, progressBar=progressBar,
+            statusLabel=statusLabel, volumeSelectors=[])
+
+        self._trainTimer = qt.QTimer()
+        self._trainTimer.setInterval(250)
+        self._trainTimer.connect("timeout()", self.onTrainPollTimer)
+        self.trainPanel = TrainPanel(self, self.panel, _)
+        self.panel.train = self.trainPanel
+        try:
+            modelsEdit.currentPath = str(default_models_folder())
+        except ModelError as e:  # a malformed settings file: said in the status line; the user picks a folder
+            logging.warning("MedSeg: %s", e)
+            statusLabel.text = str(e)
+        for radio in (sceneRadio, folderRadio):
+            radio.connect("toggled(bool)", self.onTrainOptionsChanged)
+        for edit in (folderEdit, modelsEdit):
+            edit.connect("currentPathChanged(QString)", self.onTrainOptionsChanged)
+        for edit in (nameEdit, licenceEdit):
+            edit.connect("textChanged(QString)", self.onTrainOptionsChanged)
+        caseTable.connect("itemChanged(QTableWidgetItem*)", self.onTrainOptionsChanged)
+        refreshButton.connect("clicked(bool)", self.onTrainRefreshSegmentations)
+        section.connect("contentsCollapsed(bool)", self.onTrainSectionCollapsed)
+        startButton.connect("clicked(bool)", self.onTrainStartButton)
+        cancelButton.connect("clicked(bool)", self.onTrainCancelButton)
+        self.onTrainRefreshSegmentations()
+
     def cleanup(self) -> None:
-        """Module reloaded or Slicer closing: stop the job, the batch and the poll timers, drop the observers."""
+        """Module reloaded or Slicer closing: stop the job, the batch, the training and the poll timers, drop
+        the observers."""
         if self.panel is not None:
             self.panel.cleanup()
         if self.batchPanel is not None:
             self.batchPanel.cleanup()
+        if self.trainPanel is not None:
+            self.trainPanel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -427,6 +563,108 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onBatchPollTimer(self) -> None:
         self.batchPanel.poll()
 
+    def onTrainSectionCollapsed(self, collapsed: bool) -> None:
+        """The training section was opened: list the scene's segmentations afresh."""
+        if not collapsed:
+            self.onTrainRefreshSegmentations()
+
+    def onTrainRefreshSegmentations(self, *_args) -> None:
+        """List the scene's segmentation nodes, one row each: a tick (kept for the ones ticked before) and
+        the volume its labels are read on (kept, else its reference volume)."""
+        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+
+        from MedSegExtensionLib.train_job import reference_volume  # glue: light until a run starts
+
+        w = self._train
+        before = {nodeId: (ticked, volume) for nodeId, ticked, volume in self._trainRows()}
+        table = w.caseTable
+        table.blockSignals(True)
+        try:
+            table.setRowCount(0)
+            w.volumeSelectors = []
+            for row, seg in enumerate(slicer.util.getNodesByClass("vtkMRMLSegmentationNode")):
+                ticked, volume = before.get(seg.GetID(), (False, None))
+                table.insertRow(row)
+                item = qt.QTableWidgetItem(seg.GetName())
+                item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
+                item.setCheckState(qt.Qt.Checked if ticked else qt.Qt.Unchecked)
+                item.setData(qt.Qt.UserRole, seg.GetID())
+                table.setItem(row, 0, item)
+                selector = slicer.qMRMLNodeComboBox()
+                selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+                selector.noneEnabled = True
+                selector.addEnabled = False
+                selector.removeEnabled = False
+                selector.renameEnabled = False
+                selector.setMRMLScene(slicer.mrmlScene)
+                selector.setCurrentNode(volume if volume is not None else reference_volume(seg))
+                selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onTrainOptionsChanged)
+                table.setCellWidget(row, 1, selector)
+                w.volumeSelectors.append(selector)
+        finally:
+            table.blockSignals(False)
+        self.onTrainOptionsChanged()
+
+    def _trainRows(self) -> list:
+        """(segmentation node ID, ticked, chosen volume node) of each row of the training section's list."""
+        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+
+        w = self._train
+        rows = []
+        for row, selector in enumerate(w.volumeSelectors):
+            item = w.caseTable.item(row, 0)
+            rows.append((item.data(qt.Qt.UserRole), item.checkState() == qt.Qt.Checked, selector.currentNode()))
+        return rows
+
+    def _trainPairs(self) -> list:
+        """(segmentation node, volume node or None) of the ticked rows still in the scene."""
+        pairs = []
+        for nodeId, ticked, volume in self._trainRows():
+            seg = slicer.mrmlScene.GetNodeByID(nodeId)
+            if ticked and seg is not None:
+                pairs.append((seg, volume))
+        return pairs
+
+    def onTrainOptionsChanged(self, *_args) -> None:
+        """A control of the training section changed: show the chosen source's fields, tell the panel."""
+        from MedSegExtensionLib.panel import TRAIN_SOURCE_FOLDER, TRAIN_SOURCE_SCENE, SceneCaseChoice  # glue: light
+
+        w = self._train
+        scene = bool(w.sceneRadio.checked)
+        for widget in (w.caseTable, w.refreshButton):
+            widget.setVisible(scene)
+        w.folderEdit.enabled = not scene
+        choices = [SceneCaseChoice(seg.GetName(), volume.GetName() if volume is not None else "")
+                   for seg, volume in self._trainPairs()]
+        self.trainPanel.optionsChanged(TRAIN_SOURCE_SCENE if scene else TRAIN_SOURCE_FOLDER, choices,
+                                       w.folderEdit.currentPath, w.nameEdit.text, w.modelsEdit.currentPath,
+                                       w.licenceEdit.text)
+
+    def onTrainStartButton(self) -> None:
+        """Train a model in the background from the ticked segmentations or the folder, on the device chosen
+        above."""
+        from MedSegExtensionLib.panel import TRAIN_SOURCE_SCENE  # glue: light
+
+        w = self._train
+
+        def start():
+            data = self._trainPairs() if self.trainPanel.source == TRAIN_SOURCE_SCENE else w.folderEdit.currentPath
+            job = self.logic.startTraining(
+                data, w.nameEdit.text, w.licenceEdit.text, modelsFolder=w.modelsEdit.currentPath,
+                epochs=int(w.epochsSpinBox.value), network=w.networkComboBox.currentText,
+                dims=TRAIN_DIMS[w.dimsComboBox.currentIndex][1], device=self._parameterNode.device)
+            w.folderEdit.addCurrentPathToHistory()
+            return job
+
+        self.trainPanel.start(self._ensureDependencies, start, _("MedSeg could not start the training."))
+
+    def onTrainCancelButton(self) -> None:
+        """Kill the training (its whole process tree); no model is written."""
+        self.trainPanel.cancel()
+
+    def onTrainPollTimer(self) -> None:
+        self.trainPanel.poll()
+
     def onPollTimer(self) -> None:
         finished = self.panel.poll()
         if finished is None:
@@ -442,28 +680,21 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ View (called by the panel)
     def setButton(self, button: str, state) -> None:
         """Show a ``panel.ButtonState`` on the button with role ``button``."""
-        widget = {"apply": self.ui.applyButton, "compare": self.ui.compare_applyButton,
-                  "recompute": self.ui.recompute_applyButton, "install": self.ui.installButton}[button]
-        widget.enabled = state.enabled
-        widget.text = state.text
-        widget.toolTip = state.toolTip
+        _show_button({"apply": self.ui.applyButton, "compare": self.ui.compare_applyButton,
+                      "recompute": self.ui.recompute_applyButton, "install": self.ui.installButton}[button], state)
 
     def setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
 
     def setBatchButton(self, button: str, state) -> None:
         """Show a ``panel.ButtonState`` on the batch section's button with role ``button``."""
-        widget = {"batchStart": self._batch.startButton, "batchCancel": self._batch.cancelButton}[button]
-        widget.enabled = state.enabled
-        widget.text = state.text
-        widget.toolTip = state.toolTip
+        _show_button({"batchStart": self._batch.startButton, "batchCancel": self._batch.cancelButton}[button], state)
 
     def setBatchStatus(self, text: str) -> None:
         self._batch.statusLabel.text = text
 
     def setBatchProgress(self, visible: bool, value: int) -> None:
-        self._batch.progressBar.setVisible(visible)
-        self._batch.progressBar.value = value
+        _show_progress(self._batch.progressBar, visible, value)
 
     def startBatchPolling(self) -> None:
         self._batchTimer.start()
@@ -472,9 +703,41 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._batchTimer is not None:
             self._batchTimer.stop()
 
+    def setTrainButton(self, button: str, state) -> None:
+        """Show a ``panel.ButtonState`` on the training section's button with role ``button``."""
+        _show_button({"trainStart": self._train.startButton, "trainCancel": self._train.cancelButton}[button], state)
+
+    def setTrainStatus(self, text: str) -> None:
+        self._train.statusLabel.text = text
+
+    def setTrainProgress(self, visible: bool, value: int) -> None:
+        _show_progress(self._train.progressBar, visible, value)
+
+    def startTrainPolling(self) -> None:
+        self._trainTimer.start()
+
+    def stopTrainPolling(self) -> None:
+        if self._trainTimer is not None:
+            self._trainTimer.stop()
+
+    def refreshTasks(self) -> None:
+        """List the tasks afresh (a model was trained), keeping the task chosen (the parameter node is
+        not touched: the menu's signals are blocked while it is refilled)."""
+        combo = self.ui.taskComboBox
+        current = combo.currentText
+        self.panel.tasks = MedSegExtensionLogic.availableTasks()
+        combo.blockSignals(True)
+        try:
+            combo.clear()
+            for t in self.panel.tasks:
+                combo.addItem(t.name)
+            combo.setCurrentIndex(max(combo.findText(current), 0))
+        finally:
+            combo.blockSignals(False)
+        self.panel.refresh()
+
     def setProgress(self, visible: bool, value: int) -> None:
-        self.ui.progressBar.setVisible(visible)
-        self.ui.progressBar.value = value
+        _show_progress(self.ui.progressBar, visible, value)
 
     def startPolling(self) -> None:
         self._timer.start()
@@ -722,6 +985,75 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"unknown task {task!r}; known: {', '.join(t.name for t in self.availableTasks())}")
         job = BatchJob(inputFolder, outputFolder, task, workers=workers, resume=resume, device=parse_device(device),
                        progress=progressCallback)
+        job.start()
+        return job
+
+    # ------------------------------------------------------------------ train from segmentations
+    def createTrainRequest(self, data, modelName: str, licence: str, modelsFolder=None,
+                           epochs: Optional[int] = None, network: Optional[str] = "unet", dims: Optional[int] = None,
+                           device: str = "auto", features: Optional[Sequence[int]] = None,
+                           patch: Optional[Sequence[int]] = None, keepTemporaryFiles: bool = False):
+        """Validate the data and options of a training run and copy scene data out of the scene
+        (``train_job.TrainRequest``); the scene is only read.
+
+        ``data``: a folder of image/label pairs or a CSV table (a path), or a list of segmentation nodes or
+        ``(segmentationNode, volumeNode)`` pairs (volume None: the segmentation's reference volume); each
+        segmentation's segments are read on its volume's grid, in world RAS. ``modelsFolder``: where
+        ``<modelName>/`` is written (None, "" or ".": ``train_job.default_models_folder()``, MedSeg's models
+        directory). ``epochs``, ``network`` (unet, segresnet, dynunet, basicunet), ``dims`` (2 or 3),
+        ``features`` (channels per level) and ``patch`` (voxels): None for ``medseg train``'s default.
+
+        Raises:
+            InputError: no licence; a bad model name; the model folder exists or the task list has the name;
+                a missing data folder; bad segmentations or volumes (named); a bad option (named).
+            DeviceError: a malformed device. ModelError: a malformed settings file.
+        """
+        # glue: deferred until a training starts (light; the scene export imports the comparison's core)
+        from MedSegExtensionLib.process import train_command
+        from MedSegExtensionLib.train_job import (
+            TrainRequest,
+            cases_from_scene,
+            check_data_folder,
+            check_model_destination,
+            check_model_name,
+            default_models_folder,
+        )
+
+        name = check_model_name(modelName)
+        chosen = modelsFolder if modelsFolder is not None and str(modelsFolder).strip() not in ("", ".") else (
+            default_models_folder())
+        folder = check_model_destination(chosen, name, [t.name for t in self.availableTasks()])
+        device = parse_device(device)
+        features = None if features is None else tuple(features)
+        patch = None if patch is None else tuple(patch)
+        # the command builder checks the licence and the options (naming a bad one) before anything is copied
+        train_command(folder, folder / name, licence, name, epochs=epochs, network=network, dims=dims, device=device,
+                      features=features, patch=patch)
+        request = TrainRequest(folder, name, licence.strip(), epochs=epochs, network=network, dims=dims,
+                               device=device, features=features, patch=patch, keepTemporaryFiles=keepTemporaryFiles)
+        if isinstance(data, (str, pathlib.PurePath)):
+            request.dataFolder = check_data_folder(data)
+        else:
+            request.cases, request.warnings = cases_from_scene(list(data or []))
+        return request
+
+    def startTraining(self, data, modelName: str, licence: str, modelsFolder=None, epochs: Optional[int] = None,
+                      network: Optional[str] = "unet", dims: Optional[int] = None, device: str = "auto",
+                      progressCallback: Optional[Callable[[float, str], None]] = None,
+                      features: Optional[Sequence[int]] = None, patch: Optional[Sequence[int]] = None):
+        """Train a model in the background (``medseg train`` as a child process) and return its
+        ``train_job.TrainJob`` at once (``job.poll()`` gives the progress: epoch, loss, validation Dice, ETA;
+        ``job.cancel()`` kills it and writes nothing; ``job.wait()`` blocks until it ends). On success the
+        model is in ``<modelsFolder>/<modelName>`` and runs as the task ``model:<modelName>``
+        (``availableTasks()``). The scene is not changed. The options are ``createTrainRequest``'s.
+
+        :return: ``train_job.TrainJob`` (running: exporting the scene's cases, or training).
+        :raises: as ``createTrainRequest``; ProcessError (the command could not be started).
+        """
+        from MedSegExtensionLib.train_job import TrainJob  # glue: deferred until a training starts
+
+        job = TrainJob(self.createTrainRequest(data, modelName, licence, modelsFolder, epochs, network, dims, device,
+                                               features, patch), progressCallback)
         job.start()
         return job
 

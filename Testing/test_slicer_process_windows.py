@@ -26,8 +26,7 @@ import pytest
 import slicer
 
 from MedSegExtension import MedSegExtensionLogic
-from MedSegExtensionLib import job as job_module
-from MedSegExtensionLib import process
+from MedSegExtensionLib import process, temp_folders
 from MedSegExtensionLib.process import ChildProcess, ExitStatus
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot
@@ -162,8 +161,8 @@ def _permission_denied(path, *args, **kwargs):
 @pytest.mark.slow
 def test_a_temp_folder_that_cannot_be_removed_is_logged_not_raised(scene, monkeypatch, caplog):
     """On Windows a file still open blocks ``rmtree``: poll()/cancel() log the path and go on."""
-    monkeypatch.setattr(job_module, "TEMP_REMOVAL_PAUSES_S", (0.0, 0.0), raising=False)
-    monkeypatch.setattr(job_module.shutil, "rmtree", _permission_denied)
+    monkeypatch.setattr(temp_folders, "TEMP_REMOVAL_PAUSES_S", (0.0, 0.0))
+    monkeypatch.setattr(temp_folders.shutil, "rmtree", _permission_denied)
     job = MedSegExtensionLogic().startProcess([_small_volume()], "threshold", params={"threshold": 50.0})
     temp = job.tempDir
     try:
@@ -182,14 +181,14 @@ def test_a_temp_folder_that_cannot_be_removed_is_logged_not_raised(scene, monkey
 
 
 def test_a_temp_folder_left_after_success_is_a_warning_of_the_result(scene, monkeypatch, caplog):
-    monkeypatch.setattr(job_module, "TEMP_REMOVAL_PAUSES_S", (0.0,), raising=False)
+    monkeypatch.setattr(temp_folders, "TEMP_REMOVAL_PAUSES_S", (0.0,))
     left = []
 
     def refuse(path, *args, **kwargs):
         left.append(Path(path))
         _permission_denied(path)
 
-    monkeypatch.setattr(job_module.shutil, "rmtree", refuse)
+    monkeypatch.setattr(temp_folders.shutil, "rmtree", refuse)
     with caplog.at_level(logging.ERROR, logger="MedSeg"):
         res = MedSegExtensionLogic().process([_small_volume()], "threshold", params={"threshold": 50.0},
                                              runInProcess=True)

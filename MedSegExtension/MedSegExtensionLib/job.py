@@ -38,6 +38,7 @@ from MedSegExtensionLib.errors import ProcessError, StaleSceneError
 from MedSegExtensionLib.process import ChildProcess, ExitStatus, medseg_child, medseg_command
 from MedSegExtensionLib.result_import import load_output_folder
 from MedSegExtensionLib.scene_commit import CommitResult, commit_plan
+from MedSegExtensionLib.temp_folders import remove_temp_folder
 from MedSegExtensionLib.volume_bridge import volume_from_node
 
 log = logging.getLogger("MedSeg")
@@ -47,9 +48,6 @@ Progress = Callable[[float, str], None]
 
 #: share of the progress bar for the computation (the rest is import + commit)
 COMPUTE_SHARE = 0.95
-#: pauses (s) after each failed try to remove the temporary folder (a killed process's files may stay
-#: open for a moment on Windows); the last try is not followed by a pause
-TEMP_REMOVAL_PAUSES_S = (0.1, 0.4, 0.0)
 
 
 @dataclass
@@ -120,29 +118,16 @@ class MedSegJob:
         return self.tempDir
 
     def _remove_temp(self) -> None:
-        """Remove the temporary folder (unless kept on request). A folder that cannot be removed (on
-        Windows: a file still open in a process that has not yet gone) is tried again briefly, then
-        logged with its path and named in the result's warnings; the error is not raised, so that it
-        cannot hide the run's own outcome or escape ``poll()``/``cancel()``."""
+        """Remove the temporary folder (unless kept on request; :func:`remove_temp_folder`), naming a
+        folder that could not be removed in the result's warnings."""
         folder, self.tempDir = self.tempDir, None
         if folder is None or self.request.keepTemporaryFiles:
             return
-        for attempt, pause_s in enumerate(TEMP_REMOVAL_PAUSES_S):
-            try:
-                shutil.rmtree(folder)
-                return
-            except OSError as e:
-                if not folder.exists():
-                    return  # gone after all (another cleanup removed it first)
-                if attempt < len(TEMP_REMOVAL_PAUSES_S) - 1:
-                    time.sleep(pause_s)
-                    continue
-                message = (f"could not remove MedSeg's temporary folder {folder} (it holds the exported "
-                           f"images; delete it by hand): {e}")
-                log.error("%s", message)
-                self.cleanupErrors.append(message)
-                if self.result is not None:
-                    self.result.warnings.append(message)
+        message = remove_temp_folder(folder)
+        if message is not None:
+            self.cleanupErrors.append(message)
+            if self.result is not None:
+                self.result.warnings.append(message)
 
     # ------------------------------------------------------------------ in-process
     def run_in_process(self, cancel: CancelToken | None = None) -> ProcessResult:

@@ -32,6 +32,13 @@ from medseg.core.vocabulary import MeshQuality
 from MedSegExtensionLib.batch_job import BatchProgress, BatchResult, check_batch_folders
 from MedSegExtensionLib.results_table import format_cell
 from MedSegExtensionLib.tasks import TaskInfo
+from MedSegExtensionLib.train_job import (
+    TrainProgress,
+    TrainResult,
+    check_data_folder,
+    check_model_destination,
+    check_model_name,
+)
 
 log = logging.getLogger("MedSeg")
 
@@ -41,6 +48,11 @@ BUTTONS = (APPLY, COMPARE, RECOMPUTE, INSTALL)
 #: the "Batch over folder" section's buttons, by role (the widget maps each to a QPushButton it builds)
 BATCH_START, BATCH_CANCEL = "batchStart", "batchCancel"
 BATCH_BUTTONS = (BATCH_START, BATCH_CANCEL)
+#: the "Train from segmentations" section's buttons, by role (the widget maps each to a QPushButton it builds)
+TRAIN_START, TRAIN_CANCEL = "trainStart", "trainCancel"
+TRAIN_BUTTONS = (TRAIN_START, TRAIN_CANCEL)
+#: where the training data come from: the scene's segmentations, or a folder (or CSV table) of pairs
+TRAIN_SOURCE_SCENE, TRAIN_SOURCE_FOLDER = "scene", "folder"
 #: what the command's ``--force`` hint becomes in the panel (its "Input checks" box)
 FORCE_TEXT = '(tick "Run even if the input looks unsuitable for the task" under Input checks to run anyway)'
 
@@ -158,10 +170,16 @@ class Panel:
         self.compareCells: dict[int, str] = {}  # lesion row -> its "Follow-up" cell as shown
         #: the "Batch over folder" section, when the widget has one (refreshed with the other buttons)
         self.batch: BatchPanel | None = None
+        #: the "Train from segmentations" section, when the widget has one (refreshed with the other buttons)
+        self.train: TrainPanel | None = None
 
     def batchRunning(self) -> bool:
         """Whether a batch runs (the Install button waits for it)."""
         return self.batch is not None and self.batch.job is not None
+
+    def trainRunning(self) -> bool:
+        """Whether a training run goes on (the Install button waits for it)."""
+        return self.train is not None and self.train.job is not None
 
     # ------------------------------------------------------------------ tasks
     def task(self, name: str) -> TaskInfo | None:
@@ -258,6 +276,8 @@ class Panel:
         _ = self._
         if self.batchRunning():
             return ButtonState(False, _("Install Python packages"), _("A batch is running"))
+        if self.trainRunning():
+            return ButtonState(False, _("Install Python packages"), _("A model is training"))
         if not self.missingPackages:
             return ButtonState(False, _("Install Python packages"),
                                _("The Python packages MedSeg needs are installed"))
@@ -276,6 +296,8 @@ class Panel:
             self.view.setButton(name, state)
         if self.batch is not None:
             self.batch.refresh()
+        if self.train is not None:
+            self.train.refresh()
 
     # ------------------------------------------------------------------ running
     def _fail(self, message: str, exc: BaseException) -> None:
@@ -685,3 +707,274 @@ class BatchPanel:
             self.job.cancel()
             self.job = None
         self.view.stopBatchPolling()
+
+
+# ---------------------------------------------------------------------------------- train from segmentations
+class Training(Protocol):
+    """A running training run (``train_job.TrainJob``)."""
+
+    error: BaseException | None
+    result: TrainResult | None
+    cleanupErrors: list[str]
+
+    def poll(self) -> TrainProgress: ...
+
+    def cancel(self) -> None: ...
+
+
+class TrainView(Protocol):
+    """What the training section asks of the widget."""
+
+    def setTrainButton(self, button: str, state: ButtonState) -> None: ...
+
+    def setTrainStatus(self, text: str) -> None: ...
+
+    def setTrainProgress(self, visible: bool, value: int) -> None: ...
+
+    def startTrainPolling(self) -> None: ...
+
+    def stopTrainPolling(self) -> None: ...
+
+    def refreshTasks(self) -> None: ...
+
+    def showError(self, text: str, details: str) -> None: ...
+
+    def showInfo(self, text: str) -> None: ...
+
+    def waitCursor(self) -> AbstractContextManager: ...
+
+
+@dataclass(frozen=True)
+class SceneCaseChoice:
+    """A row of the section's segmentation list as the widget shows it: the segmentation's name and the
+    name of the volume its labels are read on ("" when none is chosen and it has no reference volume)."""
+
+    segmentation: str
+    volume: str
+
+
+def _dice_text(value: float | None) -> str:
+    """A Dice as ``medseg train`` prints it: 3 decimals, "-" when undefined (structure absent from both)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+class TrainPanel:
+    """The "Train from segmentations" section's state and decisions.
+
+    The widget sets the fields below from its controls (``optionsChanged``) and forwards Train, Cancel
+    and its poll timer here; the device is the single-case panel's (``panel.params.device``). One
+    training runs at a time, beside the single-case job and a batch; it changes nothing in the scene (the
+    cases are copied out when it starts), so closing the scene does not stop it; reloading the module or
+    closing Slicer does (``cleanup``). On success the task list is refreshed (``view.refreshTasks``), so
+    ``model:<name>`` is in it; the task chosen above stays chosen (it is saved in the scene's parameter
+    node, which training does not change).
+
+    Fields: ``source`` (``TRAIN_SOURCE_SCENE`` or ``TRAIN_SOURCE_FOLDER``), ``sceneCases`` (the ticked
+    segmentations, ``SceneCaseChoice``), ``dataFolder``, ``modelName``, ``modelsFolder``, ``licence``.
+
+    Args:
+        view: the widget, as a :class:`TrainView`.
+        panel: the single-case ``Panel`` (its task list, its dependency check, its "installing" state).
+        tr: the translation function (``slicer.i18n.tr`` in Slicer).
+    """
+
+    def __init__(self, view: TrainView, panel: Panel, tr: Callable[[str], str] = _identity) -> None:
+        self.view = view
+        self.panel = panel
+        self._ = tr
+        self.source = TRAIN_SOURCE_SCENE
+        self.sceneCases: tuple[SceneCaseChoice, ...] = ()
+        self.dataFolder = ""
+        self.modelName = ""
+        self.modelsFolder = ""
+        self.licence = ""
+        self.job: Training | None = None
+
+    # ------------------------------------------------------------------ buttons
+    def problem(self) -> str:
+        """Why Train cannot start with these choices ("" when it can), in the order the user fills the
+        section in: the licence (required), the data, the model name, the models folder."""
+        _ = self._
+        if not self.licence.strip():
+            return _("Enter the licence of the trained weights (required: weights trained on your data carry "
+                     "your data's terms, e.g. CC-BY-4.0 or 'internal research use only')")
+        if self.source == TRAIN_SOURCE_SCENE:
+            if not self.sceneCases:
+                return _("Tick at least one segmentation to train on")
+            missing = [c.segmentation for c in self.sceneCases if not c.volume]
+            if missing:
+                return _("Choose the volume the labels of {names} were drawn on").format(names=", ".join(missing))
+        elif self.source == TRAIN_SOURCE_FOLDER:
+            try:
+                check_data_folder(self.dataFolder)
+            except InputError as e:
+                return str(e)
+        else:
+            return _("Unknown training data source {source!r}").format(source=self.source)
+        try:
+            name = check_model_name(self.modelName)
+            check_model_destination(self.modelsFolder, name, [t.name for t in self.panel.tasks])
+        except InputError as e:
+            return str(e)
+        return ""
+
+    def startState(self) -> ButtonState:
+        """The Train button: enabled when no training runs, no packages install and ``problem()`` is ""; else
+        its tool tip says why not."""
+        _ = self._
+        text = _("Train")
+        if self.panel.installing:
+            return ButtonState(False, text, _("Installing Python packages..."))
+        if self.job is not None:
+            return ButtonState(False, text, _("A model is training; cancel it or wait for it to end"))
+        problem = self.problem()
+        if problem:
+            return ButtonState(False, text, problem)
+        return ButtonState(True, text, _('Train "{name}" in the background; it joins the task list as '
+                                         'model:{name}').format(name=self.modelName.strip()))
+
+    def buttonStates(self) -> dict[str, ButtonState]:
+        """Train's and Cancel's states."""
+        _ = self._
+        running = self.job is not None
+        return {TRAIN_START: self.startState(),
+                TRAIN_CANCEL: ButtonState(running, _("Cancel training"),
+                                          _("Stop the training; no model is written") if running
+                                          else _("No model is training"))}
+
+    def refresh(self) -> None:
+        """Show Train's and Cancel's states."""
+        for name, state in self.buttonStates().items():
+            self.view.setTrainButton(name, state)
+
+    def optionsChanged(self, source: str, sceneCases: Sequence[SceneCaseChoice], dataFolder: Any, modelName: str,
+                       modelsFolder: Any, licence: str) -> None:
+        """The widget's controls changed: take them and refresh the buttons."""
+        self.source = source
+        self.sceneCases = tuple(sceneCases)
+        self.dataFolder = "" if dataFolder is None else str(dataFolder)
+        self.modelName = modelName or ""
+        self.modelsFolder = "" if modelsFolder is None else str(modelsFolder)
+        self.licence = licence or ""
+        self.refresh()
+
+    # ------------------------------------------------------------------ running
+    def _fail(self, message: str, exc: BaseException) -> None:
+        log.error("%s %s", message, exc, exc_info=(type(exc), exc, exc.__traceback__))
+        self.view.setTrainStatus(str(exc))
+        self.view.showError(f"{message}\n\n{exc}", "".join(traceback.format_exception(type(exc), exc,
+                                                                                       exc.__traceback__)))
+
+    def start(self, ensureDependencies: Callable[[], bool], start: Callable[[], Training], message: str) -> None:
+        """Train was clicked: refused while a training runs or packages install, or while the choices have
+        a problem; else the dependency check (no wait cursor), then ``start()`` under the wait cursor, then
+        polling."""
+        _ = self._
+        if self.panel.installing:
+            log.info("MedSeg: training start ignored while Python packages are being installed")
+            return
+        if self.job is not None:
+            log.warning("MedSeg: a model is already training; another one is not started")
+            return
+        problem = self.problem()
+        if problem:
+            self.view.setTrainStatus(problem)
+            return
+        restart = self.panel._ensure(ensureDependencies, message)
+        if restart is None:
+            return
+        if restart:
+            self.view.showInfo(_("Python packages were updated. Restart Slicer, then press {button} again.").format(
+                button=_("Train")))
+            return
+        try:
+            with self.view.waitCursor():
+                job = start()
+        except Exception as exc:  # shown to the user and logged, not swallowed
+            self._fail(message, exc)
+            return
+        self.job = job
+        self.view.setTrainProgress(True, 0)
+        self.view.setTrainStatus(_("Starting the training..."))
+        self.panel.refresh()  # Train, Cancel and Install follow
+        self.view.startTrainPolling()
+
+    def summary(self, result: TrainResult) -> str:
+        """A finished training: the model, its task, time, epochs and last loss; the validation Dice per
+        structure and their mean (from the card), on which cases; the models folder when it was added to
+        the settings."""
+        _ = self._
+        loss = "-" if result.finalLoss is None else f"{result.finalLoss:.4f}"
+        lines = [_("Model {name} trained in {time} ({epochs} epoch(s), last loss {loss}); it is in the task list "
+                   "as {task}.").format(name=result.modelFolder.name, time=format_duration(result.elapsedSeconds, _),
+                                         epochs=result.epochs, loss=loss, task=result.taskName),
+                 _("Model folder: {folder}").format(folder=result.modelFolder)]
+        cases = ", ".join(result.validationCases) or "-"
+        if result.onTrainingData:
+            lines.append(_("Validation Dice on {cases} (its own training data: one case only, so this is no "
+                           "test of the model):").format(cases=cases))
+        else:
+            lines.append(_("Validation Dice on {cases}:").format(cases=cases))
+        for structure, dice in result.dice.items():
+            lines.append(f"  {structure}: {_dice_text(dice)}")
+        lines.append("  " + _("mean: {dice}").format(dice=_dice_text(result.diceMean)))
+        if result.registeredFolder is not None:
+            lines.append(_("{folder} was added to MedSeg's models directories (settings file), so its models are "
+                           "listed.").format(folder=result.registeredFolder))
+        return "\n".join(lines)
+
+    def poll(self) -> TrainResult | None:
+        """Poll the running training: show its progress; when it has ended, its summary (and the task list
+        refreshed with the new model in it) or its error. Returns the result of a run that succeeded."""
+        _ = self._
+        if self.job is None:
+            return None
+        state = self.job.poll()
+        if not state.done:
+            self.view.setTrainProgress(True, round(100 * state.fraction))
+            self.view.setTrainStatus(state.message or _("Starting the training..."))
+            return None
+        job, self.job = self.job, None
+        self.view.stopTrainPolling()
+        self.view.setTrainProgress(False, 0)
+        leftovers = "\n".join(job.cleanupErrors)
+        if job.error is not None:
+            self.panel.refresh()
+            self.view.setTrainStatus(str(job.error))
+            if isinstance(job.error, CancelledError):
+                log.info("MedSeg: %s", job.error)
+                if leftovers:
+                    self.view.showError(f"{job.error}\n\n{leftovers}", "")
+                return None
+            log.error("MedSeg training failed: %s", job.error)
+            text = _("MedSeg training failed: {error}").format(error=job.error)
+            self.view.showError(f"{text}\n\n{leftovers}" if leftovers else text, "".join(
+                traceback.format_exception(type(job.error), job.error, job.error.__traceback__)))
+            return None
+        result = job.result
+        assert result is not None
+        self.view.refreshTasks()  # the new model joins the task list (the task chosen above stays chosen)
+        self.panel.refresh()
+        text = self.summary(result)
+        self.view.setTrainStatus(text)
+        log.info("MedSeg: %s", text)
+        for w in result.warnings:
+            log.warning("MedSeg: %s", w)
+        if result.warnings:
+            self.view.showInfo("\n\n".join([text, *result.warnings]))
+        return result
+
+    def cancel(self) -> None:
+        """Cancel was clicked: stop the export or kill the child's whole tree; nothing is written."""
+        if self.job is None:
+            return
+        self.view.setTrainStatus(self._("Cancelling the training..."))
+        self.job.cancel()
+        self.poll()
+
+    def cleanup(self) -> None:
+        """The module is reloaded or Slicer closes: kill the training and stop polling."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+        self.view.stopTrainPolling()

@@ -157,6 +157,54 @@ def batch_command(folder: Path, task: str, out_dir: Path, workers: int | None = 
     return args
 
 
+def train_command(data: Path, out_dir: Path, licence: str, name: str, epochs: int | None = None,
+                  network: str | None = None, dims: int | None = None, device: str | None = None,
+                  features: Sequence[int] | None = None, patch: Sequence[int] | None = None) -> list[str]:
+    """The ``medseg train`` command line (as an argument list): ``train DATA --out MODEL_DIR --licence TEXT
+    --name NAME --progress-json``, then ``--epochs N``, ``--network NET`` (unet, segresnet, dynunet,
+    basicunet), ``--dims 2|3``, ``--device D``, ``--features N...`` (channels per level) and ``--patch P...``
+    (voxels) when given (None: the command's default). ``DATA`` is a folder of image/label pairs or a CSV
+    table (docs/training.md); the paths are passed as given: make them absolute (the child does not run
+    in the caller's working directory, ``medseg_working_directory``).
+
+    Raises:
+        InputError: an empty licence or model name, ``epochs`` not a whole number >= 1, ``dims`` not 2 or 3,
+            an unknown network, or a feature or patch size not a whole number >= 1 (the message names it).
+    """
+    from medseg.pipeline.train_config import NETWORK_CLASS  # light: core vocabulary only, no torch
+
+    def whole(value: object, what: str) -> str:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{what} must be a whole number >= 1, got {value!r}")
+        return str(value)
+
+    if not isinstance(licence, str) or not licence.strip():
+        raise InputError(f"training needs the licence of the trained weights (e.g. CC-BY-4.0 or 'internal research "
+                         f"use only'), got {licence!r}")
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"training needs a model name, got {name!r}")
+    args = [python_executable(), "-m", "medseg.cli", "train", str(data), "--out", str(out_dir), "--licence",
+            licence.strip(), "--name", name.strip(), "--progress-json"]
+    if epochs is not None:
+        args += ["--epochs", whole(epochs, "the number of epochs")]
+    if network is not None:
+        if network not in NETWORK_CLASS:
+            raise InputError(f"the network must be one of {', '.join(NETWORK_CLASS)}, got {network!r}")
+        args += ["--network", network]
+    if dims is not None:
+        if isinstance(dims, bool) or dims not in (2, 3):
+            raise InputError(f"the network's dimensions must be 2 or 3, got {dims!r}")
+        args += ["--dims", str(dims)]
+    if device is not None:
+        args += ["--device", device]
+    for flag, values, what in (("--features", features, "a feature count"), ("--patch", patch, "a patch size")):
+        if values is not None:
+            if not list(values):
+                raise InputError(f"{flag} needs at least one value, got {values!r}")
+            args += [flag, *(whole(v, what) for v in values)]
+    return args
+
+
 def child_environment(package_parent: Path) -> dict:
     """The environment for the child: ``package_parent`` (the folder holding ``medseg/``) first on
     PYTHONPATH, unbuffered output."""

@@ -11,7 +11,8 @@ Where the pairs come from (:func:`find_cases`):
 
 ``<ext>`` is any image ending :func:`medseg.core.formats.image_format` knows (NRRD, NIfTI, MetaImage, and
 what the reader adds). Images are read with :func:`medseg.io.volume_reader.read_volume`, labels with
-:func:`medseg.io.segmentation_files.read_segmentation` (``.seg.nrrd`` with named segments, or a label image).
+:func:`medseg.io.segmentation_files.read_segmentation` (``.seg.nrrd`` with named segments, or a label image;
+a PNG/JPEG mask with grey levels, such as an anti-aliased one, needs ``mask_threshold``: inside above it).
 An image without its label, or a label without its image, is an error naming the file: a training set
 is never silently smaller than the folder.
 
@@ -234,12 +235,17 @@ def find_cases(data: Path) -> list[CaseFiles]:
 
 
 # ----------------------------------------------------------------------------- reading and checking
-def read_case(files: CaseFiles) -> tuple[Volume, LabelMap, list[str]]:
-    """The image and label of one case, on one grid; ``InputError`` naming the case otherwise."""
+def read_case(files: CaseFiles, mask_threshold: float | None = None) -> tuple[Volume, LabelMap, list[str]]:
+    """The image and label of one case, on one grid; ``InputError`` naming the case otherwise.
+
+    ``mask_threshold``: for a PNG/JPEG mask with grey levels (anti-aliased edges), the grey value above
+    which a pixel is inside (label 1; 127 for an 8-bit mask). Other label files ignore it; such a mask
+    without it is refused, naming the file (:func:`medseg.io.image2d.mask_labels`).
+    """
     notes: list[str] = []
     try:
         image = read_volume(files.image, warnings=notes)
-        labels = read_segmentation(files.label)
+        labels = read_segmentation(files.label, mask_threshold)
     except InputError as exc:
         raise InputError(f"case {files.name}: {exc}") from exc
     try:
@@ -354,9 +360,11 @@ def remap(array: np.ndarray, mapping: Mapping[int, int], dtype: type = np.uint8)
 
 
 def load_cases(files: Sequence[CaseFiles], label_names: Mapping[int, str] | None = None,
-               fixed: Sequence[Structure] | None = None) -> tuple[list[TrainingCase], LabelScheme]:
-    """Read and check every case, then build the label scheme and each case's channel and value maps."""
-    read = [(f, *read_case(f)) for f in files]
+               fixed: Sequence[Structure] | None = None,
+               mask_threshold: float | None = None) -> tuple[list[TrainingCase], LabelScheme]:
+    """Read and check every case (``mask_threshold``: see :func:`read_case`), then build the label scheme
+    and each case's channel and value maps."""
+    read = [(f, *read_case(f, mask_threshold)) for f in files]
     scheme = label_scheme([(f, lab) for f, _img, lab, _n in read], label_names, fixed)
     value_of = {s.channel: s.value for s in scheme.structures}
     out = []

@@ -42,6 +42,13 @@ class vtkMRMLNode:
         self._scene: Optional["vtkMRMLScene"] = None
         self._display_id: Optional[str] = None  # the display node is a scene node, referenced by ID
         self._transform_id: Optional[str] = None
+        self._node_reference_ids: dict[str, str] = {}  # role -> ID of the referenced node
+
+    def GetNodeReference(self, referenceRole: str) -> Optional["vtkMRMLNode"]:
+        """The node referenced under ``referenceRole`` while it is in the scene, else None
+        (``vtkMRMLNode* GetNodeReference(const char* referenceRole)`` [Libs/MRML/Core/vtkMRMLNode.h])."""
+        nid = self._node_reference_ids.get(referenceRole)
+        return self._scene.GetNodeByID(nid) if nid and self._scene is not None else None
 
     def GetID(self) -> Optional[str]:
         return self._id
@@ -492,6 +499,7 @@ class vtkMRMLSegmentationNode(_DisplayableNode):
         if volumeNode is None or volumeNode.GetImageData() is None:
             return  # Slicer returns silently without image data
         self._reference_id = volumeNode.GetID()
+        self._node_reference_ids[self.GetReferenceImageGeometryReferenceRole()] = volumeNode.GetID()
         dims = volumeNode.GetImageData().GetDimensions()
         m = _world_ijk_to_ras(volumeNode)
         geometry = ";".join(f"{x:g}" for x in m[:3, :].ravel()) + ";" + ";".join(
