@@ -521,3 +521,26 @@ def test_a_learned_model_runs_in_the_workers_from_its_folder(tmp_path, cluster):
         (seg,) = json.loads((out / n / "report.json").read_text())["segments"]
         assert seg["name"] == "Ball" and seg["label_value"] == 4
         assert seg["volume_ml"] == pytest.approx(4 / 3 * math.pi * r**3 / 1000, rel=0.3)
+
+
+def test_a_label_image_reference_is_named_in_the_table_or_said_to_need_names(tmp_path, cluster):
+    for n in ("named", "unnamed"):
+        ball = _ball(tmp_path / "in" / f"{n}.nrrd", 6)
+        ref = sitk.Cast(sitk.ReadImage(str(ball)) > 100, sitk.sitkUInt8) * 3  # a label image: value 3, no name
+        sitk.WriteImage(ref, str(tmp_path / "in" / f"{n}_label.nrrd"))
+    (tmp_path / "t.csv").write_text("case,input,reference,reference_names\n"
+                                    "named,in/named.nrrd,in/named_label.nrrd,3=Tumour\n"
+                                    "unnamed,in/unnamed.nrrd,in/unnamed_label.nrrd,\n")
+    out = tmp_path / "out"
+    assert main(["batch", str(tmp_path / "t.csv"), "--task", "threshold", "--threshold", "100", "--out", str(out),
+                 "--engine", "dask", "--scheduler", cluster.scheduler_address, "--no-html", "--no-models",
+                 "-q"]) == 0
+    rows = _status(out)
+    assert not rows["named"].get("reference_error")
+    assert "reference_names" in rows["unnamed"]["reference_error"] and rows["unnamed"]["status"] == "ok"
+    cohort = {(r["case"], r["segment"]): r for r in csv.DictReader((out / "cohort.csv").open())}
+    assert cohort[("named", "Lesions")]["ref_dice"] == "1"  # the named tumour pools with the result's lesion
+    assert ("unnamed", "Lesions") not in cohort
+    (tmp_path / "bad.csv").write_text("case,input,reference,reference_names\nx,in/named.nrrd,in/named_label.nrrd,3\n")
+    with pytest.raises(InputError, match="line 2, reference_names"):
+        collect_cases([tmp_path / "bad.csv"], 1)

@@ -96,6 +96,13 @@ def test_label_images_pair_by_value_and_refuse_pairing_by_name(tmp_path):
     out = tmp_path / "out"
     rc = main(["eval", str(tmp_path / "pred.nii.gz"), "--ref", str(tmp_path / "ref.nrrd"), "--out", str(out), "-q"])
     assert rc == 2 and not out.exists()
+    # a named prediction against a label-image reference whose values are named on the command line
+    named = _labelmap(img, arr, [("Liver", 3), ("Lesion 1", 8)])
+    write_seg_nrrd(named, tmp_path / "named.seg.nrrd")
+    assert main(["eval", str(tmp_path / "named.seg.nrrd"), "--ref", str(tmp_path / "ref.nrrd"), "--ref-names",
+                 "3=liver;8=GTV1", "--out", str(out), "-q"]) == 0
+    rows = {r["structure"]: r for r in csv.DictReader((out / "metrics.csv").open())}
+    assert set(rows) == {"liver", "Lesions"} and rows["liver"]["dice"] == rows["Lesions"]["dice"] == "1"
 
 
 def test_pairs_and_tables_are_checked(tmp_path):

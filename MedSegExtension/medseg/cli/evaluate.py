@@ -19,6 +19,7 @@ from medseg.cli.commands import COMMANDS
 from medseg.cli.progress import Progress
 from medseg.core.errors import ExitCode, InputError
 from medseg.io.atomic import check_output_folder
+from medseg.io.segmentation_files import parse_label_names
 from medseg.pipeline.evaluate import (
     DEFAULT_METHOD,
     DEFAULT_NSD_TOLERANCE_MM,
@@ -53,6 +54,9 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--ref", nargs="+", type=Path, default=[], metavar="REF", help="the references, in PRED's order")
     e.add_argument("--image", nargs="+", type=Path, default=[], metavar="IMG",
                    help="the images, in PRED's order, under the dashboard's thumbnails (optional)")
+    e.add_argument("--ref-names", default="", metavar="VALUE=NAME[;...]",
+                   help="names for the values of label-image references, e.g. '1=Tumour;2=Node' (a lesion name pools "
+                        "it with the prediction's lesions)")
     e.add_argument("--method", default=DEFAULT_METHOD, help=f"the method's name on the dashboard (default "
                                                              f"{DEFAULT_METHOD})")
     e.add_argument("--cases", type=Path, default=None, metavar="TABLE",
@@ -75,13 +79,14 @@ def add_parser(sub: Any) -> None:
 def cmd_eval(args: argparse.Namespace) -> ExitCode:
     """Check the options, evaluate every case, print the summary."""
     if args.cases is not None:
-        if args.predictions or args.ref or args.image:
+        if args.predictions or args.ref or args.image or args.ref_names:
             raise InputError("give either --cases TABLE or PRED... --ref REF..., not both")
         cases = read_case_table(args.cases)
     else:
         if not args.predictions:
             raise InputError("give the predictions and --ref with their references, or --cases TABLE")
-        cases = pair_cases([Path(p) for p in args.predictions], args.ref, args.method, args.image)
+        cases = pair_cases([Path(p) for p in args.predictions], args.ref, args.method, args.image,
+                           parse_label_names(args.ref_names))
     check_output_folder(args.out, args.overwrite, inputs=[p for c in cases for p in (c.prediction, c.reference)])
     bar = Progress(args.quiet, "eval", as_json=args.progress_json)
     try:

@@ -18,7 +18,8 @@ from medseg.cli.commands import COMMANDS
 from medseg.cli.common import device, positive_int
 from medseg.cli.progress import Progress
 from medseg.core.devices import DEVICE_HELP
-from medseg.core.errors import ExitCode
+from medseg.core.errors import ExitCode, InputError
+from medseg.io.segmentation_files import parse_label_names
 from medseg.pipeline.train import CV_FILE, TrainResult, train
 from medseg.pipeline.train_config import DEFAULT_FEATURES, NETWORK_CLASS, Normalisation, TrainConfig
 
@@ -36,14 +37,13 @@ def positive_float(text: str) -> float:
 
 def label_name(text: str) -> tuple[int, str]:
     """``VALUE=NAME`` (a label image's value and the structure's name)."""
-    value, sep, name = text.partition("=")
     try:
-        v = int(value)
-    except ValueError:
-        v = 0
-    if not sep or v < 1 or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected VALUE=NAME with a label value >= 1, got {text!r}")
-    return v, name.strip()
+        names = parse_label_names(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(f"expected one VALUE=NAME, got {text!r}")
+    return next(iter(names.items()))
 
 
 def add_parser(sub: Any) -> None:

@@ -7,7 +7,8 @@
 - a ``.csv`` file is a table of cases: a header row, then one row per case. Columns: ``input`` (or
   ``input1``, ``input2``, ... for a multi-input task, in order), optionally ``case`` (the case's name,
   which names its output folder), ``reference`` (a ``.seg.nrrd`` to evaluate the result against) and
-  ``timeout_s`` (this case's time limit in seconds, instead of ``--timeout``: a known-large case);
+  ``timeout_s`` (this case's time limit in seconds, instead of ``--timeout``: a known-large case) and
+  ``reference_names`` (names for the values of a label-image reference, ``1=Tumour;2=Node``);
   any other column is carried into the cohort table. Relative paths are relative to the table's folder.
 
 A case's name is its file name without the image ending (its folder name for a DICOM series), made
@@ -27,11 +28,14 @@ from pathlib import Path
 from medseg.core.errors import InputError
 from medseg.core.formats import image_format, strip_image_suffix
 from medseg.io.filenames import safe_file_stem, unique_file_stem
+from medseg.io.segmentation_files import parse_label_names
 
 #: the ending of a table of cases
 TABLE_SUFFIX = ".csv"
 #: the table's column names
 CASE_COLUMN, INPUT_COLUMN, REFERENCE_COLUMN, TIMEOUT_COLUMN = "case", "input", "reference", "timeout_s"
+#: the column naming a label-image reference's values ("1=Tumour;2=Node")
+REFERENCE_NAMES_COLUMN = "reference_names"
 #: files looked at to decide whether a folder holds a DICOM series
 _DICOM_PROBE_FILES = 32
 #: the DICOM Part 10 preamble length and magic
@@ -49,6 +53,7 @@ class BatchCase:
         reference: a reference segmentation (``.seg.nrrd``) to evaluate the result against, or None.
         extra: the table's other columns for this case (carried into the cohort table).
         timeout_s: this case's time limit (s), or None for the batch's.
+        reference_names: names of the reference's label values (a label image has none).
     """
 
     case_id: str
@@ -56,6 +61,7 @@ class BatchCase:
     reference: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
+    reference_names: dict[int, str] = field(default_factory=dict)
 
 
 def _is_dicom_file(path: str) -> bool:
@@ -120,7 +126,7 @@ def _timeout(table: Path, line: int, text: str) -> float | None:
     return v
 
 
-_Raw = tuple[str, tuple[Path, ...], Path | None, dict[str, str], float | None]
+_Raw = tuple[str, tuple[Path, ...], Path | None, dict[str, str], float | None, dict[int, str]]
 
 
 def _table_cases(table: Path, max_inputs: int) -> list[_Raw]:
@@ -140,7 +146,7 @@ def _table_cases(table: Path, max_inputs: int) -> list[_Raw]:
     if len(input_columns) > max_inputs:
         raise InputError(f"table of cases {table} has {len(input_columns)} input columns "
                          f"({', '.join(input_columns)}); the task takes at most {max_inputs}")
-    known = {CASE_COLUMN, REFERENCE_COLUMN, TIMEOUT_COLUMN, *input_columns}
+    known = {CASE_COLUMN, REFERENCE_COLUMN, TIMEOUT_COLUMN, REFERENCE_NAMES_COLUMN, *input_columns}
     out = []
     for n, raw in enumerate(rows, start=2):  # line 1 is the header
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
@@ -159,7 +165,11 @@ def _table_cases(table: Path, max_inputs: int) -> list[_Raw]:
             raise InputError(f"table of cases {table}, line {n}: reference {reference} does not exist")
         name = row.get(CASE_COLUMN, "") or _name_of(inputs[0])
         extra = {k: v for k, v in row.items() if k and k not in known}
-        out.append((name, inputs, reference, extra, _timeout(table, n, row.get(TIMEOUT_COLUMN, ""))))
+        try:
+            ref_names = parse_label_names(row.get(REFERENCE_NAMES_COLUMN, ""))
+        except InputError as e:
+            raise InputError(f"table of cases {table}, line {n}, {REFERENCE_NAMES_COLUMN}: {e}") from None
+        out.append((name, inputs, reference, extra, _timeout(table, n, row.get(TIMEOUT_COLUMN, "")), ref_names))
     return out
 
 
@@ -185,11 +195,11 @@ def collect_cases(paths: Sequence[Path], max_inputs: int = 1, warnings: list[str
             raw.extend((r, True) for r in _table_cases(path, max_inputs))
         elif path.is_dir():
             if holds_dicom(path):
-                raw.append(((path.name, (path,), None, {}, None), False))
+                raw.append(((path.name, (path,), None, {}, None, {}), False))
             else:
-                raw.extend(((n, i, None, {}, None), False) for n, i in _folder_cases(path, warnings))
+                raw.extend(((n, i, None, {}, None, {}), False) for n, i in _folder_cases(path, warnings))
         elif image_format(path) is not None:
-            raw.append(((strip_image_suffix(path.name), (path,), None, {}, None), False))
+            raw.append(((strip_image_suffix(path.name), (path,), None, {}, None, {}), False))
         else:
             raise InputError(f"input {path} is not an image file (NRRD, NIfTI, MetaImage), a DICOM series or "
                              f"case folder, or a table of cases ({TABLE_SUFFIX})")
@@ -201,7 +211,7 @@ def collect_cases(paths: Sequence[Path], max_inputs: int = 1, warnings: list[str
     seen: dict[tuple[str, ...], str] = {}
     taken: set[str] = set()
     cases: list[BatchCase] = []
-    for (name, inputs, reference, extra, timeout), _ in sorted(
+    for (name, inputs, reference, extra, timeout, ref_names), _ in sorted(
             raw, key=lambda r: (safe_file_stem(r[0][0], "case"), str(r[0][1]))):
         key = tuple(str(p.resolve()) for p in inputs)
         if key in seen:
@@ -209,7 +219,7 @@ def collect_cases(paths: Sequence[Path], max_inputs: int = 1, warnings: list[str
             continue
         case_id = unique_file_stem(name, taken, "case")
         seen[key] = case_id
-        cases.append(BatchCase(case_id, inputs, reference, extra, timeout))
+        cases.append(BatchCase(case_id, inputs, reference, extra, timeout, ref_names))
     if not cases:
         raise InputError("no cases to run")
     return cases

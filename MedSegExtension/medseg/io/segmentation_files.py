@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,42 @@ def is_unnamed(segment: Segment) -> bool:
     return m is not None and int(m.group(1)) == segment.label_value
 
 
-def read_segmentation(path: Path, mask_threshold: float | None = None) -> LabelMap:
+def parse_label_names(text: str) -> dict[int, str]:
+    """``"1=Tumour;2=Node"`` (or one ``VALUE=NAME``) as ``{1: "Tumour", 2: "Node"}``: names for the values of a
+    label image; ``InputError`` naming the bad part."""
+    out: dict[int, str] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        value, sep, name = part.partition("=")
+        try:
+            v = int(value)
+        except ValueError:
+            v = 0
+        if not sep or v < 1 or not name.strip():
+            raise InputError(f"expected VALUE=NAME with a label value >= 1 (several separated by ';'), got {part!r}")
+        out[v] = name.strip()
+    return out
+
+
+def name_values(labels: LabelMap, names: Mapping[int, str]) -> LabelMap:
+    """``labels`` with the segments of the values in ``names`` renamed (a label image's values named)."""
+    if not names:
+        return labels
+    segments = tuple(Segment(s.id, names.get(s.label_value, s.name), s.color, s.label_value, s.terminology)
+                     for s in labels.segments)
+    return LabelMap(labels.volume, segments)
+
+
+def read_segmentation(path: Path, mask_threshold: float | None = None,
+                      names: Mapping[int, str] | None = None) -> LabelMap:
     """The segmentation in ``path`` (see the module docstring); ``InputError`` naming the path otherwise.
     ``mask_threshold``: for a PNG/JPEG mask with grey levels (anti-aliased), the value above which a pixel
-    is inside (127 for 8-bit); refused without one."""
+    is inside (127 for 8-bit); refused without one. ``names``: names for label values (:func:`name_values`)."""
+    return name_values(_read(Path(path), mask_threshold), names or {})
+
+
+def _read(path: Path, mask_threshold: float | None) -> LabelMap:
     p = Path(path)
     if p.is_dir():
         inner = p / OUTPUT_SEGMENTATION

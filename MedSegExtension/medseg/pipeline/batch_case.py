@@ -167,7 +167,7 @@ def run_batch_case(case: BatchCase, job: BatchJob, *, task: Task | None = None,
                    warnings=len(report.get("warnings", [])))
         if case.reference is not None:
             try:
-                row["reference_metrics"] = evaluate_case(out_dir, case.reference)
+                row["reference_metrics"] = evaluate_case(out_dir, case.reference, case.reference_names)
             except MedSegError as e:  # the case is done; its evaluation could not be: said in the manifest
                 row["reference_error"] = str(e)
     except CancelledError as e:

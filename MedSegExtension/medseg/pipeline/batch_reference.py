@@ -12,11 +12,14 @@ lacks gets Dice 0 and infinite distances (missed).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap
-from medseg.io.segmentation_files import read_segmentation
+from medseg.io.batch_inputs import REFERENCE_NAMES_COLUMN
+from medseg.io.segmentation_files import is_unnamed, read_segmentation
 from medseg.measure.evaluation import Metric
 from medseg.pipeline.evaluate import evaluate_pair
 
@@ -30,11 +33,19 @@ _ROW_ORDER = ("ref_dice", "ref_volume_ml", "ref_volume_diff_pct", "ref_hd95_mm",
 
 
 def compare_to_reference(result: LabelMap, reference: LabelMap) -> dict[str, dict[str, Any]]:
-    """Metrics of ``result`` against ``reference`` per reference structure (see the module docstring)."""
+    """Metrics of ``result`` against ``reference`` per reference structure (see the module docstring).
+    ``InputError`` when the reference names none of its segments (a label image whose values the table's
+    ``reference_names`` column did not name): pairing by name would compare nothing."""
+    if reference.segments and all(is_unnamed(s) for s in reference.segments):
+        values = ", ".join(str(s.label_value) for s in reference.segments)
+        raise InputError(f"the reference {reference.volume.name!r} has no segment names (a label image with values "
+                         f"{values}); name them in the table's {REFERENCE_NAMES_COLUMN} column, e.g. 1=Tumour "
+                         "(a lesion name pools it with the result's lesions)")
     return {row["structure"]: {column: row[_METRIC_OF[column]] for column in _ROW_ORDER}
             for row in evaluate_pair(result, reference, metrics=tuple(_METRIC_OF.values())) if row["in_reference"]}
 
 
-def evaluate_case(output: Path, reference: Path) -> dict[str, dict[str, Any]]:
-    """:func:`compare_to_reference` of the ``segmentation.seg.nrrd`` in ``output`` against ``reference``."""
-    return compare_to_reference(read_segmentation(Path(output)), read_segmentation(reference))
+def evaluate_case(output: Path, reference: Path, names: Mapping[int, str] | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`compare_to_reference` of the ``segmentation.seg.nrrd`` in ``output`` against ``reference`` (its
+    label values named by ``names``)."""
+    return compare_to_reference(read_segmentation(Path(output)), read_segmentation(reference, names=names))

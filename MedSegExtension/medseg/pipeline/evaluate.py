@@ -20,8 +20,8 @@ import csv
 import io
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from medseg.core.terminology import is_lesion_segment
 from medseg.core.vocabulary import Choice
 from medseg.io.atomic import OutputFolder
 from medseg.io.filenames import unique_file_stem
-from medseg.io.segmentation_files import is_unnamed, read_segmentation
+from medseg.io.segmentation_files import is_unnamed, parse_label_names, read_segmentation
 from medseg.io.volume_reader import read_volume
 from medseg.measure.evaluation import LESION_METRICS, STRUCTURE_METRICS, Metric, lesion_metrics, structure_metrics
 from medseg.preprocess.resample import resample_to_grid
@@ -70,6 +70,7 @@ class EvalCase:
     prediction: Path
     reference: Path
     image: Path | None = None
+    reference_names: dict[int, str] = field(default_factory=dict)
 
 
 def _case_name(path: Path) -> str:
@@ -81,8 +82,9 @@ def _case_name(path: Path) -> str:
 
 
 def pair_cases(predictions: Sequence[Path], references: Sequence[Path], method: str = DEFAULT_METHOD,
-               images: Sequence[Path] = ()) -> list[EvalCase]:
-    """The cases of ``medseg eval PRED... --ref REF...``: the i-th prediction with the i-th reference."""
+               images: Sequence[Path] = (), reference_names: Mapping[int, str] | None = None) -> list[EvalCase]:
+    """The cases of ``medseg eval PRED... --ref REF...``: the i-th prediction with the i-th reference
+    (``reference_names``: names of the references' label values, ``--ref-names``)."""
     if len(predictions) != len(references):
         raise InputError(f"{len(predictions)} prediction(s) but {len(references)} reference(s): give one --ref per "
                          "prediction, in the same order")
@@ -91,14 +93,15 @@ def pair_cases(predictions: Sequence[Path], references: Sequence[Path], method: 
                          "prediction, or none")
     taken: set[str] = set()
     return [EvalCase(unique_file_stem(_case_name(Path(p)), taken, "case"), method, Path(p), Path(r),
-                     Path(images[i]) if images else None)
+                     Path(images[i]) if images else None, dict(reference_names or {}))
             for i, (p, r) in enumerate(zip(predictions, references, strict=True))]
 
 
 def read_case_table(table: Path) -> list[EvalCase]:
     """The cases of ``medseg eval --cases TABLE``: a CSV with columns ``case``, ``prediction``, ``reference``
-    and optionally ``method`` (several methods: one row per case and method) and ``image``; relative paths
-    are relative to the table's folder."""
+    and optionally ``method`` (several methods: one row per case and method), ``image`` and ``reference_names``
+    (``1=Tumour;2=Node``: names for a label-image reference's values); relative paths are relative to the
+    table's folder."""
     try:
         with open(table, newline="", encoding="utf-8-sig") as fh:
             rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in csv.DictReader(fh)]
@@ -120,8 +123,12 @@ def read_case_table(table: Path) -> list[EvalCase]:
                              "listed twice")
         seen.add((row["case"], method))
         image = row.get("image") or ""
+        try:
+            names = parse_label_names(row.get("reference_names") or "")
+        except InputError as e:
+            raise InputError(f"table of cases {table}, line {n}, reference_names: {e}") from None
         cases.append(EvalCase(row["case"], method, _resolve(table, row["prediction"]),
-                              _resolve(table, row["reference"]), _resolve(table, image) if image else None))
+                              _resolve(table, row["reference"]), _resolve(table, image) if image else None, names))
     return cases
 
 
@@ -154,7 +161,8 @@ def _check_match(pred: LabelMap, ref: LabelMap, match: Match, case: EvalCase) ->
         for side, labels, path in (("prediction", pred, case.prediction), ("reference", ref, case.reference)):
             if labels.segments and all(is_unnamed(s) for s in labels.segments):
                 raise InputError(f"case {case.case}: the {side} {path} has no segment names (a label image); "
-                                 "pair structures by label value with --match value")
+                                 "name the reference's values (--ref-names 1=Tumour, or the table's "
+                                 "reference_names column) or pair structures by label value with --match value")
 
 
 def evaluate_pair(pred: LabelMap, ref: LabelMap, *, nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
@@ -222,7 +230,7 @@ def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: fl
     for n, case in enumerate(cases):
         progress(n / len(cases), f"{case.case} ({case.method})")
         pred = read_segmentation(case.prediction, mask_threshold)
-        ref = read_segmentation(case.reference, mask_threshold)
+        ref = read_segmentation(case.reference, mask_threshold, case.reference_names)
         _check_match(pred, ref, match, case)
         for row in evaluate_pair(pred, ref, nsd_tolerance_mm=nsd_tolerance_mm, match=match):
             rows.append({"case": case.case, "method": case.method, **row})
@@ -255,8 +263,8 @@ def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: fl
 def _figure_inputs(case: EvalCase, mask_threshold: float | None) -> tuple[LabelMap, LabelMap, Any]:
     """What a dashboard thumbnail of ``case`` shows: prediction, reference and image (or None)."""
     image = read_volume(case.image) if case.image is not None else None
-    return (read_segmentation(case.prediction, mask_threshold), read_segmentation(case.reference, mask_threshold),
-            image)
+    return (read_segmentation(case.prediction, mask_threshold),
+            read_segmentation(case.reference, mask_threshold, case.reference_names), image)
 
 
 def _finite_json(value: Any) -> Any:
