@@ -1,10 +1,12 @@
 """``medseg train``: data rules and refusals, tiny networks learning synthetic shapes (3D balls and boxes on
 anisotropic, flipped and oblique non-cubic grids with label values 3 and 7; 2D disks on one-slice NRRD
 volumes), resume == uninterrupted (weights compared exactly on the CPU), the trained folder running
-through ``medseg run --model``, ``--licence`` required, ``--init`` mismatches refused, cross-validation.
+through ``medseg run --model``, ``--licence`` required, ``--init`` mismatches refused, cross-validation,
+anti-aliased PNG masks read above ``--mask-threshold``, and a 2D U-Net learning the lungs of real chest X-rays.
 
 Dice bars (short CPU runs, stated here once): 3D balls/boxes >= 0.70 per structure on the validation
-case and on a new oblique case through ``medseg run``; 2D disks >= 0.80.
+case and on a new oblique case through ``medseg run``; 2D disks >= 0.80; Shenzhen lungs >= 0.85 per
+held-out film.
 """
 
 from __future__ import annotations
@@ -385,3 +387,123 @@ def test_folds_write_one_model_per_fold_and_a_summary(data_2d, tmp_path):
         assert card["name"] == f["folder"] and card["training"]["validation"]["dice_mean"] == f["dice_mean"]
     means = [f["dice_mean"] for f in summary["folds"]]
     assert summary["dice_mean"] == pytest.approx(float(np.mean(means)))
+
+
+# ----------------------------------------------------------------------------- PNG masks with grey levels
+AA_SHAPE = (36, 52)  # rows, columns: non-square, so a transposed mask cannot pass
+
+
+def anti_aliased_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An 8-bit picture (rows x columns) with a bright ellipse, and its anti-aliased mask: each pixel's grey
+    value is 255 x the share of its 4 x 4 sub-pixels inside the ellipse (0, 15, 31, ..., 255), as drawing
+    programs and downsampled masks have. Pixel (0, 0) is 127 and (0, 1) is 128, the values either side
+    of the threshold 127."""
+    rng = np.random.default_rng(seed)
+    rows, cols = AA_SHAPE
+    cy, cx = rng.uniform(14, 22), rng.uniform(20, 32)
+    ry, rx = rng.uniform(7, 10), rng.uniform(10, 15)
+    sub = (np.arange(4) + 0.5) / 4
+    y = (np.arange(rows)[:, None] + sub[None, :]).reshape(-1)
+    x = (np.arange(cols)[:, None] + sub[None, :]).reshape(-1)
+    inside = ((y[:, None] - cy) / ry) ** 2 + ((x[None, :] - cx) / rx) ** 2 <= 1.0
+    share = inside.reshape(rows, 4, cols, 4).mean(axis=(1, 3))
+    mask = np.round(255 * share).astype(np.uint8)
+    mask[0, 0], mask[0, 1] = 127, 128
+    image = np.clip(rng.normal(60, 12, (rows, cols)) + 120 * share, 0, 255).astype(np.uint8)
+    return image, mask
+
+
+@pytest.fixture(scope="module")
+def anti_aliased_pngs(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """Four PNG pairs ``aa<n>.png`` / ``aa<n>_mask.png`` in one folder, and each case's mask grey values."""
+    from PIL import Image
+
+    data = tmp_path_factory.mktemp("anti_aliased") / "pngs"
+    data.mkdir()
+    masks = {}
+    for n in range(4):
+        image, mask = anti_aliased_pair(20 + n)
+        Image.fromarray(image).save(data / f"aa{n}.png")
+        Image.fromarray(mask).save(data / f"aa{n}_mask.png")
+        masks[f"aa{n}"] = mask
+    return data, masks
+
+
+def test_anti_aliased_png_masks_read_above_the_threshold(anti_aliased_pngs):
+    """Inside = grey value above T (127 itself is outside), pixel for pixel in row/column order; no T: refused,
+    naming the mask and asking for a threshold."""
+    data, masks = anti_aliased_pngs
+    files = find_cases(data)
+    assert [(c.name, c.label.name) for c in files] == [(f"aa{n}", f"aa{n}_mask.png") for n in range(4)]
+    assert all(len(np.unique(m)) > 10 for m in masks.values())  # really anti-aliased, not 0/255
+    with pytest.raises(InputError, match=r"case aa0: mask .*aa0_mask.* grey levels.*give a threshold"):
+        load_cases(files)
+    for threshold in (127.0, 200.0):
+        cases, scheme = load_cases(files, {1: "Blob"}, mask_threshold=threshold)
+        assert [(s.name, s.value, s.channel) for s in scheme.structures] == [("Blob", 1, 1)]
+        for case in cases:
+            want = (masks[case.name] > threshold).astype(np.uint8)
+            assert case.image.shape_kji == (1, *AA_SHAPE) and case.channels.shape == (1, *AA_SHAPE)
+            np.testing.assert_array_equal(case.channels[0], want)
+            np.testing.assert_array_equal(case.values[0], want)
+    cases, _ = load_cases(files, mask_threshold=127)
+    assert cases[0].channels[0, 0, 0] == 0 and cases[0].channels[0, 0, 1] == 1
+
+
+def test_train_command_takes_a_mask_threshold(anti_aliased_pngs, tmp_path, capsys):
+    data, _masks = anti_aliased_pngs
+    tiny = ("--features", "4", "8", "--patch", "16", "--samples-per-case", "1", "--batch-size", "2",
+            "--labels", "1=Blob", "--seed", "2")
+    assert main(run_args(data, tmp_path / "refused", "--epochs", "1", *tiny)) == 2
+    err = capsys.readouterr().err
+    assert "aa0_mask.png" in err and "threshold" in err
+    with pytest.raises(SystemExit) as exc:  # checked by the argument parser
+        main(run_args(data, tmp_path / "nan", "--mask-threshold", "nan", *tiny))
+    assert exc.value.code == 2 and "expected a finite grey value, got nan" in capsys.readouterr().err
+    out = tmp_path / "blob"
+    assert main(run_args(data, out, "--epochs", "1", "--mask-threshold", "127", *tiny)) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["dims"] == 2 and [(lab["name"], lab["value"]) for lab in card["labels"]] == [("Blob", 1)]
+    # the threshold decides the labels, hence the weights: a resumed run must use the same one
+    assert main(run_args(data, out, "--epochs", "2", "--mask-threshold", "100", "--resume", *tiny)) == 2
+    assert "mask_threshold: 127.0 then, 100.0 now" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- real chest X-rays
+SHENZHEN = [f"CHNCXR_000{n}_0" for n in range(1, 7)]
+#: lung Dice (both lungs as one structure) on the two held-out Shenzhen films after the short CPU run below
+#: (UNet 8-16-32-64, 4 file pixels per working pixel, 30 epochs, about 25 s on 2 CPU cores): measured 0.947 and
+#: 0.912 (CHNCXR_0003_0, CHNCXR_0004_0) in the validation; the bar is issue 13's "modest bar", set with room
+#: for other platforms (the weights are exactly reproducible on one CPU build only)
+CXR_DICE_BAR = 0.85
+
+
+@pytest.mark.slow
+def test_unet_learns_lungs_on_shenzhen_films(shared_data, tmp_path):
+    """A tiny 2D U-Net trained on 4 real chest X-rays (anti-aliased masks, threshold 127) segments the lungs of
+    the 2 films it never trained on, in the validation and again through ``medseg run --model``."""
+    d = shared_data / "cxr_shenzhen"
+    missing = [c for c in SHENZHEN if not (d / f"{c}.png").is_file() or not (d / f"{c}_mask.png").is_file()]
+    if missing:
+        pytest.fail(f"Shenzhen films missing in {d}: {missing}")
+    table = tmp_path / "films.csv"
+    table.write_text("case,image,label\n" + "".join(f"{c},{d / c}.png,{d / c}_mask.png\n" for c in SHENZHEN))
+    out = tmp_path / "lungs"
+    assert main(run_args(table, out, "--mask-threshold", "127", "--labels", "1=Lungs", "--val-fraction", "0.34",
+                         "--spacing", "4", "4", "--features", "8", "16", "32", "64", "--epochs", "30",
+                         "--samples-per-case", "4", "--batch-size", "2", "--lr", "0.01", "--seed", "0")) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    validation = card["training"]["validation"]
+    held_out = validation["cases"]
+    assert len(held_out) == 2 and card["training"]["data"]["train_cases"] == 4
+    assert validation["dice"]["Lungs"] >= CXR_DICE_BAR, validation
+    from medseg.io.segmentation_files import read_segmentation
+
+    for case in held_out:
+        run_out = tmp_path / f"run_{case}"
+        assert main(["-q", "run", str(d / f"{case}.png"), "--model", str(out), "--out", str(run_out),
+                     "--no-models", "--no-html", "--device", "cpu"]) == 0
+        pred = read_segmentation(run_out / "segmentation.seg.nrrd")
+        ref = read_segmentation(d / f"{case}_mask.png", 127)
+        assert pred.volume.same_grid(ref.volume) and pred.array.shape == ref.array.shape
+        assert dice(pred.array == 1, ref.array == 1) >= CXR_DICE_BAR, case

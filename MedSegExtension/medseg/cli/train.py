@@ -3,6 +3,7 @@
     medseg train DATA --out MODEL_DIR --licence TEXT [--network unet|segresnet|dynunet|basicunet]
                  [--dims 2|3] [--folds K] [--fold I] [--epochs N] [--device auto|cpu|cuda] [--resume]
                  [--init MODEL_DIR] [--seed S] [--patch P...] [--batch-size B] [--lr LR] [--spacing MM...]
+                 [--mask-threshold T]
 
 The work is :func:`medseg.pipeline.train.train`; this module parses the options and prints the figures.
 """
@@ -32,6 +33,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return v
+
+
+def grey_value(text: str) -> float:
+    """A finite number (a grey value of a mask image)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a grey value (a number), got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite grey value, got {text}")
     return v
 
 
@@ -99,6 +111,10 @@ def add_parser(sub: Any) -> None:
                    help="mirror flips for augmentation: auto (default) flips left-right only when no structure has a "
                         "side (a name with left/right, or a sided terminology); never anterior-posterior or "
                         "superior-inferior unless listed")
+    t.add_argument("--mask-threshold", type=grey_value, default=None, metavar="T",
+                   help="PNG/JPEG masks with grey levels (anti-aliased edges): a pixel is inside (label 1) when its "
+                        "grey value is above T, e.g. 127 for an 8-bit mask (two-value and palette masks need none; "
+                        "without T a mask with grey levels is refused)")
     t.add_argument("--labels", type=label_name, nargs="+", default=[], metavar="VALUE=NAME",
                    help="names of label-image values (a .seg.nrrd names its own segments)")
     t.add_argument("--name", default="", help="the model's name (default: MODEL_DIR's name)")
@@ -122,7 +138,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         features=None if args.features is None else tuple(args.features), samples_per_case=args.samples_per_case,
         normalisation=args.normalization, ct_window=(float(args.ct_window[0]), float(args.ct_window[1])),
         modality=args.modality, flips=args.flips, label_names=dict(args.labels), name=args.name,
-        commercial_use=args.commercial_use, val_fraction=args.val_fraction)
+        commercial_use=args.commercial_use, val_fraction=args.val_fraction, mask_threshold=args.mask_threshold)
 
 
 def _fmt(v: float | None) -> str:

@@ -285,7 +285,7 @@ def train(config: TrainConfig, progress: ProgressCallback = no_progress,
             raise InputError(f"--init model {init_card.name} must be a one-input model with state-dict weights")
         fixed = _init_structures(init_card)
         init_state = load_state_dict(init_model.weights_path, init_card.weights_sha256)
-    cases, scheme = load_cases(files, config.label_names, fixed)
+    cases, scheme = load_cases(files, config.label_names, fixed, config.mask_threshold)
     cancel.check()
     plan, flips = make_plan(config, cases, scheme, init_card)
     device, note = resolve_device_with_note(config.device)

@@ -78,6 +78,8 @@ class TrainConfig:
         flips: ``auto``, ``none`` or directions such as ``lr,ap`` (:func:`parse_flips`).
         label_names: names of label-image values (``--labels 1=liver``).
         val_fraction: share of cases held out for validation when ``folds == 1`` (at least one case).
+        mask_threshold: PNG/JPEG masks with grey levels (anti-aliased): the grey value above which a pixel
+            is inside (127 for 8-bit); None: such masks are refused (two-value and palette masks need none).
     """
 
     data: Path
@@ -106,6 +108,7 @@ class TrainConfig:
     name: str = ""
     commercial_use: bool = False
     val_fraction: float = 0.2
+    mask_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not self.licence or not self.licence.strip():
@@ -125,6 +128,8 @@ class TrainConfig:
             raise InputError(f"fold must be in 0..{self.folds - 1} (with --folds {self.folds}), got {self.fold}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise InputError(f"learning rate must be a positive number, got {self.lr}")
+        if self.mask_threshold is not None and not math.isfinite(self.mask_threshold):
+            raise InputError(f"mask threshold must be a finite grey value, got {self.mask_threshold}")
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError(f"validation fraction must be in (0, 1), got {self.val_fraction}")
         Normalisation.parse(self.normalisation, "normalisation")
@@ -169,6 +174,7 @@ class TrainConfig:
             "normalisation": self.normalisation, "ct_window": list(self.ct_window), "flips": self.flips,
             "label_names": {str(k): v for k, v in sorted(self.label_names.items())},
             "init": None if self.init is None else str(Path(self.init).resolve()), "val_fraction": self.val_fraction,
+            "mask_threshold": self.mask_threshold,
         }
 
 
