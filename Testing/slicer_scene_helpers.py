@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +56,30 @@ def segment_centroid_ras(segNode, segId, referenceVolumeNode) -> np.ndarray:
     mask = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segId, referenceVolumeNode)
     kji = np.argwhere(mask > 0).mean(axis=0)
     return (node_ijk_to_world(referenceVolumeNode) @ np.array([kji[2], kji[1], kji[0], 1.0]))[:3]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` is alive (a zombie, exited and not yet reaped, counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def poll_until(section, done, what: str, limit_s: float = 60.0):
+    """Poll a panel section (as its QTimer does) until ``done()``; the limit only guards against a hang (the
+    message then shows the section's view). Returns the last non-None value ``section.poll()`` gave."""
+    t0 = time.monotonic()
+    got = None
+    while True:
+        value = section.poll()
+        got = value if value is not None else got
+        if done():
+            return got
+        assert time.monotonic() - t0 < limit_s, f"never reached: {what}; view: {vars(section.view)!r}"
+        time.sleep(0.005)

@@ -47,7 +47,7 @@ from MedSegExtensionLib.panel import (
 from MedSegExtensionLib.process import BatchCounts, ExitStatus, batch_command, parse_line, python_executable
 from MedSegExtensionLib.tasks import TaskInfo
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
-from slicer_scene_helpers import scene_snapshot
+from slicer_scene_helpers import poll_until, process_alive, scene_snapshot
 
 THRESHOLD = TaskInfo("threshold", "Any volume", ("image",), ("any",), 1, 1, {"threshold": 0.5})
 TWO_INPUTS = TaskInfo("model:t1-t2", "needs T1 and T2", ("t1", "t2"), ("MR T1", "MR T2"), 2, 2, {})
@@ -257,30 +257,8 @@ def _panels(task: str = "threshold") -> tuple[Panel, BatchPanel, View]:
     return panel, batch, view
 
 
-def _poll_until(batch: BatchPanel, done, what: str, limit_s: float = 60.0):
-    """Poll the batch section (as its QTimer does) until ``done()``; the limit only guards against a hang.
-    Returns the last non-None value ``batch.poll()`` gave."""
-    t0 = time.monotonic()
-    got = None
-    while True:
-        value = batch.poll()
-        got = value if value is not None else got
-        if done():
-            return got
-        assert time.monotonic() - t0 < limit_s, f"never reached: {what}; status: {batch.view.batchStatus!r}"
-        time.sleep(0.005)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped) counts as dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 # ---------------------------------------------------------------------------------- command line and events
@@ -561,7 +539,7 @@ def test_the_panel_runs_a_batch_beside_a_single_case_run_and_sums_it_up(tmp_path
                 ("end_2", "3/4 cases: 1 ok, 2 failed, 0 running; ETA 10 s", 75),
                 ("start_3", "3/4 cases: 1 ok, 2 failed, 1 running; ETA 10 s", 75)]
     for go, text, percent in expected:
-        _poll_until(batch, lambda text=text: view.batchStatus == text, text)
+        poll_until(batch, lambda text=text: view.batchStatus == text, text)
         assert view.batchProgress == (True, percent), text
         (tmp_path / go).write_text("go")
 
@@ -570,7 +548,7 @@ def test_the_panel_runs_a_batch_beside_a_single_case_run_and_sums_it_up(tmp_path
     assert view.batchPolling
 
     (tmp_path / "end_3").write_text("go")
-    result = _poll_until(batch, lambda: batch.job is None, "the batch's end")
+    result = poll_until(batch, lambda: batch.job is None, "the batch's end")
     assert result is not None and [c.status for c in result.cases] == ["ok", "failed", "timeout", "ok"]
     assert not view.batchPolling and view.batchProgress == (False, 0)
     lines = view.batchStatus.splitlines()
@@ -589,7 +567,7 @@ def test_the_panel_runs_a_batch_beside_a_single_case_run_and_sums_it_up(tmp_path
     batch.foldersChanged(str(cases), str(out), True)
     assert view.batchStatus == summary  # ticking Resume keeps the last summary in view
     batch.start(lambda: False, lambda: _started(batch, tmp_path), "x")
-    result = _poll_until(batch, lambda: batch.job is None, "the resumed batch's end")
+    result = poll_until(batch, lambda: batch.job is None, "the resumed batch's end")
     assert "--resume" in json.loads((tmp_path / "argv2.json").read_text())
     assert result.statusCounts() == {"pending": 0, "ok": 0, "skipped": 2, "failed": 1, "timeout": 1, "lost": 0}
     assert "2 failed, 2 skipped." in view.batchStatus.splitlines()[0]
@@ -616,15 +594,15 @@ def test_cancel_kills_the_batch_and_its_workers(tmp_path, scene):
 
     batch.start(lambda: False, start, "x")
     pids = tmp_path / "pids.json"
-    _poll_until(batch, lambda: view.batchStatus == "0/3 cases: 0 ok, 0 failed, 1 running" and pids.exists(),
+    poll_until(batch, lambda: view.batchStatus == "0/3 cases: 0 ok, 0 failed, 1 running" and pids.exists(),
                 "the first case running")
     child, worker = json.loads(pids.read_text())
-    assert child == job.pid and _alive(child) and _alive(worker)
+    assert child == job.pid and process_alive(child) and process_alive(worker)
     batch.cancel()
     t0 = time.monotonic()
-    while _alive(worker) and time.monotonic() - t0 < 5:  # the kill is sent; the worker may take a moment to go
+    while process_alive(worker) and time.monotonic() - t0 < 5:  # the kill is sent; the worker may take a moment to go
         time.sleep(0.02)
-    assert not _alive(child) and not _alive(worker)
+    assert not process_alive(child) and not process_alive(worker)
     assert job.status is ExitStatus.CANCELLED and isinstance(job.error, CancelledError) and job.result is None
     assert batch.job is None and not view.batchPolling and view.batchProgress == (False, 0)
     assert view.batchStatus.startswith("batch cancelled; the cases finished so far are in ") and str(out) in (
@@ -640,10 +618,10 @@ def test_cleanup_kills_a_running_batch(tmp_path):
     _panel, batch, view = _panels()
     job = BatchJob(_cases(tmp_path), tmp_path / "out", "threshold", command=_stand_in(tmp_path, "hang"))
     batch.start(lambda: False, lambda: (job.start(), job)[1], "x")
-    _poll_until(batch, lambda: (tmp_path / "pids.json").exists(), "the stand-in running")
+    poll_until(batch, lambda: (tmp_path / "pids.json").exists(), "the stand-in running")
     batch.cleanup()
     assert batch.job is None and not view.batchPolling and job.status is ExitStatus.CANCELLED
-    assert not any(_alive(p) for p in json.loads((tmp_path / "pids.json").read_text()))
+    assert not any(process_alive(p) for p in json.loads((tmp_path / "pids.json").read_text()))
 
 
 def test_a_batch_that_fails_or_cannot_start_is_shown(tmp_path, caplog):
@@ -657,7 +635,7 @@ def test_a_batch_that_fails_or_cannot_start_is_shown(tmp_path, caplog):
 
     job = BatchJob(cases, tmp_path / "out", "threshold", command=_stand_in(tmp_path, "bad-input"))
     batch.start(lambda: False, lambda: (job.start(), job)[1], "x")
-    _poll_until(batch, lambda: batch.job is None, "the batch's end")
+    poll_until(batch, lambda: batch.job is None, "the batch's end")
     assert view.errors[-1][0] == f"MedSeg batch failed: no cases in {cases}" and "InputError" in view.errors[-1][1]
     assert view.batchStatus == f"no cases in {cases}" and view.batchButtons[BATCH_START].enabled
 

@@ -29,7 +29,7 @@ from MedSegExtension import MedSegExtensionLogic
 from MedSegExtensionLib import process, temp_folders
 from MedSegExtensionLib.process import ChildProcess, ExitStatus
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
-from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot
+from slicer_scene_helpers import medseg_temp_dirs, process_alive, scene_snapshot
 
 #: cancel must return well before ``process.KILL_WAIT_S`` (the reader's wait for a pipe that stays open)
 PROMPT_S = 2.5
@@ -48,23 +48,13 @@ sys.exit(child.wait())
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped) counts as dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _wait_dead(pid: int, timeout: float = 5.0) -> bool:
     t0 = time.time()
-    while _alive(pid) and time.time() - t0 < timeout:
+    while process_alive(pid) and time.time() - t0 < timeout:
         time.sleep(0.05)
-    return not _alive(pid)
+    return not process_alive(pid)
 
 
 @pytest.fixture
@@ -73,7 +63,7 @@ def leftovers():
     pids: list[int] = []
     yield pids
     for pid in pids:
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -273,7 +263,7 @@ def test_windows_cancel_without_psutil_kills_the_tree_with_taskkill(tmp_path, mo
 
     monkeypatch.setattr(subprocess, "run", taskkill)
     child.cancel()
-    assert child.status is ExitStatus.CANCELLED and not _alive(child.pid)
+    assert child.status is ExitStatus.CANCELLED and not process_alive(child.pid)
     assert [c[0] for c in calls] == [["taskkill", "/T", "/F", "/PID", str(child.pid)]]
     options = calls[0][1]
     assert options["startupinfo"].dwFlags & 1 and options["startupinfo"].wShowWindow == 0
@@ -299,7 +289,7 @@ def test_windows_taskkill_failure_falls_back_to_killing_the_process(tmp_path, mo
     monkeypatch.setattr(subprocess, "run", taskkill)
     with caplog.at_level(logging.ERROR, logger="MedSeg"):
         child.cancel()
-    assert child.status is ExitStatus.CANCELLED and not _alive(child.pid)
+    assert child.status is ExitStatus.CANCELLED and not process_alive(child.pid)
     assert any("taskkill" in r.getMessage() and str(child.pid) in r.getMessage() for r in caplog.records)
 
 
@@ -346,5 +336,5 @@ def test_comparisons_never_run_in_their_temp_folder_and_cancel_cleanly(scene, mo
     cwd = Path(job._child.cwd or os.getcwd()).resolve()
     assert cwd != temp.resolve() and temp.resolve() not in cwd.parents
     job.cancel()
-    assert job.poll() and job.status is ExitStatus.CANCELLED and not _alive(job._child.pid)
+    assert job.poll() and job.status is ExitStatus.CANCELLED and not process_alive(job._child.pid)
     assert not temp.exists() and scene_snapshot() == before and job.cleanupErrors == []

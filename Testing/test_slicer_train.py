@@ -56,7 +56,7 @@ from MedSegExtensionLib.train_job import (
     register_models_folder,
 )
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
-from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot, volume_node_from_sitk
+from slicer_scene_helpers import medseg_temp_dirs, poll_until, process_alive, scene_snapshot, volume_node_from_sitk
 
 THRESHOLD = TaskInfo("threshold", "Any volume", ("image",), ("any",), 1, 1, {"threshold": 0.5})
 TAKEN = TaskInfo("model:organs", "a model from another models directory", ("ct",), ("CT",), 1, 1, {})
@@ -278,30 +278,8 @@ def _panels(tasks=(THRESHOLD, TAKEN)) -> tuple[Panel, TrainPanel, View]:
     return panel, train, view
 
 
-def _poll_until(train: TrainPanel, done, what: str, limit_s: float = 60.0):
-    """Poll the section (as its QTimer does) until ``done()``; the limit only guards against a hang.
-    Returns the last non-None value ``train.poll()`` gave."""
-    t0 = time.monotonic()
-    got = None
-    while True:
-        value = train.poll()
-        got = value if value is not None else got
-        if done():
-            return got
-        assert time.monotonic() - t0 < limit_s, f"never reached: {what}; status: {train.view.trainStatus!r}"
-        time.sleep(0.005)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped) counts as dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 def _files(folder: pathlib.Path) -> list[str]:
@@ -539,16 +517,16 @@ def test_the_panel_trains_shows_the_progress_and_registers_the_model(tmp_path, s
     assert ensured == [False] and train.job is not None and view.trainPolling and view.trainProgress == (True, 0)
     assert not view.trainButtons[TRAIN_START].enabled and view.trainButtons[TRAIN_CANCEL].enabled
     assert not view.buttons[INSTALL].enabled and view.buttons[INSTALL].toolTip == "A model is training"
-    _poll_until(train, lambda: view.trainStatus == "reading the training data", "the child's first event")
+    poll_until(train, lambda: view.trainStatus == "reading the training data", "the child's first event")
     for epoch, text, percent in ((1, "ep 1/3 loss 1.000 val 0.600 ETA 40s", 33),
                                  (2, "ep 2/3 loss 0.500 val 0.800 ETA 20s", 67)):
         (tmp_path / f"epoch_{epoch}").write_text("go")
-        _poll_until(train, lambda text=text: view.trainStatus == text, text)
+        poll_until(train, lambda text=text: view.trainStatus == text, text)
         assert view.trainProgress == (True, percent)
         assert not (models / "organs-2").exists()  # nothing in the models folder while it trains
     assert "a plain log line" in train.job._child.log
     (tmp_path / "epoch_3").write_text("go")
-    result = _poll_until(train, lambda: train.job is None, "the end")
+    result = poll_until(train, lambda: train.job is None, "the end")
     folder = models / "organs-2"
     assert result is not None and result.modelFolder == folder and result.taskName == "model:organs-2"
     assert _files(folder) == ["model.pt", "model_card.json", "training_log.json"]  # no checkpoint.pt
@@ -607,18 +585,18 @@ def test_cancel_kills_the_training_and_leaves_no_model_and_no_patient_data(tmp_p
                    command=_stand_in(tmp_path, "hang"))
     train.start(lambda: False, lambda: (job.start(), job)[1], "x")
     pids = tmp_path / "pids.json"
-    _poll_until(train, lambda: view.trainStatus == "ep 1/3 loss 0.800 val 0.100 ETA 0m40s" and pids.exists(),
+    poll_until(train, lambda: view.trainStatus == "ep 1/3 loss 0.800 val 0.100 ETA 0m40s" and pids.exists(),
                 "the first epoch")
     child, grandchild, out = json.loads(pids.read_text())
     temp = job.tempDir
-    assert child == job.pid and _alive(child) and _alive(grandchild)
+    assert child == job.pid and process_alive(child) and process_alive(grandchild)
     assert (pathlib.Path(out) / CHECKPOINT_FILE).is_file() and pathlib.Path(out).parent == temp
     assert (temp / "data" / "Patient_A.nrrd").is_file()
     train.cancel()
     t0 = time.monotonic()
-    while _alive(grandchild) and time.monotonic() - t0 < 5:  # the kill is sent; it may take a moment to go
+    while process_alive(grandchild) and time.monotonic() - t0 < 5:  # the kill is sent; it may take a moment to go
         time.sleep(0.02)
-    assert not _alive(child) and not _alive(grandchild)
+    assert not process_alive(child) and not process_alive(grandchild)
     assert job.status is ExitStatus.CANCELLED and isinstance(job.error, CancelledError) and job.result is None
     assert view.trainStatus == f"training of 'organs-2' cancelled; no model was written and {models} is unchanged"
     assert not temp.exists() and medseg_temp_dirs() == [] and _files(models) == [] and not settings.exists()
@@ -650,7 +628,7 @@ def test_a_refusal_or_a_crash_of_medseg_train_is_shown_and_leaves_nothing(tmp_pa
     job = TrainJob(module.MedSegExtensionLogic().createTrainRequest([seg_a], "organs-2", "MIT", modelsFolder=models),
                    command=_stand_in(tmp_path, "bad-input"))
     train.start(lambda: False, lambda: (job.start(), job)[1], "x")
-    _poll_until(train, lambda: train.job is None, "the end")
+    poll_until(train, lambda: train.job is None, "the end")
     assert job.status is ExitStatus.BAD_INPUT and isinstance(job.error, InputError)
     assert view.errors[-1][0] == "MedSeg training failed: case b: the label is empty"
     assert medseg_temp_dirs() == [] and not models.exists()
@@ -658,7 +636,7 @@ def test_a_refusal_or_a_crash_of_medseg_train_is_shown_and_leaves_nothing(tmp_pa
     job = TrainJob(module.MedSegExtensionLogic().createTrainRequest([seg_a], "organs-2", "MIT", modelsFolder=models),
                    command=lambda *a, **k: [str(tmp_path / "no-such-python"), "-m", "medseg.cli"])
     train.start(lambda: False, lambda: (job.start(), job)[1], "MedSeg could not start the training.")
-    _poll_until(train, lambda: train.job is None, "the end")  # the child starts once the cases are written
+    poll_until(train, lambda: train.job is None, "the end")  # the child starts once the cases are written
     assert view.errors[-1][0].startswith("MedSeg training failed: could not start ")
     assert job.status is ExitStatus.NOT_STARTED and medseg_temp_dirs() == [] and not models.exists()
     with pytest.raises(TrainStateError, match="not started"):

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from medseg.cli.commands import COMMANDS
-from medseg.cli.common import add_output_options, nonneg_int, positive_int, run_options, write_options
+from medseg.cli.common import (
+    add_output_options,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    run_options,
+    write_options,
+)
 from medseg.cli.progress import Progress, emit_json
 from medseg.cli.run import add_task_param_flags, task_params
 from medseg.core.errors import CancelledError, ExitCode, InputError
@@ -52,16 +59,6 @@ def _shard(text: str) -> tuple[int, int]:
         return parse_shard(text)
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
-    return v
 
 
 def _gib(text: str) -> float:
@@ -102,7 +99,7 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="run only the I-th of N slices of the cases (1 <= I <= N; cases sorted by name, every "
                         "N-th from the I-th), for job arrays; each shard writes its own manifest")
-    b.add_argument("--timeout", type=_seconds, default=None, metavar="S",
+    b.add_argument("--timeout", type=positive_float, default=None, metavar="S",
                    help="stop a case after S seconds (at its next step; a case stuck where no step ends is "
                         "stopped by restarting its worker a little later); nothing of it is written")
     b.add_argument("--retries", type=nonneg_int, default=DEFAULT_RETRIES, metavar="N",

@@ -8,6 +8,7 @@ is one argparse error (exit 2) before any input is read.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,28 @@ def nonneg_int(text: str) -> int:
 def positive_int(text: str) -> int:
     """A whole number >= 1."""
     return _whole_number(text, 1)
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (seconds, millimetres, a learning rate)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return v
+
+
+def grey_value(text: str) -> float:
+    """A finite number (a grey value of a mask image, ``--mask-threshold``)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a grey value (a number), got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite grey value, got {text}")
+    return v
 
 
 def output_formats(text: str) -> tuple[tuple[MeshFormat, ...], tuple[DicomFormat, ...]]:

@@ -11,11 +11,11 @@ Writes ``DIR/metrics.csv``, ``DIR/metrics.json`` and ``DIR/dashboard.html`` (+ `
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 from medseg.cli.commands import COMMANDS
+from medseg.cli.common import grey_value, positive_float
 from medseg.cli.progress import Progress
 from medseg.core.errors import ExitCode, InputError
 from medseg.io.atomic import check_output_folder
@@ -30,16 +30,6 @@ from medseg.pipeline.evaluate import (
     read_case_table,
 )
 from medseg.report.dashboard import DASHBOARD_HTML, summarise
-
-
-def _tolerance(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a tolerance in mm > 0, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a tolerance in mm > 0, got {text}")
-    return v
 
 
 def add_parser(sub: Any) -> None:
@@ -63,14 +53,14 @@ def add_parser(sub: Any) -> None:
                    help="instead of PRED/--ref: a CSV with columns case, prediction, reference and optionally "
                         "method (one row per case and method: several methods side by side) and image")
     e.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    e.add_argument("--nsd-tolerance", type=_tolerance, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
+    e.add_argument("--nsd-tolerance", type=positive_float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
                    help=f"tolerance of the normalized surface Dice (default {DEFAULT_NSD_TOLERANCE_MM:g} mm)")
     e.add_argument("--match", choices=Match.values(), default=Match.NAME.value,
                    help="pair structures by segment name (default) or by label value (label images)")
     e.add_argument("--training-log", nargs="+", type=Path, default=[], metavar="LOG",
                    help="training_log.json files (or model folders) of medseg train runs: their loss and validation "
                         "curves on the dashboard")
-    e.add_argument("--mask-threshold", type=float, default=None, metavar="T",
+    e.add_argument("--mask-threshold", type=grey_value, default=None, metavar="T",
                    help="PNG/JPEG masks with grey levels (anti-aliased): inside above T (e.g. 127 for 8-bit)")
     e.add_argument("--overwrite", action="store_true", help="replace an output folder MedSeg wrote before")
     e.set_defaults(handler=cmd_eval, writes_output=True)

@@ -11,40 +11,17 @@ The work is :func:`medseg.pipeline.train.train`; this module parses the options 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 from medseg.cli.commands import COMMANDS
-from medseg.cli.common import device, positive_int
+from medseg.cli.common import device, grey_value, positive_float, positive_int
 from medseg.cli.progress import Progress
 from medseg.core.devices import DEVICE_HELP
 from medseg.core.errors import ExitCode, InputError
 from medseg.io.segmentation_files import parse_label_names
 from medseg.pipeline.train import CV_FILE, TrainResult, train
 from medseg.pipeline.train_config import DEFAULT_FEATURES, NETWORK_CLASS, Normalisation, TrainConfig
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return v
-
-
-def grey_value(text: str) -> float:
-    """A finite number (a grey value of a mask image)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a grey value (a number), got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite grey value, got {text}")
-    return v
 
 
 def label_name(text: str) -> tuple[int, str]:
