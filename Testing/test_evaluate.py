@@ -203,3 +203,28 @@ def test_png_masks_evaluate_in_2d_and_an_antialiased_one_needs_a_threshold(tmp_p
     assert rc == 2 and "threshold" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "pred.png"), "--ref", str(tmp_path / "ref_aa.png"), "--match", "value",
                  "--out", str(tmp_path / "e3"), "-q", "--mask-threshold", "127"]) == 0
+
+
+def test_a_dicom_seg_reference_is_read_onto_the_case_image(tmp_path, capsys):
+    from dicom_fixtures import write_ct_series
+    from medseg.io.dicom_seg import write_dicom_seg
+    from medseg.io.dicom_series import dicom_source_files
+    from medseg.io.volume_reader import read_volume
+
+    img = make_sitk_image(GEOM)
+    c = grid_centre_ras(img)
+    ct = sitk.GetImageFromArray(np.where(_balls(img, [(c, 9.0, 1)]) > 0, 60, -900).astype(np.int16))
+    ct.CopyInformation(img)
+    write_ct_series(ct, tmp_path / "ct")
+    series = read_volume(tmp_path / "ct")
+    truth = (series.array > 0).astype(np.uint8)
+    ref = LabelMap(series.with_array(truth), (Segment("Segment_1", "Liver", COLOURS[0], 1),))
+    write_dicom_seg(ref, dicom_source_files(series), tmp_path / "ref.dcm")
+    write_seg_nrrd(ref, tmp_path / "pred.seg.nrrd")
+    (tmp_path / "t.csv").write_text("case,prediction,reference,image\np1,pred.seg.nrrd,ref.dcm,ct\n")
+    assert main(["eval", "--cases", str(tmp_path / "t.csv"), "--out", str(tmp_path / "e"), "-q"]) == 0
+    (row,) = list(csv.DictReader((tmp_path / "e" / "metrics.csv").open()))
+    assert (row["structure"], row["dice"]) == ("Liver", "1")
+    (tmp_path / "t2.csv").write_text("case,prediction,reference\np1,pred.seg.nrrd,ref.dcm\n")
+    assert main(["eval", "--cases", str(tmp_path / "t2.csv"), "--out", str(tmp_path / "e2"), "-q"]) == 2
+    assert "give that series" in capsys.readouterr().err

@@ -507,3 +507,34 @@ def test_unet_learns_lungs_on_shenzhen_films(shared_data, tmp_path):
         ref = read_segmentation(d / f"{case}_mask.png", 127)
         assert pred.volume.same_grid(ref.volume) and pred.array.shape == ref.array.shape
         assert dice(pred.array == 1, ref.array == 1) >= CXR_DICE_BAR, case
+
+
+def test_a_dicom_series_with_its_seg_or_rtstruct_is_a_training_pair(tmp_path):
+    """A table row may pair a DICOM series folder with a DICOM SEG (or RTSTRUCT) made on it: the label is
+    read onto the series' grid, with the SEG's segment names."""
+    from conftest import grid_centre_ras, make_sitk_image, sphere_image
+    from dicom_fixtures import write_ct_series
+    from medseg.io.dicom_seg import write_dicom_seg
+    from medseg.io.dicom_series import dicom_source_files
+    from medseg.io.rtstruct import write_rtstruct
+    from medseg.io.segmentation_files import read_segmentation
+    from medseg.io.volume_reader import read_volume
+
+    img = make_sitk_image("oblique_aniso_flipped")
+    write_ct_series(sphere_image("oblique_aniso_flipped", grid_centre_ras(img), 9.0, inside=60, outside=-900),
+                    tmp_path / "ct")
+    series = read_volume(tmp_path / "ct")
+    ball = (series.array > 0).astype(np.uint8) * 5
+    labels = LabelMap(series.with_array(ball), (Segment("Segment_1", "Tumour", (0.9, 0.2, 0.2), 5),))
+    write_dicom_seg(labels, dicom_source_files(series), tmp_path / "seg.dcm")
+    write_rtstruct(labels, dicom_source_files(series), tmp_path / "rt.dcm")
+    (tmp_path / "t.csv").write_text("case,image,label\nseg,ct,seg.dcm\nrt,ct,rt.dcm\n")
+    cases, scheme = load_cases(find_cases(tmp_path / "t.csv"))
+    assert [s.name for s in scheme.structures] == ["Tumour"]
+    for case in cases:  # the SEG and the RTSTRUCT both give the ball, on the series' grid, as channel 1
+        assert case.channels.shape == ball.shape
+        assert np.count_nonzero(case.channels == 1) == pytest.approx(np.count_nonzero(ball), rel=0.05)
+    seg = read_segmentation(tmp_path / "seg.dcm", reference=series)
+    assert np.array_equal(seg.array > 0, ball > 0)  # a SEG on its own series: voxel for voxel
+    with pytest.raises(InputError, match="give that series"):
+        read_segmentation(tmp_path / "seg.dcm")

@@ -5,7 +5,9 @@
 - a NIfTI or MetaImage label image: one unnamed segment per value present (``Segment_<value>``);
 - a PNG or JPEG mask (a 2D image): its labels by :func:`medseg.io.image2d.mask_labels` (palette indices,
   a two-value mask as 0/1, or above ``mask_threshold`` for an anti-aliased one), one unnamed segment each;
-- a folder that MedSeg wrote (``medseg run``/``batch`` output): its ``segmentation.seg.nrrd``.
+- a folder that MedSeg wrote (``medseg run``/``batch`` output): its ``segmentation.seg.nrrd``;
+- a DICOM SEG or RTSTRUCT file (``.dcm``): read onto its image series, which the caller gives as
+  ``reference`` (:func:`medseg.io.dicom_seg.read_dicom_seg`, :func:`medseg.io.rtstruct.read_rtstruct`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
 
 from medseg.core.errors import InputError
 from medseg.core.formats import IMAGE_FORMATS_2D, image_format
 from medseg.core.labelmap import LabelMap, Segment
+from medseg.core.volume import Volume
+from medseg.io.dicom_seg import read_dicom_seg
 from medseg.io.image2d import mask_labels
+from medseg.io.rtstruct import read_rtstruct
 from medseg.io.seg_nrrd import read_seg_nrrd
 from medseg.io.volume_reader import read_volume
 
@@ -64,11 +71,42 @@ def name_values(labels: LabelMap, names: Mapping[int, str]) -> LabelMap:
 
 
 def read_segmentation(path: Path, mask_threshold: float | None = None,
-                      names: Mapping[int, str] | None = None) -> LabelMap:
+                      names: Mapping[int, str] | None = None, reference: Volume | None = None) -> LabelMap:
     """The segmentation in ``path`` (see the module docstring); ``InputError`` naming the path otherwise.
     ``mask_threshold``: for a PNG/JPEG mask with grey levels (anti-aliased), the value above which a pixel
-    is inside (127 for 8-bit); refused without one. ``names``: names for label values (:func:`name_values`)."""
-    return name_values(_read(Path(path), mask_threshold), names or {})
+    is inside (127 for 8-bit); refused without one. ``names``: names for label values (:func:`name_values`).
+    ``reference``: the image series a DICOM SEG or RTSTRUCT is read onto (read from its DICOM folder)."""
+    p = Path(path)
+    if p.is_file() and _is_dicom(p):
+        return name_values(_read_dicom_object(p, reference), names or {})
+    return name_values(_read(p, mask_threshold), names or {})
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_dicom_object(path: Path, reference: Volume | None) -> LabelMap:
+    """A DICOM SEG or RTSTRUCT on ``reference``'s grid (``InputError`` without one, or for another object)."""
+    try:
+        modality = str(pydicom.dcmread(str(path), stop_before_pixels=True).get("Modality", ""))
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise InputError(f"segmentation {path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
+    if modality not in ("SEG", "RTSTRUCT"):
+        raise InputError(f"segmentation {path} is a DICOM {modality or 'object'} file, not a SEG or RTSTRUCT")
+    if reference is None:
+        raise InputError(f"segmentation {path} is a DICOM {modality}: it is read onto its image series, so give "
+                         "that series (a DICOM folder) as the case's image")
+    if modality == "SEG":
+        return read_dicom_seg(path, reference)
+    return read_rtstruct(path, reference)
 
 
 def _read(path: Path, mask_threshold: float | None) -> LabelMap:

@@ -34,6 +34,7 @@ from medseg.core.labelmap import LabelMap
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 from medseg.core.terminology import is_lesion_segment
 from medseg.core.vocabulary import Choice
+from medseg.core.volume import Volume
 from medseg.io.atomic import OutputFolder
 from medseg.io.filenames import unique_file_stem
 from medseg.io.segmentation_files import is_unnamed, parse_label_names, read_segmentation
@@ -229,8 +230,9 @@ def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: fl
     rows: list[dict[str, Any]] = []
     for n, case in enumerate(cases):
         progress(n / len(cases), f"{case.case} ({case.method})")
-        pred = read_segmentation(case.prediction, mask_threshold)
-        ref = read_segmentation(case.reference, mask_threshold, case.reference_names)
+        series = _series_of(case)
+        pred = read_segmentation(case.prediction, mask_threshold, reference=series)
+        ref = read_segmentation(case.reference, mask_threshold, case.reference_names, reference=series)
         _check_match(pred, ref, match, case)
         for row in evaluate_pair(pred, ref, nsd_tolerance_mm=nsd_tolerance_mm, match=match):
             rows.append({"case": case.case, "method": case.method, **row})
@@ -263,8 +265,19 @@ def evaluate_cases(cases: Sequence[EvalCase], out: Path, *, nsd_tolerance_mm: fl
 def _figure_inputs(case: EvalCase, mask_threshold: float | None) -> tuple[LabelMap, LabelMap, Any]:
     """What a dashboard thumbnail of ``case`` shows: prediction, reference and image (or None)."""
     image = read_volume(case.image) if case.image is not None else None
-    return (read_segmentation(case.prediction, mask_threshold),
-            read_segmentation(case.reference, mask_threshold, case.reference_names), image)
+    series = image if _dicom_objects(case) else None
+    return (read_segmentation(case.prediction, mask_threshold, reference=series),
+            read_segmentation(case.reference, mask_threshold, case.reference_names, reference=series), image)
+
+
+def _dicom_objects(case: EvalCase) -> bool:
+    """Whether the case's prediction or reference is a DICOM SEG/RTSTRUCT (``.dcm``), read onto its image."""
+    return any(p.suffix.lower() == ".dcm" for p in (case.prediction, case.reference))
+
+
+def _series_of(case: EvalCase) -> Volume | None:
+    """The image a DICOM SEG/RTSTRUCT of ``case`` is read onto (its DICOM series: the table's ``image``)."""
+    return read_volume(case.image) if case.image is not None and _dicom_objects(case) else None
 
 
 def _finite_json(value: Any) -> Any:

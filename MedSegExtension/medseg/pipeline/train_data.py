@@ -245,7 +245,7 @@ def read_case(files: CaseFiles, mask_threshold: float | None = None) -> tuple[Vo
     notes: list[str] = []
     try:
         image = read_volume(files.image, warnings=notes)
-        labels = read_segmentation(files.label, mask_threshold)
+        labels = read_segmentation(files.label, mask_threshold, reference=image)  # (a DICOM SEG/RTSTRUCT on it)
     except InputError as exc:
         raise InputError(f"case {files.name}: {exc}") from exc
     try:
