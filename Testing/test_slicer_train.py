@@ -650,7 +650,7 @@ def test_the_real_medseg_train_trains_from_two_scene_segmentations_and_the_model
     """Two small scene segmentations of a bright ball on non-cubic, anisotropic grids, 2 epochs of a tiny 3D
     U-Net through the real ``medseg train`` child; the model is installed and listed as a task. Then a longer
     run cancelled once the real command has written its first checkpoint: nothing is left."""
-    nodes = []
+    nodes, volumes = [], []
     for n, (shape, spacing) in enumerate((((12, 24, 20), (1.0, 1.2, 2.0)), ((12, 24, 20), (1.0, 1.2, 2.0)))):
         k, j, i = np.indices(shape)
         centre = np.array([6 + n, 12 - n, 10 + n])
@@ -660,6 +660,7 @@ def test_the_real_medseg_train_trains_from_two_scene_segmentations_and_the_model
         img = sitk.GetImageFromArray((np.where(ball, 300, 0) + rng.normal(0, 20, shape)).astype(np.int16))
         img.SetSpacing(spacing)
         vol = volume_node_from_sitk(img, f"CT {n}")
+        volumes.append(vol)
         nodes.append(_segmentation(vol, ball.astype(np.uint8) * 5, [(5, "Ball", (1.0, 0.5, 0.0), None)], f"case {n}"))
     before = scene_snapshot()
     models = tmp_path / "models"
@@ -692,3 +693,10 @@ def test_the_real_medseg_train_trains_from_two_scene_segmentations_and_the_model
     assert [p.name for p in models.iterdir()] == ["tiny-ball"]
     assert "model:tiny-ball-2" not in [t.name for t in available_tasks()]
     assert scene_snapshot() == before
+    # the new task runs through the logic like any other (last: it adds to the scene; after 2 epochs what it
+    # finds is not the point)
+    res = module.MedSegExtensionLogic().process([volumes[0]], "model:tiny-ball", device="cpu", createTable=False)
+    names = [res.segmentationNode.GetSegmentation().GetSegment(s).GetName()
+             for s in res.segmentationNode.GetSegmentation().GetSegmentIDs()]
+    assert set(names) <= {"Ball"}
+
