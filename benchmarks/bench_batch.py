@@ -79,6 +79,7 @@ import numpy as np
 import psutil
 import torch
 
+from medseg.cli.common import positive_int
 from medseg.core.threads import usable_cpus
 from medseg.data.phantom import make_chest_phantom
 from medseg.io.seg_nrrd import read_seg_nrrd
@@ -98,27 +99,20 @@ LOOP = (
 )
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
-    return v
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--cases", type=_positive_int, default=8, help="number of phantom cases (default 8)")
+    ap.add_argument("--cases", type=positive_int, default=8, help="number of phantom cases (default 8)")
     ap.add_argument("--task", default="ct-chest", help="task of every side (default ct-chest)")
-    ap.add_argument("--threads", type=_positive_int, default=1,
+    ap.add_argument("--threads", type=positive_int, default=1,
                     help="CPU threads per case on every side (--threads and MEDSEG_THREADS; default 1)")
-    ap.add_argument("--workers", type=_positive_int, nargs="+", default=None, metavar="W",
+    ap.add_argument("--workers", type=positive_int, nargs="+", default=None, metavar="W",
                     help="worker counts of the CPU batch sides (default 1, 2, 4, ... and the usable cores; "
                          "none above --cases)")
     ap.add_argument("--gpu", choices=("auto", "on", "off"), default="auto",
                     help="CUDA sides (loop cuda, batch cuda with one worker per GPU): auto (when torch sees "
                          "CUDA; default), on (refuse to run without), off")
     ap.add_argument("--no-html", action="store_true", help="pass --no-html to every side (no report.html)")
-    ap.add_argument("--repeat", type=_positive_int, default=1,
+    ap.add_argument("--repeat", type=positive_int, default=1,
                     help="timed rounds, side order reversed every other round; the best of each side is "
                          "reported (default 1)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "medseg-bench-batch",

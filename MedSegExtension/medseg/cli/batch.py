@@ -43,7 +43,6 @@ from medseg.pipeline.batch_engine import (
     connect,
     jobqueue_client,
     local_client,
-    memory_gib,
     plan_local,
     read_cluster_config,
     run_cases,
@@ -57,13 +56,6 @@ from medseg.pipeline.tasks import get_task
 def _shard(text: str) -> tuple[int, int]:
     try:
         return parse_shard(text)
-    except InputError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _gib(text: str) -> float:
-    try:
-        return memory_gib(text)
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -105,7 +97,7 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--retries", type=nonneg_int, default=DEFAULT_RETRIES, metavar="N",
                    help=f"hand a case to another worker up to N times when its worker dies (out of memory, "
                         f"killed); bad input is never retried (default {DEFAULT_RETRIES})")
-    b.add_argument("--case-memory", type=_gib, default=DEFAULT_CASE_MEMORY_GIB, metavar="GIB",
+    b.add_argument("--case-memory", type=positive_float, default=DEFAULT_CASE_MEMORY_GIB, metavar="GIB",
                    help=f"memory one case may need, for sizing a local cluster (default {DEFAULT_CASE_MEMORY_GIB:g})")
     b.add_argument("--frame", type=nonneg_int, default=None, metavar="N", help="frame to use from 4D inputs")
     b.add_argument("--nan-policy", choices=NanPolicy.values(), default=NanPolicy.ERROR.value,
@@ -161,13 +153,13 @@ def cmd_batch(args: argparse.Namespace) -> ExitCode:
 
     rows: dict[str, dict[str, Any]] = {}
     shard = args.shard
-    write_manifest(out, cases, rows, shard)
+    write_manifest(out, cases, rows, shard, cohort=False)
     bar = Progress(args.quiet, "batch", as_json=args.progress_json)
     by_id = {c.case_id: c for c in cases}
 
     def on_row(row: dict[str, Any]) -> None:
         rows[row["case"]] = row
-        write_manifest(out, cases, rows, shard)
+        write_manifest(out, cases, rows, shard, cohort=False)
         if row["status"] not in DONE_STATUSES and not args.progress_json:
             bar_print(f"medseg: {row['case']}: {row['status']}: {row['reason']}")
 

@@ -156,7 +156,8 @@ def _run_batch(paths: list[Path], task: Task, options: RunOptions, args: argpars
             bar.close()
         if row["status"] != CaseStatus.OK.value:
             print(f"medseg: {case.inputs[0]}: {row['reason']}", file=sys.stderr)
-        write_manifest(args.out, cases, rows)
+        write_manifest(args.out, cases, rows, cohort=False)
+    write_manifest(args.out, cases, rows)
     failed = [r for r in rows.values() if r["status"] != CaseStatus.OK.value]
     if not args.quiet:
         for case in cases:

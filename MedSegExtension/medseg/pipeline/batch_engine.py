@@ -22,7 +22,6 @@ This module adds what a cohort needs on top:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -433,14 +432,3 @@ def connect(scheduler: str, retries: int) -> Client:
             return Client(scheduler, timeout=30)
     except (OSError, TimeoutError, ValueError) as e:
         raise InputError(f"cannot reach the Dask scheduler {scheduler!r}: {e}") from e
-
-
-def memory_gib(text: str) -> float:
-    """A GiB count from the command line (``4``, ``2.5``), or ``InputError`` naming the text."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise InputError(f"expected a memory size in GiB (e.g. 4), got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise InputError(f"expected a memory size in GiB above 0, got {text!r}")
-    return v

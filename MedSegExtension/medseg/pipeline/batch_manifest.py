@@ -117,16 +117,19 @@ def cohort_columns(cases: Sequence[BatchCase]) -> list[str]:
 
 
 def write_manifest(out: Path, cases: Sequence[BatchCase], rows: dict[str, dict[str, Any]],
-                   shard: tuple[int, int] | None = None) -> tuple[Path, Path, Path]:
-    """Write the manifest (every case of ``cases``: its row in ``rows`` by case id, or "pending") and the
-    cohort table into ``out``; return their paths (JSON, CSV, cohort)."""
+                   shard: tuple[int, int] | None = None, cohort: bool = True) -> tuple[Path, Path, Path]:
+    """Write the manifest (every case of ``cases``: its row in ``rows`` by case id, or "pending") and, with
+    ``cohort``, the cohort table into ``out``; return their paths (JSON, CSV, cohort). While a batch runs the
+    manifest is rewritten as each case ends and the cohort table (one row per segment, the larger file) only
+    at the end: an interrupted batch's table is written again by ``--resume``."""
     json_name, csv_name, cohort_name = manifest_names(shard)
     status = [status_row(rows[c.case_id]) if c.case_id in rows else
               {"case": c.case_id, "status": CaseStatus.PENDING.value, "inputs": [str(p) for p in c.inputs],
                "output": str(Path(out) / c.case_id)} for c in cases]
-    cohort = [r for c in cases if c.case_id in rows for r in cohort_rows(c, rows[c.case_id])]
     paths = (Path(out) / json_name, Path(out) / csv_name, Path(out) / cohort_name)
     atomic_write_text(paths[0], json.dumps(status, indent=2) + "\n")
     atomic_write_text(paths[1], _csv_text(STATUS_COLUMNS, status))
-    atomic_write_text(paths[2], _csv_text(cohort_columns(cases), cohort))
+    if cohort:
+        table = [r for c in cases if c.case_id in rows for r in cohort_rows(c, rows[c.case_id])]
+        atomic_write_text(paths[2], _csv_text(cohort_columns(cases), table))
     return paths
