@@ -123,8 +123,9 @@ def medseg_command(inputs: Sequence[Path], task: str, out_dir: Path, device: str
     for name, value in params.items():
         p = TASK_PARAMS[name]
         if p.kind is bool:
-            if p.check(value):
-                args.append(p.flag)
+            args.append(p.flag if p.check(value) else "--no-" + p.flag[2:])
+        elif p.kind is str:
+            args += [p.flag, p.check(value)]
         else:
             args += [p.flag, repr(p.check(value))]
     return args

@@ -3,8 +3,9 @@
     medseg models list [--dir DIR ...]     installed models, their licence, or why a folder is broken
     medseg models verify DIR [--pin]       check a model folder: card/bundle, SHA-256, weights fit the network
 
-``--pin`` (bundles only) records the current SHA-256 of ``models/model.pt`` in ``DIR/medseg.json``:
-do it only after checking where the file came from. (``medseg run --model DIR`` is in
+``--pin`` (MONAI bundles and nnU-Net v2 folders) records the current SHA-256 of ``models/model.pt``, or
+of every ``fold_N/checkpoint_*.pth``, in ``DIR/medseg.json``: do it only after checking where the files
+came from. (``medseg run --model DIR`` is in
 :mod:`medseg.cli.run`.)
 """
 
@@ -18,15 +19,17 @@ from medseg.cli.commands import COMMANDS
 from medseg.core.errors import ExitCode
 from medseg.models.bundle import pin_bundle_weights
 from medseg.models.network import load_network
+from medseg.models.nnunet_folder import pin_nnunet_weights
+from medseg.models.nnunet_plans import is_nnunet_folder
 from medseg.models.registry import discover_models, models_dirs, open_model
 
 
 def add_parser(sub: Any) -> None:
     """Add ``models list`` / ``models verify`` to the ``medseg`` subparsers."""
     m = sub.add_parser("models", help=COMMANDS["models"][1],
-                       description="Models are folders with model_card.json (or MONAI bundles) found in "
-                                   "$MEDSEG_MODELS_DIR and the models_dirs of ~/.config/medseg/settings.json. "
-                                   "Nothing is downloaded.")
+                       description="Models are folders with model_card.json, MONAI bundles or nnU-Net v2 trained "
+                                   "models, found in $MEDSEG_MODELS_DIR and the models_dirs of "
+                                   "~/.config/medseg/settings.json. Nothing is downloaded.")
     msub = m.add_subparsers(dest="models_command", required=True)
     ls = msub.add_parser("list", help="installed models with their licence")
     ls.add_argument("--dir", action="append", type=Path, default=None, metavar="DIR",
@@ -35,7 +38,8 @@ def add_parser(sub: Any) -> None:
     v = msub.add_parser("verify", help="check a model folder: card, SHA-256 of the weights, weights fit the network")
     v.add_argument("folder", type=Path, metavar="DIR")
     v.add_argument("--pin", action="store_true",
-                   help="MONAI bundle: record the weights' current SHA-256 in DIR/medseg.json (trust on first use)")
+                   help="MONAI bundle or nnU-Net folder: record the weights' current SHA-256 in DIR/medseg.json "
+                        "(trust on first use)")
     v.set_defaults(handler=cmd_verify, writes_output=False)
 
 
@@ -60,7 +64,13 @@ def cmd_list(args: argparse.Namespace) -> ExitCode:
 
 
 def _pin(folder: Path) -> None:
-    """Record the bundle's current weights SHA-256 in its overlay file and say so."""
+    """Record the weights' current SHA-256 (a bundle's file, or every fold of an nnU-Net model) in the
+    folder's overlay file and say so."""
+    if is_nnunet_folder(folder):
+        done, overlay_path = pin_nnunet_weights(folder)
+        for rel, sha in done:
+            print(f"pinned {rel} SHA-256 {sha} in {overlay_path}")
+        return
     path, sha, overlay_path = pin_bundle_weights(folder)
     print(f"pinned {path.name} SHA-256 {sha} in {overlay_path}")
 

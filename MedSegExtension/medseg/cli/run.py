@@ -41,11 +41,14 @@ def _dest(param: TaskParam) -> str:
 
 
 def add_task_param_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :data:`TASK_PARAMS` entry: a number (``type=float``) or a switch (``store_true``);
-    not given: ``None``."""
+    """One flag per :data:`TASK_PARAMS` entry: a number (``type=float``), text, or a switch with its
+    ``--no-`` form (``--tta`` / ``--no-tta``); not given: ``None``."""
     for p in TASK_PARAMS.values():
         if p.kind is bool:
-            parser.add_argument(p.flag, dest=_dest(p), action="store_true", default=None, help=p.help)
+            parser.add_argument(p.flag, dest=_dest(p), action=argparse.BooleanOptionalAction, default=None,
+                                help=p.help)
+        elif p.kind is str:
+            parser.add_argument(p.flag, dest=_dest(p), default=None, metavar=p.flag.lstrip("-").upper(), help=p.help)
         else:
             metavar = p.unit.replace("^", "").upper() if p.unit else p.flag.lstrip("-").upper()
             parser.add_argument(p.flag, dest=_dest(p), type=p.kind, default=None, metavar=metavar, help=p.help)

@@ -182,7 +182,7 @@ class TaskParam:
 
     Attributes:
         name: the key in ``RunOptions.params`` and the Slicer logic's ``params``.
-        kind: ``float`` or ``bool``.
+        kind: ``float``, ``bool`` or ``str``.
         help: what it does (CLI help, tooltips).
         flag: the ``medseg run`` option that sets it.
         unit: unit of a number ("mm^3"), or "".
@@ -202,6 +202,10 @@ class TaskParam:
             if isinstance(value, (bool, np.bool_)):
                 return bool(value)
             raise InputError(f"task parameter {self.name} must be true or false, got {value!r}")
+        if self.kind is str:
+            if isinstance(value, str):
+                return value.strip()
+            raise InputError(f"task parameter {self.name} ({self.flag}) must be text, got {value!r}")
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise InputError(f"task parameter {self.name} ({self.flag}) must be a number, got {value!r}")
         number = float(value)
@@ -223,6 +227,8 @@ TASK_PARAMS: dict[str, TaskParam] = {
         TaskParam("tta", bool, "learned models: average predictions over axis flips", "--tta"),
         TaskParam("uncertainty", bool,
                   "learned models: compute an uncertainty map (entropy of the mean prediction)", "--uncertainty"),
+        TaskParam("folds", str, "nnU-Net models: the folds to ensemble, e.g. 0,1,2 or all (default: every "
+                  "numbered fold found)", "--folds"),
     )
 }
 

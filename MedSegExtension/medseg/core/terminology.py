@@ -35,7 +35,34 @@ TERMS: dict[str, dict] = {
     "neoplasm": {"category": _ALTERED, "type": _code("108369006", "Neoplasm")},
     "edema": {"category": _ALTERED, "type": _code("79654002", "Edema")},
     "necrosis": {"category": _ALTERED, "type": _code("6574001", "Necrosis")},
+    "spleen": {"category": _ANATOMY, "type": _code("78961009", "Spleen")},
+    "right_kidney": {"category": _ANATOMY, "type": _code("64033007", "Kidney"), "type_modifier": _RIGHT},
+    "left_kidney": {"category": _ANATOMY, "type": _code("64033007", "Kidney"), "type_modifier": _LEFT},
+    "pancreas": {"category": _ANATOMY, "type": _code("15776009", "Pancreas")},
+    "aorta": {"category": _ANATOMY, "type": _code("15825003", "Aorta")},
+    "esophagus": {"category": _ANATOMY, "type": _code("32849002", "Esophagus")},
+    "stomach": {"category": _ANATOMY, "type": _code("69695003", "Stomach")},
+    "urinary_bladder": {"category": _ANATOMY, "type": _code("89837001", "Urinary bladder")},
+    "prostate": {"category": _ANATOMY, "type": _code("41216001", "Prostate")},
+    "trachea": {"category": _ANATOMY, "type": _code("44567001", "Trachea")},
+    "spinal_cord": {"category": _ANATOMY, "type": _code("2748008", "Spinal cord")},
 }
+
+#: label names other tools give a structure (nnU-Net ``dataset.json`` labels, TotalSegmentator) -> the
+#: ``TERMS`` key, matched after lower-casing and turning spaces and hyphens into underscores
+LABEL_ALIASES: dict[str, str] = {
+    **{k: k for k in TERMS},
+    "lung_left": "left_lung", "lung_right": "right_lung", "kidney_left": "left_kidney",
+    "kidney_right": "right_kidney", "bladder": "urinary_bladder", "oesophagus": "esophagus",
+    "tumor": "neoplasm", "tumour": "neoplasm", "cancer": "neoplasm", "lesion": "neoplasm",
+    "liver_tumor": "neoplasm", "kidney_tumor": "neoplasm", "pancreas_tumor": "neoplasm", "lung_nodules": "nodule",
+    "oedema": "edema",
+}
+
+
+def term_key_for_label(name: str) -> str | None:
+    """The ``TERMS`` key for a label name another tool gave (``"Lung Left"`` -> ``"left_lung"``), or None."""
+    return LABEL_ALIASES.get(re.sub(r"[\s-]+", "_", name.strip().lower()))
 
 #: anatomic region codes used with lesions
 REGIONS: dict[str, dict] = {
@@ -68,6 +95,17 @@ TG263_NAMES: dict[str, str] = {
     "heart": "Heart",
     "liver": "Liver",
     "brain": "Brain",
+    "spleen": "Spleen",
+    "right_kidney": "Kidney_R",
+    "left_kidney": "Kidney_L",
+    "pancreas": "Pancreas",
+    "aorta": "A_Aorta",
+    "esophagus": "Esophagus",
+    "stomach": "Stomach",
+    "urinary_bladder": "Bladder",
+    "prostate": "Prostate",
+    "trachea": "Trachea",
+    "spinal_cord": "SpinalCord",
 }
 
 #: TG-263 target type of a lesion written to RTSTRUCT: "GTV" followed by the lesion's number

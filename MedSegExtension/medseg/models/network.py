@@ -5,13 +5,19 @@ from __future__ import annotations
 import torch
 
 from medseg.models.allowlist import build_network
+from medseg.models.nnunet_folder import NnunetModel
+from medseg.models.nnunet_network import load_folds, network_with_weights
 from medseg.models.registry import ModelFolder
 from medseg.models.weights import apply_state_dict, load_state_dict, load_torchscript
 
 
 def load_network(model: ModelFolder) -> torch.nn.Module:
-    """The card's network with its weights (SHA-256 checked first), on the CPU in eval mode."""
+    """The card's network with its weights (SHA-256 checked first), on the CPU in eval mode (an nnU-Net
+    model: every fold is checked and loaded, and the first fold's network is returned)."""
     card = model.card
+    if isinstance(model.extra, NnunetModel):  # every fold verified and fitted; the first fold's network returned
+        nets = [network_with_weights(model.extra, ck) for ck in load_folds(model.extra)]
+        return nets[0]
     path = model.weights_path
     if card.weights_format == "torchscript":
         return load_torchscript(path, card.weights_sha256)

@@ -1,7 +1,9 @@
 """Where models come from, and model folders as runnable tasks.
 
-A model folder holds either ``model_card.json`` (+ the weights file it names) or a MONAI bundle
-(``configs/metadata.json``, ``configs/inference.json``, ``models/model.pt``). Models are found in:
+A model folder holds ``model_card.json`` (+ the weights file it names), a MONAI bundle
+(``configs/metadata.json``, ``configs/inference.json``, ``models/model.pt``), or an nnU-Net v2
+trained model (``dataset.json``, ``plans.json``, ``fold_N/checkpoint_final.pth``; or a dataset
+results folder holding such configurations). Models are found in:
 
 1. folders given explicitly (``medseg run --model DIR``);
 2. the folders in ``MEDSEG_MODELS_DIR`` (``os.pathsep``-separated);
@@ -44,11 +46,22 @@ from medseg.models.card import (
     summarize_card,
 )
 from medseg.models.errors import ModelError
+from medseg.models.nnunet_plans import (
+    DATASET_FILE,
+    PLANS_FILE,
+    configuration_name,
+    is_nnunet_folder,
+    parse_plan,
+    pick_configuration_folder,
+    read_json,
+)
 
 TASK_PREFIX = "model:"
 #: import names of the packages a learned model needs to be opened and run (none ships with 3D Slicer
 #: except where Slicer bundles it); listing a model never imports them
 MODEL_PACKAGES = ("torch", "monai", "jsonschema", "scipy")
+#: what an nnU-Net v2 model needs besides: nnU-Net's network classes (``pip install dynamic-network-architectures``)
+NNUNET_PACKAGES = ("dynamic_network_architectures",)
 #: the file that makes a folder a MONAI bundle (:func:`is_bundle`)
 BUNDLE_METADATA = ("configs", "metadata.json")
 
@@ -60,12 +73,18 @@ def _bundle_module() -> ModuleType:
     return importlib.import_module("medseg.models.bundle")
 
 
+def _nnunet_module() -> ModuleType:
+    """``medseg.models.nnunet_folder``, imported when an nnU-Net folder is opened (it imports torch)."""
+    return importlib.import_module("medseg.models.nnunet_folder")
+
+
 @dataclass(frozen=True)
 class ModelFolder:
     """A model folder and its card (weights are not loaded here)."""
 
     path: Path
     card: ModelCard
+    extra: Any = None  # the source's own description (nnU-Net: ``medseg.models.nnunet_folder.NnunetModel``)
 
     @property
     def weights_path(self) -> Path:
@@ -94,7 +113,7 @@ def is_bundle(folder: Path) -> bool:
 
 def is_model_folder(folder: Path) -> bool:
     folder = Path(folder)
-    return (folder / CARD_FILE).is_file() or is_bundle(folder)
+    return (folder / CARD_FILE).is_file() or is_bundle(folder) or is_nnunet_folder(folder)
 
 
 def open_model(folder: Path) -> ModelFolder:
@@ -106,9 +125,12 @@ def open_model(folder: Path) -> ModelFolder:
         card = load_card(folder)
     elif is_bundle(folder):
         card = _bundle_module().bundle_card(folder)
+    elif is_nnunet_folder(folder):
+        card, nnunet = _nnunet_module().open_nnunet(folder)
+        return ModelFolder(folder.resolve(), card, nnunet)
     else:
-        raise ModelError(f"{folder} is not a model folder: it has neither {CARD_FILE} nor a MONAI bundle "
-                         "(configs/metadata.json)")
+        raise ModelError(f"{folder} is not a model folder: it has neither {CARD_FILE}, nor a MONAI bundle "
+                         "(configs/metadata.json), nor an nnU-Net v2 model (dataset.json, plans.json, fold_N/)")
     return ModelFolder(folder.resolve(), card)
 
 
@@ -234,10 +256,29 @@ def _bundle_summary(folder: Path) -> CardSummary:
     )
 
 
+def _nnunet_summary(folder: Path) -> CardSummary:
+    """The listing fields of an nnU-Net v2 model from its ``dataset.json`` and ``plans.json`` alone (the name,
+    inputs and labels that ``medseg.models.nnunet_folder.open_nnunet`` derives from the same keys)."""
+    cfg_folder = pick_configuration_folder(folder)
+    plans = read_json(cfg_folder / PLANS_FILE)
+    config = configuration_name(cfg_folder, plans)
+    plan = parse_plan(read_json(cfg_folder / DATASET_FILE), plans, config, f"nnU-Net model {cfg_folder}")
+    return CardSummary(
+        name=safe_model_name(f"{plan.dataset_name}-{config}"),
+        description=f"nnU-Net v2 {plan.dataset_name} {config}",
+        inputs=tuple((c, "CT" if n.scheme == "ct" else c) for c, n in zip(plan.channels, plan.normalization,
+                                                                           strict=True)),
+        produces=tuple(lab.name for lab in plan.labels),
+        source="nnunet",
+    )
+
+
 def _summary(folder: Path) -> CardSummary:
     if (folder / CARD_FILE).is_file():
         return summarize_card(read_card_json(folder), str(folder / CARD_FILE))
-    return _bundle_summary(folder)
+    if is_bundle(folder):
+        return _bundle_summary(folder)
+    return _nnunet_summary(folder)
 
 
 def list_models(dirs: Iterable[Path] | None = None) -> list[ModelListing]:
@@ -250,9 +291,11 @@ def list_models(dirs: Iterable[Path] | None = None) -> list[ModelListing]:
         except ModelError as exc:
             logger.warning("%s", exc)
             return [ModelListing(settings_path(), None, str(exc))]
-    missing = missing_packages()
-    needs = (f"needs the Python package(s) {', '.join(missing)}, not installed: install them before running "
-             "this model") if missing else ""
+    notes = {}
+    for source, packages in (("", MODEL_PACKAGES), ("nnunet", (*MODEL_PACKAGES, *NNUNET_PACKAGES))):
+        missing = missing_packages(packages)
+        notes[source] = (f"needs the Python package(s) {', '.join(missing)}, not installed: install them before "
+                         "running this model") if missing else ""
     found: list[ModelListing] = []
     for d in (Path(p) for p in dirs):
         try:
@@ -266,7 +309,8 @@ def list_models(dirs: Iterable[Path] | None = None) -> list[ModelListing]:
             continue
         for c in candidates:
             try:
-                found.append(ModelListing(c, _summary(c), needs))
+                summary = _summary(c)
+                found.append(ModelListing(c, summary, notes["nnunet" if summary.source == "nnunet" else ""]))
             except (ModelError, OSError) as exc:
                 logger.warning("model folder %s: %s", c, exc)
                 found.append(ModelListing(c, None, str(exc)))

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,10 +63,18 @@ def verify_sha256(path: Path, expected: str) -> None:
 
 def load_state_dict(path: Path, expected_sha256: str) -> dict:
     """Verified, weights-only load of a state dict (tensors by parameter name), on the CPU."""
+    return extract_state_dict(load_checkpoint(path, expected_sha256), path)
+
+
+def load_checkpoint(path: Path, expected_sha256: str, safe_globals: Sequence[Any] = ()) -> Any:
+    """Verified, weights-only load of a whole checkpoint (on the CPU): the SHA-256 first, then
+    ``torch.load(weights_only=True)``, which builds nothing but tensors, containers and plain values,
+    plus the types in ``safe_globals`` (e.g. numpy scalars in a training log)."""
     check_torch_version()
     verify_sha256(path, expected_sha256)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).splitlines()[0]
         raise WeightsError(
@@ -75,7 +84,7 @@ def load_state_dict(path: Path, expected_sha256: str) -> dict:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(f"weights file {path} cannot be read as a PyTorch state dict (truncated or not a "
                            f"checkpoint): {first}") from exc
-    return extract_state_dict(obj, path)
+    return obj
 
 
 def extract_state_dict(obj: object, path: Path | str) -> dict:

@@ -26,13 +26,14 @@ import torch
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap
 from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_progress
-from medseg.core.specs import InputSpec, Probabilities, SegmentationOutput, Task
+from medseg.core.specs import InputSpec, PreprocessSpec, Probabilities, SegmentationOutput, Task
 from medseg.core.volume import Volume
 from medseg.inference.predict import predict_volumes
 from medseg.models.network import load_network
 from medseg.models.postprocess import postprocess_labels, review_flags
 from medseg.models.registry import ModelFolder, discover_models, open_model
 from medseg.pipeline.case import segment_case
+from medseg.pipeline.nnunet_task import NnunetRunner
 from medseg.pipeline.options import RunOptions
 from medseg.pipeline.tasks import MODEL_TASK_PARAMS
 from medseg.preprocess.mapback import MappedProbabilities
@@ -130,6 +131,8 @@ def model_task(folder: Path | str | ModelFolder, network: torch.nn.Module | None
     model = folder if isinstance(folder, ModelFolder) else open_model(Path(folder))
     card = model.card
     runner = ModelRunner(model, network)
+    if card.source == "nnunet":
+        return _nnunet_task(model, runner)
     desc = card.description or f"learned model {card.name}"
     kind = "2D network, slice by slice" if card.dims == 2 else "3D network"
     return Task(
@@ -143,6 +146,27 @@ def model_task(folder: Path | str | ModelFolder, network: torch.nn.Module | None
         uses_device=True,
         check_inputs=runner.check_inputs,
         finish=runner.finish,
+        licence=card.licence_text,
+    )
+
+
+def _nnunet_task(model: ModelFolder, runner: ModelRunner) -> Task:
+    """An nnU-Net v2 folder's task: nnU-Net's own preparation inside the step (the core keeps the input
+    grid), mirroring on by default as in ``nnUNetPredictor``, ``--folds`` to choose the folds."""
+    card = model.card
+    nn_runner = NnunetRunner(model, runner.finish)
+    plan = nn_runner.model.plan
+    return Task(
+        name=model.task_name,
+        description=f"{card.description} ({card.network_class}, patch {list(plan.patch_size)} at "
+                    f"{list(plan.spacing)} mm; from {model.path})",
+        inputs=tuple(InputSpec(i.name, i.modality) for i in card.inputs),
+        produces=tuple(lab.name for lab in card.labels),
+        params={**MODEL_TASK_PARAMS, "tta": True, "folds": ""},
+        runner=nn_runner.predict,
+        spec=PreprocessSpec(),
+        uses_device=True,
+        check_inputs=nn_runner.check_inputs,
         licence=card.licence_text,
     )
 

@@ -1,0 +1,201 @@
+"""Running an nnU-Net v2 model folder as a MedSeg task, the way ``nnUNetPredictor`` runs it.
+
+The task's own preprocessing spec keeps the input grid (no reorientation, resampling or
+normalisation by the core): nnU-Net's networks expect nnU-Net's preparation, so
+:class:`NnunetRunner` does it (:mod:`medseg.preprocess.nnunet_prep`) on the input's voxel array,
+which is SimpleITK's ``(z, y, x)`` array of the same file: MedSeg's KJI order. Spacing is the
+voxel size along k, j, i; the direction cosines play no part in nnU-Net, and the labels land on
+the input's own grid, so an oblique or flipped input keeps its geometry.
+
+Route: transpose -> crop to the non-zero box -> normalise -> resample to the plan's spacing ->
+sliding window per fold (Gaussian tiles, mirroring as the checkpoint allows), logits averaged over
+folds -> logits resampled back to the cropped box (linear) -> argmax (softmax) or per-region
+threshold 0.5 (sigmoid, later regions win) -> pasted into the box (background outside) ->
+transposed back. Post-processing, review flags and scores are the model route's
+(:meth:`medseg.pipeline.model_tasks.ModelRunner.finish`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from medseg.core.entropy import normalised_entropy
+from medseg.core.errors import InputError
+from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_progress
+from medseg.core.specs import SegmentationOutput
+from medseg.core.volume import Volume
+from medseg.inference.nnunet_window import sliding_window_logits
+from medseg.models.nnunet_folder import NnunetModel
+from medseg.models.nnunet_network import build_network, load_folds
+from medseg.models.registry import ModelFolder
+from medseg.models.weights import apply_state_dict
+from medseg.preprocess.mapback import MappedProbabilities
+from medseg.preprocess.nnunet_prep import (
+    Cropped,
+    compute_new_shape,
+    crop_to_nonzero,
+    normalize_channels,
+    resample_to_shape,
+    uncrop,
+)
+
+logger = logging.getLogger("medseg")
+
+#: the model route's finish step: ``(mapped, reference, output) -> output with its label map``
+FinishStep = Callable[[MappedProbabilities, Volume, SegmentationOutput], SegmentationOutput]
+
+
+def nnunet_spacing(volume: Volume) -> tuple[float, float, float]:
+    """Voxel size (mm) along the array's axes k, j, i: nnU-Net's ``spacing`` of a SimpleITK-read image."""
+    si, sj, sk = (float(s) for s in volume.spacing)
+    return sk, sj, si
+
+
+def prepare(arrays_kji: Sequence[np.ndarray], spacing_kji: Sequence[float], model: NnunetModel
+            ) -> tuple[np.ndarray, Cropped, tuple[float, ...], tuple[float, ...]]:
+    """nnU-Net's preprocessing of the input channels. Returns the network input ``(C, ...)`` on the
+    plan's grid, the crop, and the spacings (transposed order) before and after resampling."""
+    plan = model.plan
+    tf = plan.transpose_forward
+    data = np.stack([np.asarray(a, dtype=np.float32) for a in arrays_kji])
+    data = data.transpose(0, *(t + 1 for t in tf))
+    spacing = tuple(float(spacing_kji[t]) for t in tf)
+    crop = crop_to_nonzero(data)
+    target = plan.spacing if plan.dims == 3 else (spacing[0], *plan.spacing)
+    new_shape = compute_new_shape(crop.data.shape[1:], spacing, target)
+    norm = normalize_channels(np.array(crop.data, dtype=np.float32), crop.mask, plan.normalization)
+    return resample_to_shape(norm, new_shape, spacing, target, plan.data_resampling), crop, spacing, tuple(target)
+
+
+def predict_logits(model: NnunetModel, data: np.ndarray, *, folds: str | None, mirror: bool, device: torch.device,
+                   progress: ProgressCallback = no_progress, cancel: CancelToken | None = None) -> np.ndarray:
+    """Logits on the plan's grid, averaged over ``folds`` (each fold's weights verified before use)."""
+    loaded = load_folds(model, folds)
+    net = build_network(model.plan, data.shape[0])
+    total: np.ndarray | None = None
+    for n, ck in enumerate(loaded):
+        apply_state_dict(net, ck.state_dict, model.folder / f"fold_{ck.fold}")
+        axes = ck.mirror_axes if mirror else None
+        part = SubProgress(progress, n / len(loaded), (n + 1) / len(loaded), cancel)
+        logits = sliding_window_logits(net.eval(), data, model.plan.patch_size, model.plan.num_heads,
+                                       mirror_axes=axes, device=device, progress=part, cancel=cancel)
+        total = logits if total is None else total + logits
+    assert total is not None  # load_folds returns at least one fold
+    if len(loaded) > 1:
+        total /= len(loaded)
+    return total
+
+
+def crop_probabilities(model: NnunetModel, logits: np.ndarray, crop: Cropped, spacing: tuple[float, ...],
+                       work_spacing: tuple[float, ...]) -> np.ndarray:
+    """Class (softmax) or region (sigmoid) probabilities ``(heads, ...)`` float32 on the cropped box, in
+    the plan's transposed order: the plan-grid logits resampled back, then the activation."""
+    plan = model.plan
+    back = resample_to_shape(logits, crop.data.shape[1:], work_spacing, spacing, plan.probability_resampling,
+                             out_dtype=np.float32)
+    t = torch.from_numpy(back)
+    return (torch.sigmoid(t) if plan.has_regions else torch.softmax(t, dim=0)).numpy()
+
+
+def input_probabilities(model: NnunetModel, probs: np.ndarray, crop: Cropped) -> np.ndarray:
+    """:func:`crop_probabilities` pasted into the whole input (KJI order): outside the box the background
+    channel is 1 (softmax) and every region 0 (sigmoid); ``(heads, K, J, I)``."""
+    fill = [0.0] * probs.shape[0]
+    if not model.plan.has_regions:
+        fill[0] = 1.0
+    full = uncrop(probs, crop.bbox, crop.full_shape, fill)
+    return np.ascontiguousarray(full.transpose(0, *(t + 1 for t in model.plan.transpose_backward)))
+
+
+def logits_to_labels(model: NnunetModel, logits: np.ndarray, crop: Cropped, spacing: tuple[float, ...],
+                     work_spacing: tuple[float, ...], uncertainty: bool) -> MappedProbabilities:
+    """Labels (and winning probability, optionally entropy) on the input grid from the plan-grid logits."""
+    plan = model.plan
+    probs = crop_probabilities(model, logits, crop, spacing, work_spacing)
+    if plan.has_regions:
+        labels = np.zeros(probs.shape[1:], dtype=np.uint16)
+        conf = 1.0 - probs.max(axis=0)
+        for i, lab in enumerate(plan.labels):
+            hit = probs[i] > 0.5
+            labels[hit] = lab.value
+            conf[hit] = probs[i][hit]
+        entropy = None
+    else:
+        labels = probs.argmax(axis=0).astype(np.uint16)
+        conf = probs.max(axis=0)
+        entropy = normalised_entropy(probs) if uncertainty else None
+    del probs
+    tb = plan.transpose_backward
+    full = crop.full_shape
+
+    def paste(a: np.ndarray, fill: float) -> np.ndarray:
+        return uncrop(a[None], crop.bbox, full, fill)[0].transpose(tb)
+
+    top = max(lab.value for lab in plan.labels)
+    dtype = np.uint8 if top <= 255 else np.uint16
+    return MappedProbabilities(
+        labels=np.ascontiguousarray(paste(labels, 0)).astype(dtype),
+        confidence=np.ascontiguousarray(paste(conf.astype(np.float32), 1.0)),
+        entropy=None if entropy is None else np.ascontiguousarray(paste(entropy, 0.0)))
+
+
+class NnunetRunner:
+    """The segmentation step of an nnU-Net model task (see the module doc).
+
+    Args:
+        folder: the opened model folder (``folder.extra`` is the :class:`NnunetModel`).
+        finish: the model route's finish step (post-processing, flags, scores) for the card.
+    """
+
+    def __init__(self, folder: ModelFolder, finish: FinishStep) -> None:
+        if not isinstance(folder.extra, NnunetModel):
+            raise InputError(f"{folder.path} is not an nnU-Net model folder")
+        self.folder = folder
+        self.model: NnunetModel = folder.extra
+        self.finish = finish
+
+    def check_inputs(self, volumes: Sequence[Volume]) -> None:
+        """``InputError`` for the wrong number of channels, channels on different grids, or a 2D input to a
+        3D configuration."""
+        plan = self.model.plan
+        if len(volumes) != len(plan.channels):
+            raise InputError(f"nnU-Net model {plan.dataset_name} takes {len(plan.channels)} input(s) "
+                             f"({', '.join(plan.channels)}); got {len(volumes)}")
+        for v in volumes[1:]:
+            if not v.same_grid(volumes[0], atol=1e-4):
+                raise InputError(f"nnU-Net inputs must share one voxel grid; {v.name or 'input 2'} differs from "
+                                 f"{volumes[0].name or 'input 1'} (resample it onto the first input first)")
+        if plan.dims == 3 and min(volumes[0].shape_kji) == 1:
+            raise InputError(f"nnU-Net model {plan.dataset_name} ({plan.configuration}) is 3D but the input is a "
+                             f"single slice (shape KJI {volumes[0].shape_kji})")
+
+    def predict(self, volumes: Sequence[Volume], *, progress: ProgressCallback = no_progress,
+                cancel: CancelToken | None = None, device: torch.device | None = None, tta: bool = True,
+                uncertainty: bool = False, folds: str = "") -> SegmentationOutput:
+        """Labels on the first input's grid (see the module doc)."""
+        card = self.folder.card
+        cancel = cancel or CancelToken()
+        device = torch.device("cpu") if device is None else torch.device(device)
+        warnings: list[str] = []
+        if not card.commercial_use:
+            warnings.append(f"model {card.name}: licence {card.licence_name} does not allow commercial use")
+        if uncertainty and self.model.plan.has_regions:
+            warnings.append("uncertainty map not computed: the model predicts overlapping regions")
+        progress(0.0, "nnU-Net preprocessing")
+        data, crop, spacing, work_spacing = prepare([v.array for v in volumes], nnunet_spacing(volumes[0]),
+                                                    self.model)
+        cancel.check()
+        logger.info("nnU-Net %s: input %s cropped to %s, resampled to %s at %s mm", card.name,
+                    crop.full_shape, crop.data.shape[1:], data.shape[1:], work_spacing)
+        logits = predict_logits(self.model, data, folds=folds or None, mirror=tta, device=device,
+                                progress=SubProgress(progress, 0.05, 0.9, cancel), cancel=cancel)
+        del data
+        progress(0.9, "nnU-Net logits back to the input grid")
+        mapped = logits_to_labels(self.model, logits, crop, spacing, work_spacing, uncertainty)
+        out = self.finish(mapped, volumes[0], SegmentationOutput(warnings=warnings))
+        progress(1.0, "nnU-Net done")
+        return out
