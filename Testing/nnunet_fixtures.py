@@ -12,6 +12,7 @@ fold, so the logits are spatially varied and every label occurs. Used by the tes
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 from pathlib import Path
 
@@ -25,7 +26,7 @@ CT_PROPS = {"max": 1500.0, "mean": 60.0, "median": 50.0, "min": -1000.0, "percen
 
 def _arch(dims: int, features: tuple[int, ...], strides: list) -> dict:
     conv = "torch.nn.modules.conv.Conv3d" if dims == 3 else "torch.nn.modules.conv.Conv2d"
-    norm = "torch.nn.modules.instancenorm.InstanceNorm3d" if dims == 3 else "torch.nn.modules.instancenorm.InstanceNorm2d"
+    norm = f"torch.nn.modules.instancenorm.InstanceNorm{dims}d"
     n = len(features)
     return {
         "network_class_name": ARCH,
@@ -121,13 +122,28 @@ def make_nnunet_folder(root: Path, *, dataset_id: int = 741, name: str = "TinyAb
     return folder
 
 
+#: the trainers the fixtures name, by module: nnU-Net's own lookup imports every trainer module until it finds
+#: the name, and one of them (primus) imports timm -> torchvision, whose PyPI build for torch 2.13 is the CUDA
+#: one: its C ops do not load with the CPU torch, so that import fails here
+TRAINER_MODULES = {
+    "nnUNetTrainer": "nnunetv2.training.nnUNetTrainer.nnUNetTrainer",
+    "nnUNetTrainerNoMirroring": "nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring",
+}
+
+
+def trainer_class(name: str) -> type:
+    """nnU-Net's trainer class ``name``, imported from its own module (see :data:`TRAINER_MODULES`)."""
+    return getattr(importlib.import_module(TRAINER_MODULES[name]), name)
+
+
 def reference_prediction(folder: Path, image_zyx: np.ndarray, spacing_zyx: tuple[float, ...], *,
                          folds: tuple[int, ...] = (0, 1), mirroring: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``nnUNetPredictor`` on one image (SimpleITK array order): ``(labels, probabilities)``."""
     # why here: nnunetv2 is a test dependency only
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    import nnunetv2.inference.predict_from_raw_data as predict_module
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+    predict_module.recursive_find_trainer_class_by_name = trainer_class
+    predictor = predict_module.nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds, checkpoint_name="checkpoint_final.pth")

@@ -682,11 +682,11 @@ def test_the_real_medseg_train_trains_from_two_scene_segmentations_and_the_model
                                                       device="cpu", features=(8, 16, 32), patch=(16, 16, 8))
     staged = job.tempDir / "model"
     t0 = time.monotonic()
-    while not (staged / CHECKPOINT_FILE).is_file():
+    # the checkpoint is written first and the training log just after it: wait for both
+    while not ((staged / CHECKPOINT_FILE).is_file() and (staged / TRAINING_LOG).is_file()):
         assert job.poll().done is False, job.error
-        assert time.monotonic() - t0 < 120, "no checkpoint after 120 s"
+        assert time.monotonic() - t0 < 120, "no checkpoint and training log after 120 s"
         time.sleep(0.05)
-    assert (staged / TRAINING_LOG).is_file()
     temp = job.tempDir
     job.cancel()
     assert isinstance(job.error, CancelledError) and not temp.exists() and medseg_temp_dirs() == []

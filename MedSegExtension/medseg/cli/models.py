@@ -18,10 +18,11 @@ from typing import Any
 from medseg.cli.commands import COMMANDS
 from medseg.core.errors import ExitCode
 from medseg.models.bundle import pin_bundle_weights
+from medseg.models.errors import ModelError
 from medseg.models.network import load_network
 from medseg.models.nnunet_folder import pin_nnunet_weights
-from medseg.models.nnunet_plans import is_nnunet_folder
-from medseg.models.registry import discover_models, models_dirs, open_model
+from medseg.models.nnunet_plans import is_nnunet_folder, results_folder
+from medseg.models.registry import discover_models, is_model_folder, models_dirs, open_model
 
 
 def add_parser(sub: Any) -> None:
@@ -66,10 +67,16 @@ def cmd_list(args: argparse.Namespace) -> ExitCode:
 def _pin(folder: Path) -> None:
     """Record the weights' current SHA-256 (a bundle's file, or every fold of an nnU-Net model) in the
     folder's overlay file and say so."""
+    results = results_folder(folder)
     if is_nnunet_folder(folder):
-        done, overlay_path = pin_nnunet_weights(folder)
-        for rel, sha in done:
-            print(f"pinned {rel} SHA-256 {sha} in {overlay_path}")
+        datasets = [folder]
+    else:
+        datasets = [p for p in sorted(results.iterdir()) if is_nnunet_folder(p)] if results.is_dir() else []
+    if datasets:  # an nnU-Net folder, or a folder of them (a TotalSegmentator home or its nnunet/results)
+        for d in datasets:
+            done, overlay_path = pin_nnunet_weights(d)
+            for rel, sha in done:
+                print(f"pinned {rel} SHA-256 {sha} in {overlay_path}")
         return
     path, sha, overlay_path = pin_bundle_weights(folder)
     print(f"pinned {path.name} SHA-256 {sha} in {overlay_path}")
@@ -80,10 +87,22 @@ def cmd_verify(args: argparse.Namespace) -> ExitCode:
     folder = args.folder
     if args.pin:
         _pin(folder)
-    model = open_model(folder)
-    net = load_network(model)
-    n_params = sum(p.numel() for p in net.parameters())
-    c = model.card
-    print(f"OK {model.task_name}: {c.network_class} ({n_params} parameters), weights {model.weights_path.name} "
-          f"SHA-256 {c.weights_sha256} verified and loaded; licence {c.licence_text}")
+    if is_model_folder(folder) or not Path(folder).is_dir():
+        models = [open_model(folder)]
+    else:  # a folder of models (a TotalSegmentator home): each one, and each merged family
+        found = discover_models([folder])
+        if not found:
+            raise ModelError(f"{folder} holds no model folder (model_card.json, a MONAI bundle or an nnU-Net v2 model)")
+        broken = [m for m in found if m.model is None]
+        for m in broken:
+            print(f"BROKEN  {m.path}\n  {m.error}")
+        models = [m.model for m in found if m.model is not None]
+        if broken:
+            return ExitCode.BAD_INPUT
+    for model in models:
+        net = load_network(model)
+        n_params = sum(p.numel() for p in net.parameters())
+        c = model.card
+        print(f"OK {model.task_name}: {c.network_class} ({n_params} parameters), weights {model.weights_path.name} "
+              f"SHA-256 {c.weights_sha256} verified and loaded; licence {c.licence_text}")
     return ExitCode.OK

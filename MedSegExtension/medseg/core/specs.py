@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.core.box import Box
 from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap
 from medseg.core.vocabulary import CropMode, DenoiseMode, NormalizationKind
@@ -152,6 +153,8 @@ class SegmentationOutput:
             (learned models); the task's ``finish`` then builds the label map.
         volumes: extra volumes on the first input's grid (e.g. ``"uncertainty"``), written as NRRD.
         review: segment id -> reasons the segment needs review (empty list: none).
+        boxes: boxes the step found itself (a detection model), RAS on the input grid, written with
+            the boxes of the lesion segments.
         forced: the reasons of the suitability checks the step was forced past (``force=True``);
             empty when every check passed.
     """
@@ -164,6 +167,7 @@ class SegmentationOutput:
     volumes: dict[str, Volume] = field(default_factory=dict)
     review: dict[str, list[str]] = field(default_factory=dict)
     forced: list[str] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -227,6 +231,8 @@ TASK_PARAMS: dict[str, TaskParam] = {
         TaskParam("tta", bool, "learned models: average predictions over axis flips", "--tta"),
         TaskParam("uncertainty", bool,
                   "learned models: compute an uncertainty map (entropy of the mean prediction)", "--uncertainty"),
+        TaskParam("min_score", float, "detection models: keep boxes scoring at least this (0..1)", "--min-score",
+                  minimum=0.0),
         TaskParam("folds", str, "nnU-Net models: the folds to ensemble, e.g. 0,1,2 or all (default: every "
                   "numbered fold found)", "--folds"),
     )

@@ -12,8 +12,11 @@ nnU-Net is run the way ``nnUNetPredictor.predict_sliding_window_return_logits`` 
   axes, each flipped back;
 * a 2D configuration on 3D data runs slice by slice along the first axis.
 
-Logits are accumulated in float32 (nnU-Net uses float16 to save memory; the difference is a
-rounding of about 1e-3 of a logit). Arrays are ``(C, *spatial)`` in the plan's transposed order.
+Numbers as nnU-Net's: the Gaussian is rounded to float16 (its smallest weights, at the tile corners,
+are float16 subnormals) and the weighted logits and the weights are summed in float16. Where only
+tile edges cover a voxel this rounding moves the blended logit by up to about 0.5, so a float32
+sum would disagree with the models' reference at image borders; float16 sums reproduce it.
+Arrays are ``(C, *spatial)`` in the plan's transposed order; the result is float16.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from scipy.ndimage import gaussian_filter
 
 from medseg.core.progress import CancelToken, ProgressCallback, no_progress
 
+#: nnU-Net's accumulator type for blended logits and weights
+ACCUMULATE = torch.float16
+
 
 def tile_starts(size: int, patch: int, step: float) -> list[int]:
     """Start indices of the tiles along one axis of ``size`` voxels (``size >= patch``)."""
@@ -38,18 +44,18 @@ def tile_starts(size: int, patch: int, step: float) -> list[int]:
     return [int(np.round(width * i)) for i in range(n)]
 
 
-def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1.0 / 8, peak: float = 10.0) -> np.ndarray:
+def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1.0 / 8, peak: float = 10.0) -> torch.Tensor:
     """nnU-Net's tile weights: a Gaussian with sigma ``patch * sigma_scale`` centred at ``patch // 2``,
-    scaled to ``peak``, zeros replaced by the smallest non-zero weight (float32)."""
+    scaled to ``peak``, rounded to float16, zeros replaced by the smallest non-zero weight."""
     tmp = np.zeros(tuple(patch))
     tmp[tuple(p // 2 for p in patch)] = 1
     g = gaussian_filter(tmp, [p * sigma_scale for p in patch], 0, mode="constant", cval=0)
     g /= g.max() / peak
-    g = g.astype(np.float32)
-    zero = g == 0
-    if zero.any():
-        g[zero] = g[~zero].min()
-    return g
+    half = torch.from_numpy(g).to(torch.float16)
+    zero = half == 0
+    if bool(zero.any()):
+        half[zero] = torch.min(half[~zero])
+    return half
 
 
 def mirror_combinations(axes: Sequence[int] | None) -> list[tuple[int, ...]]:
@@ -108,7 +114,7 @@ def sliding_window_logits(
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
-    """Logits ``(n_heads, *spatial)`` float32 of ``network`` over ``(C, *spatial)`` ``data``
+    """Logits ``(n_heads, *spatial)`` float16 of ``network`` over ``(C, *spatial)`` ``data``
     (see the module doc). The cancel token is checked and progress reported per tile."""
     if not 0 < step <= 1:
         raise ValueError(f"tile step must be in (0, 1], got {step}")
@@ -117,10 +123,10 @@ def sliding_window_logits(
     x, undo = _pad(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), patch)
     spatial = tuple(x.shape[1:])
     slicers = window_slicers(spatial, patch, step)
-    gauss = torch.from_numpy(gaussian_weights(patch)).to(device)
+    gauss = gaussian_weights(patch).to(device)
     combos = mirror_combinations(mirror_axes)
-    logits = torch.zeros((n_heads, *spatial), dtype=torch.float32, device=device)
-    weight = torch.zeros(spatial, dtype=torch.float32, device=device)
+    logits = torch.zeros((n_heads, *spatial), dtype=ACCUMULATE, device=device)
+    weight = torch.zeros(spatial, dtype=ACCUMULATE, device=device)
     network = network.to(device).eval()
     with torch.inference_mode():
         for n, sl in enumerate(slicers):
@@ -128,8 +134,11 @@ def sliding_window_logits(
                 cancel.check()
             tile = x[sl][None].to(device)
             pred = mirrored_logits(network, tile, combos)[0]
-            logits[sl] += pred * gauss
+            pred *= gauss
+            logits[sl] += pred
             weight[sl[1:]] += gauss
             progress((n + 1) / len(slicers), f"tile {n + 1}/{len(slicers)}")
-        logits /= weight
+        torch.div(logits, weight, out=logits)
+    if bool(torch.isinf(logits).any()):
+        raise FloatingPointError("the blended logits overflowed float16 (nnU-Net's accumulator type)")
     return logits[undo].cpu().numpy()

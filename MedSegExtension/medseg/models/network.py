@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from medseg.models.allowlist import build_network
-from medseg.models.nnunet_folder import NnunetModel
+from medseg.models.detection_bundle import DetectionCard, load_detection_network
+from medseg.models.nnunet_folder import NnunetModel, NnunetParts
 from medseg.models.nnunet_network import load_folds, network_with_weights
 from medseg.models.registry import ModelFolder
 from medseg.models.weights import apply_state_dict, load_state_dict, load_torchscript
@@ -15,8 +16,11 @@ def load_network(model: ModelFolder) -> torch.nn.Module:
     """The card's network with its weights (SHA-256 checked first), on the CPU in eval mode (an nnU-Net
     model: every fold is checked and loaded, and the first fold's network is returned)."""
     card = model.card
-    if isinstance(model.extra, NnunetModel):  # every fold verified and fitted; the first fold's network returned
-        nets = [network_with_weights(model.extra, ck) for ck in load_folds(model.extra)]
+    if isinstance(model.extra, DetectionCard):
+        return load_detection_network(model.extra)
+    if isinstance(model.extra, (NnunetModel, NnunetParts)):  # every fold verified and fitted; the first returned
+        parts = model.extra.models if isinstance(model.extra, NnunetParts) else (model.extra,)
+        nets = [network_with_weights(part, ck) for part in parts for ck in load_folds(part)]
         return nets[0]
     path = model.weights_path
     if card.weights_format == "torchscript":

@@ -20,9 +20,11 @@ where the files came from: ``DIR/medseg.json`` ``{"weights_sha256": {"fold_0/che
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from medseg.core.errors import InputError
+from medseg.core.specs import PreprocessSpec
 from medseg.core.terminology import term_key_for_label
 from medseg.io.atomic import atomic_write_text
 from medseg.models.card import PALETTE, InputChannel, LabelSpec, ModelCard, safe_model_name
@@ -31,6 +33,8 @@ from medseg.models.nnunet_plans import (
     DATASET_FILE,
     FOLD_DIR,
     PLANS_FILE,
+    TOTALSEG_DATASET,
+    TOTALSEG_ORIENTATION,
     NnunetPlan,
     configuration_name,
     parse_plan,
@@ -63,6 +67,7 @@ class NnunetModel:
     folder: Path
     plan: NnunetPlan
     checkpoints: tuple[Checkpoint, ...]
+    orientation: str | None = None
 
     def select(self, folds: str | None) -> tuple[Checkpoint, ...]:
         """The checkpoints of ``folds`` (``"0,1,2"``, ``"all"``; None or ``""``: every fold found, without
@@ -142,6 +147,14 @@ def open_nnunet(folder: Path) -> tuple[ModelCard, NnunetModel]:
     overlay = read_overlay(cfg_folder)
     cks = checkpoints(cfg_folder, overlay)
     lic_name, commercial = _licence(plan, overlay)
+    orientation = overlay.get("orientation")
+    if orientation is None and TOTALSEG_DATASET.match(plan.dataset_name):
+        orientation = TOTALSEG_ORIENTATION
+    if orientation is not None:
+        try:
+            orientation = PreprocessSpec(orientation=str(orientation)).orientation
+        except InputError as exc:
+            raise ModelError(f"{cfg_folder / OVERLAY_FILE}: {exc}") from exc
     card = ModelCard(
         name=safe_model_name(f"{plan.dataset_name}-{config}"),
         dims=plan.dims,
@@ -153,13 +166,51 @@ def open_nnunet(folder: Path) -> tuple[ModelCard, NnunetModel]:
         roi_size=plan.patch_size,
         licence_name=lic_name,
         commercial_use=commercial,
-        weights_file=cks[0].relpath,
+        weights_file=str(cfg_folder.resolve() / cks[0].relpath),
         weights_sha256=cks[0].sha256,
         description=f"nnU-Net v2 {plan.dataset_name} {config} ({len(cks)} fold(s))",
         activation="sigmoid" if plan.has_regions else "softmax",
+        orientation=orientation,
         source="nnunet",
     )
-    return card, NnunetModel(cfg_folder.resolve(), plan, cks)
+    return card, NnunetModel(cfg_folder.resolve(), plan, cks, card.orientation)
+
+
+@dataclass(frozen=True)
+class NnunetParts:
+    """A task made of several nnU-Net models on one input (TotalSegmentator's ``total``: five datasets),
+    merged as TotalSegmentator merges them: part n's label v becomes ``offsets[n] + v``, and where two
+    parts label a voxel the later part wins."""
+
+    models: tuple[NnunetModel, ...]
+    offsets: tuple[int, ...]
+
+
+def open_nnunet_parts(folders: list[Path], family: str) -> tuple[ModelCard, NnunetParts]:
+    """Open the part datasets of one family (in part order) as one merged task ``<family>-total``."""
+    opened = [open_nnunet(f) for f in folders]
+    first_card, first = opened[0]
+    labels: list[LabelSpec] = []
+    offsets = []
+    for card, model in opened:
+        if model.plan.channels != first.plan.channels or model.orientation != first.orientation:
+            raise ModelError(f"{model.folder} takes inputs {model.plan.channels} ({model.orientation}) unlike "
+                             f"{first.folder} ({first.plan.channels}, {first.orientation}); they cannot be merged")
+        if model.plan.has_regions:
+            raise ModelError(f"{model.folder} predicts overlapping regions; parts of a merged task must not")
+        offset = max((lab.value for lab in labels), default=0)
+        offsets.append(offset)
+        n = len(labels)
+        labels.extend(LabelSpec(lab.value + offset, lab.value + offset, lab.name, PALETTE[(n + i) % len(PALETTE)],
+                                lab.terminology, max_pieces=lab.max_pieces) for i, lab in enumerate(card.labels))
+    commercial = all(card.commercial_use for card, _m in opened)
+    licences = sorted({card.licence_name for card, _m in opened})
+    card = replace(
+        first_card, name=safe_model_name(f"{family}-total"), labels=tuple(labels),
+        licence_name="; ".join(licences), commercial_use=commercial,
+        description=f"{family} total: {len(opened)} nnU-Net v2 models merged "
+                    f"({', '.join(m.plan.dataset_name for _c, m in opened)})")
+    return card, NnunetParts(tuple(m for _c, m in opened), tuple(offsets))
 
 
 def pin_nnunet_weights(folder: Path) -> tuple[list[tuple[str, str]], Path]:

@@ -33,6 +33,12 @@ PLANS_FILE = "plans.json"
 #: the configuration used when a dataset folder holds several
 CONFIG_PREFERENCE = ("3d_fullres", "2d", "3d_lowres")
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
+#: a TotalSegmentator dataset (``Dataset291_TotalSegmentator_part1_organs_1559subj``,
+#: ``Dataset850_TotalSegMRI_part1_organs_1088subj``, ``Dataset297_TotalSegmentator_total_3mm_1559subj``):
+#: group 1 the family, group 2 the part number of a multi-part task
+TOTALSEG_DATASET = re.compile(r"^Dataset\d+_(TotalSeg[A-Za-z]*)_(?:part(\d+)_)?")
+#: the orientation TotalSegmentator gives its networks (nibabel's closest canonical: i->R, j->A, k->S)
+TOTALSEG_ORIENTATION = "RAS"
 #: nnU-Net's ANISO_THRESHOLD: a spacing ratio above this resamples the low-resolution axis separately
 ANISO_THRESHOLD = 3.0
 #: normalisation scheme class names in plans.json -> MedSeg's name for it
@@ -207,6 +213,30 @@ def configuration_name(folder: Path, plans: dict | None) -> str:
         return configs[0]
     raise ModelError(f"{folder}: cannot tell the configuration: the folder is not named Trainer__Plans__configuration "
                      f"and the plans have {configs or 'none'}")
+
+
+def totalseg_part(dataset_name: str) -> tuple[str, int] | None:
+    """``(family, part)`` of a TotalSegmentator multi-part dataset name, else None."""
+    m = TOTALSEG_DATASET.match(dataset_name)
+    return (m.group(1), int(m.group(2))) if m and m.group(2) else None
+
+
+def totalseg_parts(folder: Path) -> dict[str, list[Path]]:
+    """TotalSegmentator multi-part datasets among the sub-folders of ``folder``: family -> the dataset
+    folders in part order (only families with every part from 1 up)."""
+    groups: dict[str, dict[int, Path]] = {}
+    for p in sorted(Path(folder).iterdir()):
+        got = totalseg_part(p.name)
+        if got and is_nnunet_folder(p):
+            groups.setdefault(got[0], {})[got[1]] = p
+    return {fam: [parts[i] for i in sorted(parts)] for fam, parts in groups.items()
+            if sorted(parts) == list(range(1, len(parts) + 1))}
+
+
+def results_folder(folder: Path) -> Path:
+    """A TotalSegmentator home (``~/.totalsegmentator``) -> its ``nnunet/results``; anything else as is."""
+    inner = Path(folder) / "nnunet" / "results"
+    return inner if inner.is_dir() else Path(folder)
 
 
 def read_json(path: Path) -> dict:

@@ -54,6 +54,8 @@ from medseg.models.nnunet_plans import (
     parse_plan,
     pick_configuration_folder,
     read_json,
+    results_folder,
+    totalseg_parts,
 )
 
 TASK_PREFIX = "model:"
@@ -73,6 +75,11 @@ def _bundle_module() -> ModuleType:
     return importlib.import_module("medseg.models.bundle")
 
 
+def _detection_module() -> ModuleType:
+    """``medseg.models.detection_bundle``, imported when a bundle is opened (it imports torch)."""
+    return importlib.import_module("medseg.models.detection_bundle")
+
+
 def _nnunet_module() -> ModuleType:
     """``medseg.models.nnunet_folder``, imported when an nnU-Net folder is opened (it imports torch)."""
     return importlib.import_module("medseg.models.nnunet_folder")
@@ -84,7 +91,9 @@ class ModelFolder:
 
     path: Path
     card: ModelCard
-    extra: Any = None  # the source's own description (nnU-Net: ``medseg.models.nnunet_folder.NnunetModel``)
+    #: the source's own description: nnU-Net ``medseg.models.nnunet_folder.NnunetModel`` / ``NnunetParts``;
+    #: a detection bundle ``medseg.models.detection_bundle.DetectionCard``
+    extra: Any = None
 
     @property
     def weights_path(self) -> Path:
@@ -123,11 +132,17 @@ def open_model(folder: Path) -> ModelFolder:
         raise ModelError(f"model folder {folder} does not exist or is not a folder")
     if (folder / CARD_FILE).is_file():
         card = load_card(folder)
+    elif is_bundle(folder) and _detection_module().is_detection_bundle(folder):
+        detection = _detection_module().detection_card(folder)
+        return ModelFolder(folder.resolve(), _detection_module().listing_card(detection), detection)
     elif is_bundle(folder):
         card = _bundle_module().bundle_card(folder)
     elif is_nnunet_folder(folder):
         card, nnunet = _nnunet_module().open_nnunet(folder)
         return ModelFolder(folder.resolve(), card, nnunet)
+    elif len(groups := totalseg_parts(results_folder(folder))) == 1:
+        (family, parts), = groups.items()
+        return open_parts(results_folder(folder), family, parts)
     else:
         raise ModelError(f"{folder} is not a model folder: it has neither {CARD_FILE}, nor a MONAI bundle "
                          "(configs/metadata.json), nor an nnU-Net v2 model (dataset.json, plans.json, fold_N/)")
@@ -176,13 +191,27 @@ def discover_models(dirs: Iterable[Path] | None = None) -> list[DiscoveredModel]
     for d in (models_dirs() if dirs is None else [Path(p) for p in dirs]):
         if not d.is_dir():
             continue
-        candidates = [d] if is_model_folder(d) else sorted(p for p in d.iterdir() if p.is_dir() and is_model_folder(p))
+        d = results_folder(d)
+        single = is_model_folder(d)
+        candidates = [d] if single else sorted(p for p in d.iterdir() if p.is_dir() and is_model_folder(p))
         for c in candidates:
             try:
                 found.append(DiscoveredModel(c, open_model(c)))
             except ModelError as exc:
                 found.append(DiscoveredModel(c, None, str(exc)))
+        if not single:
+            for family, parts in totalseg_parts(d).items():
+                try:
+                    found.append(DiscoveredModel(d, open_parts(d, family, parts)))
+                except ModelError as exc:
+                    found.append(DiscoveredModel(d, None, f"{family} total: {exc}"))
     return found
+
+
+def open_parts(folder: Path, family: str, parts: list[Path]) -> ModelFolder:
+    """The merged task of a TotalSegmentator multi-part family found in ``folder``."""
+    card, merged = _nnunet_module().open_nnunet_parts(parts, family)
+    return ModelFolder(Path(folder).resolve(), card, merged)
 
 
 # ----------------------------------------------------------------------------- listing without validating
@@ -237,6 +266,12 @@ def _bundle_summary(folder: Path) -> CardSummary:
     if not isinstance(first_in, dict) or not isinstance(first_out, dict):
         raise ModelError(f"{path}: network_data_format.inputs/outputs must hold objects")
     channels = first_out.get("channel_def")
+    overlay_path = folder / "medseg.json"
+    if (not isinstance(channels, dict) or not channels) and overlay_path.is_file():
+        with open(overlay_path, encoding="utf-8") as fh:  # a detection bundle's class names may be given there
+            names = json.load(fh).get("class_names")
+        if isinstance(names, list) and names:
+            channels = {str(i): str(n) for i, n in enumerate(names)}
     if not isinstance(channels, dict) or not channels:
         raise ModelError(f"{path}: network_data_format.outputs.*.channel_def is missing; it names each label")
     in_def = first_in.get("channel_def") or {}
@@ -273,6 +308,18 @@ def _nnunet_summary(folder: Path) -> CardSummary:
     )
 
 
+def _parts_summary(family: str, parts: list[Path]) -> CardSummary:
+    """The listing fields of a merged TotalSegmentator family (the parts' labels in part order)."""
+    summaries = [_nnunet_summary(p) for p in parts]
+    return CardSummary(
+        name=safe_model_name(f"{family}-total"),
+        description=f"{family} total: {len(parts)} nnU-Net v2 models merged",
+        inputs=summaries[0].inputs,
+        produces=tuple(name for s in summaries for name in s.produces),
+        source="nnunet",
+    )
+
+
 def _summary(folder: Path) -> CardSummary:
     if (folder / CARD_FILE).is_file():
         return summarize_card(read_card_json(folder), str(folder / CARD_FILE))
@@ -301,8 +348,10 @@ def list_models(dirs: Iterable[Path] | None = None) -> list[ModelListing]:
         try:
             if not d.is_dir():
                 continue
+            d = results_folder(d)
             candidates = [d] if is_model_folder(d) else sorted(p for p in d.iterdir()
                                                                if p.is_dir() and is_model_folder(p))
+            groups = {} if is_model_folder(d) else totalseg_parts(d)
         except OSError as exc:
             logger.warning("models directory %s cannot be read: %s", d, exc)
             found.append(ModelListing(d, None, f"models directory {d} cannot be read: {exc}"))
@@ -314,4 +363,10 @@ def list_models(dirs: Iterable[Path] | None = None) -> list[ModelListing]:
             except (ModelError, OSError) as exc:
                 logger.warning("model folder %s: %s", c, exc)
                 found.append(ModelListing(c, None, str(exc)))
+        for family, parts in groups.items():
+            try:
+                found.append(ModelListing(d, _parts_summary(family, parts), notes["nnunet"]))
+            except (ModelError, OSError) as exc:
+                logger.warning("%s total in %s: %s", family, d, exc)
+                found.append(ModelListing(d, None, f"{family} total: {exc}"))
     return found

@@ -29,9 +29,11 @@ from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_
 from medseg.core.specs import InputSpec, PreprocessSpec, Probabilities, SegmentationOutput, Task
 from medseg.core.volume import Volume
 from medseg.inference.predict import predict_volumes
+from medseg.models.detection_bundle import DetectionCard
 from medseg.models.network import load_network
 from medseg.models.postprocess import postprocess_labels, review_flags
 from medseg.models.registry import ModelFolder, discover_models, open_model
+from medseg.pipeline.box_detection import detect_boxes
 from medseg.pipeline.case import segment_case
 from medseg.pipeline.nnunet_task import NnunetRunner
 from medseg.pipeline.options import RunOptions
@@ -133,6 +135,8 @@ def model_task(folder: Path | str | ModelFolder, network: torch.nn.Module | None
     runner = ModelRunner(model, network)
     if card.source == "nnunet":
         return _nnunet_task(model, runner)
+    if isinstance(model.extra, DetectionCard):
+        return _detection_task(model, model.extra)
     desc = card.description or f"learned model {card.name}"
     kind = "2D network, slice by slice" if card.dims == 2 else "3D network"
     return Task(
@@ -164,9 +168,40 @@ def _nnunet_task(model: ModelFolder, runner: ModelRunner) -> Task:
         produces=tuple(lab.name for lab in card.labels),
         params={**MODEL_TASK_PARAMS, "tta": True, "folds": ""},
         runner=nn_runner.predict,
-        spec=PreprocessSpec(),
+        spec=PreprocessSpec(orientation=card.orientation),
         uses_device=True,
         check_inputs=nn_runner.check_inputs,
+        licence=card.licence_text,
+    )
+
+
+def _detection_task(model: ModelFolder, det: DetectionCard) -> Task:
+    """A MONAI detection bundle's task: boxes (ROI markups) with score and class, no segments; the core
+    keeps the input grid (the detector prepares its own), ``--min-score`` filters the boxes."""
+    card = model.card
+
+    def run(volumes: Sequence[Volume], *, progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
+            device: torch.device | None = None, min_score: float = 0.0) -> SegmentationOutput:
+        ref = volumes[0]
+        boxes = detect_boxes(det, None, ref, device=device or "cpu", min_score=min_score, progress=progress,
+                             cancel=cancel)
+        empty = LabelMap(ref.with_array(np.zeros(ref.shape_kji, dtype=np.uint8), name=f"{ref.name} {card.name}"), ())
+        warnings = list(det.notes)
+        if not card.commercial_use:
+            warnings.append(f"model {card.name}: licence {card.licence_name} does not allow commercial use")
+        warnings.append(f"{len(boxes)} box(es) found at score >= {min_score:g}")
+        return SegmentationOutput(empty, warnings=warnings, boxes=boxes)
+
+    return Task(
+        name=model.task_name,
+        description=f"{card.description} (MONAI RetinaNet detector, classes {', '.join(det.class_names)}; "
+                    f"from {model.path})",
+        inputs=tuple(InputSpec(i.name, i.modality) for i in card.inputs),
+        produces=det.class_names,
+        params={"min_score": 0.0},
+        runner=run,
+        spec=PreprocessSpec(),
+        uses_device=True,
         licence=card.licence_text,
     )
 

@@ -1,7 +1,9 @@
-"""Running an nnU-Net v2 model folder as a MedSeg task, the way ``nnUNetPredictor`` runs it.
+"""Running an nnU-Net v2 model folder as a MedSeg task, the way ``nnUNetPredictor`` runs it (and
+TotalSegmentator's multi-part tasks, each part so, merged as TotalSegmentator merges them).
 
-The task's own preprocessing spec keeps the input grid (no reorientation, resampling or
-normalisation by the core): nnU-Net's networks expect nnU-Net's preparation, so
+The task's own preprocessing spec keeps the input grid (no resampling or normalisation by the
+core; only an exact reorientation where the model asks for one: TotalSegmentator's networks see
+RAS-ordered arrays): nnU-Net's networks expect nnU-Net's preparation, so
 :class:`NnunetRunner` does it (:mod:`medseg.preprocess.nnunet_prep`) on the input's voxel array,
 which is SimpleITK's ``(z, y, x)`` array of the same file: MedSeg's KJI order. Spacing is the
 voxel size along k, j, i; the direction cosines play no part in nnU-Net, and the labels land on
@@ -29,7 +31,7 @@ from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_
 from medseg.core.specs import SegmentationOutput
 from medseg.core.volume import Volume
 from medseg.inference.nnunet_window import sliding_window_logits
-from medseg.models.nnunet_folder import NnunetModel
+from medseg.models.nnunet_folder import NnunetModel, NnunetParts
 from medseg.models.nnunet_network import build_network, load_folds
 from medseg.models.registry import ModelFolder
 from medseg.models.weights import apply_state_dict
@@ -87,7 +89,7 @@ def predict_logits(model: NnunetModel, data: np.ndarray, *, folds: str | None, m
     assert total is not None  # load_folds returns at least one fold
     if len(loaded) > 1:
         total /= len(loaded)
-    return total
+    return total  # float16, as nnU-Net keeps them
 
 
 def crop_probabilities(model: NnunetModel, logits: np.ndarray, crop: Cropped, spacing: tuple[float, ...],
@@ -95,9 +97,8 @@ def crop_probabilities(model: NnunetModel, logits: np.ndarray, crop: Cropped, sp
     """Class (softmax) or region (sigmoid) probabilities ``(heads, ...)`` float32 on the cropped box, in
     the plan's transposed order: the plan-grid logits resampled back, then the activation."""
     plan = model.plan
-    back = resample_to_shape(logits, crop.data.shape[1:], work_spacing, spacing, plan.probability_resampling,
-                             out_dtype=np.float32)
-    t = torch.from_numpy(back)
+    back = resample_to_shape(logits, crop.data.shape[1:], work_spacing, spacing, plan.probability_resampling)
+    t = torch.from_numpy(back).float()  # rounded to the logits' float16 first, as nnU-Net does
     return (torch.sigmoid(t) if plan.has_regions else torch.softmax(t, dim=0)).numpy()
 
 
@@ -143,6 +144,24 @@ def logits_to_labels(model: NnunetModel, logits: np.ndarray, crop: Cropped, spac
         entropy=None if entropy is None else np.ascontiguousarray(paste(entropy, 0.0)))
 
 
+def merge_part(merged: MappedProbabilities | None, part: MappedProbabilities, offset: int) -> MappedProbabilities:
+    """Add one part of a merged task (TotalSegmentator's rule): its label v becomes ``offset + v`` and
+    wins where it labels a voxel; a voxel no part labels keeps the least confident background."""
+    hit = part.labels > 0
+    if merged is None:
+        labels = np.zeros(part.labels.shape, dtype=np.uint16)
+        labels[hit] = part.labels[hit].astype(np.uint16) + offset
+        return MappedProbabilities(labels, part.confidence, None)
+    labels = merged.labels.astype(np.uint16, copy=False)
+    labels[hit] = part.labels[hit].astype(np.uint16) + offset
+    conf = merged.confidence
+    if conf is not None and part.confidence is not None:
+        background = labels == 0
+        conf[background] = np.minimum(conf[background], part.confidence[background])
+        conf[hit] = part.confidence[hit]
+    return MappedProbabilities(labels, conf, None)
+
+
 class NnunetRunner:
     """The segmentation step of an nnU-Net model task (see the module doc).
 
@@ -152,10 +171,15 @@ class NnunetRunner:
     """
 
     def __init__(self, folder: ModelFolder, finish: FinishStep) -> None:
-        if not isinstance(folder.extra, NnunetModel):
+        extra = folder.extra
+        if isinstance(extra, NnunetParts):
+            self.parts, self.offsets = list(extra.models), list(extra.offsets)
+        elif isinstance(extra, NnunetModel):
+            self.parts, self.offsets = [extra], [0]
+        else:
             raise InputError(f"{folder.path} is not an nnU-Net model folder")
         self.folder = folder
-        self.model: NnunetModel = folder.extra
+        self.model: NnunetModel = self.parts[0]
         self.finish = finish
 
     def check_inputs(self, volumes: Sequence[Volume]) -> None:
@@ -185,17 +209,25 @@ class NnunetRunner:
             warnings.append(f"model {card.name}: licence {card.licence_name} does not allow commercial use")
         if uncertainty and self.model.plan.has_regions:
             warnings.append("uncertainty map not computed: the model predicts overlapping regions")
-        progress(0.0, "nnU-Net preprocessing")
-        data, crop, spacing, work_spacing = prepare([v.array for v in volumes], nnunet_spacing(volumes[0]),
-                                                    self.model)
-        cancel.check()
-        logger.info("nnU-Net %s: input %s cropped to %s, resampled to %s at %s mm", card.name,
-                    crop.full_shape, crop.data.shape[1:], data.shape[1:], work_spacing)
-        logits = predict_logits(self.model, data, folds=folds or None, mirror=tta, device=device,
-                                progress=SubProgress(progress, 0.05, 0.9, cancel), cancel=cancel)
-        del data
-        progress(0.9, "nnU-Net logits back to the input grid")
-        mapped = logits_to_labels(self.model, logits, crop, spacing, work_spacing, uncertainty)
-        out = self.finish(mapped, volumes[0], SegmentationOutput(warnings=warnings))
+        if uncertainty and len(self.parts) > 1:
+            warnings.append("uncertainty map not computed: the task merges several models")
+        merged: MappedProbabilities | None = None
+        n_parts = len(self.parts)
+        for n, (model, offset) in enumerate(zip(self.parts, self.offsets, strict=True)):
+            part = SubProgress(progress, n / n_parts, (n + 1) / n_parts, cancel)
+            part(0.0, f"nnU-Net {model.plan.dataset_name}: preprocessing")
+            data, crop, spacing, work_spacing = prepare([v.array for v in volumes], nnunet_spacing(volumes[0]), model)
+            cancel.check()
+            logger.info("nnU-Net %s: input %s cropped to %s, resampled to %s at %s mm", model.plan.dataset_name,
+                        crop.full_shape, crop.data.shape[1:], data.shape[1:], work_spacing)
+            logits = predict_logits(model, data, folds=folds or None, mirror=tta, device=device,
+                                    progress=SubProgress(part, 0.05, 0.9, cancel), cancel=cancel)
+            del data
+            part(0.9, f"nnU-Net {model.plan.dataset_name}: logits back to the input grid")
+            mapped = logits_to_labels(model, logits, crop, spacing, work_spacing, uncertainty and n_parts == 1)
+            del logits
+            merged = mapped if merged is None and offset == 0 else merge_part(merged, mapped, offset)
+        assert merged is not None  # a runner has at least one part
+        out = self.finish(merged, volumes[0], SegmentationOutput(warnings=warnings))
         progress(1.0, "nnU-Net done")
         return out

@@ -76,12 +76,12 @@ def run_task(
     # read-only from here: boxes, surfaces, measurements and the report share one pass for its boxes
     labelmap = seg.labelmap.freeze()
     warnings = [*notes, *seg.warnings]
-    if not labelmap.segments and not any(str(w).startswith(NOTHING_FOUND_PREFIX) for w in warnings):
+    if not labelmap.segments and not seg.boxes and not any(str(w).startswith(NOTHING_FOUND_PREFIX) for w in warnings):
         warnings.append(f"{NOTHING_FOUND_PREFIX}{task.name} found no structure; the segmentation is empty")
     stages = Stages(progress, cancel, timings, peaks)
 
     stages.start("detect")
-    boxes = boxes_for_lesions(labelmap, seg.lesions, seg.scores, warnings=warnings)
+    boxes = [*seg.boxes, *boxes_for_lesions(labelmap, seg.lesions, seg.scores, warnings=warnings)]
 
     meshes = {}
     if options.models and 1 in labelmap.volume.shape_kji:
