@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medseg.core.box import Box
 from medseg.core.errors import InputError
-from medseg.core.labelmap import LabelMap
+from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.progress import CancelToken, ProgressCallback, SubProgress, no_progress
 from medseg.core.specs import InputSpec, PreprocessSpec, Probabilities, SegmentationOutput, Task
+from medseg.core.terminology import term
 from medseg.core.volume import Volume
 from medseg.inference.predict import predict_volumes
+from medseg.models.card import PALETTE
 from medseg.models.detection_bundle import DetectionCard
 from medseg.models.network import load_network
 from medseg.models.postprocess import postprocess_labels, review_flags
@@ -39,6 +43,7 @@ from medseg.pipeline.nnunet_task import NnunetRunner
 from medseg.pipeline.options import RunOptions
 from medseg.pipeline.tasks import MODEL_TASK_PARAMS
 from medseg.preprocess.mapback import MappedProbabilities
+from medseg.segment.box_lesion import segment_in_box
 
 logger = logging.getLogger("medseg")
 
@@ -175,22 +180,55 @@ def _nnunet_task(model: ModelFolder, runner: ModelRunner) -> Task:
     )
 
 
+def segment_boxes(volume: Volume, boxes: Sequence[Box], name: str) -> SegmentationOutput:
+    """The lesion inside each box (:func:`medseg.segment.box_lesion.segment_in_box`) as a lesion segment
+    linked to its box (``segment_id``; score and kind from the box). Boxes are taken by falling score; a
+    voxel already claimed by a higher-scoring box stays with it. A box with no separable lesion keeps no
+    segment, and a warning names it."""
+    labels = np.zeros(volume.shape_kji, dtype=LabelMap.label_dtype(max(len(boxes), 1)))
+    segments: list[Segment] = []
+    linked: list[Box] = []
+    lesions: dict[str, str] = {}
+    scores: dict[str, float] = {}
+    empty: list[str] = []
+    for box in sorted(boxes, key=lambda b: -b.score):
+        mask = segment_in_box(volume, box) & (labels == 0)
+        if not mask.any():
+            empty.append(box.name)
+            linked.append(box)
+            continue
+        value = len(segments) + 1
+        labels[mask] = value
+        sid = f"Segment_{value}"
+        kind = "nodule" if "nodule" in box.label.lower() else "neoplasm"
+        segments.append(Segment(sid, box.name or f"Lesion {value}", PALETTE[(value - 1) % len(PALETTE)], value,
+                                term(kind)))
+        lesions[sid], scores[sid] = box.label, box.score
+        linked.append(replace(box, segment_id=sid))
+    warnings = [f"no lesion could be separated inside {len(empty)} box(es): {', '.join(empty)}"] if empty else []
+    return SegmentationOutput(LabelMap(volume.with_array(labels, name=name), tuple(segments)), lesions, scores,
+                              warnings, boxes=linked)
+
+
 def _detection_task(model: ModelFolder, det: DetectionCard) -> Task:
-    """A MONAI detection bundle's task: boxes (ROI markups) with score and class, no segments; the core
-    keeps the input grid (the detector prepares its own), ``--min-score`` filters the boxes."""
+    """A MONAI detection bundle's task: boxes (ROI markups) with score and class, each linked to a segment of
+    the lesion inside it; the core keeps the input grid (the detector prepares its own), ``--min-score``
+    filters the boxes."""
     card = model.card
 
     def run(volumes: Sequence[Volume], *, progress: ProgressCallback = no_progress, cancel: CancelToken | None = None,
             device: torch.device | None = None, min_score: float = 0.0) -> SegmentationOutput:
         ref = volumes[0]
-        boxes = detect_boxes(det, None, ref, device=device or "cpu", min_score=min_score, progress=progress,
-                             cancel=cancel)
-        empty = LabelMap(ref.with_array(np.zeros(ref.shape_kji, dtype=np.uint8), name=f"{ref.name} {card.name}"), ())
-        warnings = list(det.notes)
+        boxes = detect_boxes(det, None, ref, device=device or "cpu", min_score=min_score,
+                             progress=SubProgress(progress, 0.0, 0.9, cancel), cancel=cancel)
+        progress(0.9, f"segmenting the lesion in each of {len(boxes)} box(es)")
+        out = segment_boxes(ref, boxes, f"{ref.name} {card.name}")
+        out.warnings[:0] = list(det.notes)
         if not card.commercial_use:
-            warnings.append(f"model {card.name}: licence {card.licence_name} does not allow commercial use")
-        warnings.append(f"{len(boxes)} box(es) found at score >= {min_score:g}")
-        return SegmentationOutput(empty, warnings=warnings, boxes=boxes)
+            out.warnings.append(f"model {card.name}: licence {card.licence_name}; commercial use is not stated as "
+                                "allowed, so treat the results as research use only")
+        out.warnings.append(f"{len(boxes)} box(es) found at score >= {min_score:g}")
+        return out
 
     return Task(
         name=model.task_name,

@@ -81,7 +81,9 @@ def run_task(
     stages = Stages(progress, cancel, timings, peaks)
 
     stages.start("detect")
-    boxes = [*seg.boxes, *boxes_for_lesions(labelmap, seg.lesions, seg.scores, warnings=warnings)]
+    linked = {b.segment_id for b in seg.boxes}  # a step's own boxes (a detector's) keep their extent
+    lesions = {sid: kind for sid, kind in seg.lesions.items() if sid not in linked}
+    boxes = [*seg.boxes, *boxes_for_lesions(labelmap, lesions, seg.scores, warnings=warnings)]
 
     meshes = {}
     if options.models and 1 in labelmap.volume.shape_kji:
