@@ -43,7 +43,7 @@ def _arch(dims: int, features: tuple[int, ...], strides: list) -> dict:
 
 def make_plans(dataset_name: str, *, spacing: list[float], patch: list[int], transpose: list[int],
                normalization: str = "CTNormalization", features: tuple[int, ...] = (8, 16, 32),
-               config: str = "3d_fullres") -> dict:
+               config: str = "3d_fullres", previous_stage: str | None = None) -> dict:
     """An nnU-Net v2 ``plans.json`` (nnU-Net 2.5+ layout) with one configuration ``config``."""
     dims = len(patch)
     strides = [[1] * dims] + [[2] * dims] * (len(features) - 1)
@@ -60,6 +60,8 @@ def make_plans(dataset_name: str, *, spacing: list[float], patch: list[int], tra
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
         "architecture": _arch(dims, features, strides), "batch_dice": False,
     }
+    if previous_stage is not None:
+        cfg["previous_stage"] = previous_stage
     return {
         "dataset_name": dataset_name, "plans_name": "nnUNetPlans",
         "original_median_spacing_after_transp": [2.0, 1.0, 1.0], "original_median_shape_after_transp": [40, 40, 40],
@@ -75,7 +77,7 @@ def make_nnunet_folder(root: Path, *, dataset_id: int = 741, name: str = "TinyAb
                        regions_class_order: list[int] | None = None, folds: tuple[int, ...] = (0, 1),
                        config: str = "3d_fullres", channel: str = "CT", normalization: str = "CTNormalization",
                        features: tuple[int, ...] = (8, 16, 32), mirror_axes: tuple[int, ...] | None = (0, 1, 2),
-                       trainer: str = "nnUNetTrainer") -> Path:
+                       trainer: str = "nnUNetTrainer", previous_stage: str | None = None) -> Path:
     """Write a trained-model folder; returns the configuration folder (what ``--model`` takes)."""
     # why here: nnunetv2 is a test dependency only (the network classes come from its plans machinery)
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -87,22 +89,29 @@ def make_nnunet_folder(root: Path, *, dataset_id: int = 741, name: str = "TinyAb
     labels = labels or {"background": 0, "liver": 1, "tumor": 2, "spleen": 3}
     ds_name = f"Dataset{dataset_id:03d}_{name}"
     plans = make_plans(ds_name, spacing=spacing, patch=patch, transpose=transpose, normalization=normalization,
-                       features=features, config=config)
+                       features=features, config=config, previous_stage=previous_stage)
     dataset = {"channel_names": {"0": channel}, "labels": labels, "numTraining": 10, "file_ending": ".nii.gz"}
     if regions_class_order is not None:
         dataset["regions_class_order"] = regions_class_order
     folder = Path(root) / ds_name / f"{trainer}__nnUNetPlans__{config}"
     folder.mkdir(parents=True)
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    for other in folder.parent.glob(f"{trainer}__nnUNetPlans__*/plans.json"):  # one plans file lists all configs
+        known = json.loads(other.read_text())
+        plans["configurations"] = {**known["configurations"], **plans["configurations"]}
+        known["configurations"] = plans["configurations"]
+        other.write_text(json.dumps(known, indent=2))
     (folder / "plans.json").write_text(json.dumps(plans, indent=2))
-    heads = LabelManager(labels, regions_class_order).num_segmentation_heads
+    manager = LabelManager(labels, regions_class_order)
+    heads = manager.num_segmentation_heads
+    n_inputs = 1 + (len(manager.foreground_labels) if previous_stage is not None else 0)
     arch = plans["configurations"][config]["architecture"]
     for fold in folds:
         torch.manual_seed(1000 + fold)
         net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                     1, heads, allow_init=True, deep_supervision=True)
+                                     n_inputs, heads, allow_init=True, deep_supervision=True)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
-        x = torch.rand(1, 1, *patch)
+        x = torch.rand(1, n_inputs, *patch)
         out = net(x)
         (out[0] if isinstance(out, (list, tuple)) else out).mean().backward()
         opt.step()
@@ -137,8 +146,10 @@ def trainer_class(name: str) -> type:
 
 
 def reference_prediction(folder: Path, image_zyx: np.ndarray, spacing_zyx: tuple[float, ...], *,
-                         folds: tuple[int, ...] = (0, 1), mirroring: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``nnUNetPredictor`` on one image (SimpleITK array order): ``(labels, probabilities)``."""
+                         folds: tuple[int, ...] = (0, 1), mirroring: bool = True,
+                         previous: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``nnUNetPredictor`` on one image (SimpleITK array order): ``(labels, probabilities)``; ``previous``:
+    the first stage's labels for a cascade stage (float32, as nnU-Net reads them from its exported file)."""
     # why here: nnunetv2 is a test dependency only
     import nnunetv2.inference.predict_from_raw_data as predict_module
 
@@ -147,6 +158,7 @@ def reference_prediction(folder: Path, image_zyx: np.ndarray, spacing_zyx: tuple
                                 perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds, checkpoint_name="checkpoint_final.pth")
+    first = None if previous is None else previous[None].astype(np.float32)
     seg, probs = predictor.predict_single_npy_array(np.asarray(image_zyx, dtype=np.float32)[None],
-                                                    {"spacing": list(spacing_zyx)}, None, None, True)
+                                                    {"spacing": list(spacing_zyx)}, first, None, True)
     return np.asarray(seg), np.asarray(probs)

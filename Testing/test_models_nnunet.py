@@ -190,6 +190,34 @@ def test_real_ct_agrees_with_the_predictor(shared_data: Path, tmp_path: Path) ->
     assert _agree(out.labelmap.volume.array, ref) >= LABEL_AGREEMENT
 
 
+@pytest.mark.slow
+def test_cascade_runs_its_first_stage_and_agrees_with_the_predictor(tmp_path: Path) -> None:
+    """A dataset folder with 3d_lowres and 3d_cascade_fullres (no 3d_fullres): MedSeg picks the cascade,
+    runs 3d_lowres first and feeds its labels (one channel per label) to the second stage, as nnU-Net
+    does when given the first stage's segmentation."""
+    low = make_nnunet_folder(tmp_path, dataset_id=774, name="TinyCascade", config="3d_lowres", spacing=[4.0, 3.0, 3.2],
+                             patch=[12, 24, 20], transpose=[0, 2, 1], folds=(0,))
+    casc = make_nnunet_folder(tmp_path, dataset_id=774, name="TinyCascade", config="3d_cascade_fullres",
+                              previous_stage="3d_lowres", folds=(0,))
+    for f in (low, casc):
+        pin_nnunet_weights(f)
+    model = open_model(low.parent)
+    assert model.extra.folder == casc.resolve() and model.extra.previous.folder == low.resolve()
+    assert model.extra.plan.n_inputs == 4
+    vol = Volume(synthetic_ct((14, 44, 52), seed=9), np.diag([-1.1, 0.9, 3.5, 1.0]), name="ct")
+    out = run_model(model, [vol], tta=True)
+    first, _ = reference_prediction(low, vol.array, nnunet_spacing(vol), folds=(0,))
+    ref, _ = reference_prediction(casc, vol.array, nnunet_spacing(vol), folds=(0,), previous=first)
+    assert len(np.unique(first)) >= 3 and len(np.unique(ref)) >= 3
+    alone, _ = reference_prediction(casc, vol.array, nnunet_spacing(vol), folds=(0,), previous=np.zeros_like(first))
+    assert _agree(alone, ref) < 0.99  # the first stage's labels matter: the comparison can tell
+    assert _agree(out.labelmap.volume.array, ref) >= LABEL_AGREEMENT
+    (low / "fold_0" / "checkpoint_final.pth").unlink()
+    shutil.rmtree(low)
+    with pytest.raises(ModelError, match="cascade stage that takes 3d_lowres's labels"):
+        open_model(casc)
+
+
 # ----------------------------------------------------------------------------- refusals
 def _copy(folder: Path, dest: Path) -> Path:
     out = dest / folder.parent.name / folder.name
@@ -234,6 +262,7 @@ def test_weights_are_pinned_checked_and_loaded_weights_only(abdomen_model: Path,
     (lambda p: p["configurations"]["3d_fullres"].update(normalization_schemes=["MyNormalization"]),
      "normalization_schemes\\[0\\] is 'MyNormalization'"),
     (lambda p: p["configurations"]["3d_fullres"].update(previous_stage="3d_lowres"), "is a cascade stage"),
+    (lambda p: p["configurations"]["3d_fullres"].update(inherits_from="3d_fullres"), "inherit in a cycle"),
     (lambda p: p.update(transpose_backward=[0, 1, 2]), "are not inverse permutations"),
 ])
 def test_plans_that_need_more_than_medseg_does_are_refused(abdomen_model: Path, tmp_path: Path, edit,  # type: ignore[no-untyped-def]

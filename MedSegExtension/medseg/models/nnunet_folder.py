@@ -8,8 +8,8 @@ Accepted layouts (``medseg run --model DIR``, or a folder inside a models direct
   :data:`CONFIG_PREFERENCE` found is used.
 
 The configuration comes from the folder name (``Trainer__Plans__configuration``), else from the
-only configuration of the plans. A cascade stage (``3d_cascade_fullres``) is refused with a message:
-MedSeg runs single-stage configurations.
+only configuration of the plans. A cascade stage (``3d_cascade_fullres``) runs after its first stage,
+the ``3d_lowres`` folder beside it, whose labels it takes as extra input channels.
 
 Weights are never loaded before their SHA-256 is checked against a pin the user made after checking
 where the files came from: ``DIR/medseg.json`` ``{"weights_sha256": {"fold_0/checkpoint_final.pth":
@@ -37,6 +37,7 @@ from medseg.models.nnunet_plans import (
     TOTALSEG_ORIENTATION,
     NnunetPlan,
     configuration_name,
+    is_configuration_folder,
     parse_plan,
     pick_configuration_folder,
     read_json,
@@ -68,6 +69,7 @@ class NnunetModel:
     plan: NnunetPlan
     checkpoints: tuple[Checkpoint, ...]
     orientation: str | None = None
+    previous: NnunetModel | None = None  # a cascade stage's first stage (3d_lowres)
 
     def select(self, folds: str | None) -> tuple[Checkpoint, ...]:
         """The checkpoints of ``folds`` (``"0,1,2"``, ``"all"``; None or ``""``: every fold found, without
@@ -141,9 +143,16 @@ def open_nnunet(folder: Path) -> tuple[ModelCard, NnunetModel]:
     config = configuration_name(cfg_folder, plans)
     where = f"nnU-Net model {cfg_folder}"
     plan = parse_plan(dataset, plans, config, where)
+    previous = None
     if plan.previous_stage is not None:
-        raise ModelError(f"{where}: {config} is a cascade stage (it takes {plan.previous_stage}'s output); MedSeg runs "
-                         "single-stage configurations: use the 3d_fullres (or 3d_lowres) folder")
+        parts = cfg_folder.name.split("__")
+        sibling = cfg_folder.parent / "__".join([*parts[:2], plan.previous_stage])
+        if len(parts) != 3 or not is_configuration_folder(sibling):
+            raise ModelError(f"{where}: {config} is a cascade stage that takes {plan.previous_stage}'s labels, but "
+                             f"{sibling} (the trained {plan.previous_stage}) is not there")
+        _card, previous = open_nnunet(sibling)
+        if previous.plan.labels != plan.labels or previous.plan.previous_stage is not None:
+            raise ModelError(f"{where}: {sibling} predicts other labels than the cascade stage expects")
     overlay = read_overlay(cfg_folder)
     cks = checkpoints(cfg_folder, overlay)
     lic_name, commercial = _licence(plan, overlay)
@@ -168,12 +177,13 @@ def open_nnunet(folder: Path) -> tuple[ModelCard, NnunetModel]:
         commercial_use=commercial,
         weights_file=str(cfg_folder.resolve() / cks[0].relpath),
         weights_sha256=cks[0].sha256,
-        description=f"nnU-Net v2 {plan.dataset_name} {config} ({len(cks)} fold(s))",
+        description=f"nnU-Net v2 {plan.dataset_name} {config} ({len(cks)} fold(s))"
+                    + (f" after {plan.previous_stage}" if previous is not None else ""),
         activation="sigmoid" if plan.has_regions else "softmax",
         orientation=orientation,
         source="nnunet",
     )
-    return card, NnunetModel(cfg_folder.resolve(), plan, cks, card.orientation)
+    return card, NnunetModel(cfg_folder.resolve(), plan, cks, card.orientation, previous)
 
 
 @dataclass(frozen=True)

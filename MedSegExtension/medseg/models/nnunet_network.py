@@ -116,6 +116,6 @@ def load_folds(model: NnunetModel, folds: str | None = None) -> list[LoadedCheck
 
 def network_with_weights(model: NnunetModel, loaded: LoadedCheckpoint) -> torch.nn.Module:
     """The plan's network holding one fold's weights (shapes checked)."""
-    net = build_network(model.plan, len(model.plan.channels))
+    net = build_network(model.plan, model.plan.n_inputs)
     apply_state_dict(net, loaded.state_dict, model.folder / f"fold_{loaded.fold}")
     return net.eval()

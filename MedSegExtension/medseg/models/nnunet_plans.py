@@ -31,7 +31,7 @@ from medseg.models.errors import ModelError
 DATASET_FILE = "dataset.json"
 PLANS_FILE = "plans.json"
 #: the configuration used when a dataset folder holds several
-CONFIG_PREFERENCE = ("3d_fullres", "2d", "3d_lowres")
+CONFIG_PREFERENCE = ("3d_fullres", "3d_cascade_fullres", "2d", "3d_lowres")
 FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 #: a TotalSegmentator dataset (``Dataset291_TotalSegmentator_part1_organs_1559subj``,
 #: ``Dataset850_TotalSegMRI_part1_organs_1088subj``, ``Dataset297_TotalSegmentator_total_3mm_1559subj``):
@@ -128,7 +128,8 @@ class NnunetPlan:
         transpose_forward / transpose_backward: the axis permutation of the ``(z, y, x)`` array.
         channels: input channel names, in order (``CT``, ``T2``, ``ADC``...).
         normalization: per input channel.
-        data_resampling / probability_resampling: preprocessing, and the logits' way back.
+        data_resampling / probability_resampling / label_resampling: preprocessing, the logits' way back,
+            and a previous stage's labels on their way in (cascade).
         network_class: a key of :data:`NETWORK_CLASSES` values (``PlainConvUNet``...).
         network_kwargs: its constructor arguments, class-valued ones still as dotted names.
         class_kwargs: the names of the class-valued arguments.
@@ -148,6 +149,7 @@ class NnunetPlan:
     normalization: tuple[ChannelNormalization, ...]
     data_resampling: Resampling
     probability_resampling: Resampling
+    label_resampling: Resampling
     network_class: str
     network_kwargs: dict
     class_kwargs: tuple[str, ...]
@@ -159,6 +161,11 @@ class NnunetPlan:
     @property
     def dims(self) -> int:
         return len(self.patch_size)
+
+    @property
+    def n_inputs(self) -> int:
+        """Network input channels: the image channels, plus one per label for a cascade stage."""
+        return len(self.channels) + (len(self.labels) if self.previous_stage is not None else 0)
 
     @property
     def num_heads(self) -> int:
@@ -309,7 +316,7 @@ def _resampling(cfg: dict, key: str, where: str) -> Resampling:
     if not isinstance(kwargs, dict) or set(kwargs) - RESAMPLING_KWARGS:
         raise ModelError(f"{where}: resampling_fn_{key}_kwargs has unknown argument(s) "
                          f"{sorted(set(kwargs) - RESAMPLING_KWARGS) if isinstance(kwargs, dict) else kwargs}")
-    order, order_z = kwargs.get("order", 3), kwargs.get("order_z", 0)
+    order, order_z = kwargs.get("order", 1 if key == "seg" else 3), kwargs.get("order_z", 0)
     for k, v in (("order", order), ("order_z", order_z)):
         if not isinstance(v, int) or not 0 <= v <= 5:
             raise ModelError(f"{where}: resampling_fn_{key}_kwargs.{k} must be a spline order 0..5, got {v!r}")
@@ -422,6 +429,7 @@ def parse_plan(dataset: dict, plans: dict, configuration: str, where: str = "nnU
         normalization=_normalizations(cfg, plans, len(channels), f"{where}: {configuration}"),
         data_resampling=_resampling(cfg, "data", f"{where}: {configuration}"),
         probability_resampling=_resampling(cfg, "probabilities", f"{where}: {configuration}"),
+        label_resampling=_resampling(cfg, "seg", f"{where}: {configuration}"),
         network_class=NETWORK_CLASSES[cls_name],
         network_kwargs=dict(kwargs),
         class_kwargs=tuple(str(k) for k in req),

@@ -57,20 +57,60 @@ def nnunet_spacing(volume: Volume) -> tuple[float, float, float]:
     return sk, sj, si
 
 
-def prepare(arrays_kji: Sequence[np.ndarray], spacing_kji: Sequence[float], model: NnunetModel
-            ) -> tuple[np.ndarray, Cropped, tuple[float, ...], tuple[float, ...]]:
-    """nnU-Net's preprocessing of the input channels. Returns the network input ``(C, ...)`` on the
-    plan's grid, the crop, and the spacings (transposed order) before and after resampling."""
+#: :func:`prepare`'s result: network input, crop, spacing before and after resampling (transposed order)
+Prepared = tuple[np.ndarray, Cropped, tuple[float, ...], tuple[float, ...]]
+
+
+def prepare(arrays_kji: Sequence[np.ndarray], spacing_kji: Sequence[float], model: NnunetModel,
+            previous_labels: np.ndarray | None = None) -> Prepared:
+    """nnU-Net's preprocessing of the input channels (and, for a cascade stage, of the first stage's
+    labels on the input grid: cropped, -1 outside the non-zero region, resampled label by label, one
+    channel per label appended). Returns the network input ``(C, ...)`` on the plan's grid, the crop, and
+    the spacings (transposed order) before and after resampling."""
     plan = model.plan
     tf = plan.transpose_forward
-    data = np.stack([np.asarray(a, dtype=np.float32) for a in arrays_kji])
-    data = data.transpose(0, *(t + 1 for t in tf))
+    axes = (0, *(t + 1 for t in tf))
+    data = np.stack([np.asarray(a, dtype=np.float32) for a in arrays_kji]).transpose(axes)
     spacing = tuple(float(spacing_kji[t]) for t in tf)
     crop = crop_to_nonzero(data)
     target = plan.spacing if plan.dims == 3 else (spacing[0], *plan.spacing)
     new_shape = compute_new_shape(crop.data.shape[1:], spacing, target)
     norm = normalize_channels(np.array(crop.data, dtype=np.float32), crop.mask, plan.normalization)
-    return resample_to_shape(norm, new_shape, spacing, target, plan.data_resampling), crop, spacing, tuple(target)
+    out = resample_to_shape(norm, new_shape, spacing, target, plan.data_resampling)
+    if plan.previous_stage is not None:
+        if previous_labels is None:
+            raise InputError(f"{plan.dataset_name} {plan.configuration} needs {plan.previous_stage}'s labels")
+        inside = (slice(None), *crop.slices)
+        seg = np.asarray(previous_labels)[None].transpose(axes)[inside].astype(np.int16)
+        seg[(seg == 0) & ~crop.mask[None]] = -1
+        seg = resample_to_shape(seg, new_shape, spacing, target, plan.label_resampling, labels=True)
+        onehot = np.stack([seg[0] == lab.value for lab in plan.labels]).astype(np.float32)
+        out = np.concatenate([out, onehot])
+    return out, crop, spacing, tuple(target)
+
+
+def predict_labels(model: NnunetModel, volumes: Sequence[Volume], *, folds: str | None, mirror: bool,
+                   device: torch.device, uncertainty: bool = False, progress: ProgressCallback = no_progress,
+                   cancel: CancelToken | None = None) -> MappedProbabilities:
+    """One nnU-Net model's labels on the input grid (a cascade stage first runs its first stage)."""
+    previous = None
+    lo, name = 0.0, f"nnU-Net {model.plan.dataset_name} {model.plan.configuration}"
+    if model.previous is not None:
+        previous = predict_labels(model.previous, volumes, folds=folds, mirror=mirror, device=device,
+                                  progress=SubProgress(progress, 0.0, 0.4, cancel), cancel=cancel).labels
+        lo = 0.4
+    progress(lo, f"{name}: preprocessing")
+    data, crop, spacing, work_spacing = prepare([v.array for v in volumes], nnunet_spacing(volumes[0]), model,
+                                                previous)
+    if cancel is not None:
+        cancel.check()
+    logger.info("%s: input %s cropped to %s, resampled to %s at %s mm", name, crop.full_shape, crop.data.shape[1:],
+                data.shape[1:], work_spacing)
+    logits = predict_logits(model, data, folds=folds, mirror=mirror, device=device,
+                            progress=SubProgress(progress, lo + 0.05 * (1 - lo), 0.9, cancel), cancel=cancel)
+    del data
+    progress(0.9, f"{name}: logits back to the input grid")
+    return logits_to_labels(model, logits, crop, spacing, work_spacing, uncertainty)
 
 
 def predict_logits(model: NnunetModel, data: np.ndarray, *, folds: str | None, mirror: bool, device: torch.device,
@@ -215,17 +255,8 @@ class NnunetRunner:
         n_parts = len(self.parts)
         for n, (model, offset) in enumerate(zip(self.parts, self.offsets, strict=True)):
             part = SubProgress(progress, n / n_parts, (n + 1) / n_parts, cancel)
-            part(0.0, f"nnU-Net {model.plan.dataset_name}: preprocessing")
-            data, crop, spacing, work_spacing = prepare([v.array for v in volumes], nnunet_spacing(volumes[0]), model)
-            cancel.check()
-            logger.info("nnU-Net %s: input %s cropped to %s, resampled to %s at %s mm", model.plan.dataset_name,
-                        crop.full_shape, crop.data.shape[1:], data.shape[1:], work_spacing)
-            logits = predict_logits(model, data, folds=folds or None, mirror=tta, device=device,
-                                    progress=SubProgress(part, 0.05, 0.9, cancel), cancel=cancel)
-            del data
-            part(0.9, f"nnU-Net {model.plan.dataset_name}: logits back to the input grid")
-            mapped = logits_to_labels(model, logits, crop, spacing, work_spacing, uncertainty and n_parts == 1)
-            del logits
+            mapped = predict_labels(model, volumes, folds=folds or None, mirror=tta, device=device,
+                                    uncertainty=uncertainty and n_parts == 1, progress=part, cancel=cancel)
             merged = mapped if merged is None and offset == 0 else merge_part(merged, mapped, offset)
         assert merged is not None  # a runner has at least one part
         out = self.finish(merged, volumes[0], SegmentationOutput(warnings=warnings))

@@ -72,6 +72,11 @@ class Cropped:
     bbox: BBox
     full_shape: tuple[int, ...]
 
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        """The box as slices of a spatial array."""
+        return tuple(slice(a, b) for a, b in self.bbox)
+
 
 def bbox_of(mask: np.ndarray) -> BBox:
     """Half-open index ranges of the True voxels of ``mask``; the whole array when none is True."""
@@ -196,21 +201,50 @@ def _along_axis(data: np.ndarray, axis: int, n_out: int, order: int) -> np.ndarr
     return ndi.map_coordinates(data, np.stack(grids), order=order, mode="nearest")
 
 
+def resize_labels(seg: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """A label map resized as batchgenerators' ``resize_segmentation`` (float64 out): order 0 is the
+    nearest label; otherwise each label's indicator is resized (:func:`skimage_resize`) and the voxel
+    takes the label scoring highest (the smallest label on a tie), unless the nearest label is among
+    the top scorers (score > 0), which then wins."""
+    seg = np.asarray(seg, dtype=np.float64)
+    nearest = skimage_resize(seg, shape, 0)
+    if order == 0:
+        return nearest
+    labels = np.unique(seg)
+    if len(labels) == 1:
+        return np.full(tuple(shape), labels[0])
+    best = np.full(tuple(shape), -np.inf)
+    win = np.zeros(tuple(shape), dtype=np.float64)
+    nearest_score = np.zeros(tuple(shape))
+    for c in labels:
+        score = skimage_resize(seg == c, shape, order)
+        better = score > best
+        win[better] = c
+        best = np.maximum(best, score)
+        is_nn = nearest == c
+        nearest_score[is_nn] = score[is_nn]
+    take_nn = (nearest_score == best) & (best > 0)
+    win[take_nn] = nearest[take_nn]
+    return win
+
+
 def resample_to_shape(data: np.ndarray, new_shape: Sequence[int], spacing: Sequence[float],
                       new_spacing: Sequence[float], rs: ResamplingLike,
-                      out_dtype: np.dtype | type | None = None) -> np.ndarray:
+                      out_dtype: np.dtype | type | None = None, labels: bool = False) -> np.ndarray:
     """``(C, ...)`` ``data`` resampled to ``new_shape`` as nnU-Net's ``resample_data_or_seg_to_shape``
-    (not for label maps); returned in ``out_dtype`` (default: ``data``'s dtype)."""
+    (``labels``: a label map, resized label by label as :func:`resize_labels`); returned in ``out_dtype``
+    (default: ``data``'s dtype)."""
     new_shape = tuple(int(s) for s in new_shape)
     out_dtype = data.dtype if out_dtype is None else np.dtype(out_dtype)
     if tuple(data.shape[1:]) == new_shape:
         return data.astype(out_dtype, copy=False)
+    resize = resize_labels if labels else skimage_resize
     axis = separate_axis(spacing, new_spacing, rs)
     out = np.empty((data.shape[0], *new_shape), dtype=out_dtype)
     for c in range(data.shape[0]):
-        chan = data[c]
+        chan = data[c].astype(np.float64)
         if axis is None:
-            out[c] = skimage_resize(chan, new_shape, rs.order)
+            out[c] = resize(chan, new_shape, rs.order)
             continue
         plane = tuple(s for a, s in enumerate(new_shape) if a != axis)
         tmp_shape = list(new_shape)
@@ -218,8 +252,10 @@ def resample_to_shape(data: np.ndarray, new_shape: Sequence[int], spacing: Seque
         tmp = np.empty(tmp_shape, dtype=np.float64)
         for s in range(chan.shape[axis]):
             idx = tuple(s if a == axis else slice(None) for a in range(chan.ndim))
-            tmp[idx] = skimage_resize(chan[idx], plane, rs.order)
+            tmp[idx] = resize(chan[idx], plane, rs.order)
         if chan.shape[axis] != new_shape[axis]:
+            if labels and rs.order_z != 0:
+                raise InputError("resampling a label map along a separate axis with order_z > 0 is not supported")
             tmp = _along_axis(tmp, axis, new_shape[axis], rs.order_z)
         out[c] = tmp
     return out
