@@ -123,7 +123,7 @@ def test_agrees_with_nnunet_predictor_on_oblique_flipped_anisotropic_input(abdom
 
     # probabilities on the input grid
     data, crop, spacing, work = prepare([vol.array], nnunet_spacing(vol), model.extra)
-    assert crop.data.shape[1:] != crop.full_shape  # the zero border was cropped
+    assert crop.shape != crop.full_shape  # the zero border was cropped
     logits = predict_logits(model.extra, data, folds=None, mirror=True, device=torch.device("cpu"))
     probs = input_probabilities(model.extra, crop_probabilities(model.extra, logits, crop, spacing, work), crop)
     assert probs.shape == ref_probs.shape

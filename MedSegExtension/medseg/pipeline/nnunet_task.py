@@ -70,19 +70,20 @@ def prepare(arrays_kji: Sequence[np.ndarray], spacing_kji: Sequence[float], mode
     plan = model.plan
     tf = plan.transpose_forward
     axes = (0, *(t + 1 for t in tf))
-    data = np.stack([np.asarray(a, dtype=np.float32) for a in arrays_kji]).transpose(axes)
+    data = np.stack([np.asarray(a, dtype=np.float32) for a in arrays_kji]).transpose(axes)  # a copy: ours
     spacing = tuple(float(spacing_kji[t]) for t in tf)
-    crop = crop_to_nonzero(data)
+    cropped, mask, crop = crop_to_nonzero(data)
     target = plan.spacing if plan.dims == 3 else (spacing[0], *plan.spacing)
-    new_shape = compute_new_shape(crop.data.shape[1:], spacing, target)
-    norm = normalize_channels(np.array(crop.data, dtype=np.float32), crop.mask, plan.normalization)
+    new_shape = compute_new_shape(crop.shape, spacing, target)
+    norm = normalize_channels(cropped, mask, plan.normalization)  # in place, on our copy
     out = resample_to_shape(norm, new_shape, spacing, target, plan.data_resampling)
+    del data, cropped, norm
     if plan.previous_stage is not None:
         if previous_labels is None:
             raise InputError(f"{plan.dataset_name} {plan.configuration} needs {plan.previous_stage}'s labels")
         inside = (slice(None), *crop.slices)
         seg = np.asarray(previous_labels)[None].transpose(axes)[inside].astype(np.int16)
-        seg[(seg == 0) & ~crop.mask[None]] = -1
+        seg[(seg == 0) & ~mask[None]] = -1
         seg = resample_to_shape(seg, new_shape, spacing, target, plan.label_resampling, labels=True)
         onehot = np.stack([seg[0] == lab.value for lab in plan.labels]).astype(np.float32)
         out = np.concatenate([out, onehot])
@@ -104,7 +105,7 @@ def predict_labels(model: NnunetModel, volumes: Sequence[Volume], *, folds: str 
                                                 previous)
     if cancel is not None:
         cancel.check()
-    logger.info("%s: input %s cropped to %s, resampled to %s at %s mm", name, crop.full_shape, crop.data.shape[1:],
+    logger.info("%s: input %s cropped to %s, resampled to %s at %s mm", name, crop.full_shape, crop.shape,
                 data.shape[1:], work_spacing)
     logits = predict_logits(model, data, folds=folds, mirror=mirror, device=device,
                             progress=SubProgress(progress, lo + 0.05 * (1 - lo), 0.9, cancel), cancel=cancel)
@@ -132,14 +133,19 @@ def predict_logits(model: NnunetModel, data: np.ndarray, *, folds: str | None, m
     return total  # float16, as nnU-Net keeps them
 
 
+def crop_logits(model: NnunetModel, logits: np.ndarray, crop: Cropped, spacing: tuple[float, ...],
+                work_spacing: tuple[float, ...]) -> np.ndarray:
+    """The plan-grid logits resampled back onto the cropped box (plan's transposed order), in the logits'
+    float16 as nnU-Net keeps them."""
+    return resample_to_shape(logits, crop.shape, work_spacing, spacing, model.plan.probability_resampling)
+
+
 def crop_probabilities(model: NnunetModel, logits: np.ndarray, crop: Cropped, spacing: tuple[float, ...],
                        work_spacing: tuple[float, ...]) -> np.ndarray:
     """Class (softmax) or region (sigmoid) probabilities ``(heads, ...)`` float32 on the cropped box, in
-    the plan's transposed order: the plan-grid logits resampled back, then the activation."""
-    plan = model.plan
-    back = resample_to_shape(logits, crop.data.shape[1:], work_spacing, spacing, plan.probability_resampling)
-    t = torch.from_numpy(back).float()  # rounded to the logits' float16 first, as nnU-Net does
-    return (torch.sigmoid(t) if plan.has_regions else torch.softmax(t, dim=0)).numpy()
+    the plan's transposed order: :func:`crop_logits`, then the activation."""
+    t = torch.from_numpy(crop_logits(model, logits, crop, spacing, work_spacing)).float()
+    return (torch.sigmoid(t) if model.plan.has_regions else torch.softmax(t, dim=0)).numpy()
 
 
 def input_probabilities(model: NnunetModel, probs: np.ndarray, crop: Cropped) -> np.ndarray:
@@ -156,20 +162,32 @@ def logits_to_labels(model: NnunetModel, logits: np.ndarray, crop: Cropped, spac
                      work_spacing: tuple[float, ...], uncertainty: bool) -> MappedProbabilities:
     """Labels (and winning probability, optionally entropy) on the input grid from the plan-grid logits."""
     plan = model.plan
-    probs = crop_probabilities(model, logits, crop, spacing, work_spacing)
-    if plan.has_regions:
-        labels = np.zeros(probs.shape[1:], dtype=np.uint16)
-        conf = 1.0 - probs.max(axis=0)
+    back = torch.from_numpy(crop_logits(model, logits, crop, spacing, work_spacing))
+    entropy = None
+    if plan.has_regions:  # one region channel at a time: sigmoid > 0.5, later regions win
+        labels = np.zeros(back.shape[1:], dtype=np.uint16)
+        conf = np.ones(back.shape[1:], dtype=np.float32)
         for i, lab in enumerate(plan.labels):
-            hit = probs[i] > 0.5
+            p = torch.sigmoid(back[i].float()).numpy()
+            np.minimum(conf, 1.0 - p, out=conf)
+            hit = p > 0.5
             labels[hit] = lab.value
-            conf[hit] = probs[i][hit]
-        entropy = None
-    else:
+            conf[hit] = p[hit]
+    elif uncertainty:
+        probs = torch.softmax(back.float(), dim=0).numpy()
         labels = probs.argmax(axis=0).astype(np.uint16)
         conf = probs.max(axis=0)
-        entropy = normalised_entropy(probs) if uncertainty else None
-    del probs
+        entropy = normalised_entropy(probs)
+        del probs
+    else:  # argmax of the logits (= of the softmax); the winning probability streamed channel by channel
+        labels = back.argmax(dim=0).numpy().astype(np.uint16)
+        peak = back.max(dim=0).values.float()
+        total = torch.zeros_like(peak)
+        for c in range(back.shape[0]):
+            total += torch.exp(back[c].float() - peak)
+        conf = (1.0 / total).numpy()
+        del peak, total
+    del back
     tb = plan.transpose_backward
     full = crop.full_shape
 

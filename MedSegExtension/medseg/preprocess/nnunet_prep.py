@@ -64,11 +64,8 @@ class NormalizationLike(Protocol):
 
 @dataclass(frozen=True)
 class Cropped:
-    """:func:`crop_to_nonzero`'s result: ``data`` inside ``bbox`` of a ``full_shape`` array, and the
-    non-zero mask (holes filled) inside it."""
+    """Where :func:`crop_to_nonzero` cropped: ``bbox`` of a ``full_shape`` spatial array."""
 
-    data: np.ndarray
-    mask: np.ndarray
     bbox: BBox
     full_shape: tuple[int, ...]
 
@@ -76,6 +73,11 @@ class Cropped:
     def slices(self) -> tuple[slice, ...]:
         """The box as slices of a spatial array."""
         return tuple(slice(a, b) for a, b in self.bbox)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The cropped spatial shape."""
+        return tuple(b - a for a, b in self.bbox)
 
 
 def bbox_of(mask: np.ndarray) -> BBox:
@@ -88,14 +90,14 @@ def bbox_of(mask: np.ndarray) -> BBox:
     return tuple(out)
 
 
-def crop_to_nonzero(data: np.ndarray) -> Cropped:
-    """Crop ``(C, ...)`` ``data`` to the box of voxels non-zero in any channel (holes filled)."""
+def crop_to_nonzero(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, Cropped]:
+    """Crop ``(C, ...)`` ``data`` to the box of voxels non-zero in any channel (holes filled): the cropped
+    data (a view), the non-zero mask inside the box, and where the box is."""
     mask = np.any(data != 0, axis=0)
     mask = ndi.binary_fill_holes(mask)
-    box = bbox_of(mask)
-    sl = tuple(slice(a, b) for a, b in box)
-    idx = (slice(None), *sl)
-    return Cropped(data[idx], mask[sl], box, tuple(int(s) for s in data.shape[1:]))
+    crop = Cropped(bbox_of(mask), tuple(int(s) for s in data.shape[1:]))
+    idx = (slice(None), *crop.slices)
+    return data[idx], mask[crop.slices], crop
 
 
 def uncrop(array: np.ndarray, bbox: BBox, full_shape: Sequence[int], fill: float | Sequence[float] = 0) -> np.ndarray:
