@@ -7,6 +7,7 @@ of MedSeg's own matrix code.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -65,6 +66,18 @@ GEOMETRY_CASES = {
         rotation((1.0, 2.0, 0.5), 30.0) @ np.diag([1.0, -1.0, 1.0]),
     ),
 }
+
+
+def edited_copy(doc: dict, path: str, value: object) -> dict:
+    """A deep copy of JSON-like ``doc`` with the item at dotted ``path`` (list indices as numbers, e.g.
+    ``"preprocessing.transforms.2.pixdim"``) set to ``value``."""
+    d = copy.deepcopy(doc)
+    node: object = d
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]  # type: ignore[index]
+    node[int(keys[-1]) if isinstance(node, list) else keys[-1]] = value  # type: ignore[index]
+    return d
 
 
 def make_sitk_image(case: str, pixel=sitk.sitkInt16) -> sitk.Image:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import edited_copy
 from medseg.models.allowlist import build_network
 from medseg.models.bundle import bundle_card
 from medseg.models.errors import BundleError
@@ -98,13 +98,7 @@ def test_unpinned_bundle_is_refused_until_pinned(tmp_path, capsys):
 
 
 def _edit(path: str, value) -> dict:
-    d = copy.deepcopy(INFERENCE)
-    node = d
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node[int(k)] if isinstance(node, list) else node[k]
-    node[int(keys[-1]) if isinstance(node, list) else keys[-1]] = value
-    return d
+    return edited_copy(INFERENCE, path, value)
 
 
 @pytest.mark.parametrize("path, key_named", [

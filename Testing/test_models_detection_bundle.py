@@ -25,7 +25,7 @@ import SimpleITK as sitk
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from conftest import GEOMETRY_CASES, make_sitk_image, shared_data_dir
+from conftest import GEOMETRY_CASES, edited_copy, make_sitk_image, shared_data_dir
 from medseg.core.errors import CancelledError, InputError
 from medseg.core.frames import volume_to_sitk
 from medseg.core.progress import CancelToken
@@ -482,13 +482,7 @@ def test_boxes_agree_with_monai_on_a_real_chest_ct(bundle, network, weights, tmp
 
 # ------------------------------------------------------------------------------------------ (3) refusals
 def _edit(path: str, value) -> dict:
-    d = copy.deepcopy(INFERENCE)
-    node = d
-    keys = path.split(".")
-    for k in keys[:-1]:
-        node = node[int(k)] if isinstance(node, list) else node[k]
-    node[int(keys[-1]) if isinstance(node, list) else keys[-1]] = value
-    return d
+    return edited_copy(INFERENCE, path, value)
 
 
 def test_unpinned_weights_are_refused_until_pinned(tmp_path):

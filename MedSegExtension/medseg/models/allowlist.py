@@ -66,12 +66,12 @@ def check_literal(value: Any, where: str) -> None:
         f"{where} must be a literal (number, string, boolean, null, list, object), got {type(value).__name__}")
 
 
-def _tupleize(value: Any) -> Any:
+def tupleize(value: Any) -> Any:
     """JSON lists -> tuples (MONAI's ``act``/``norm`` take ``(name, {args})`` tuples)."""
     if isinstance(value, list):
-        return tuple(_tupleize(v) for v in value)
+        return tuple(tupleize(v) for v in value)
     if isinstance(value, dict):
-        return {k: _tupleize(v) for k, v in value.items()}
+        return {k: tupleize(v) for k, v in value.items()}
     return value
 
 
@@ -97,7 +97,7 @@ def build_network(name: str, args: dict, where: str = "network") -> torch.nn.Mod
     """Construct the allow-listed class ``name`` with literal ``args``, in eval mode on the CPU."""
     check_network_args(name, args, f"{where}.args")
     cls = network_class(name)
-    kwargs = {k: (_tupleize(v) if k in ("act", "norm", "act_name", "norm_name", "dropout") else v)
+    kwargs = {k: (tupleize(v) if k in ("act", "norm", "act_name", "norm_name", "dropout") else v)
               for k, v in args.items()}
     try:
         net = cls(**kwargs)

@@ -213,14 +213,19 @@ def _pin(folder: Path, overlay: dict, weights_rel: str) -> str:
         f"with `medseg models verify {folder} --pin` (writes {OVERLAY_FILE})")
 
 
-def bundle_card(folder: Path) -> ModelCard:
-    """Read a MONAI bundle folder as a ``ModelCard`` (``BundleError`` naming the key on refusal)."""
-    folder = Path(folder)
+def open_bundle_config(folder: Path) -> tuple[dict, Any, ConfigResolver]:
+    """A bundle's ``metadata.json`` (an object), its inference config and a resolver over that config."""
     meta = load_json(folder / "configs" / "metadata.json")
     if not isinstance(meta, dict):
         raise BundleError(f"{folder}/configs/metadata.json must hold an object")
     config, cfg_name = load_config(folder)
-    r = ConfigResolver(config, f"bundle {folder.name} {cfg_name}")
+    return meta, config, ConfigResolver(config, f"bundle {folder.name} {cfg_name}")
+
+
+def bundle_card(folder: Path) -> ModelCard:
+    """Read a MONAI bundle folder as a ``ModelCard`` (``BundleError`` naming the key on refusal)."""
+    folder = Path(folder)
+    meta, _config, r = open_bundle_config(folder)
     notes: list = []
     overlay = load_json(folder / OVERLAY_FILE) if (folder / OVERLAY_FILE).is_file() else {}
     cls, args = _network(r, notes)

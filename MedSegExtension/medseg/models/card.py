@@ -257,19 +257,24 @@ def _axis_of(letter: str) -> int:
     return {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}.get(letter, -1)
 
 
-def read_card_json(folder: Path) -> dict:
-    """``folder/model_card.json`` as a dict, not validated; ``ModelError`` if missing or not a JSON object."""
-    path = Path(folder) / CARD_FILE
+def read_json_object(path: Path, missing: str) -> dict:
+    """The JSON object in ``path``; ``ModelError`` saying ``missing`` when there is no file, or naming the file
+    when it is not valid JSON or not an object."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError:
-        raise ModelError(f"{folder} has no {CARD_FILE}") from None
+        raise ModelError(missing) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ModelError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def read_card_json(folder: Path) -> dict:
+    """``folder/model_card.json`` as a dict, not validated; ``ModelError`` if missing or not a JSON object."""
+    return read_json_object(Path(folder) / CARD_FILE, f"{folder} has no {CARD_FILE}")
 
 
 def load_card(folder: Path) -> ModelCard:

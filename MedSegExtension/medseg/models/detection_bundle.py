@@ -52,7 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medseg.models.bundle import OVERLAY_FILE, _licence_file, _pin
+from medseg.models.allowlist import tupleize
+from medseg.models.bundle import OVERLAY_FILE, _licence_file, _pin, open_bundle_config
 from medseg.models.bundle_config import ConfigResolver, load_config, load_json
 from medseg.models.card import PALETTE, InputChannel, LabelSpec, ModelCard, safe_model_name
 from medseg.models.errors import BundleError, ModelError
@@ -735,11 +736,7 @@ def detection_card(folder: Path) -> DetectionCard:
             the message names the key or file.
     """
     folder = Path(folder)
-    meta = load_json(folder / "configs" / "metadata.json")
-    if not isinstance(meta, dict):
-        raise BundleError(f"{folder}/configs/metadata.json must hold an object")
-    config, cfg_name = load_config(folder)
-    r = ConfigResolver(config, f"bundle {folder.name} {cfg_name}")
+    meta, config, r = open_bundle_config(folder)
     rd = _Reader(r)
     overlay = load_json(folder / OVERLAY_FILE) if (folder / OVERLAY_FILE).is_file() else {}
     if not isinstance(overlay, dict):
@@ -910,14 +907,6 @@ def _layer_getter_class() -> type:
     return _LayerGetter
 
 
-def _tupleize(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tupleize(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tupleize(v) for k, v in value.items()}
-    return value
-
-
 def build_detection_network(card: DetectionCard) -> torch.nn.Module:
     """The bundle's RetinaNet (random weights), built from allow-listed MONAI classes with the card's literal
     arguments, in eval mode on the CPU: ``ResNet`` (or a ``resnetN`` factory) -> the FPN feature extractor that
@@ -933,7 +922,7 @@ def build_detection_network(card: DetectionCard) -> torch.nn.Module:
     from monai.networks.nets import resnet
     from torch import nn
 
-    kwargs = {k: (_tupleize(v) if k in ("act", "norm") else v) for k, v in card.backbone_args.items()}
+    kwargs = {k: (tupleize(v) if k in ("act", "norm") else v) for k, v in card.backbone_args.items()}
     try:
         backbone = getattr(resnet, card.backbone)(**kwargs)
     except (TypeError, ValueError, AssertionError, KeyError) as exc:

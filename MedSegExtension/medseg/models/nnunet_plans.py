@@ -20,12 +20,12 @@ classes from :data:`NETWORK_CLASSES` whose class-valued arguments are in :data:`
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medseg.models.card import read_json_object
 from medseg.models.errors import ModelError
 
 DATASET_FILE = "dataset.json"
@@ -248,16 +248,7 @@ def results_folder(folder: Path) -> Path:
 
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``; ``ModelError`` naming the file when missing, invalid or not an object."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ModelError(f"{path} is missing; an nnU-Net v2 model folder has {DATASET_FILE} and {PLANS_FILE}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, f"{path} is missing; an nnU-Net v2 model folder has {DATASET_FILE} and {PLANS_FILE}")
 
 
 def _need(d: dict, key: str, where: str) -> Any:

@@ -179,20 +179,26 @@ def logits_to_labels(model: NnunetModel, logits: np.ndarray, crop: Cropped, spac
         conf = probs.max(axis=0)
         entropy = normalised_entropy(probs)
         del probs
-    else:  # argmax of the logits (= of the softmax); the winning probability streamed channel by channel
-        labels = back.argmax(dim=0).numpy().astype(np.uint16)
-        peak = back.max(dim=0).values.float()
+    else:  # argmax of the logits (= of the softmax; the first on a tie), the winning probability, channel by
+        # channel in float32 (a float16 argmax over the channel axis is about 7x slower)
+        labels_t = torch.zeros(back.shape[1:], dtype=torch.int16)
+        peak = back[0].float()
+        for c in range(1, back.shape[0]):
+            v = back[c].float()
+            labels_t[v > peak] = c
+            torch.maximum(peak, v, out=peak)
         total = torch.zeros_like(peak)
         for c in range(back.shape[0]):
             total += torch.exp(back[c].float() - peak)
-        conf = (1.0 / total).numpy()
-        del peak, total
+        labels, conf = labels_t.numpy().astype(np.uint16), (1.0 / total).numpy()
+        del peak, total, labels_t
     del back
     tb = plan.transpose_backward
     full = crop.full_shape
 
     def paste(a: np.ndarray, fill: float) -> np.ndarray:
-        return uncrop(a[None], crop.bbox, full, fill)[0].transpose(tb)
+        whole = a if crop.shape == full else uncrop(a[None], crop.bbox, full, fill)[0]
+        return whole.transpose(tb)
 
     top = max(lab.value for lab in plan.labels)
     dtype = np.uint8 if top <= 255 else np.uint16
