@@ -7,7 +7,8 @@
 #      device-related test files run instead, on a machine where torch.cuda.is_available() is true);
 #   4. the benchmarks on cuda: bench_end_to_end.py --size full, bench_inference.py (512 x 512 x 300,
 #      --end-to-end), bench_preprocess.py, bench_batch.py (4 phantom cases: medseg batch on 1, 2, 4 CPU
-#      workers and one worker per GPU vs medseg run in a shell loop on CPU and on CUDA; a few minutes).
+#      workers and one worker per GPU vs medseg run in a shell loop on CPU and on CUDA; a few minutes),
+#      bench_nnunet.py (MedSeg vs nnUNetPredictor on the full-size phantom, mirroring on, both on the GPU).
 #
 # Steps 3 and 4 all run even when one fails; the script then exits 1 and names the failed steps.
 #
@@ -94,6 +95,7 @@ run "bench_end_to_end cuda full" "$PY" benchmarks/bench_end_to_end.py --device c
 run "bench_inference cuda" "$PY" benchmarks/bench_inference.py --device cuda --size 512 512 300 --end-to-end
 run "bench_preprocess cuda" "$PY" benchmarks/bench_preprocess.py --device cuda --repeat 3
 run "bench_batch cuda" "$PY" benchmarks/bench_batch.py --gpu on --cases 4
+run "bench_nnunet cuda" "$PY" benchmarks/bench_nnunet.py --device cuda --mirror
 
 if ((${#failed[@]})); then
     echo "gpu_check: FAILED steps: ${failed[*]}" >&2

@@ -10,7 +10,8 @@ nnU-Net is run the way ``nnUNetPredictor.predict_sliding_window_return_logits`` 
   the sum divided by the summed weights;
 * mirroring: the mean over the tile and its flips along every non-empty combination of the allowed
   axes, each flipped back;
-* a 2D configuration on 3D data runs slice by slice along the first axis.
+* a 2D configuration on 3D data runs slice by slice along the first axis;
+* on CUDA the network runs under ``torch.autocast``, as in nnU-Net.
 
 Numbers as nnU-Net's: the Gaussian is rounded to float16 (its smallest weights, at the tile corners,
 are float16 subnormals) and the weighted logits and the weights are summed in float16. Where only
@@ -21,6 +22,7 @@ Arrays are ``(C, *spatial)`` in the plan's transposed order; the result is float
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Sequence
@@ -128,7 +130,9 @@ def sliding_window_logits(
     logits = torch.zeros((n_heads, *spatial), dtype=ACCUMULATE, device=device)
     weight = torch.zeros(spatial, dtype=ACCUMULATE, device=device)
     network = network.to(device).eval()
-    with torch.inference_mode():
+    # on CUDA the network runs under autocast, as nnU-Net runs it (on the CPU nnU-Net does not autocast)
+    amp = torch.autocast("cuda") if device.type == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), amp:
         for n, sl in enumerate(slicers):
             if cancel is not None:
                 cancel.check()
