@@ -1,11 +1,11 @@
 """``medseg run``: a task (or a learned model folder) on your own files, one case or a batch.
 
     medseg run INPUT... --task TASK --out DIR [--device auto|cpu|cuda|cuda:N|mps] [--overwrite]
-    medseg run INPUT... --model DIR --out DIR [--tta] [--uncertainty]
+    medseg run INPUT... --model DIR --out DIR [--tta|--no-tta] [--uncertainty] [--folds F] [--min-score S]
 
-The task-parameter flags (``--threshold``, ``--min-volume``, ``--tta``, ``--uncertainty``) are
-generated from :data:`medseg.core.specs.TASK_PARAMS`; a flag that is not given leaves its parameter
-out (the task's default applies), and a task refuses a parameter it does not take (exit 2).
+The task-parameter flags (``--threshold``, ``--min-volume``, ``--tta``, ``--uncertainty``, ``--folds``,
+``--min-score``) are generated from :data:`medseg.core.specs.TASK_PARAMS`; a flag that is not given leaves
+its parameter out (the task's default applies), and a task refuses a parameter it does not take (exit 2).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def add_parser(sub: Any) -> None:
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="NRRD, NIfTI, MHA/MHD file or DICOM series folder")
     r.add_argument("--task", default=None, help="task name (see `medseg tasks`); or give --model DIR")
     r.add_argument("--model", type=Path, default=None, metavar="DIR",
-                   help="run the learned model in DIR (model_card.json or a MONAI bundle) instead of --task")
+                   help="run the learned model in DIR (model_card.json, a MONAI bundle or an nnU-Net v2 folder) "
+                        "instead of --task")
     r.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     r.add_argument("--series", default=None, metavar="UID", help="DICOM SeriesInstanceUID when a folder has several")
     r.add_argument("--frame", type=nonneg_int, default=None, metavar="N", help="frame to use from a 4D input")

@@ -270,7 +270,8 @@ class NnunetRunner:
         device = torch.device("cpu") if device is None else torch.device(device)
         warnings: list[str] = []
         if not card.commercial_use:
-            warnings.append(f"model {card.name}: licence {card.licence_name} does not allow commercial use")
+            warnings.append(f"model {card.name}: licence {card.licence_name}; commercial use is not stated as "
+                            "allowed, so treat the results as research use only")
         if uncertainty and self.model.plan.has_regions:
             warnings.append("uncertainty map not computed: the model predicts overlapping regions")
         if uncertainty and len(self.parts) > 1:
