@@ -436,6 +436,9 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for param, widgets in self._paramWidgets().items():
             for w in widgets:
                 w.setVisible(param in task.params)
+            if self._parameterNode and param in task.params and isinstance(task.params[param], bool):
+                # a switch starts at the task's own default (an nnU-Net model mirrors by default)
+                setattr(self._parameterNode, PANEL_PARAMS[param], task.params[param])
         self._checkCanApply()
 
     def _paramWidgets(self) -> dict:

@@ -41,6 +41,7 @@ from medseg.models.detection_bundle import (
 from medseg.models.errors import BundleError, WeightsError
 from medseg.models.weights import sha256_file
 from medseg.pipeline.box_detection import detect_boxes, detection_input, monai_spacing_grid
+from medseg.pipeline.tasks import list_tasks
 
 PIXDIM = [1.6, 2.0, 2.4]
 ROI = [32, 32, 16]
@@ -634,6 +635,7 @@ def test_medseg_run_writes_the_boxes_as_roi_markups(synthetic_run, synthetic, bu
         assert m["type"] == "ROI"
         np.testing.assert_allclose(m["center"], b.center * [-1, -1, 1], atol=1e-3)  # RAS -> LPS
         np.testing.assert_allclose(sorted(m["size"]), sorted(b.size), atol=1e-3)
+    assert [t.params for t in list_tasks([bundle.parent]) if t.name == f"model:{card.name}"] == [{"min_score": 0.0}]
     listed = subprocess.run([*py, "models", "list", "--dir", str(bundle.parent)], capture_output=True, text=True)
     assert listed.returncode == 0 and f"model:{card.name}" in listed.stdout and "RetinaNet" in listed.stdout
     verified = subprocess.run([*py, "models", "verify", str(bundle)], capture_output=True, text=True)

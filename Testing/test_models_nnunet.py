@@ -29,6 +29,8 @@ from medseg.models.nnunet_folder import pin_nnunet_weights
 from medseg.models.registry import list_models, open_model
 from medseg.pipeline.model_tasks import model_task, run_model
 from medseg.pipeline.nnunet_task import crop_probabilities, input_probabilities, nnunet_spacing, predict_logits, prepare
+from medseg.pipeline.tasks import list_tasks
+from MedSegExtensionLib.process import medseg_command
 from nnunet_fixtures import make_nnunet_folder, reference_prediction
 
 LABEL_AGREEMENT = 0.999
@@ -96,6 +98,12 @@ def test_card_labels_terminology_and_listing(abdomen_model: Path) -> None:
         (card.name, "nnunet", ("liver", "tumor", "spleen"))]
     task = model_task(model)
     assert task.params == {"tta": True, "uncertainty": False, "folds": ""}
+    # the task menu (Slicer's too) shows the same defaults, read without importing torch; the Slicer
+    # module's child command passes a switch turned off as --no-<flag> and the folds as text
+    entry = [t for t in list_tasks([abdomen_model.parent.parent]) if t.name == model.task_name]
+    assert [t.params for t in entry] == [task.params]
+    cmd = medseg_command([Path("ct.nii.gz")], model.task_name, Path("out"), params={"tta": False, "folds": "0,1"})
+    assert cmd[cmd.index("--no-tta") - 1] != "--tta" and cmd[cmd.index("--folds") + 1] == "0,1"
     assert task.spec is not None and task.spec.target_spacing_mm is None and task.spec.orientation is None
 
 

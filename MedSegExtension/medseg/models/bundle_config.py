@@ -117,3 +117,20 @@ class ConfigResolver:
         except ModelError as exc:
             raise BundleError(f"{self.source}: {exc}") from None
         return v
+
+
+#: the ``_target_`` names (short or dotted) that make a bundle a RetinaNet detection bundle
+DETECTOR_TARGETS = frozenset({"RetinaNet", "RetinaNetDetector", "AnchorGeneratorWithAnchorShape"})
+
+
+def names_a_detector(config: Any) -> bool:
+    """True when a bundle config (plain JSON data) has a ``_target_`` naming a RetinaNet detector part
+    (:data:`DETECTOR_TARGETS`); nothing is evaluated or imported."""
+    if isinstance(config, dict):
+        t = config.get("_target_")
+        if isinstance(t, str) and t.rsplit(".", 1)[-1] in DETECTOR_TARGETS:
+            return True
+        return any(names_a_detector(v) for v in config.values())
+    if isinstance(config, list):
+        return any(names_a_detector(v) for v in config)
+    return False

@@ -88,7 +88,7 @@ class ModelCard:
     fill_holes: tuple = ()
     min_size_mm3: float = 0.0
     licence_url: str = ""
-    source: str = "card"  # "card" or "bundle"
+    source: str = "card"  # "card", "bundle", "nnunet" or "detection"
 
     @property
     def out_channels(self) -> int:
@@ -290,7 +290,7 @@ class CardSummary:
     description: str
     inputs: tuple[tuple[str, str], ...]  # (name, modality) per input channel
     produces: tuple[str, ...]  # label names
-    source: str = "card"  # "card" or "bundle"
+    source: str = "card"  # "card", "bundle", "nnunet" or "detection"
 
 
 def safe_model_name(text: str) -> str:

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from medseg.models.allowlist import tupleize
 from medseg.models.bundle import OVERLAY_FILE, _licence_file, _pin, open_bundle_config
-from medseg.models.bundle_config import ConfigResolver, load_config, load_json
+from medseg.models.bundle_config import ConfigResolver, load_config, load_json, names_a_detector
 from medseg.models.card import PALETTE, InputChannel, LabelSpec, ModelCard, safe_model_name
 from medseg.models.errors import BundleError, ModelError
 from medseg.models.registry import is_bundle
@@ -712,19 +712,7 @@ def is_detection_bundle(folder: Path) -> bool:
     if not is_bundle(folder) or not ((cfg / "inference.json").is_file() or (cfg / "inference.yaml").is_file()):
         return False
     config, _name = load_config(folder)
-    names = {"RetinaNet", "RetinaNetDetector", "AnchorGeneratorWithAnchorShape"}
-
-    def walk(node: Any) -> bool:
-        if isinstance(node, dict):
-            t = node.get("_target_")
-            if isinstance(t, str) and t.rsplit(".", 1)[-1] in names:
-                return True
-            return any(walk(v) for v in node.values())
-        if isinstance(node, list):
-            return any(walk(v) for v in node)
-        return False
-
-    return walk(config)
+    return names_a_detector(config)
 
 
 def detection_card(folder: Path) -> DetectionCard:

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from medseg.models.bundle_config import load_config, names_a_detector
 from medseg.models.card import (
     CARD_FILE,
     CardSummary,
@@ -280,6 +281,9 @@ def _bundle_summary(folder: Path) -> CardSummary:
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: num_channels must be a whole number, got {first_in.get('num_channels')!r}") from exc
     modality = str(first_in.get("modality", "image"))
+    cfg = folder / "configs"
+    has_config = (cfg / "inference.json").is_file() or (cfg / "inference.yaml").is_file()
+    source = "detection" if has_config and names_a_detector(load_config(folder)[0]) else "bundle"
     ordered = sorted(channels.items(), key=lambda kv: (len(str(kv[0])), str(kv[0])))  # "2" before "10"
     produces = [str(v) for _k, v in ordered if str(v).strip().lower() != "background"]
     return CardSummary(
@@ -287,7 +291,7 @@ def _bundle_summary(folder: Path) -> CardSummary:
         description=str(meta.get("description", "")),
         inputs=tuple((str(in_def.get(str(i), f"channel {i}")), modality) for i in range(max(n_in, 1))),
         produces=tuple(produces),
-        source="bundle",
+        source=source,
     )
 
 

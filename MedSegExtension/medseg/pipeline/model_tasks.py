@@ -41,7 +41,7 @@ from medseg.pipeline.box_detection import detect_boxes
 from medseg.pipeline.case import segment_case
 from medseg.pipeline.nnunet_task import NnunetRunner
 from medseg.pipeline.options import RunOptions
-from medseg.pipeline.tasks import MODEL_TASK_PARAMS
+from medseg.pipeline.tasks import DETECTION_TASK_PARAMS, MODEL_TASK_PARAMS, NNUNET_TASK_PARAMS
 from medseg.preprocess.mapback import MappedProbabilities
 from medseg.segment.box_lesion import segment_in_box
 
@@ -171,7 +171,7 @@ def _nnunet_task(model: ModelFolder, runner: ModelRunner) -> Task:
                     f"{list(plan.spacing)} mm; from {model.path})",
         inputs=tuple(InputSpec(i.name, i.modality) for i in card.inputs),
         produces=tuple(lab.name for lab in card.labels),
-        params={**MODEL_TASK_PARAMS, "tta": True, "folds": ""},
+        params=dict(NNUNET_TASK_PARAMS),
         runner=nn_runner.predict,
         spec=PreprocessSpec(orientation=card.orientation),
         uses_device=True,
@@ -236,7 +236,7 @@ def _detection_task(model: ModelFolder, det: DetectionCard) -> Task:
                     f"from {model.path})",
         inputs=tuple(InputSpec(i.name, i.modality) for i in card.inputs),
         produces=det.class_names,
-        params={"min_score": 0.0},
+        params=dict(DETECTION_TASK_PARAMS),
         runner=run,
         spec=PreprocessSpec(),
         uses_device=True,

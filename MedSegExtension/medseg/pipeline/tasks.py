@@ -21,6 +21,12 @@ from medseg.models.registry import list_models
 
 #: the parameters every learned-model task takes, with their defaults (``model_tasks.model_task``)
 MODEL_TASK_PARAMS: dict[str, Any] = {"tta": False, "uncertainty": False}
+#: an nnU-Net v2 model's parameters: mirroring on by default, as in nnU-Net; the folds to ensemble ("": all)
+NNUNET_TASK_PARAMS: dict[str, Any] = {**MODEL_TASK_PARAMS, "tta": True, "folds": ""}
+#: a detection bundle's parameters
+DETECTION_TASK_PARAMS: dict[str, Any] = {"min_score": 0.0}
+#: a model listing's ``source`` -> its task parameters
+PARAMS_BY_SOURCE: dict[str, dict[str, Any]] = {"nnunet": NNUNET_TASK_PARAMS, "detection": DETECTION_TASK_PARAMS}
 
 
 def _check_mr_brain_inputs(volumes: Sequence[Volume]) -> None:
@@ -129,7 +135,7 @@ def list_tasks(dirs: Iterable[Path] | None = None) -> list[TaskListing]:
         desc = s.description or f"learned model {s.name}"
         out.append(TaskListing(m.task_name, f"{desc} (from {m.path})",
                                tuple(InputSpec(name, modality) for name, modality in s.inputs),
-                               dict(MODEL_TASK_PARAMS), m.note, path=m.path))
+                               dict(PARAMS_BY_SOURCE.get(s.source, MODEL_TASK_PARAMS)), m.note, path=m.path))
     return out
 
 
