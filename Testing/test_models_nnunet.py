@@ -20,6 +20,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from medseg.core.errors import UnsuitableInputError
 from medseg.core.terminology import TG263_NAMES
 from medseg.core.volume import Volume
 from medseg.io.volume_reader import read_volume
@@ -395,3 +396,12 @@ def test_totalsegmentator_home_merged_task_matches_totalsegmentators_route(tmp_p
     plain = run_model(open_model(home / "nnunet" / "results" / "Dataset291_TotalSegmentator_part1_organs_1559subj"),
                       [read_volume(tmp_path / "ct.nii.gz")], tta=True)
     assert _agree(plain.labelmap.volume.array, np.where(ref <= 3, ref, 0)) < 0.99
+
+
+def test_an_mr_given_to_a_ct_model_is_refused(abdomen_model: Path, shared_data: Path) -> None:
+    """The model normalises its channel as CT: an MR (no air below -500, no Hounsfield calibration) is
+    refused before anything runs, naming the reason."""
+    mr = read_volume(shared_data / "totalsegmentator" / "example_mr_sm.nii.gz")
+    with pytest.raises(UnsuitableInputError, match="not a CT in Hounsfield units") as err:
+        run_model(open_model(abdomen_model), [mr])
+    assert not err.value.forceable

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from medseg.core.errors import InputError
 from medseg.core.specs import PreprocessSpec
-from medseg.core.terminology import term_key_for_label
+from medseg.core.terminology import is_lesion_segment, term, term_key_for_label
 from medseg.io.atomic import atomic_write_text
 from medseg.models.card import PALETTE, InputChannel, LabelSpec, ModelCard, safe_model_name
 from medseg.models.errors import ModelError
@@ -46,8 +46,7 @@ from medseg.models.weights import sha256_file
 
 OVERLAY_FILE = "medseg.json"
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
-#: labels whose structure comes in any number of pieces (lesions): no "more than one piece" review flag
-LESION_TERMS = frozenset({"neoplasm", "nodule", "mass", "edema", "necrosis"})
+#: the pieces a lesion label may have (any number): no "more than one piece" review flag
 LESION_PIECES = 10_000
 
 
@@ -129,7 +128,7 @@ def labels_of(plan: NnunetPlan) -> tuple[LabelSpec, ...]:
     out = []
     for i, lab in enumerate(plan.labels):
         key = term_key_for_label(lab.name)
-        pieces = LESION_PIECES if key in LESION_TERMS else 1
+        pieces = LESION_PIECES if is_lesion_segment(lab.name, term(key) if key else None) else 1
         out.append(LabelSpec(lab.value, (i if plan.has_regions else lab.value), lab.name, PALETTE[i % len(PALETTE)],
                              key, max_pieces=pieces))
     return tuple(out)

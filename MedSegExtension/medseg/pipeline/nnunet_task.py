@@ -44,6 +44,7 @@ from medseg.preprocess.nnunet_prep import (
     resample_to_shape,
     uncrop,
 )
+from medseg.segment.suitability import ct_hu_problems, enforce
 
 logger = logging.getLogger("medseg")
 
@@ -208,14 +209,10 @@ def logits_to_labels(model: NnunetModel, logits: np.ndarray, crop: Cropped, spac
         entropy=None if entropy is None else np.ascontiguousarray(paste(entropy, 0.0)))
 
 
-def merge_part(merged: MappedProbabilities | None, part: MappedProbabilities, offset: int) -> MappedProbabilities:
+def merge_part(merged: MappedProbabilities, part: MappedProbabilities, offset: int) -> MappedProbabilities:
     """Add one part of a merged task (TotalSegmentator's rule): its label v becomes ``offset + v`` and
     wins where it labels a voxel; a voxel no part labels keeps the least confident background."""
     hit = part.labels > 0
-    if merged is None:
-        labels = np.zeros(part.labels.shape, dtype=np.uint16)
-        labels[hit] = part.labels[hit].astype(np.uint16) + offset
-        return MappedProbabilities(labels, part.confidence, None)
     labels = merged.labels.astype(np.uint16, copy=False)
     labels[hit] = part.labels[hit].astype(np.uint16) + offset
     conf = merged.confidence
@@ -248,7 +245,8 @@ class NnunetRunner:
 
     def check_inputs(self, volumes: Sequence[Volume]) -> None:
         """``InputError`` for the wrong number of channels, channels on different grids, or a 2D input to a
-        3D configuration."""
+        3D configuration; ``UnsuitableInputError`` for a channel the model normalises as CT that is not a
+        CT in Hounsfield units (an MR, say)."""
         plan = self.model.plan
         if len(volumes) != len(plan.channels):
             raise InputError(f"nnU-Net model {plan.dataset_name} takes {len(plan.channels)} input(s) "
@@ -257,6 +255,9 @@ class NnunetRunner:
             if not v.same_grid(volumes[0], atol=1e-4):
                 raise InputError(f"nnU-Net inputs must share one voxel grid; {v.name or 'input 2'} differs from "
                                  f"{volumes[0].name or 'input 1'} (resample it onto the first input first)")
+        for v, norm in zip(volumes, plan.normalization, strict=True):  # a CT channel must be a CT in HU
+            if norm.scheme == "ct":
+                enforce(f"model {self.folder.card.name}", v.name or "(unnamed)", ct_hu_problems(v.array), False)
         if plan.dims == 3 and min(volumes[0].shape_kji) == 1:
             raise InputError(f"nnU-Net model {plan.dataset_name} ({plan.configuration}) is 3D but the input is a "
                              f"single slice (shape KJI {volumes[0].shape_kji})")
@@ -282,7 +283,7 @@ class NnunetRunner:
             part = SubProgress(progress, n / n_parts, (n + 1) / n_parts, cancel)
             mapped = predict_labels(model, volumes, folds=folds or None, mirror=tta, device=device,
                                     uncertainty=uncertainty and n_parts == 1, progress=part, cancel=cancel)
-            merged = mapped if merged is None and offset == 0 else merge_part(merged, mapped, offset)
+            merged = mapped if merged is None else merge_part(merged, mapped, offset)
         assert merged is not None  # a runner has at least one part
         out = self.finish(merged, volumes[0], SegmentationOutput(warnings=warnings))
         progress(1.0, "nnU-Net done")
