@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 import numpy as np
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -34,6 +34,7 @@ from slicer.util import VTKObservationMixin
 
 # light core modules only (no torch, no SimpleITK): the glue and the rest of the core are imported
 # when a run starts, after the dependency check has had the chance to install what is missing
+from medseg.core.box import Box
 from medseg.core.devices import DEVICE_KINDS, parse_device
 from medseg.core.errors import InputError
 from medseg.core.formats import DicomFormat
@@ -50,6 +51,10 @@ PANEL_PARAMS = {"threshold": "threshold", "min_volume_mm3": "minVolume", "tta": 
 TRAIN_DIMS = ((_("Automatic (2D for one-slice images, else 3D)"), None), (_("3D"), 3), (_("2D (slice by slice)"), 2))
 #: the "Train from segmentations" section's default number of epochs (``medseg train --epochs``' default)
 TRAIN_EPOCHS = 100
+#: the file the user's lesion boxes (ROI nodes) are written to in a run's temporary folder (``medseg run --roi``)
+ROI_FILE = "roi_prompt.mrk.json"
+#: largest deviation from a rotation (unitless) of an ROI's axes after its parent transforms
+ROI_ROTATION_TOLERANCE = 1e-6
 
 
 #
@@ -159,6 +164,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.trainPanel = None  # MedSegExtensionLib.panel.TrainPanel, made in setup()
         self._train = None  # the "Train from segmentations" section's widgets (a namespace), made in setup()
         self._trainTimer = None
+        self._roiSelector = None  # the "Lesion boxes" list (qMRMLCheckableNodeComboBox), made in setup()
 
     def setup(self) -> None:
         import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
@@ -194,10 +200,32 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self.onPollTimer)
 
+        self._buildRoiSelector()
         self._buildBatchSection()
         self._buildTrainSection()
         self.ui.progressBar.setVisible(False)
         self.initializeParameterNode()
+
+    def _buildRoiSelector(self) -> None:
+        """The "Lesion boxes" row under the inputs: a checkable list of the scene's ROI nodes
+        (``qMRMLCheckableNodeComboBox``, Libs/qMRMLWidgets/qMRMLCheckableNodeComboBox.h). Each checked ROI
+        is a box around a lesion that detection missed; Apply hands them to the run (``medseg run --roi``)."""
+        import qt  # Slicer's Qt bindings, deferred so the logic runs where there is no GUI (tests, console)
+
+        selector = slicer.qMRMLCheckableNodeComboBox()
+        selector.nodeTypes = ["vtkMRMLMarkupsROINode"]
+        selector.addEnabled = False
+        selector.removeEnabled = False
+        selector.noneEnabled = False
+        selector.setMRMLScene(slicer.mrmlScene)
+        selector.toolTip = _("Boxes (Markups ROI) around lesions the task missed: the lesion inside each checked box "
+                             "is segmented and added as a lesion segment linked to a copy of its box")
+        self.ui.inputsCollapsibleButton.layout().addRow(qt.QLabel(_("Lesion boxes:")), selector)
+        self._roiSelector = selector
+
+    def _roiNodes(self) -> list:
+        """The ROI nodes checked in the "Lesion boxes" list."""
+        return list(self._roiSelector.checkedNodes()) if self._roiSelector is not None else []
 
     def _buildBatchSection(self) -> None:
         """The collapsible "Batch over folder" section, below the panel's .ui: the folder of cases, the
@@ -492,7 +520,7 @@ class MedSegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 params=self._params(), createModels=p.createModels, createTable=p.createTable, saveFolder=folder,
                 progressCallback=self.panel.onProgress, force=p.force,
                 dicomFormats=self._dicomFormats() if folder is not None else (),
-                meshQuality=self.panel.meshQuality())
+                meshQuality=self.panel.meshQuality(), roiNodes=self._roiNodes())
 
         self.panel.run(APPLY, "run", self._ensureDependencies, start, _("MedSeg could not start."))
 
@@ -911,7 +939,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
                 params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
                 saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None,
                 runInProcess: bool = True, cancelToken=None, force: bool = False, dicomFormats: Sequence[str] = (),
-                meshQuality: str = MeshQuality.HIGH.value):
+                meshQuality: str = MeshQuality.HIGH.value, roiNodes: Sequence = ()):
         """Run ``task`` on ``inputVolumes`` and add the results to the scene; blocks until done.
 
         :param inputVolumes: the task's input volume nodes, in order (e.g. [flair, t1c]).
@@ -930,16 +958,18 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             voxel) or "low" (8 voxels, 0.35 voxel): how far the 3D surfaces (model nodes, the segments'
             3D view, the saved models) are decimated, as ``medseg run --mesh-quality``. Surfaces under
             2000 triangles are never decimated.
+        :param roiNodes: ROI nodes (``vtkMRMLMarkupsROINode``) around lesions the task missed: the lesion inside
+            each is segmented on the first input and added as a lesion segment linked to a new locked copy of
+            its box (``medseg run --roi``, docs/roi_prompt.md; :meth:`roiBoxes` reads them).
         :return: ``ProcessResult`` (segmentation node, segment ids, ROI/model/table nodes, measurements).
         :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
             unchanged whenever one is raised.
         """
-        from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
-
+        boxes = self.roiBoxes(roiNodes)
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
                                      createTable, saveFolder, force=force, dicomFormats=dicomFormats,
                                      meshQuality=meshQuality)
-        job = MedSegJob(request, progressCallback)
+        job = _runJob(request, boxes, progressCallback)
         if runInProcess:
             return job.run_in_process(cancelToken)
         job.start()
@@ -948,18 +978,52 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
     def startProcess(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                      params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
                      saveFolder=None, progressCallback: Optional[Callable[[float, str], None]] = None,
-                     force: bool = False, dicomFormats: Sequence[str] = (), meshQuality: str = MeshQuality.HIGH.value):
+                     force: bool = False, dicomFormats: Sequence[str] = (), meshQuality: str = MeshQuality.HIGH.value,
+                     roiNodes: Sequence = ()):
         """Start a child-process run and return its ``MedSegJob`` at once; call ``job.poll()``
         periodically (it imports the results when the child ends) and ``job.cancel()`` to stop.
         The options are ``process``'s."""
-        from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
-
+        boxes = self.roiBoxes(roiNodes)
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
                                      createTable, saveFolder, force=force, dicomFormats=dicomFormats,
                                      meshQuality=meshQuality)
-        job = MedSegJob(request, progressCallback)
+        job = _runJob(request, boxes, progressCallback)
         job.start()
         return job
+
+    @staticmethod
+    def roiBoxes(roiNodes: Sequence) -> list:
+        """The boxes of ROI nodes, in world RAS mm (their parent transforms applied), named after the nodes.
+
+        Reads each node's object-to-node matrix (box axes in the columns, centre in the last column) and its
+        full size (mm); a node under a linear transform that only turns and moves it is carried into world
+        coordinates, as the input volume is (``volume_bridge``).
+
+        Raises:
+            InputError: a node that is not an ROI, under a non-linear transform or one that scales or shears it
+                (harden it first), or with a size <= 0 or non-finite numbers (the message names the node).
+        """
+        boxes = []
+        for node in roiNodes or ():
+            if not isinstance(node, vtkMRMLMarkupsROINode):
+                name = node.GetName() if hasattr(node, "GetName") else node
+                raise InputError(f"lesion box {name!r} is a {type(node).__name__}, not a Markups ROI node")
+            matrix = slicer.util.arrayFromVTKMatrix(node.GetObjectToNodeMatrix())
+            parent = node.GetParentTransformNode()
+            if parent is not None:
+                if not parent.IsTransformToWorldLinear():
+                    raise InputError(f"lesion box {node.GetName()!r} is under a non-linear transform "
+                                     f"({parent.GetName()!r}); harden the transform first")
+                toWorld = vtk.vtkMatrix4x4()
+                parent.GetMatrixTransformToWorld(toWorld)
+                matrix = slicer.util.arrayFromVTKMatrix(toWorld) @ matrix
+            axes = matrix[:3, :3]
+            if not np.allclose(axes.T @ axes, np.eye(3), atol=ROI_ROTATION_TOLERANCE):
+                raise InputError(f"lesion box {node.GetName()!r} is under a transform that scales or shears it; "
+                                 "harden the transform first (Data module: right-click the ROI, 'Harden transform')")
+            boxes.append(Box(matrix[:3, 3], np.asarray(node.GetSize(), dtype=np.float64), axes, "ROI", 1.0,
+                             name=node.GetName() or ""))
+        return boxes
 
 
     # ------------------------------------------------------------------ batch over a folder
@@ -1312,6 +1376,48 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
 #
 # MedSegExtensionTest
 #
+def _runJob(request, roiBoxes: Sequence, progressCallback=None):
+    """A ``MedSegJob`` for ``request``; with ``roiBoxes`` (RAS, :meth:`MedSegExtensionLogic.roiBoxes`) one that
+    writes them into its temporary folder as ``ROI_FILE`` (Slicer markups JSON, LPS) and passes them on: to the
+    child as ``--roi FILE`` (``process.roi_arguments``), to an in-process run as ``RunOptions.roi_boxes`` read
+    back from the same file, so both routes see the same boxes."""
+    from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
+
+    if not roiBoxes:
+        return MedSegJob(request, progressCallback)
+    # glue and core: deferred until a run starts (SimpleITK, scipy, torch)
+    from medseg.io.markups import write_markups_json
+    from medseg.pipeline.output import write_result
+    from medseg.pipeline.roi_prompt import parse_roi_specs
+    from medseg.pipeline.run import RunOptions, run_task
+    from MedSegExtensionLib.job import COMPUTE_SHARE
+    from MedSegExtensionLib.process import roi_arguments
+
+    boxes = list(roiBoxes)
+
+    class RoiPromptJob(MedSegJob):
+        """``MedSegJob`` with the user's lesion boxes (``medseg run --roi``)."""
+
+        def _roiFile(self, tmp: pathlib.Path) -> pathlib.Path:
+            return write_markups_json(boxes, pathlib.Path(tmp) / ROI_FILE)
+
+        def _command(self, tmp: pathlib.Path) -> list:
+            return [*super()._command(tmp), *roi_arguments([self._roiFile(tmp)])]
+
+        def _compute(self, out: pathlib.Path, cancel) -> None:
+            # MedSegJob._compute with the boxes: the same options as the child's command line
+            req = self.request
+            options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params),
+                                 force=req.force, mesh_quality=req.meshQuality,
+                                 roi_boxes=tuple(parse_roi_specs([str(self._roiFile(out.parent))])))
+            result = run_task(req.volumes, options, cancel=cancel,
+                              progress=lambda f, m: self.progress(0.85 * COMPUTE_SHARE * f, m))
+            write_result(result, out, html=False, cancel=cancel,
+                         progress=lambda f, m: self.progress(COMPUTE_SHARE * (0.85 + 0.15 * f), m))
+
+    return RoiPromptJob(request, progressCallback)
+
+
 class MedSegExtensionTest(ScriptedLoadableModuleTest):
     """Self-test: the panel's decisions and the task list (light, always run), then a phantom volume
     with a bright ball through the threshold task, with checks on the new nodes.

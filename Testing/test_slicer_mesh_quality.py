@@ -175,7 +175,7 @@ def test_apply_passes_the_panels_choice_to_the_logic(scene):
     widget = types.SimpleNamespace(
         _parameterNode=params, panel=panel, logic=Logic(),
         ui=types.SimpleNamespace(resultsTable=types.SimpleNamespace(setRowCount=lambda n: None)),
-        _params=lambda: {}, _dicomFormats=lambda: (), _ensureDependencies=lambda: False)
+        _params=lambda: {}, _dicomFormats=lambda: (), _ensureDependencies=lambda: False, _roiNodes=lambda: [])
     module.MedSegExtensionWidget.onApplyButton(widget)
     assert panel.job is started and len(calls) == 1 and calls[0]["meshQuality"] == "medium"
 

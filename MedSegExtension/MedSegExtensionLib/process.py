@@ -101,13 +101,30 @@ def python_executable() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
+def roi_arguments(roi_files: Sequence[Path]) -> list[str]:
+    """``--roi FILE`` for each markups file of user boxes (``medseg run --roi``: every ROI in the file is a
+    box around a lesion to segment); the paths are passed as given: make them absolute (the child does not
+    run in the caller's working directory, ``medseg_working_directory``).
+
+    Raises:
+        InputError: a file name that does not end in ``.json`` (the child would read it as R,A,S,W,H,D).
+    """
+    args: list[str] = []
+    for f in roi_files:
+        if not str(f).lower().endswith(".json"):
+            raise InputError(f"a file of lesion boxes must be a Slicer markups file (.mrk.json), got {str(f)!r}")
+        args += ["--roi", str(f)]
+    return args
+
+
 def medseg_command(inputs: Sequence[Path], task: str, out_dir: Path, device: str = "auto",
                    models: bool = True, params: dict | None = None, force: bool = False,
-                   mesh_quality: str = MeshQuality.HIGH.value) -> list[str]:
+                   mesh_quality: str = MeshQuality.HIGH.value, roi_files: Sequence[Path] = ()) -> list[str]:
     """The ``medseg run`` command line (as an argument list) for one case.
 
     ``mesh_quality`` (full, high, medium, low: ``MeshQuality``) is always passed as ``--mesh-quality``,
     so the child does not depend on the command's default; ``InputError`` naming any other value.
+    ``roi_files``: markups files of the user's lesion boxes, each passed as ``--roi FILE`` (:func:`roi_arguments`).
     """
     quality = MeshQuality.parse(mesh_quality, "mesh quality")
     args = [python_executable(), "-m", "medseg.cli", "--progress-json", "run", *[str(p) for p in inputs],
@@ -128,7 +145,7 @@ def medseg_command(inputs: Sequence[Path], task: str, out_dir: Path, device: str
             args += [p.flag, p.check(value)]
         else:
             args += [p.flag, repr(p.check(value))]
-    return args
+    return args + roi_arguments(roi_files)
 
 
 def batch_command(folder: Path, task: str, out_dir: Path, workers: int | None = None, resume: bool = False,

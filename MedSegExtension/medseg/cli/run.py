@@ -2,6 +2,7 @@
 
     medseg run INPUT... --task TASK --out DIR [--device auto|cpu|cuda|cuda:N|mps] [--overwrite]
     medseg run INPUT... --model DIR --out DIR [--tta|--no-tta] [--uncertainty] [--folds F] [--min-score S]
+    medseg run INPUT --task TASK --out DIR --roi R,A,S,W,H,D [--roi boxes.mrk.json ...]
 
 The task-parameter flags (``--threshold``, ``--min-volume``, ``--tta``, ``--uncertainty``, ``--folds``,
 ``--min-score``) are generated from :data:`medseg.core.specs.TASK_PARAMS`; a flag that is not given leaves
@@ -11,6 +12,7 @@ its parameter out (the task's default applies), and a task refuses a parameter i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from medseg.pipeline.batch_manifest import manifest_names, write_manifest
 from medseg.pipeline.case_files import ReadOptions, read_inputs
 from medseg.pipeline.model_tasks import model_task
 from medseg.pipeline.options import RunOptions
+from medseg.pipeline.roi_prompt import parse_roi_specs
 from medseg.pipeline.tasks import get_task
 
 
@@ -88,6 +91,11 @@ def add_parser(sub: Any) -> None:
                    help="run even when a task's judgement check says the input is not what it is for (e.g. no "
                         "lungs where ct-chest expects them); the report lists each check forced past. Checks "
                         "that are not judgements (not a CT in HU, too few slices) still refuse")
+    r.add_argument("--roi", action="append", default=None, metavar="SPEC",
+                   help="a box around a lesion that detection missed: a Slicer markups file (.mrk.json, every ROI "
+                        "in it) or R,A,S,W,H,D (centre in RAS mm and full size in mm along R, A, S). The lesion "
+                        "inside each box is segmented and added as a lesion segment linked to its box, as a "
+                        "detected one is (docs/roi_prompt.md). Repeat for more boxes; one case only")
     add_task_param_flags(r)
     add_output_options(r)
     r.set_defaults(handler=cmd_run, writes_output=True)
@@ -123,6 +131,11 @@ def cmd_run(args: argparse.Namespace) -> ExitCode:
     for p in paths:
         if not p.exists():
             raise InputError(f"input {p} does not exist")
+    if args.roi:
+        if task.max_inputs == 1 and len(paths) > 1:
+            raise InputError(f"--roi boxes belong to one case, but {len(paths)} inputs make a batch; run each case "
+                             "with its own boxes")
+        options = dataclasses.replace(options, roi_boxes=tuple(parse_roi_specs(args.roi)))
     if task.max_inputs == 1 and len(paths) > 1:
         return _run_batch(paths, task, options, args)
     if len(paths) > task.max_inputs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from medseg.core.box import Box
 from medseg.core.devices import parse_device
 from medseg.core.errors import InputError
 from medseg.core.specs import Task
@@ -36,6 +37,11 @@ class RunOptions:
             does not look like lungs"); each check forced past is listed in ``Result.forced`` and in
             the report. Checks that are not judgements (not a CT in HU, too few slices) still refuse.
             Only tasks that declare ``takes_force`` (``ct-chest``, ``mr-brain-tumor``) have such checks.
+        roi_boxes: the user's boxes (RAS mm, named; ``medseg run --roi``,
+            :func:`medseg.pipeline.roi_prompt.parse_roi_specs`): after the task's segmentation, the lesion
+            inside each is segmented on the first input and added as a lesion linked to its box
+            (:func:`medseg.pipeline.roi_prompt.add_box_lesions`). Works with every task, ``--model`` ones
+            included.
     """
 
     task: str
@@ -48,12 +54,18 @@ class RunOptions:
     mesh_quality: MeshQuality = MeshQuality.HIGH
     params: dict[str, Any] = field(default_factory=dict)
     force: bool = False
+    roi_boxes: tuple[Box, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "device", parse_device(self.device))
         object.__setattr__(self, "nan_policy", NanPolicy.parse(self.nan_policy, "NaN policy"))
         object.__setattr__(self, "surface_method", SurfaceMethod.parse(self.surface_method, "surface method"))
         object.__setattr__(self, "mesh_quality", MeshQuality.parse(self.mesh_quality, "mesh quality"))
+        boxes = tuple(self.roi_boxes)
+        for n, b in enumerate(boxes):
+            if not isinstance(b, Box):
+                raise InputError(f"roi_boxes[{n}] is a {type(b).__name__}, not a Box")
+        object.__setattr__(self, "roi_boxes", boxes)
 
     def validate(self, task: Task) -> None:
         """Raise ``InputError`` naming the first bad option for ``task``."""

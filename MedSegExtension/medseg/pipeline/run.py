@@ -17,6 +17,7 @@ from medseg.detect.boxes import boxes_for_lesions
 from medseg.measure.segments import measure_segments
 from medseg.pipeline.case import Stages, segment_case
 from medseg.pipeline.options import RunOptions
+from medseg.pipeline.roi_prompt import add_box_lesions, check_boxes_meet_volume
 from medseg.pipeline.tasks import get_task
 from medseg.surface.meshing import ONE_SLICE_NOTE, labelmap_to_meshes
 
@@ -64,23 +65,31 @@ def run_task(
     ``timings`` are stage times from before the run (e.g. ``{"read": 1.2}``); they open
     ``Result.timings``. ``peaks`` likewise open ``Result.peak_memory_mib`` (each stage's peak resident
     memory, MiB).
+
+    ``options.roi_boxes`` (the user's boxes, RAS): a box entirely outside the first input raises
+    ``InputError`` before anything runs; after the task's segmentation the lesion inside each box joins
+    the label map as a lesion linked to its box (:mod:`medseg.pipeline.roi_prompt`; timed with ``detect``).
     """
     task = task or get_task(options.task)
     cancel = cancel or CancelToken()
     vols = list(volumes)
+    if options.roi_boxes and vols:
+        check_boxes_meet_volume(options.roi_boxes, vols[0])
     timings = dict(timings or {})
     peaks = dict(peaks or {})
     seg, device = segment_case(vols, options, task=task, progress=progress, cancel=cancel, timings=timings,
                                peaks=peaks)
-    assert seg.labelmap is not None  # segment_case guarantees it
+    stages = Stages(progress, cancel, timings, peaks)
+    stages.start("detect")
+    if options.roi_boxes:
+        seg = add_box_lesions(seg, vols[0], options.roi_boxes)
+    assert seg.labelmap is not None  # segment_case guarantees it, add_box_lesions keeps it
     # read-only from here: boxes, surfaces, measurements and the report share one pass for its boxes
     labelmap = seg.labelmap.freeze()
     warnings = [*notes, *seg.warnings]
     if not labelmap.segments and not seg.boxes and not any(str(w).startswith(NOTHING_FOUND_PREFIX) for w in warnings):
         warnings.append(f"{NOTHING_FOUND_PREFIX}{task.name} found no structure; the segmentation is empty")
-    stages = Stages(progress, cancel, timings, peaks)
 
-    stages.start("detect")
     linked = {b.segment_id for b in seg.boxes}  # a step's own boxes (a detector's) keep their extent
     lesions = {sid: kind for sid, kind in seg.lesions.items() if sid not in linked}
     boxes = [*seg.boxes, *boxes_for_lesions(labelmap, lesions, seg.scores, warnings=warnings)]
