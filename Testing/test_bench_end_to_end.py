@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -26,22 +25,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from benchmark_loader import load_benchmark
 from medseg.core.frames import ijk_to_ras_from_sitk
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_support():
-    path = REPO_ROOT / "benchmarks" / "_e2e_support.py"
-    spec = importlib.util.spec_from_file_location("_e2e_support", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("_e2e_support", module)
-    spec.loader.exec_module(module)
-    return sys.modules["_e2e_support"]
-
-
-e2e = _load_support()
+e2e = load_benchmark("_e2e_support")
 
 #: tiny phantom: 48 x 40 x 30 voxels (IJK) at 7.5 x 6.5 x 8.5 mm -> working grid 40 x 26 x 17 at 9 x 10 x 15 mm
 SHAPE_KJI, SPACING = (30, 40, 48), (7.5, 6.5, 8.5)

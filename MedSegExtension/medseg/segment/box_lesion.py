@@ -1,8 +1,8 @@
 """The lesion inside a box: a detector's box, or one the user drew (CT or MR, any grid).
 
 The box says where the lesion is and roughly how big; the lesion is taken to be the object at the
-box's centre that stands out from what surrounds the box. Steps (all in the volume's own voxels; the
-box may be oblique to them):
+box's centre that stands out from what surrounds the box and does not continue beyond it. Steps
+(all in the volume's own voxels; the box may be oblique to them):
 
 1. the *core* is the box shrunk to :data:`CORE_FRACTION` of its size about its centre; the *shell* is
    the box grown by :data:`SHELL_FRACTION` minus the box itself (what surrounds the lesion);
@@ -11,8 +11,18 @@ box may be oblique to them):
    it for a bright lesion in CT or MR, below it for a dark one). No HU constant is assumed, so the
    same rule serves CT nodules in lung, masses in fat, and MR lesions of either contrast;
 3. parts thinner than :data:`NECK_MM` (a vessel or a strand touching the lesion) are cut by an
-   opening, unless that would remove the lesion altogether (a lesion smaller than the neck);
-4. the connected piece holding most of the core is kept and its holes filled.
+   opening, unless that would remove the lesion altogether (a lesion smaller than the neck); steps 2
+   and 3 run on the box and its shell together, so that what the lesion touches is seen beyond the box;
+4. separation from a wall the lesion touches (chest wall, mediastinum, aorta, diaphragm): such tissue
+   continues beyond the box while the lesion is contained in it. Two floods run down the candidate's
+   distance map (mm to its outside), one from the core, one from the candidate lying more than
+   :data:`BEYOND_FRACTION` of the box beyond its faces; the core keeps what its flood reaches first, so
+   the two meet at the neck between lesion and wall and the lesion keeps its own flattened contact face;
+5. when the floods met at no neck (the wall is deeper all the way into the lesion: a lesion sunk in
+   the wall beyond about half its depth), the wall is instead what a ball :data:`ROLL_FACTOR` times the
+   lesion's depth reaches rolled inside the candidate (too big for the lesion, it follows the wall's
+   face under it), looked at in a crop grown by that radius;
+6. the connected piece inside the box holding most of the core is kept and its holes filled.
 
 When the core and the shell do not differ (:data:`MIN_CONTRAST` of the volume's intensity spread),
 there is nothing to separate and the result is empty: the caller says so.
@@ -21,6 +31,8 @@ there is nothing to separate and the result is empty: the caller says so.
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
 
 from medseg.core.box import Box
 from medseg.core.components import fill_holes, label_components
@@ -36,6 +48,18 @@ SHELL_FRACTION = 0.25
 NECK_MM = 3.0
 #: core and shell medians closer than this fraction of the volume's 1..99 % intensity range: no lesion
 MIN_CONTRAST = 0.05
+#: tissue this far (fraction of the box's size) beyond a face of the box, or farther, continues outside the box:
+#: half the shell, so that a lesion the box clips by a little is not taken for such tissue
+BEYOND_FRACTION = SHELL_FRACTION / 2
+#: the floods from the core and from beyond the box met at a neck when the deepest voxel where they met is
+#: this fraction shallower than the lesion's deepest: the 6 mm nodule of the tests, pressed 0.9 mm into a
+#: flat wall, narrows by 0.4 at the contact; a lesion sunk to its centre in the wall narrows by nothing
+MIN_NARROWING = 0.15
+#: without a neck, the wall is what a ball this many times the lesion's depth (the core's deepest voxel,
+#: mm to the lesion's surface) reaches rolled inside the lesion-side tissue: too big to fit in the lesion,
+#: it follows the wall's face under it, biting at most 0.27 of the radius out of a lesion sunk to its
+#: centre (R - sqrt(R^2 - r^2) for R = 2 r)
+ROLL_FACTOR = 2.0
 
 
 def _crop_for(volume: Volume, box: Box, grow: float) -> tuple[slice, slice, slice]:
@@ -55,6 +79,59 @@ def _inside(volume: Volume, crop: tuple[slice, slice, slice], box: Box, scale: f
     return scaled.contains(ras).reshape(k.shape)
 
 
+def _lesion_side(values: np.ndarray, mid: float, bright: bool, core: np.ndarray,
+                 spacing_kji: np.ndarray) -> np.ndarray:
+    """Voxels beyond the midpoint (step 2), with the parts thinner than :data:`NECK_MM` cut (step 3) unless
+    that removes the core's tissue altogether."""
+    side = (values >= mid) if bright else (values <= mid)
+    opened = open_mm(side, NECK_MM / 2, spacing_kji)
+    return opened if (opened & core).any() else side
+
+
+def _flood_from_core(cand: np.ndarray, core: np.ndarray, beyond: np.ndarray,
+                     spacing_kji: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Step 4: the part of ``cand`` flooded from ``core`` rather than from ``beyond``, and whether the two
+    floods met at a neck.
+
+    A watershed of the distance map (mm from each voxel of ``cand`` to the nearest voxel outside it; the
+    array's edge is not outside, the tissue goes on there): each flood climbs down the distance map from
+    its seeds, so the two meet where the tissue narrows between them, at the contact face of a lesion
+    pressed against a wall. ITK's flooding takes voxels of equal level in the order they are reached, so
+    the shallow rims at the contact are shared out by proximity (scipy's ``watershed_ift`` gives such ties
+    to one side). The floods met at a neck when the deepest point they met at is at least
+    :data:`MIN_NARROWING` shallower than the core's piece is deep; otherwise the wall was deeper all the way
+    into the lesion and its flood took the lesion too."""
+    if not beyond.any() or not core.any():
+        return cand, True
+    depth = ndimage.distance_transform_edt(cand, sampling=spacing_kji).astype(np.float32)
+    cost = np.where(cand, -depth, np.float32(1.0))  # outside the candidate: flooded last, and dropped below
+    markers = np.zeros(cand.shape, dtype=np.uint8)
+    markers[beyond] = 2
+    markers[core] = 1
+    labels = sitk.GetArrayFromImage(sitk.MorphologicalWatershedFromMarkers(
+        sitk.GetImageFromArray(cost), sitk.GetImageFromArray(markers), markWatershedLine=False,
+        fullyConnected=False))
+    piece, wall = cand & (labels == 1), cand & (labels == 2)
+    met = piece & ndimage.binary_dilation(wall)
+    if not met.any():
+        return piece, True
+    return piece, float(depth[met].max()) <= (1.0 - MIN_NARROWING) * float(depth[piece].max())
+
+
+def _wall_under(volume: Volume, box: Box, crop: tuple[slice, slice, slice], mid: float, bright: bool,
+                radius_mm: float) -> np.ndarray:
+    """Step 5 (KJI bool on ``crop``): the lesion-side tissue that a ball of ``radius_mm`` rolled inside it
+    reaches; looked at in a crop grown by the radius beyond the box, so that a wall behind the lesion
+    holds such balls."""
+    grow = max(SHELL_FRACTION, radius_mm / float(np.min(box.size)))
+    big = _crop_for(volume, box, grow)
+    spacing_kji = volume.spacing[::-1]
+    core = _inside(volume, big, box, CORE_FRACTION)
+    cand = _lesion_side(np.asarray(volume.array[big], dtype=np.float32), mid, bright, core, spacing_kji)
+    wall = open_mm(cand, radius_mm, spacing_kji)
+    return wall[tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(crop, big, strict=True))]
+
+
 def segment_in_box(volume: Volume, box: Box) -> np.ndarray:
     """The lesion inside ``box`` (RAS) as a boolean KJI mask on ``volume``'s grid (see the module doc);
     all False when the box holds no object that differs from its surroundings or lies outside the volume."""
@@ -65,7 +142,8 @@ def segment_in_box(volume: Volume, box: Box) -> np.ndarray:
     values = np.asarray(volume.array[crop], dtype=np.float32)
     inside = _inside(volume, crop, box, 1.0)
     core = _inside(volume, crop, box, CORE_FRACTION)
-    shell = _inside(volume, crop, box, 1.0 + 2 * SHELL_FRACTION) & ~inside
+    grown = _inside(volume, crop, box, 1.0 + 2 * SHELL_FRACTION)
+    shell = grown & ~inside
     if not core.any():  # a box thinner than a voxel: its centre voxel is the core
         centre = np.round(volume.ras_to_ijk_points(box.center)[0]).astype(int) - [s.start for s in crop[::-1]]
         if np.all(centre >= 0) and np.all(centre < values.shape[::-1]):
@@ -76,12 +154,16 @@ def segment_in_box(volume: Volume, box: Box) -> np.ndarray:
     lo, hi = np.percentile(volume.array, [1, 99])
     if abs(lesion - around) < MIN_CONTRAST * max(float(hi - lo), 1e-6):
         return out
-    mid = (lesion + around) / 2
-    cand = inside & ((values >= mid) if lesion > around else (values <= mid))
+    mid, bright = (lesion + around) / 2, lesion > around
     spacing_kji = volume.spacing[::-1]
-    opened = open_mm(cand, NECK_MM / 2, spacing_kji)
-    if (opened & core).any():
-        cand = opened
+    cand = _lesion_side(values, mid, bright, core, spacing_kji)
+    beyond = cand & grown & ~_inside(volume, crop, box, 1.0 + 2 * BEYOND_FRACTION) & ~core
+    piece, neck = _flood_from_core(cand, core & cand, beyond, spacing_kji)
+    if not neck:
+        depth = ndimage.distance_transform_edt(cand, sampling=spacing_kji)
+        radius = ROLL_FACTOR * float(depth[core & cand].max())
+        piece = cand & ~_wall_under(volume, box, crop, mid, bright, radius)
+    cand = inside & piece
     labels, n = label_components(cand)
     if n == 0:
         return out

@@ -66,6 +66,7 @@ from medseg.segment.morphology import (
     block_mean,
     close_mm,
     fill_holes_2d,
+    open_mm,
     open_small,
 )
 
@@ -82,6 +83,21 @@ SPEC = PreprocessSpec(
 WORK_SPACING_MM = 1.5
 ENVELOPE_GRID_MM = 3.0
 ENVELOPE_RADIUS_MM = 20.0
+#: largest air hole (cm2 on a slice) inside lesion tissue taken as a cavity of the lesion and filled: a 5 cm
+#: cavity; the lungs themselves (tens of cm2 on any slice the envelope reaches) stay air
+MAX_CAVITY_CM2 = 20.0
+#: the mass pass (``_mass_pass``): a lung envelope wide enough to hold a 7 cm mass lying against the
+#: wall (a ball rolled over the lung bridges indentations narrower than its diameter)
+MASS_ENVELOPE_RADIUS_MM = 40.0
+#: the mass pass keeps tissue at least this thick (mm, radius of the opening ball): lung vessels
+#: (under 10 mm) and thin strips of wall go, masses stay
+MASS_OPEN_RADIUS_MM = 5.0
+#: the mass pass reports pieces of at least this equivalent diameter (mm); smaller lesions are the
+#: first pass's
+MASS_MIN_DIAMETER_MM = 20.0
+#: a mass-pass piece must border aerated lung on more than half of its surface: a piece of wall or
+#: mediastinum inside the envelope has one face on the lung and the other on what it was cut from
+MASS_MIN_LUNG_CONTACT = 0.5
 VESSEL_OPEN_RADIUS_MM = 2.0
 SMOOTH_MM = 0.75
 
@@ -136,16 +152,17 @@ def _check_input(volumes: Sequence[Volume]) -> Volume:
     return vol
 
 
-def _envelope(lung_filled: np.ndarray, factors: Sequence[int], spacing_w: np.ndarray, axis: int) -> np.ndarray:
-    """Closing of one lung with a ``ENVELOPE_RADIUS_MM`` ball, computed on a coarser grid."""
+def _envelope(lung_filled: np.ndarray, factors: Sequence[int], spacing_w: np.ndarray, axis: int,
+              radius_mm: float = ENVELOPE_RADIUS_MM) -> np.ndarray:
+    """Closing of one lung with a ``radius_mm`` ball, computed on a coarser grid."""
     if not lung_filled.any():
         return lung_filled.copy()
     coarse = block_mean(lung_filled, factors) >= 0.5
     sp_c = spacing_w * np.asarray(factors)
-    margin = np.ceil(ENVELOPE_RADIUS_MM / sp_c).astype(int) + 1
+    margin = np.ceil(radius_mm / sp_c).astype(int) + 1
     sl = bbox_slices(coarse, margin)
     env_c = np.zeros_like(coarse)
-    env_c[sl] = fill_holes_2d(close_mm(coarse[sl], ENVELOPE_RADIUS_MM, sp_c), axis)
+    env_c[sl] = fill_holes_2d(close_mm(coarse[sl], radius_mm, sp_c), axis)
     return block_expand(env_c, factors, lung_filled.shape) | lung_filled
 
 
@@ -275,8 +292,71 @@ def _paint_full(labels: np.ndarray, ct: np.ndarray, spacing_full: np.ndarray, fa
     return None if lesions is None else lesions.box
 
 
+def _fill_cavities(tissue: np.ndarray, axis: int, m_w: np.ndarray) -> np.ndarray:
+    """``tissue`` with its enclosed air holes of at most ``MAX_CAVITY_CM2`` filled, slice by slice along the
+    axial array axis: a cavitating lesion's outline includes its cavity."""
+    pixel_cm2 = float(abs(np.linalg.det(m_w[:3, :3]))) / float(np.linalg.norm(m_w[:3, 2 - axis])) / 100.0
+    out = tissue.copy()
+    for k in range(tissue.shape[axis]):
+        sl = tuple(k if a == axis else slice(None) for a in range(3))
+        plane = tissue[sl]
+        holes = ndimage.binary_fill_holes(plane) & ~plane
+        if not holes.any():
+            continue
+        lab, n = ndimage.label(holes)
+        small = np.bincount(lab.ravel(), minlength=n + 1) * pixel_cm2 <= MAX_CAVITY_CM2
+        small[0] = False
+        out[sl] |= small[lab]
+    return out
+
+
+def _mass_pass(right_f: np.ndarray, left_f: np.ndarray, fc: Sequence[int], sp_w: np.ndarray, axis: int,
+               body: np.ndarray, bones: np.ndarray, hu_w: np.ndarray, m_w: np.ndarray, lungs_air: np.ndarray
+               ) -> tuple[np.ndarray, int, list[ct_lesion.LesionFeatures], np.ndarray]:
+    """Masses the first pass cannot hold: soft tissue inside a ``MASS_ENVELOPE_RADIUS_MM`` envelope,
+    opened with a ``MASS_OPEN_RADIUS_MM`` ball, each component split at its necks
+    (``ct_lesion.split_at_necks``: a mass comes apart from the wall, mediastinum or aorta it is
+    merged with), each piece judged by the candidate rules with ``MASS_MIN_DIAMETER_MM`` and
+    ``MASS_MIN_LUNG_CONTACT`` in place of the nodule's size and lung-contact limits. Returns
+    the piece labels (1..count), the count, the pieces' features and the tissue they were cut from."""
+    env = _envelope(right_f, fc, sp_w, axis, MASS_ENVELOPE_RADIUS_MM) | _envelope(
+        left_f, fc, sp_w, axis, MASS_ENVELOPE_RADIUS_MM)
+    tissue = _fill_cavities(env & body & (hu_w >= anat.AIR_HU) & ~bones, axis, m_w)
+    del env
+    opened = open_mm(tissue, MASS_OPEN_RADIUS_MM, sp_w)
+    lab, _ = label_components(opened, _CROSS)
+    pieces = np.zeros(lab.shape, dtype=np.int32)
+    count = 0
+    for c, box in enumerate(ndimage.find_objects(lab), start=1):
+        if box is None:
+            continue
+        comp = lab[box] == c
+        sub, n_sub = ct_lesion.split_at_necks(comp, sp_w)
+        view = pieces[box]
+        view[sub > 0] = sub[sub > 0] + count
+        count += max(n_sub, 1)
+    feats = ct_lesion.component_features(pieces, count, m_w, hu_w, lungs_air, tissue & ~opened, axis)
+    # the share of each piece's one-voxel shell that is another piece (what it was split from)
+    grown = ndimage.grey_dilation(pieces, footprint=_CROSS)
+    shrunk = -ndimage.grey_dilation(-np.where(pieces > 0, pieces, count + 1), footprint=_CROSS)
+    ring = (pieces == 0) & (grown > 0)
+    shell = np.bincount(grown[ring], minlength=count + 1).astype(np.float64)
+    # a piece's voxel whose face neighbour is another piece: count it on this piece's side
+    touch = (pieces > 0) & ((grown != pieces) | ((shrunk != pieces) & (shrunk <= count)))
+    other = np.bincount(pieces[touch], minlength=count + 1).astype(np.float64)
+    del grown, shrunk, ring, touch
+    for x in feats:
+        x.sibling_contact = float(other[x.label] / max(other[x.label] + shell[x.label], 1.0))
+        x.piece = True
+        x.min_diameter_mm = MASS_MIN_DIAMETER_MM
+        x.min_lung_contact = MASS_MIN_LUNG_CONTACT
+    feats = [ct_lesion.decide(x) for x in feats]
+    return pieces, count, feats, tissue
+
+
 def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = no_progress,
-                     cancel: CancelToken | None = None, force: bool = False) -> SegmentationOutput:
+                     cancel: CancelToken | None = None, force: bool = False,
+                     explain: dict[str, str] | None = None) -> SegmentationOutput:
     """Segment body, lungs, bones and lung lesions of a chest CT.
 
     Args:
@@ -285,6 +365,9 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
         cancel: checked between steps.
         force: run past the suitability checks that are judgements (see ``segment/suitability.py``);
             their reasons are listed in ``forced``.
+        explain: when given, filled with lesion segment id -> the features it was kept for
+            (``ct_lesion.describe``), and ``"rejected N"`` -> where and why candidate N (5 mm or more)
+            was rejected, for evaluation.
 
     Returns:
         ``SegmentationOutput`` on the CT's grid: segments "Body", "Right lung", "Left lung", "Bones"
@@ -351,14 +434,34 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
 
     progress(0.6, "ct-chest: lesion candidates")
     lungs_air = right | left
-    cand = env & body & (hu_w >= anat.AIR_HU) & ~bones
+    cand = _fill_cavities(env & body & (hu_w >= anat.AIR_HU) & ~bones, axis, m_w)
     opened = open_small(cand, VESSEL_OPEN_RADIUS_MM, sp_w)
     cand_lab, n = label_components(opened, _CROSS)
     feats = ct_lesion.component_features(cand_lab, n, m_w, hu_w, lungs_air, cand, axis)
     feats = [ct_lesion.decide(x) for x in feats]
     ct_lesion.add_neighbour_tissue([x for x in feats if x.accepted], cand_lab, cand, sp_w)
     feats = [ct_lesion.decide(x) for x in feats]
-    kept = sorted((x for x in feats if x.accepted), key=lambda x: -x.volume_mm3)
+    kept = [x for x in feats if x.accepted]
+    mass_lab, m_count, mass_feats, mass_tissue = _mass_pass(right_f, left_f, fc, sp_w, axis, body, bones, hu_w,
+                                                            m_w, lungs_air)
+    for x in mass_feats:
+        x.label += n
+    masses = [x for x in mass_feats if x.accepted]
+    if masses:
+        on = np.isin(mass_lab, [x.label - n for x in masses])
+        inside = set(np.unique(cand_lab[on]).tolist())  # first-pass lesions that are part of a mass
+        kept = [x for x in kept if x.label not in inside]
+        cand_lab = np.where(on, mass_lab + n, cand_lab)
+        cand = cand | mass_tissue
+    n += m_count
+    kept = sorted(kept + masses, key=lambda x: -x.volume_mm3)
+    feats += mass_feats
+    del mass_lab, mass_tissue
+    if explain is not None:
+        for x in feats:
+            if not x.accepted and x.diameter_mm >= ct_lesion.MIN_DIAMETER_MM:
+                explain[f"rejected {x.label}"] = (f"at RAS {np.round(x.centroid_ras, 1).tolist()}: {x.reason} "
+                                                  f"({ct_lesion.describe(x)})")
     n_les = len(kept)
     max_label = FIRST_LESION_VALUE + max(n_les - 1, 0)
     label_type = LabelMap.label_dtype(max_label)
@@ -429,6 +532,8 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
         segments.append(seg)
         lesions[seg.id] = kind
         scores[seg.id] = ct_lesion.score(x, lung_hu)
+        if explain is not None:
+            explain[seg.id] = ct_lesion.describe(x)
     if not lesions:
         warnings.append(NOTHING_FOUND_LESION)
     check()

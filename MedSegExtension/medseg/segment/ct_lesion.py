@@ -33,8 +33,20 @@ MIN_SLICES = 2
 NEIGHBOUR_MM = 5.0
 #: largest volume of candidate tissue in that neighbourhood, relative to the candidate's own volume
 MAX_NEIGHBOUR_TISSUE = 0.6
+#: Platt scaling ``(a, b)`` of the raw score, ``p = 1 / (1 + exp(a * raw + b))``: fitted by
+#: ``benchmarks/eval_detection.py --split dev --calibrate`` on the dev split of the inserted-lesion set
+#: (never on the aside split); None gives the raw score
+CALIBRATION: tuple[float, float] | None = None
 #: nodule / mass boundary on the longest diameter (mm), as in lung-cancer staging
 MASS_DIAMETER_MM = 30.0
+#: a seed joins a deeper one when its ball reaches into that ball by more than this fraction of its radius
+SPLIT_OVERLAP = 0.5
+#: a piece sharing more than this fraction of its surface with the other pieces of its candidate is a
+#: section of a longer structure (a tube cut into segments shares two faces, about a third to a half),
+#: not a mass that merely touches one
+MAX_SIBLING_CONTACT = 0.25
+#: a piece's core: the largest inscribed ball's radius (mm) must reach this (a 6 mm thick lesion)
+SPLIT_MIN_CORE_MM = 3.0
 
 
 @dataclass
@@ -53,6 +65,12 @@ class LesionFeatures:
         fill: volume / volume of the same-moments ellipsoid (1 for an ellipsoid, low for star shapes).
         n_slices: number of slices it covers along the axial array axis.
         at_scan_end: it touches the first or last slice along the axial axis (cut by the field of view).
+        slice_mm: the working grid's spacing along the axial axis (mm).
+        piece: a piece of a larger candidate split at its necks (:func:`split_at_necks`).
+        sibling_contact: for a piece, the fraction of its surface on the other pieces of its candidate.
+        min_diameter_mm, min_lung_contact: the smallest equivalent diameter and lung contact
+            accepted (``MIN_DIAMETER_MM``, ``MIN_LUNG_CONTACT`` unless the pass that found it asks
+            for more).
         accepted / reason: the decision and, when rejected, why.
     """
 
@@ -69,6 +87,11 @@ class LesionFeatures:
     n_slices: int = 0
     neighbour_tissue: float | None = None
     at_scan_end: bool = False
+    slice_mm: float = 0.0
+    piece: bool = False
+    min_diameter_mm: float = MIN_DIAMETER_MM
+    min_lung_contact: float = MIN_LUNG_CONTACT
+    sibling_contact: float = 0.0
     accepted: bool = False
     reason: str = ""
 
@@ -132,8 +155,60 @@ def component_features(labels: np.ndarray, count: int, ijk_to_ras: np.ndarray, h
             fill=float(vol / max(np.pi / 6.0 * float(np.prod(axes)), 1e-6)),
             n_slices=int(boxes[c - 1][axial_axis].stop - boxes[c - 1][axial_axis].start),
             at_scan_end=bool(boxes[c - 1][axial_axis].start == 0 or boxes[c - 1][axial_axis].stop == n_axial),
+            slice_mm=float(np.linalg.norm(ijk_to_ras[:3, 2 - axial_axis])),
         ))
     return out
+
+
+def split_at_necks(mask: np.ndarray, spacing_kji: np.ndarray) -> tuple[np.ndarray, int]:
+    """Split a candidate where it narrows: one piece per core, a core being a largest inscribed ball.
+
+    Seeds are the centres of the inscribed balls (local maxima of the distance to the outside, mm,
+    within ``SPLIT_MIN_CORE_MM``, at least ``SPLIT_MIN_CORE_MM`` deep); a seed whose ball reaches
+    into a deeper seed's ball by more than ``SPLIT_OVERLAP`` of its own radius joins it, so a
+    lobulated lesion stays whole while a mass touching the aorta or another lesion, whose balls
+    barely meet, comes apart. Each voxel goes to the seed whose ball
+    surface is nearest (distance to the centre minus the ball's radius, mm): between two touching
+    balls that boundary lies at their neck. A piece keeps only its part connected to its seed; the
+    rest goes to the piece nearest to it. Returns ``(labels, n)``: piece number per voxel of
+    ``mask`` (0 outside) and the number of pieces."""
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing_kji)[1:-1, 1:-1, 1:-1]
+    half = np.maximum(np.round(SPLIT_MIN_CORE_MM / spacing_kji).astype(int), 1)
+    peak = (depth == ndimage.maximum_filter(depth, size=tuple(2 * half + 1))) & (depth >= SPLIT_MIN_CORE_MM)
+    pts = np.argwhere(peak)
+    if len(pts) <= 1:
+        return mask.astype(np.int32), int(mask.any())
+    d = depth[tuple(pts.T)]
+    order = np.argsort(-d, kind="stable")
+    xyz = pts * spacing_kji
+    seeds: list[int] = []
+    for i in order:
+        if all(np.linalg.norm(xyz[i] - xyz[j]) > d[j] + SPLIT_OVERLAP * d[i] for j in seeds):
+            seeds.append(int(i))
+    if len(seeds) <= 1:
+        return mask.astype(np.int32), 1
+    idx = np.argwhere(mask)
+    pos = idx * spacing_kji
+    best = np.full(len(idx), np.inf)
+    owner = np.zeros(len(idx), dtype=np.int32)
+    for n, i in enumerate(seeds, start=1):
+        gap = np.linalg.norm(pos - xyz[i], axis=1) - d[i]
+        closer = gap < best
+        best[closer] = gap[closer]
+        owner[closer] = n
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    labels[tuple(idx.T)] = owner
+    # each piece keeps what is connected to its seed; cut-off bits join the nearest kept piece
+    kept = np.zeros(mask.shape, dtype=bool)
+    for n, i in enumerate(seeds, start=1):
+        comp, _ = ndimage.label(labels == n)
+        kept |= comp == comp[tuple(pts[i])]
+    if not kept[mask].all():
+        _, near = ndimage.distance_transform_edt(~kept, sampling=spacing_kji, return_indices=True)
+        orphan = mask & ~kept
+        labels[orphan] = labels[tuple(near[:, orphan])]
+    labels[~mask] = 0
+    return labels, len(seeds)
 
 
 def add_neighbour_tissue(features: list[LesionFeatures], labels: np.ndarray, candidates: np.ndarray,
@@ -161,14 +236,20 @@ def add_neighbour_tissue(features: list[LesionFeatures], labels: np.ndarray, can
 def decide(f: LesionFeatures) -> LesionFeatures:
     """Set ``f.accepted`` and ``f.reason`` (the first rule it fails) from the module's thresholds."""
     rules = [
-        (f.diameter_mm >= MIN_DIAMETER_MM, f"smaller than {MIN_DIAMETER_MM} mm ({f.diameter_mm:.1f} mm)"),
+        (f.diameter_mm >= max(MIN_DIAMETER_MM, f.min_diameter_mm),
+         f"smaller than {max(MIN_DIAMETER_MM, f.min_diameter_mm):g} mm ({f.diameter_mm:.1f} mm)"),
         (f.n_slices >= MIN_SLICES, f"on fewer than {MIN_SLICES} slices ({f.n_slices})"),
         (not f.at_scan_end, "cut by the first or last slice of the scan"),
         (f.elongation <= MAX_ELONGATION, f"elongated like a vessel (axis ratio {f.elongation:.1f})"),
         (f.fill >= MIN_FILL, f"branching, not compact (fill {f.fill:.2f})"),
-        (f.lung_contact >= MIN_LUNG_CONTACT, f"mostly outside the aerated lung (contact {f.lung_contact:.2f})"),
+        (f.lung_contact >= max(MIN_LUNG_CONTACT, f.min_lung_contact),
+         f"mostly outside the aerated lung (contact {f.lung_contact:.2f})"),
         (f.stub_contact <= MAX_STUB_CONTACT, f"continues into vessels (stub contact {f.stub_contact:.2f})"),
     ]
+    if f.piece:
+        rules.append((f.sibling_contact <= MAX_SIBLING_CONTACT,
+                      f"a section of a longer structure ({f.sibling_contact:.2f} of its surface on the pieces "
+                      "it was split from)"))
     if f.neighbour_tissue is not None:
         rules.append((f.neighbour_tissue <= MAX_NEIGHBOUR_TISSUE,
                       f"a piece of a vessel (tissue around it {f.neighbour_tissue:.2f} x its volume)"))
@@ -178,8 +259,30 @@ def decide(f: LesionFeatures) -> LesionFeatures:
     return f
 
 
+def describe(f: LesionFeatures) -> str:
+    """The features a kept candidate passed the rules with, in words (mm, HU, fractions)."""
+    parts = [f"{f.diameter_mm:.1f} mm", f"{f.mean_hu:.0f} HU", f"axis ratio {f.elongation:.1f}", f"fill {f.fill:.2f}",
+             f"lung contact {f.lung_contact:.2f}", f"stub contact {f.stub_contact:.2f}", f"{f.n_slices} slices"]
+    if f.neighbour_tissue is not None:
+        parts.append(f"tissue around {f.neighbour_tissue:.2f} x its volume")
+    if f.piece:
+        parts.append(f"a piece split at a neck, {f.sibling_contact:.2f} of its surface on other pieces "
+                     f"(pass for >= {f.min_diameter_mm:g} mm)")
+    return ", ".join(parts)
+
+
 def score(f: LesionFeatures, lung_hu: float) -> float:
-    """Confidence 0..1 from roundness, contrast with the lung, size and lung contact."""
+    """Confidence 0..1 that the kept candidate is a lesion: the raw score (:func:`raw_score`) through
+    the Platt scaling ``CALIBRATION`` (the raw score itself when it is None)."""
+    raw = raw_score(f, lung_hu)
+    if CALIBRATION is None:
+        return raw
+    a, b = CALIBRATION
+    return float(1.0 / (1.0 + np.exp(a * raw + b)))
+
+
+def raw_score(f: LesionFeatures, lung_hu: float) -> float:
+    """Uncalibrated confidence 0..1 from roundness, contrast with the lung, size and lung contact."""
     roundness = float(f.axes_mm[2] / max(f.axes_mm[0], 1e-6))
     contrast = float(np.clip((f.mean_hu - lung_hu) / 700.0, 0.0, 1.0))
     size = float(np.clip((f.diameter_mm - 3.0) / 7.0, 0.0, 1.0))
