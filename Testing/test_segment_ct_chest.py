@@ -240,7 +240,7 @@ def test_masses_in_broad_contact_are_found_whole(contact_masses):
     out = segment_ct_chest([case.volume])
     for les in case.lesions:
         d = _best_dice(out, case.truth == les.value)
-        # measured: Dice 0.93 (aorta and spine) and 0.95 (chest wall)
+        # measured: Dice 0.894 (aorta and spine) and 0.928 (chest wall)
         assert d >= 0.85, (les.spec.site, d)
     assert len(out.lesions) == 2
     assert all(kind == "lung mass" for kind in out.lesions.values())

@@ -2,11 +2,13 @@
 
 Cases (``medseg.data.lesion_insertion``): synthetic lesions inserted at known RAS positions into
 the real chest CT ``pyradiomics/lung1`` (its own tumour kept as a further true lesion) and into
-the chest phantom built without lesions. Two splits, fixed by seed and never mixed:
+the chest phantom built without lesions. Splits fixed by seed and never mixed:
 
 - ``dev``: seeds :data:`DEV_SEEDS`; the only cases looked at while choosing rules and constants;
 - ``aside``: seeds :data:`ASIDE_SEEDS`, and the phantom on an oblique, flipped, anisotropic grid
-  (a pose the dev split does not have); run only to report.
+  (a pose the dev split does not have); run only to report;
+- ``aside2``: seeds :data:`ASIDE2_SEEDS`, made the same way after ``aside`` had been looked at once (see
+  the constant); the independent figures of the final rules;
 - ``real``: lung1 as it is (one real tumour); it was used to develop the rules before this
   evaluation existed, so its figures are not independent.
 
@@ -18,7 +20,7 @@ points are the sensitivity at 0.125, 0.25, 0.5, 1, 2, 4 and 8 false positives pe
 read from the score-ordered detections of all scans of the split. The Dice of a found lesion is its hit
 segment's against the lesion's truth. Every false positive is listed with its features (why it was kept).
 
-Usage: ``python benchmarks/eval_detection.py --split dev [--json out.json]``
+Usage: ``python benchmarks/eval_detection.py --split dev [--json out.json] [--set NAME=VALUE]... [--calibrate]``
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def _describe(case: InsertedCase, offset: int) -> list[dict]:
 
 
 def make_cases(split: str, data: Path) -> list[Case]:
-    """The scans of ``split`` (dev, aside or real), built from seeds (module doc)."""
+    """The scans of ``split`` (dev, aside, aside2 or real), built from seeds (module doc)."""
     lung1, lung1_truth = _lung1(data)
     real = {"value": 1, "site": "real tumour", "kind": "real", "shape": "real",
             "diameter_mm": round(float((6 * lung1_truth.sum() * lung1.voxel_volume_mm3 / np.pi) ** (1 / 3)), 1)}
