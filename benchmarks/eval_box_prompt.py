@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from medseg.core.box import Box
-from medseg.core.components import fill_holes, label_components
 from medseg.core.volume import Volume
 
 # the box geometry helpers are unchanged since before issue 16; the baseline reuses them
-from medseg.segment.box_lesion import _crop_for, _inside, segment_in_box
+from medseg.segment.box_lesion import _crop_for, _inside, intensity_spread, piece_holding_core, segment_in_box
 from medseg.segment.morphology import open_mm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,22 +63,16 @@ def segment_in_box_before_issue16(volume: Volume, box: Box) -> np.ndarray:
     if not core.any() or not shell.any():
         return out
     lesion, around = float(np.median(values[core])), float(np.median(values[shell]))
-    lo, hi = np.percentile(volume.array, [1, 99])
-    if abs(lesion - around) < 0.05 * max(float(hi - lo), 1e-6):
+    if abs(lesion - around) < 0.05 * intensity_spread(volume):
         return out
     mid = (lesion + around) / 2
     cand = inside & ((values >= mid) if lesion > around else (values <= mid))
     opened = open_mm(cand, 1.5, volume.spacing[::-1])
     if (opened & core).any():
         cand = opened
-    labels, n = label_components(cand)
-    if n == 0:
-        return out
-    overlap = np.bincount(labels[core & cand], minlength=n + 1)
-    overlap[0] = 0
-    if overlap.max() == 0:
-        return out
-    out[crop] = fill_holes(labels == int(overlap.argmax()))
+    piece = piece_holding_core(cand, core)
+    if piece is not None:
+        out[crop] = piece
     return out
 
 

@@ -43,7 +43,7 @@ from medseg.pipeline.nnunet_task import NnunetRunner
 from medseg.pipeline.options import RunOptions
 from medseg.pipeline.tasks import DETECTION_TASK_PARAMS, MODEL_TASK_PARAMS, NNUNET_TASK_PARAMS
 from medseg.preprocess.mapback import MappedProbabilities
-from medseg.segment.box_lesion import segment_in_box
+from medseg.segment.box_lesion import intensity_spread, segment_in_box
 
 logger = logging.getLogger("medseg")
 
@@ -191,8 +191,9 @@ def segment_boxes(volume: Volume, boxes: Sequence[Box], name: str) -> Segmentati
     lesions: dict[str, str] = {}
     scores: dict[str, float] = {}
     empty: list[str] = []
+    spread = intensity_spread(volume)
     for box in sorted(boxes, key=lambda b: -b.score):
-        mask = segment_in_box(volume, box) & (labels == 0)
+        mask = segment_in_box(volume, box, spread) & (labels == 0)
         if not mask.any():
             empty.append(box.name)
             linked.append(box)

@@ -42,7 +42,7 @@ from medseg.core.terminology import term
 from medseg.core.volume import Volume
 from medseg.io.markups import read_markups_json
 from medseg.models.card import PALETTE
-from medseg.segment.box_lesion import segment_in_box
+from medseg.segment.box_lesion import intensity_spread, segment_in_box
 
 #: the lesion kind (``Result.lesions``) and box label of a lesion found in a user's box
 LESION_KIND = "lesion in user box"
@@ -209,8 +209,9 @@ def add_box_lesions(seg: SegmentationOutput, volume: Volume, boxes: Sequence[Box
     lesion_values = {s.label_value: s.id for s in segments if s.id in seg.lesions}
     taken_ids = {s.id for s in segments}
     linked: list[Box] = []
+    spread = intensity_spread(image)
     for box in boxes:
-        mask = segment_in_box(image, box)
+        mask = segment_in_box(image, box, spread)
         found = int(mask.sum())
         if found == 0:
             seg.warnings.append(f"ROI box {box.name!r}: no lesion could be separated inside it (nothing at its centre "

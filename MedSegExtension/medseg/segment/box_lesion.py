@@ -132,9 +132,29 @@ def _wall_under(volume: Volume, box: Box, crop: tuple[slice, slice, slice], mid:
     return wall[tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(crop, big, strict=True))]
 
 
-def segment_in_box(volume: Volume, box: Box) -> np.ndarray:
+def intensity_spread(volume: Volume) -> float:
+    """The volume's 1..99 % intensity range, the scale :data:`MIN_CONTRAST` is a fraction of; computed once
+    per volume by callers that segment many boxes."""
+    lo, hi = np.percentile(volume.array, [1, 99])
+    return max(float(hi - lo), 1e-6)
+
+
+def piece_holding_core(cand: np.ndarray, core: np.ndarray) -> np.ndarray | None:
+    """The connected piece of ``cand`` holding most of ``core``, holes filled; None when no piece holds any."""
+    labels, n = label_components(cand)
+    if n == 0:
+        return None
+    overlap = np.bincount(labels[core & cand], minlength=n + 1)
+    overlap[0] = 0
+    if overlap.max() == 0:
+        return None
+    return fill_holes(labels == int(overlap.argmax()))
+
+
+def segment_in_box(volume: Volume, box: Box, spread: float | None = None) -> np.ndarray:
     """The lesion inside ``box`` (RAS) as a boolean KJI mask on ``volume``'s grid (see the module doc);
-    all False when the box holds no object that differs from its surroundings or lies outside the volume."""
+    all False when the box holds no object that differs from its surroundings or lies outside the volume.
+    ``spread``: :func:`intensity_spread` of the volume, when the caller has it already."""
     out = np.zeros(volume.shape_kji, dtype=bool)
     crop = _crop_for(volume, box, SHELL_FRACTION)
     if any(s.stop <= s.start for s in crop):
@@ -151,8 +171,7 @@ def segment_in_box(volume: Volume, box: Box) -> np.ndarray:
     if not core.any() or not shell.any():
         return out
     lesion, around = float(np.median(values[core])), float(np.median(values[shell]))
-    lo, hi = np.percentile(volume.array, [1, 99])
-    if abs(lesion - around) < MIN_CONTRAST * max(float(hi - lo), 1e-6):
+    if abs(lesion - around) < MIN_CONTRAST * (intensity_spread(volume) if spread is None else spread):
         return out
     mid, bright = (lesion + around) / 2, lesion > around
     spacing_kji = volume.spacing[::-1]
@@ -163,13 +182,7 @@ def segment_in_box(volume: Volume, box: Box) -> np.ndarray:
         depth = ndimage.distance_transform_edt(cand, sampling=spacing_kji)
         radius = ROLL_FACTOR * float(depth[core & cand].max())
         piece = cand & ~_wall_under(volume, box, crop, mid, bright, radius)
-    cand = inside & piece
-    labels, n = label_components(cand)
-    if n == 0:
-        return out
-    overlap = np.bincount(labels[core & cand], minlength=n + 1)
-    overlap[0] = 0
-    if overlap.max() == 0:
-        return out
-    out[crop] = fill_holes(labels == int(overlap.argmax()))
+    lesion_piece = piece_holding_core(inside & piece, core)
+    if lesion_piece is not None:
+        out[crop] = lesion_piece
     return out

@@ -296,18 +296,7 @@ def _fill_cavities(tissue: np.ndarray, axis: int, m_w: np.ndarray) -> np.ndarray
     """``tissue`` with its enclosed air holes of at most ``MAX_CAVITY_CM2`` filled, slice by slice along the
     axial array axis: a cavitating lesion's outline includes its cavity."""
     pixel_cm2 = float(abs(np.linalg.det(m_w[:3, :3]))) / float(np.linalg.norm(m_w[:3, 2 - axis])) / 100.0
-    out = tissue.copy()
-    for k in range(tissue.shape[axis]):
-        sl = tuple(k if a == axis else slice(None) for a in range(3))
-        plane = tissue[sl]
-        holes = ndimage.binary_fill_holes(plane) & ~plane
-        if not holes.any():
-            continue
-        lab, n = ndimage.label(holes)
-        small = np.bincount(lab.ravel(), minlength=n + 1) * pixel_cm2 <= MAX_CAVITY_CM2
-        small[0] = False
-        out[sl] |= small[lab]
-    return out
+    return fill_holes_2d(tissue, axis, max_hole_voxels=int(MAX_CAVITY_CM2 / pixel_cm2))
 
 
 def _mass_pass(right_f: np.ndarray, left_f: np.ndarray, fc: Sequence[int], sp_w: np.ndarray, axis: int,
@@ -336,15 +325,15 @@ def _mass_pass(right_f: np.ndarray, left_f: np.ndarray, fc: Sequence[int], sp_w:
         view[sub > 0] = sub[sub > 0] + count
         count += max(n_sub, 1)
     feats = ct_lesion.component_features(pieces, count, m_w, hu_w, lungs_air, tissue & ~opened, axis)
-    # the share of each piece's one-voxel shell that is another piece (what it was split from)
-    grown = ndimage.grey_dilation(pieces, footprint=_CROSS)
-    shrunk = -ndimage.grey_dilation(-np.where(pieces > 0, pieces, count + 1), footprint=_CROSS)
-    ring = (pieces == 0) & (grown > 0)
-    shell = np.bincount(grown[ring], minlength=count + 1).astype(np.float64)
-    # a piece's voxel whose face neighbour is another piece: count it on this piece's side
-    touch = (pieces > 0) & ((grown != pieces) | ((shrunk != pieces) & (shrunk <= count)))
+    # the share of each piece's surface on another piece (what it was split from): its voxels with a face
+    # neighbour of another label, against those plus the background voxels it borders
+    high = ndimage.grey_dilation(pieces, footprint=_CROSS)  # largest label among the face neighbours
+    low = ndimage.grey_erosion(np.where(pieces > 0, pieces, count + 1), footprint=_CROSS)  # smallest, 0 left out
+    ring = (pieces == 0) & (high > 0)
+    shell = np.bincount(high[ring], minlength=count + 1).astype(np.float64)
+    touch = (pieces > 0) & ((high != pieces) | ((low != pieces) & (low <= count)))
     other = np.bincount(pieces[touch], minlength=count + 1).astype(np.float64)
-    del grown, shrunk, ring, touch
+    del high, low, ring, touch
     for x in feats:
         x.sibling_contact = float(other[x.label] / max(other[x.label] + shell[x.label], 1.0))
         x.piece = True

@@ -67,13 +67,20 @@ def open_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | n
     return dilate_mm(eroded, radius_mm, spacing_kji) & mask
 
 
-def fill_holes_2d(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Fill holes in every 2D slice perpendicular to array ``axis`` (one vectorised call)."""
+def fill_holes_2d(mask: np.ndarray, axis: int, max_hole_voxels: int | None = None) -> np.ndarray:
+    """Fill holes in every 2D slice perpendicular to array ``axis`` (one vectorised call); with
+    ``max_hole_voxels``, only the holes of at most that many voxels (in-plane 4-connected)."""
     structure = np.zeros((3, 3, 3), dtype=bool)
     index: list[slice | int] = [slice(None)] * 3
     index[axis] = 1
     structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
-    return fill_holes(mask, structure)
+    filled = fill_holes(mask, structure)
+    if max_hole_voxels is None:
+        return filled
+    holes, n = label_components(filled & ~mask, structure)
+    small = count_values(holes, n + 1) <= max_hole_voxels
+    small[0] = False
+    return mask | small[holes]
 
 
 def largest_components(mask: np.ndarray, count: int = 1) -> np.ndarray:
