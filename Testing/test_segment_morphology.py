@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medseg.core.volume import ijk_to_ras_from_geometry
 from medseg.segment import ct_lesion
@@ -36,6 +37,31 @@ def test_dilate_erode_are_balls_in_mm():
     np.testing.assert_array_equal(ball, r <= 10.0)
     big = r <= 20.0
     assert erode_mm(big, 5.0, SP)[r <= 14.0].all() and not erode_mm(big, 5.0, SP)[r > 15.5].any()
+
+
+@pytest.mark.parametrize("where", ["interior", "edges"])
+def test_dilate_erode_on_the_bounding_box_equal_the_whole_array(where):
+    """dilate_mm and erode_mm work on the mask's bounding box; the answer must be the whole array's
+    distance transform's, voxel for voxel, for a small blob in a big grid and for one touching the
+    array's edges (where the edge is not background unless asked), on an anisotropic non-cubic grid."""
+    sp = np.array([2.5, 0.5, 1.25])  # exact in binary: radii that are whole multiples land on voxel centres
+    rng = np.random.default_rng(3)
+    mask = np.zeros((19, 47, 36), dtype=bool)
+    if where == "interior":
+        mask[6:12, 15:33, 9:25] = rng.random((6, 18, 16)) < 0.97
+    else:
+        mask[0:9, 20:47, 0:30] = rng.random((9, 27, 30)) < 0.97
+    assert mask.any() and not mask.all()
+    for r in (1.0, 2.5, 3.75, 5.0, 7.5):
+        np.testing.assert_array_equal(dilate_mm(mask, r, sp),
+                                      ndimage.distance_transform_edt(~mask, sampling=sp) <= r)
+        np.testing.assert_array_equal(erode_mm(mask, r, sp),
+                                      ndimage.distance_transform_edt(mask, sampling=sp) > r)
+        padded = np.pad(mask, 1)
+        np.testing.assert_array_equal(erode_mm(mask, r, sp, border_is_background=True),
+                                      (ndimage.distance_transform_edt(padded, sampling=sp) > r)[1:-1, 1:-1, 1:-1])
+        if where == "edges" and r < 4:  # the edge counts: eroding with and without it differs there
+            assert (erode_mm(mask, r, sp) != erode_mm(mask, r, sp, border_is_background=True)).any()
 
 
 def test_closing_fills_a_notch_narrower_than_the_ball():

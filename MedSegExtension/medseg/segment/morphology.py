@@ -19,12 +19,20 @@ from medseg.core.components import count_values, fill_holes, label_components
 
 
 def dilate_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Voxels within ``radius_mm`` (centre to centre) of ``mask``."""
+    """Voxels within ``radius_mm`` (centre to centre) of ``mask``.
+
+    The distance transform runs on the mask's bounding box grown by the radius (plus one voxel):
+    every voxel outside it is farther than the radius along one axis alone, so the answer is the
+    same as on the whole array, at the cost of the box."""
     if radius_mm <= 0 or not mask.any():
         return mask.copy()
     if mask.all():
         return mask.copy()
-    return ndimage.distance_transform_edt(~mask, sampling=spacing_kji) <= radius_mm
+    margin = [int(np.floor(radius_mm / float(s))) + 1 for s in spacing_kji]
+    box = bbox_slices(mask, margin)
+    out = np.zeros(mask.shape, dtype=bool)
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing_kji) <= radius_mm
+    return out
 
 
 def erode_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | np.ndarray,
@@ -35,12 +43,20 @@ def erode_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | 
     touching the array edge erodes from there as well)."""
     if radius_mm <= 0 or not mask.any():
         return mask.copy()
-    if border_is_background:
-        padded = np.pad(mask, 1, constant_values=False)
-        return (ndimage.distance_transform_edt(padded, sampling=spacing_kji) > radius_mm)[1:-1, 1:-1, 1:-1]
-    if mask.all():
+    if mask.all() and not border_is_background:
         return mask.copy()
-    return ndimage.distance_transform_edt(mask, sampling=spacing_kji) > radius_mm
+    # on the mask's bounding box grown by one voxel: where the box stops inside the array, that
+    # voxel is background and no farther than any background voxel beyond it, so the answer is the
+    # whole array's; where the box meets the array's edge, the edge is treated as the whole array's is
+    box = bbox_slices(mask, (1, 1, 1))
+    out = np.zeros(mask.shape, dtype=bool)
+    sub = mask[box]
+    if border_is_background:
+        padded = np.pad(sub, 1, constant_values=False)
+        out[box] = (ndimage.distance_transform_edt(padded, sampling=spacing_kji) > radius_mm)[1:-1, 1:-1, 1:-1]
+    else:  # (the box holds background: were it all mask, it would be the whole array, returned above)
+        out[box] = ndimage.distance_transform_edt(sub, sampling=spacing_kji) > radius_mm
+    return out
 
 
 def close_mm(mask: np.ndarray, radius_mm: float, spacing_kji: Sequence[float] | np.ndarray,
