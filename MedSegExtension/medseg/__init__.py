@@ -19,7 +19,7 @@ from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.result import Result
 from medseg.core.volume import Volume
 
-__version__ = "0.12.0"
+__version__ = "0.12.1"
 
 __all__ = [
     "AmbiguousInputError",
