@@ -2,7 +2,8 @@
 
 Cases: the inserted-lesion scans of ``benchmarks/eval_detection.py`` (``make_cases``: synthetic lesions at
 every site of the lung surface, in the real chest CT ``pyradiomics/lung1`` with its own tumour, and in the
-chest phantom), split ``dev`` (the only one looked at while choosing rules) or ``aside`` (run only to report).
+chest phantom), split ``dev`` (the only one looked at while choosing rules), ``aside`` (run to report issue 16's
+box segmentation) or ``aside2`` (first run to report 0.12.1's comparison with the shell's other tissue).
 
 For every lesion the box a user would draw: the truth's RAS bounding box (axis-aligned to RAS; the voxel
 centres' extent plus one voxel's RAS extent, so the box holds the voxels themselves), enlarged along each
@@ -12,7 +13,7 @@ against that lesion's truth. The same boxes are given to :func:`segment_in_box_b
 function as it was before issue 16 part 4 (no separation from the wall the lesion touches), to print the
 before and after figures side by side: per lesion, and mean / median per site and per kind.
 
-Usage: ``python benchmarks/eval_box_prompt.py --split dev [--data DIR] [--json out.json]``
+Usage: ``python benchmarks/eval_box_prompt.py --split dev [--data DIR] [--json out.json] [--set NAME=VALUE]...``
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from medseg.core.box import Box
 from medseg.core.volume import Volume
 
 # the box geometry helpers are unchanged since before issue 16; the baseline reuses them
+from medseg.segment import box_lesion
 from medseg.segment.box_lesion import _crop_for, _inside, intensity_spread, piece_holding_core, segment_in_box
 from medseg.segment.morphology import open_mm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_detection import Case, dice, make_cases
+from eval_detection import Case, apply_settings, dice, make_cases
 
 #: the user's box is the lesion's bounding box grown by a fraction drawn uniformly in this range (per axis):
 #: users draw loosely, seldom tighter than 10 % and seldom more than 40 % too large
@@ -137,10 +139,15 @@ def print_report(split: str, rows: Sequence[dict]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--split", choices=("dev", "aside"), required=True)
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("MEDSEG_TEST_DATA", "/work/shared/data")))
+    ap.add_argument("--split", choices=("dev", "aside", "aside2"), required=True)
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get(
+        "MEDSEG_TEST_DATA", Path(__file__).resolve().parent.parent.parent / "shared" / "data")))
     ap.add_argument("--json", type=Path, default=None, help="write the per-lesion rows here")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="change one constant of box_lesion for this run (e.g. --set SHELL_OTHER_QUANTILE=0.5: "
+                         "the box segmentation of 0.12.0, which compares the core with the shell's median only)")
     args = ap.parse_args(argv)
+    apply_settings(ap, args.set, (box_lesion,))
     t0 = time.perf_counter()
     cases = make_cases(args.split, args.data)
     print(f"{len(cases)} scans built in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -298,6 +299,18 @@ def print_summary(split: str, s: dict) -> None:
         print(f"  FP     {f['case']:<12} score {f['score']:.2f} at {f['centre_ras']}: {f['why']}")
 
 
+def apply_settings(ap: argparse.ArgumentParser, items: Sequence[str], modules: Sequence[ModuleType]) -> None:
+    """``--set NAME=VALUE`` ablations: each changes the numeric constant ``NAME`` of the first of ``modules``
+    that has it, for this run; an unknown name or a missing value is a usage error naming it."""
+    for item in items:
+        name, _, value = item.partition("=")
+        module = next((m for m in modules if hasattr(m, name)), None)
+        if module is None or not value:
+            where = " or ".join(m.__name__.rsplit(".", 1)[-1] for m in modules)
+            ap.error(f"--set {item!r}: no constant {name!r} in {where}, or no value")
+        setattr(module, name, type(getattr(module, name))(float(value)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--split", choices=("dev", "aside", "aside2", "real"), required=True)
@@ -310,12 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="change one constant of ct_chest or ct_lesion for this run (an ablation: e.g. "
                          "--set MASS_MIN_DIAMETER_MM=inf turns the mass pass off)")
     args = ap.parse_args(argv)
-    for item in args.set:
-        name, _, value = item.partition("=")
-        module = ct_chest if hasattr(ct_chest, name) else ct_lesion
-        if not hasattr(module, name) or not value:
-            ap.error(f"--set {item!r}: no constant {name!r} in ct_chest or ct_lesion, or no value")
-        setattr(module, name, type(getattr(module, name))(float(value)))
+    apply_settings(ap, args.set, (ct_chest, ct_lesion))
     if args.calibrate and args.split != "dev":
         ap.error("--calibrate fits constants: only on the dev split")
     if args.calibrate:

@@ -9,7 +9,11 @@ box's centre that stands out from what surrounds the box and does not continue b
 2. the lesion's level is the median of the core, the surroundings' the median of the shell; a voxel
    inside the box belongs to the lesion side when it lies beyond the midpoint between the two (above
    it for a bright lesion in CT or MR, below it for a dark one). No HU constant is assumed, so the
-   same rule serves CT nodules in lung, masses in fat, and MR lesions of either contrast;
+   same rule serves CT nodules in lung, masses in fat, and MR lesions of either contrast. When most of
+   the shell is tissue like the lesion (a mass reaching into the mediastinum or down to the diaphragm),
+   the shell's median is the lesion's own level; the surroundings' level is then the shell's quartile
+   (:data:`SHELL_OTHER_QUANTILE`) farther from the lesion's, the other tissue it stands out from (the
+   lung), provided the lesion's level lies in the shell's other quartile's tissue (:data:`NEAR_SHARE`);
 3. parts thinner than :data:`NECK_MM` (a vessel or a strand touching the lesion) are cut by an
    opening, unless that would remove the lesion altogether (a lesion smaller than the neck); steps 2
    and 3 run on the box and its shell together, so that what the lesion touches is seen beyond the box;
@@ -24,8 +28,9 @@ box's centre that stands out from what surrounds the box and does not continue b
    face under it), looked at in a crop grown by that radius;
 6. the connected piece inside the box holding most of the core is kept and its holes filled.
 
-When the core and the shell do not differ (:data:`MIN_CONTRAST` of the volume's intensity spread),
-there is nothing to separate and the result is empty: the caller says so.
+When the core differs neither from the shell's median nor, as above, from its other tissue
+(:data:`MIN_CONTRAST` of the volume's intensity spread), there is nothing to separate and the result is
+empty: the caller says so.
 """
 
 from __future__ import annotations
@@ -46,6 +51,16 @@ SHELL_FRACTION = 0.25
 #: parts thinner than this (mm) are cut from the lesion: the vessels that run into lung nodules are 1-3 mm,
 #: while a nodule worth a box is 4 mm or more (a smaller one keeps its uncut piece, see step 3)
 NECK_MM = 3.0
+#: when the shell's median is the lesion's level (most of what surrounds the box is tissue like the lesion: a
+#: mass reaching into the mediastinum), the surroundings' level is the shell's quantile this far from either end
+#: that lies farther from the lesion's: the other tissue the lesion stands out from (the lung around a mass)
+SHELL_OTHER_QUANTILE = 0.25
+#: ... and only when the shell is two tissues, the lesion's being one of them: the lesion's level lies within this
+#: share of the gap between the shell's two quantiles from the nearer one. The masses in the lung's reach of the
+#: dev split (four boxes) lie at 0.002-0.02 of the gap; a box on the border between two tissues, or on a lesion
+#: the core's median misses (brain1's glioblastoma, whose box's centre is a mix of tumour and brain: 0.46),
+#: lies about half way, where neither tissue is the lesion's
+NEAR_SHARE = 0.25
 #: core and shell medians closer than this fraction of the volume's 1..99 % intensity range: no lesion
 MIN_CONTRAST = 0.05
 #: tissue this far (fraction of the box's size) beyond a face of the box, or farther, continues outside the box:
@@ -171,8 +186,13 @@ def segment_in_box(volume: Volume, box: Box, spread: float | None = None) -> np.
     if not core.any() or not shell.any():
         return out
     lesion, around = float(np.median(values[core])), float(np.median(values[shell]))
-    if abs(lesion - around) < MIN_CONTRAST * (intensity_spread(volume) if spread is None else spread):
-        return out
+    least = MIN_CONTRAST * (intensity_spread(volume) if spread is None else spread)
+    if abs(lesion - around) < least:
+        q = np.percentile(values[shell], [100 * SHELL_OTHER_QUANTILE, 100 * (1 - SHELL_OTHER_QUANTILE)])
+        far = int(np.argmax(np.abs(q - lesion)))
+        around, near = float(q[far]), float(q[1 - far])
+        if abs(lesion - around) < least or abs(lesion - near) > NEAR_SHARE * abs(around - near):
+            return out
     mid, bright = (lesion + around) / 2, lesion > around
     spacing_kji = volume.spacing[::-1]
     cand = _lesion_side(values, mid, bright, core, spacing_kji)
