@@ -132,6 +132,21 @@ def test_box_around_a_nodule_with_a_vessel_on_an_oblique_flipped_anisotropic_gri
     assert row["recist_axial_mm"] > 0 and row["longest_diameter_mm"] == pytest.approx(2 * RADIUS, abs=2.0)
 
 
+def test_a_box_cutting_its_lesion_is_flagged_for_review_a_loose_one_is_not():
+    """The ball in the 18 mm box (1.5 x its diameter) holds none of its voxels at the box's faces: no review.
+    In a box 9 mm wide, smaller than the 12 mm ball, the segment fills the box up to its faces: flagged for
+    review, with a warning naming the box."""
+    _img, vol, _ball, _wall, _vessel, centre, _ = _scene(vessel=False)
+    loose = run_task([vol], _options(5000.0, _user_box(centre)))
+    assert loose.review == {} and not [w for w in loose.warnings if "needs review" in w]
+    tight = run_task([vol], _options(5000.0, _user_box(centre, "Tight", size=9.0)))
+    (box,) = tight.boxes
+    assert box.segment_id is not None
+    (reason,) = tight.review[box.segment_id]
+    assert "at the box's faces" in reason
+    assert any(w.startswith("needs review: Tight: ") for w in tight.warnings)
+
+
 def test_box_around_a_nodule_in_broad_contact_with_the_chest_wall():
     _img, vol, ball, wall, _vessel, centre, _ = _scene(wall_at=0.85 * RADIUS)
     truth = ball & ~wall  # the cap sunk in the wall is wall: no intensity tells it from the lesion

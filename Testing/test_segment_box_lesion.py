@@ -22,7 +22,7 @@ from medseg.core.volume import Volume
 from medseg.io.volume_reader import read_volume
 from medseg.pipeline.model_tasks import segment_boxes
 from medseg.segment import box_lesion
-from medseg.segment.box_lesion import segment_in_box
+from medseg.segment.box_lesion import segment_in_box, share_at_faces
 
 RADIUS = 7.0
 
@@ -211,3 +211,17 @@ def test_real_mr_boxes_breast_lesion_found_glioblastoma_refused(shared_data, mon
     assert not segment_in_box(vol, box).any()
     monkeypatch.setattr(box_lesion, "NEAR_SHARE", 1.0)
     assert segment_in_box(vol, box).sum() > 4 * truth.sum()  # measured 32 985 voxels
+
+
+def test_share_at_faces_of_a_lesion_a_filled_box_and_nothing() -> None:
+    """On the oblique, flipped grid, in a box turned 20 degrees against it: a ball in a box 2.6 times its radius
+    has no voxel in the box's outer 5 % on each side; the whole box has 1 - 0.9^3 = 0.271 of its voxels there
+    (up to the voxels' discreteness); an empty mask has none."""
+    vol, ball, _ = _scene(40.0, -850.0, vessel=False)
+    centre = vol.ijk_to_ras_points([[40, 36, 20]])[0]
+    box = _grid_box(vol, centre, 2.6 * RADIUS, turn_deg=20.0)
+    assert share_at_faces(vol, box, ball) == 0.0
+    ras = vol.ijk_to_ras_points(np.argwhere(np.ones(vol.shape_kji, bool))[:, ::-1])
+    filled = box.contains(ras).reshape(vol.shape_kji)
+    assert share_at_faces(vol, box, filled) == pytest.approx(1 - 0.9 ** 3, abs=0.03)
+    assert share_at_faces(vol, box, np.zeros(vol.shape_kji, bool)) == 0.0

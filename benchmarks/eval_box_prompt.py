@@ -30,10 +30,18 @@ import numpy as np
 
 from medseg.core.box import Box
 from medseg.core.volume import Volume
+from medseg.pipeline.roi_prompt import REVIEW_AT_FACES
 
 # the box geometry helpers are unchanged since before issue 16; the baseline reuses them
 from medseg.segment import box_lesion
-from medseg.segment.box_lesion import _crop_for, _inside, intensity_spread, piece_holding_core, segment_in_box
+from medseg.segment.box_lesion import (
+    _crop_for,
+    _inside,
+    intensity_spread,
+    piece_holding_core,
+    segment_in_box,
+    share_at_faces,
+)
 from medseg.segment.morphology import open_mm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -108,6 +116,8 @@ def evaluate(cases: Sequence[Case]) -> list[dict]:
                          "shape": les["shape"], "diameter_mm": les["diameter_mm"],
                          "box_mm": [round(float(s), 1) for s in box.size],
                          "dice_before": round(dice(before, truth), 3), "dice_after": round(dice(after, truth), 3),
+                         "at_faces": round(share_at_faces(case.volume, box, after), 3),
+                         "truth_at_faces": round(share_at_faces(case.volume, box, truth), 3),
                          "seconds": round(seconds, 2)})
     return rows
 
@@ -130,11 +140,18 @@ def print_report(split: str, rows: Sequence[dict]) -> None:
     for r in rows:
         print(f"  {r['case']:<13} {r['site']:<16} {r['kind']:<12} {r['shape']:<10} {r['diameter_mm']:5.1f} mm  "
               f"box {'x'.join(f'{s:.0f}' for s in r['box_mm']):<11} before {r['dice_before']:.3f}  "
-              f"after {r['dice_after']:.3f}  ({r['seconds']:.1f} s)")
+              f"after {r['dice_after']:.3f}  at faces {r['at_faces']:.2f}  ({r['seconds']:.1f} s)")
     print()
     print("\n".join(_table(rows, "site", SITE_ORDER)))
     print()
     print("\n".join(_table(rows, "kind", ("solid", "part-solid", "cavitating", "ground-glass", "real"))))
+    flagged = [r for r in rows if r["at_faces"] > REVIEW_AT_FACES]
+    rest = [r for r in rows if r["at_faces"] <= REVIEW_AT_FACES and r["dice_after"] > 0]
+    flagged_dice = ", ".join(f"{r['dice_after']:.2f}" for r in flagged) or "-"
+    print(f"\nflagged for review (> {REVIEW_AT_FACES:.0%} of the segment at the box's faces): {len(flagged)} of "
+          f"{len(rows)}, Dice {flagged_dice}; the other non-empty "
+          f"segments: {len(rest)}, Dice min {min((r['dice_after'] for r in rest), default=0):.2f}; the truth's largest "
+          f"share at the faces {max(r['truth_at_faces'] for r in rows):.3f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,6 +61,8 @@ SHELL_OTHER_QUANTILE = 0.25
 #: the core's median misses (brain1's glioblastoma, whose box's centre is a mix of tumour and brain: 0.46),
 #: lies about half way, where neither tissue is the lesion's
 NEAR_SHARE = 0.25
+#: the box's faces, for :func:`share_at_faces`: its outer layer this fraction of its size deep on each side
+FACE_FRACTION = 0.05
 #: core and shell medians closer than this fraction of the volume's 1..99 % intensity range: no lesion
 MIN_CONTRAST = 0.05
 #: tissue this far (fraction of the box's size) beyond a face of the box, or farther, continues outside the box:
@@ -145,6 +147,22 @@ def _wall_under(volume: Volume, box: Box, crop: tuple[slice, slice, slice], mid:
     cand = _lesion_side(np.asarray(volume.array[big], dtype=np.float32), mid, bright, core, spacing_kji)
     wall = open_mm(cand, radius_mm, spacing_kji)
     return wall[tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(crop, big, strict=True))]
+
+
+def share_at_faces(volume: Volume, box: Box, mask: np.ndarray) -> float:
+    """The share of ``mask``'s voxels (KJI bool on ``volume``'s grid) that lie in ``box``'s outer layer,
+    :data:`FACE_FRACTION` of the box's size deep on each side; 0 for an empty mask. A lesion in a box drawn
+    around it with a margin holds next to none there; a segment that does continues beyond the box (it took
+    in surroundings) or was cut by it."""
+    total = int(mask.sum())
+    if total == 0:
+        return 0.0
+    crop = _crop_for(volume, box, 0.0)
+    if any(s.stop <= s.start for s in crop):
+        return 0.0
+    sub = mask[crop]
+    layer = _inside(volume, crop, box, 1.0) & ~_inside(volume, crop, box, 1.0 - 2 * FACE_FRACTION)
+    return float((sub & layer).sum()) / total
 
 
 def intensity_spread(volume: Volume) -> float:
