@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -244,3 +245,32 @@ def test_peak_rss_of_a_child_process_is_its_own():
     assert 10 * 2**20 < child_peak < parent_rss - 300 * 2**20, (child_peak, parent_rss)
     assert int(held[::4096].sum()) == held.size // 4096
     assert e2e.peak_rss_bytes() >= parent_rss - 2**20  # this process: at least what it holds now
+
+
+def test_the_classical_runs_lesions_are_matched_with_the_phantoms(tmp_path):
+    """The benchmark writes the phantom's lung lesions beside its input (RAS centroids: the layout's centres,
+    the phantom being RAS-aligned) and matches a run's lesion segments with them by centroid distance (the
+    radius, at least the minimum): one just inside a lesion's radius is found, one just outside is not, and
+    a segment that is not a lesion never counts."""
+    from medseg.data.phantom_anatomy import lung_lesion_layout
+
+    path = e2e.phantom_input(tmp_path, "small", log=lambda _m: None)
+    truth = json.loads(e2e.lesions_path(path).read_text(encoding="utf-8"))
+    layout = {name: np.asarray(centre) for name, _k, centre, _d, _s, _w in lung_lesion_layout()}
+    assert [t["name"] for t in truth] == list(layout)
+    for t in truth:  # within a voxel (2.8 x 2.8 x 3 mm) of the analytic centre
+        assert np.linalg.norm(np.asarray(t["centroid_ras"]) - layout[t["name"]]) < 3.0, t
+    mass = next(t for t in truth if t["kind"] == "lung mass")
+    assert 30.0 < mass["diameter_mm"] < 38.0  # the 34 mm ball
+
+    t = [{"name": "A", "centroid_ras": [0.0, 0.0, 0.0], "diameter_mm": 20.0},
+         {"name": "B", "centroid_ras": [50.0, 0.0, 0.0], "diameter_mm": 4.0},
+         {"name": "C", "centroid_ras": [0.0, 80.0, 0.0], "diameter_mm": 12.0}]
+    segs = [{"is_lesion": True, "centroid_ras": [0.0, 9.9, 0.0]},       # A: 9.9 of 10 mm
+            {"is_lesion": True, "centroid_ras": [50.0, 0.0, 4.9]},      # B: within the 5 mm minimum
+            {"is_lesion": True, "centroid_ras": [0.0, 86.1, 0.0]},      # C: 6.1 of 6 mm: no
+            {"is_lesion": False, "centroid_ras": [0.0, 80.0, 0.0]}]     # C's place, but not a lesion
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"segments": segs}), encoding="utf-8")
+    found, missed, other = e2e.lesions_found(report, t, 5.0)
+    assert found == ["A (20 mm)", "B (4 mm)"] and missed == ["C (12 mm)"] and other == 1

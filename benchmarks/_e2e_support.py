@@ -179,15 +179,44 @@ def phantom_input(cache: Path, size: str, log: Callable[[str], None] = print) ->
 
     shape, spacing = SIZES[size]
     path = Path(cache) / f"chest_phantom_{'x'.join(map(str, shape))}_seed{INPUT_SEED}.nrrd"
-    if path.is_file():
+    if path.is_file() and lesions_path(path).is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     log(f"making the {size} phantom {shape} (KJI) at {spacing} mm -> {path} (once; cached)")
     t = time.perf_counter()
-    vol, _ = make_chest_phantom(shape_kji=shape, spacing_mm=spacing, seed=INPUT_SEED, name="ct")
+    vol, truth = make_chest_phantom(shape_kji=shape, spacing_mm=spacing, seed=INPUT_SEED, name="ct")
     write_volume_nrrd(vol, path, compress=False)
+    lesions = []
+    for s in truth.lung_lesions:
+        idx = np.argwhere(truth.labels == s.label_value)
+        lesions.append({"name": s.name, "kind": s.kind,
+                        "centroid_ras": vol.ijk_to_ras_points(idx[:, ::-1].astype(np.float64)).mean(axis=0).tolist(),
+                        "diameter_mm": float((6 * len(idx) * vol.voxel_volume_mm3 / np.pi) ** (1 / 3))})
+    lesions_path(path).write_text(json.dumps(lesions, indent=1) + "\n", encoding="utf-8")
     log(f"  phantom made and written in {time.perf_counter() - t:.1f} s")
     return path
+
+
+def lesions_path(input_path: Path) -> Path:
+    """The phantom input's lung lesions (name, kind, RAS centroid, equivalent diameter in mm), written beside
+    it by :func:`phantom_input`."""
+    return input_path.with_name(input_path.stem + "_lesions.json")
+
+
+def lesions_found(report_json: Path, truth: Sequence[Mapping[str, Any]], min_hit_radius_mm: float
+                  ) -> tuple[list[str], list[str], int]:
+    """(names of the truth lesions found, names missed, count of lesion segments matching none) of a run's
+    ``report.json``: a lesion is found when a lesion segment's centroid lies within its radius (at least
+    ``min_hit_radius_mm``) of its centroid, as ``eval_detection.py`` matches."""
+    segments = [s for s in json.loads(Path(report_json).read_text(encoding="utf-8"))["segments"] if s.get("is_lesion")]
+    centres = [np.asarray(s["centroid_ras"], dtype=np.float64) for s in segments]
+    found, missed, used = [], [], set()
+    for t in truth:
+        c, r = np.asarray(t["centroid_ras"], dtype=np.float64), max(t["diameter_mm"] / 2, min_hit_radius_mm)
+        hits = [n for n, x in enumerate(centres) if np.linalg.norm(x - c) <= r]
+        (found if hits else missed).append(f"{t['name']} ({t['diameter_mm']:.0f} mm)")
+        used.update(hits)
+    return found, missed, len(centres) - len(used)
 
 
 def make_card(

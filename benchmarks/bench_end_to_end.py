@@ -65,6 +65,7 @@ sys.path.insert(0, str(HERE))
 import torch
 
 import _e2e_support as e2e
+from eval_detection import MIN_HIT_RADIUS_MM
 
 SIDES = ("medseg", "monai", "classical")
 
@@ -283,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                   "no MONAI counterpart) ==")
             print_table(cls, None, device.type == "cuda")
             print(f"peak RSS {cls.peak_rss_mb:.0f} MiB (with HTML {_fmt(cls.peak_rss_html_mb, '.0f')} MiB)")
+            truth = json.loads(e2e.lesions_path(input_path).read_text(encoding="utf-8"))
+            found, missed, other = e2e.lesions_found(Path(cls.out_dir) / "report.json", truth, MIN_HIT_RADIUS_MM)
+            print(f"lung lesions found {len(found)} of {len(truth)}: {', '.join(found) or '-'}; missed: "
+                  f"{', '.join(missed) or '-'}; lesion segments matching none: {other}")
         return 0 if cmp.ok else 1
     finally:
         if args.out is None:
