@@ -51,8 +51,6 @@ PANEL_PARAMS = {"threshold": "threshold", "min_volume_mm3": "minVolume", "tta": 
 TRAIN_DIMS = ((_("Automatic (2D for one-slice images, else 3D)"), None), (_("3D"), 3), (_("2D (slice by slice)"), 2))
 #: the "Train from segmentations" section's default number of epochs (``medseg train --epochs``' default)
 TRAIN_EPOCHS = 100
-#: the file the user's lesion boxes (ROI nodes) are written to in a run's temporary folder (``medseg run --roi``)
-ROI_FILE = "roi_prompt.mrk.json"
 #: largest deviation from a rotation (unitless) of an ROI's axes after its parent transforms
 ROI_ROTATION_TOLERANCE = 1e-6
 
@@ -881,12 +879,14 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
     def createRequest(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                       params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
                       saveFolder=None, keepTemporaryFiles: bool = False, force: bool = False,
-                      dicomFormats: Sequence[str] = (), meshQuality: str = MeshQuality.HIGH.value):
+                      dicomFormats: Sequence[str] = (), meshQuality: str = MeshQuality.HIGH.value,
+                      roiBoxes: Sequence = ()):
         """Validate the nodes and options and copy the inputs out of the scene (``RunRequest``).
 
         ``force`` runs past a task's judgement checks of the input (``RunOptions.force``).
         ``meshQuality``: full, high (default), medium or low, how far the 3D surfaces are decimated
         (``medseg run --mesh-quality``; ``medseg.surface.decimation``).
+        ``roiBoxes``: the user's lesion boxes (:meth:`roiBoxes`), for ``medseg run --roi``.
         ``saveFolder``: where the results folder is written; None, ``""`` or ``"."`` (what an empty
         folder field of the panel holds) mean "not set": nothing is saved, never Slicer's working
         directory. ``dicomFormats`` ("rtstruct", "dicom-seg", "dicom-seg-labelmap") are written into
@@ -933,7 +933,7 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
             outputSegmentation=outputSegmentation, createModels=createModels, createTable=createTable,
             saveFolder=folder,
             baseName=f"{nodes[0].GetName()} {task}", keepTemporaryFiles=keepTemporaryFiles, force=bool(force),
-            dicomFormats=formats, dicomFiles=dicomFiles, meshQuality=quality)
+            dicomFormats=formats, dicomFiles=dicomFiles, meshQuality=quality, roiBoxes=tuple(roiBoxes))
 
     def process(self, inputVolumes: Sequence, task: str, outputSegmentation=None, device: str = "auto",
                 params: Optional[dict] = None, createModels: bool = False, createTable: bool = True,
@@ -965,11 +965,13 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         :raises: InputError, StaleSceneError, CommitError, ProcessError, CancelledError; the scene is
             unchanged whenever one is raised.
         """
+        from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
+
         boxes = self.roiBoxes(roiNodes)
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
                                      createTable, saveFolder, force=force, dicomFormats=dicomFormats,
-                                     meshQuality=meshQuality)
-        job = _runJob(request, boxes, progressCallback)
+                                     meshQuality=meshQuality, roiBoxes=boxes)
+        job = MedSegJob(request, progressCallback)
         if runInProcess:
             return job.run_in_process(cancelToken)
         job.start()
@@ -983,11 +985,13 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
         """Start a child-process run and return its ``MedSegJob`` at once; call ``job.poll()``
         periodically (it imports the results when the child ends) and ``job.cancel()`` to stop.
         The options are ``process``'s."""
+        from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
+
         boxes = self.roiBoxes(roiNodes)
         request = self.createRequest(inputVolumes, task, outputSegmentation, device, params, createModels,
                                      createTable, saveFolder, force=force, dicomFormats=dicomFormats,
-                                     meshQuality=meshQuality)
-        job = _runJob(request, boxes, progressCallback)
+                                     meshQuality=meshQuality, roiBoxes=boxes)
+        job = MedSegJob(request, progressCallback)
         job.start()
         return job
 
@@ -1376,48 +1380,6 @@ class MedSegExtensionLogic(ScriptedLoadableModuleLogic):
 #
 # MedSegExtensionTest
 #
-def _runJob(request, roiBoxes: Sequence, progressCallback=None):
-    """A ``MedSegJob`` for ``request``; with ``roiBoxes`` (RAS, :meth:`MedSegExtensionLogic.roiBoxes`) one that
-    writes them into its temporary folder as ``ROI_FILE`` (Slicer markups JSON, LPS) and passes them on: to the
-    child as ``--roi FILE`` (``process.roi_arguments``), to an in-process run as ``RunOptions.roi_boxes`` read
-    back from the same file, so both routes see the same boxes."""
-    from MedSegExtensionLib.job import MedSegJob  # glue: deferred until a run starts (imports torch)
-
-    if not roiBoxes:
-        return MedSegJob(request, progressCallback)
-    # glue and core: deferred until a run starts (SimpleITK, scipy, torch)
-    from medseg.io.markups import write_markups_json
-    from medseg.pipeline.output import write_result
-    from medseg.pipeline.roi_prompt import parse_roi_specs
-    from medseg.pipeline.run import RunOptions, run_task
-    from MedSegExtensionLib.job import COMPUTE_SHARE
-    from MedSegExtensionLib.process import roi_arguments
-
-    boxes = list(roiBoxes)
-
-    class RoiPromptJob(MedSegJob):
-        """``MedSegJob`` with the user's lesion boxes (``medseg run --roi``)."""
-
-        def _roiFile(self, tmp: pathlib.Path) -> pathlib.Path:
-            return write_markups_json(boxes, pathlib.Path(tmp) / ROI_FILE)
-
-        def _command(self, tmp: pathlib.Path) -> list:
-            return [*super()._command(tmp), *roi_arguments([self._roiFile(tmp)])]
-
-        def _compute(self, out: pathlib.Path, cancel) -> None:
-            # MedSegJob._compute with the boxes: the same options as the child's command line
-            req = self.request
-            options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params),
-                                 force=req.force, mesh_quality=req.meshQuality,
-                                 roi_boxes=tuple(parse_roi_specs([str(self._roiFile(out.parent))])))
-            result = run_task(req.volumes, options, cancel=cancel,
-                              progress=lambda f, m: self.progress(0.85 * COMPUTE_SHARE * f, m))
-            write_result(result, out, html=False, cancel=cancel,
-                         progress=lambda f, m: self.progress(COMPUTE_SHARE * (0.85 + 0.15 * f), m))
-
-    return RoiPromptJob(request, progressCallback)
-
-
 class MedSegExtensionTest(ScriptedLoadableModuleTest):
     """Self-test: the panel's decisions and the task list (light, always run), then a phantom volume
     with a bright ball through the threshold task, with checks on the new nodes.

@@ -15,7 +15,8 @@ import slicer
 from conftest import GEOMETRY_CASES, grid_centre_ras, make_sitk_image, rotation, sphere_image
 from medseg.core.errors import InputError
 from medseg.io.markups import read_markups_json
-from MedSegExtension import ROI_FILE, MedSegExtensionLogic
+from MedSegExtension import MedSegExtensionLogic
+from MedSegExtensionLib.job import ROI_FILE
 from MedSegExtensionLib.scene_commit import SEGMENT_ID_ATTRIBUTE
 from slicer_fake_setup import scene  # noqa: F401  (fixture)
 from slicer_scene_helpers import medseg_temp_dirs, scene_snapshot, segment_centroid_ras, volume_node_from_sitk

@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "MEDSEG_TEST_DATA", Path(__file__).resolve().parent.parent.parent / "shared" / "data")))
     ap.add_argument("--json", type=Path, default=None, help="write every case's detections here")
     ap.add_argument("--calibrate", action="store_true",
-                    help="score with the raw (uncalibrated) score and fit the Platt constants (dev split only)")
+                    help="fit Platt constants to the scores (dev split only): what a calibration would be")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="change one constant of ct_chest or ct_lesion for this run (an ablation: e.g. "
                          "--set MASS_MIN_DIAMETER_MM=inf turns the mass pass off)")
@@ -326,8 +326,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_settings(ap, args.set, (ct_chest, ct_lesion))
     if args.calibrate and args.split != "dev":
         ap.error("--calibrate fits constants: only on the dev split")
-    if args.calibrate:
-        ct_lesion.CALIBRATION = None
     cases = make_cases(args.split, args.data)
     results = []
     for case in cases:
@@ -340,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.calibrate:
         dets = [d for r in results for d in r["detections"] if not d.get("duplicate")]
         a, b = platt_fit([d["score"] for d in dets], [d["hit"] is not None for d in dets])
-        print(f"Platt constants for ct_lesion.CALIBRATION: ({a:.4f}, {b:.4f}) from {len(dets)} detections")
+        print(f"Platt constants (a, b) of p = 1 / (1 + exp(a * score + b)): ({a:.4f}, {b:.4f}) from {len(dets)} "
+              "detections")
     if args.json:
         args.json.write_text(json.dumps({"split": args.split, "summary": s, "cases": results}, indent=1,
                                         default=str))

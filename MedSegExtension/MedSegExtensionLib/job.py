@@ -29,9 +29,11 @@ from medseg.core.vocabulary import MeshQuality
 from medseg.core.volume import Volume
 from medseg.io.atomic import OutputFolder
 from medseg.io.filenames import unique_file_stem
+from medseg.io.markups import write_markups_json
 from medseg.io.output_marker import MARKER_NAME
 from medseg.io.volume_writer import write_volume_nrrd
 from medseg.pipeline.output import write_result
+from medseg.pipeline.roi_prompt import parse_roi_specs
 from medseg.pipeline.run import RunOptions, run_task
 from MedSegExtensionLib.dicom_export import write_dicom_exports
 from MedSegExtensionLib.errors import ProcessError, StaleSceneError
@@ -48,6 +50,8 @@ Progress = Callable[[float, str], None]
 
 #: share of the progress bar for the computation (the rest is import + commit)
 COMPUTE_SHARE = 0.95
+#: the file the user's lesion boxes are written to in a run's temporary folder (``medseg run --roi``)
+ROI_FILE = "roi_prompt.mrk.json"
 
 
 @dataclass
@@ -71,6 +75,8 @@ class RunRequest:
     dicomFiles: list = field(default_factory=list)
     #: how far the 3D surfaces are decimated (``medseg run --mesh-quality``), in both routes
     meshQuality: MeshQuality = MeshQuality.HIGH
+    #: the user's lesion boxes (``medseg.core.box.Box``, world RAS; ``medseg run --roi``), in both routes
+    roiBoxes: tuple = ()
 
 
 @dataclass
@@ -151,8 +157,10 @@ class MedSegJob:
         req = self.request
         # the core always builds the meshes: they become the segments' 3D surfaces (scene_commit._add_surfaces),
         # so nothing is converted on Slicer's GUI thread; ``createModels`` only decides the model nodes
+        roi = self._roi_file(out.parent)
         options = RunOptions(task=req.task, device=req.device, models=True, params=dict(req.params), force=req.force,
-                             mesh_quality=req.meshQuality)
+                             mesh_quality=req.meshQuality,
+                             roi_boxes=tuple(parse_roi_specs([str(roi)])) if roi is not None else ())
         result = run_task(req.volumes, options, cancel=cancel,
                           progress=lambda f, m: self.progress(0.85 * COMPUTE_SHARE * f, m))
         write_result(result, out, html=False, cancel=cancel,
@@ -183,8 +191,17 @@ class MedSegJob:
             p = tmp / f"input_{n}.nrrd"
             write_volume_nrrd(vol, p, compress=False)
             paths.append(p)
+        roi = self._roi_file(tmp)
         return medseg_command(paths, req.task, tmp / "out", req.device, True, req.params, force=req.force,
-                              mesh_quality=req.meshQuality)
+                              mesh_quality=req.meshQuality, roi_files=[roi] if roi is not None else [])
+
+    def _roi_file(self, tmp: Path) -> Path | None:
+        """The request's lesion boxes written into ``tmp`` as ``ROI_FILE`` (Slicer markups JSON, LPS); None
+        without boxes. Both routes read the boxes back from this file (the child as ``--roi FILE``, an
+        in-process run through ``parse_roi_specs``), so they see the same boxes with the same names."""
+        if not self.request.roiBoxes:
+            return None
+        return write_markups_json(list(self.request.roiBoxes), tmp / ROI_FILE)
 
     def _what(self) -> str:
         """What runs, for the progress message."""

@@ -251,6 +251,12 @@ def _separated(c1, a1, h1, c2, a2, h2) -> bool:
     return False
 
 
+def box_outside_volume(box: Box, volume: Volume) -> bool:
+    """Whether ``box`` (RAS) has no volume in common with the image's extent (voxel edges included): the
+    separating-axis test of the two oriented boxes; touching counts as outside."""
+    return _separated(*_image_corners_and_half(volume), box.center, box.orientation, box.size / 2.0)
+
+
 def clip_boxes_to_volume(
     boxes: Sequence[BoxLike], volume: Volume, warnings: list[str] | None = None
 ) -> list[Box]:
@@ -282,7 +288,7 @@ def clip_boxes_to_volume(
         if box is None:
             n_degenerate += 1
             continue
-        if _separated(img_c, img_a, img_h, box.center, box.orientation, box.size / 2.0):
+        if box_outside_volume(box, volume):
             n_outside += 1
             continue
         if box_axes_match_volume(box, volume):

@@ -41,9 +41,12 @@ from medseg.core.errors import InputError
 from medseg.core.labelmap import LabelMap, Segment
 from medseg.core.specs import SegmentationOutput
 from medseg.core.terminology import term
+from medseg.core.vocabulary import NanPolicy
 from medseg.core.volume import Volume
+from medseg.detect.boxes import box_outside_volume
 from medseg.io.markups import read_markups_json
 from medseg.models.card import PALETTE
+from medseg.preprocess.intensity import check_finite
 from medseg.segment.box_lesion import intensity_spread, segment_in_box, share_at_faces
 
 #: the lesion kind (``Result.lesions``) and box label of a lesion found in a user's box
@@ -124,54 +127,18 @@ def volume_ras_extent(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     return ras.min(axis=0), ras.max(axis=0)
 
 
-def _boxes_overlap(a: Box, b: Box) -> bool:
-    """Whether two oriented boxes (RAS) share a point: the separating-axis test over their 3 + 3 face
-    normals and 9 edge cross products (touching counts as overlapping)."""
-    axes = [a.orientation[:, i] for i in range(3)] + [b.orientation[:, i] for i in range(3)]
-    axes += [np.cross(a.orientation[:, i], b.orientation[:, j]) for i in range(3) for j in range(3)]
-    gap = b.center - a.center
-    for axis in axes:
-        norm = float(np.linalg.norm(axis))
-        if norm < 1e-9:  # parallel edges: covered by the face normals
-            continue
-        axis = axis / norm
-        ra = float(np.sum(np.abs(axis @ a.orientation) * a.size / 2))
-        rb = float(np.sum(np.abs(axis @ b.orientation) * b.size / 2))
-        if abs(float(gap @ axis)) > ra + rb + 1e-9:
-            return False
-    return True
-
-
-def volume_box(volume: Volume) -> Box:
-    """The volume's extent (voxel corners) as an oriented box in RAS."""
-    n = np.array(volume.shape_ijk, dtype=np.float64)
-    centre = volume.ijk_to_ras_points((n - 1) / 2)[0]
-    return Box(centre, n * volume.spacing, volume.direction, "volume", 1.0, name=volume.name)
-
-
 def check_boxes_meet_volume(boxes: Sequence[Box], volume: Volume) -> None:
-    """``InputError`` naming the first box that lies entirely outside ``volume`` (no point in common
-    with its voxels' extent), with the box's RAS centre and size and the volume's RAS extent."""
-    extent = volume_box(volume)
+    """``InputError`` naming the first box that lies entirely outside ``volume`` (no volume in common with
+    its voxels' extent; touching counts as outside), with the box's RAS centre and size and the volume's
+    RAS extent."""
     for b in boxes:
-        if not _boxes_overlap(b, extent):
+        if box_outside_volume(b, volume):
             lo, hi = volume_ras_extent(volume)
             raise InputError(
                 f"ROI box {b.name!r} (centre RAS {np.round(b.center, 2).tolist()} mm, size "
                 f"{np.round(b.size, 2).tolist()} mm) lies entirely outside the volume {volume.name or '(unnamed)'!r}, "
                 f"whose RAS extent is R {lo[0]:.1f}..{hi[0]:.1f}, A {lo[1]:.1f}..{hi[1]:.1f}, "
                 f"S {lo[2]:.1f}..{hi[2]:.1f} mm; check the box's coordinates (RAS, not LPS)")
-
-
-def _finite(volume: Volume) -> Volume:
-    """``volume``, with non-finite voxels set to its smallest finite value (as ``--nan-policy fill``
-    does to the task's input), so medians and thresholds in the box are defined."""
-    arr = volume.array
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        ok = np.isfinite(arr)
-        fill = float(arr[ok].min()) if ok.any() else 0.0
-        return volume.with_array(np.where(ok, arr, fill).astype(arr.dtype))
-    return volume
 
 
 def _unique_id(base: str, taken: set[str]) -> str:
@@ -206,7 +173,9 @@ def add_box_lesions(seg: SegmentationOutput, volume: Volume, boxes: Sequence[Box
         raise InputError(f"the label map {lm.volume.name!r} is not on the grid of the input {volume.name!r}")
     if not boxes:
         return seg
-    image = _finite(volume)
+    # non-finite voxels set to the smallest finite value, as --nan-policy fill does to the task's input, so that
+    # medians and thresholds in the box are defined
+    image, _ = check_finite(volume, NanPolicy.FILL)
     segments = list(lm.segments)
     top = max([s.label_value for s in segments], default=0)
     # the label dtype grows when the new labels need it (uint8 -> uint16 past 255)

@@ -300,9 +300,10 @@ def _fill_cavities(tissue: np.ndarray, axis: int, m_w: np.ndarray) -> np.ndarray
 
 
 def _mass_pass(right_f: np.ndarray, left_f: np.ndarray, fc: Sequence[int], sp_w: np.ndarray, axis: int,
-               body: np.ndarray, bones: np.ndarray, hu_w: np.ndarray, m_w: np.ndarray, lungs_air: np.ndarray
+               soft: np.ndarray, hu_w: np.ndarray, m_w: np.ndarray, lungs_air: np.ndarray
                ) -> tuple[np.ndarray, int, list[ct_lesion.LesionFeatures], np.ndarray]:
-    """Masses the first pass cannot hold: soft tissue inside a ``MASS_ENVELOPE_RADIUS_MM`` envelope,
+    """Masses the first pass cannot hold: soft tissue (``soft``: in the body, not air, not bone) inside a
+    ``MASS_ENVELOPE_RADIUS_MM`` envelope,
     opened with a ``MASS_OPEN_RADIUS_MM`` ball, each component split at its necks
     (``ct_lesion.split_at_necks``: a mass comes apart from the wall, mediastinum or aorta it is
     merged with), each piece judged by the candidate rules with ``MASS_MIN_DIAMETER_MM`` and
@@ -310,7 +311,7 @@ def _mass_pass(right_f: np.ndarray, left_f: np.ndarray, fc: Sequence[int], sp_w:
     the piece labels (1..count), the count, the pieces' features and the tissue they were cut from."""
     env = _envelope(right_f, fc, sp_w, axis, MASS_ENVELOPE_RADIUS_MM) | _envelope(
         left_f, fc, sp_w, axis, MASS_ENVELOPE_RADIUS_MM)
-    tissue = _fill_cavities(env & body & (hu_w >= anat.AIR_HU) & ~bones, axis, m_w)
+    tissue = _fill_cavities(env & soft, axis, m_w)
     del env
     opened = open_mm(tissue, MASS_OPEN_RADIUS_MM, sp_w)
     lab, _ = label_components(opened, _CROSS)
@@ -423,7 +424,8 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
 
     progress(0.6, "ct-chest: lesion candidates")
     lungs_air = right | left
-    cand = _fill_cavities(env & body & (hu_w >= anat.AIR_HU) & ~bones, axis, m_w)
+    soft = body & (hu_w >= anat.AIR_HU) & ~bones
+    cand = _fill_cavities(env & soft, axis, m_w)
     opened = open_small(cand, VESSEL_OPEN_RADIUS_MM, sp_w)
     cand_lab, n = label_components(opened, _CROSS)
     feats = ct_lesion.component_features(cand_lab, n, m_w, hu_w, lungs_air, cand, axis)
@@ -431,8 +433,9 @@ def segment_ct_chest(volumes: Sequence[Volume], *, progress: ProgressCallback = 
     ct_lesion.add_neighbour_tissue([x for x in feats if x.accepted], cand_lab, cand, sp_w)
     feats = [ct_lesion.decide(x) for x in feats]
     kept = [x for x in feats if x.accepted]
-    mass_lab, m_count, mass_feats, mass_tissue = _mass_pass(right_f, left_f, fc, sp_w, axis, body, bones, hu_w,
-                                                            m_w, lungs_air)
+    mass_lab, m_count, mass_feats, mass_tissue = _mass_pass(right_f, left_f, fc, sp_w, axis, soft, hu_w, m_w,
+                                                            lungs_air)
+    del soft
     for x in mass_feats:
         x.label += n
     masses = [x for x in mass_feats if x.accepted]

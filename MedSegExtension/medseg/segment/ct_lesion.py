@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from medseg.core.components import label_components
 from medseg.core.diameter import diameter
 
 #: smallest lesion kept: equivalent-sphere diameter (mm)
@@ -33,10 +34,6 @@ MIN_SLICES = 2
 NEIGHBOUR_MM = 5.0
 #: largest volume of candidate tissue in that neighbourhood, relative to the candidate's own volume
 MAX_NEIGHBOUR_TISSUE = 0.6
-#: Platt scaling ``(a, b)`` of the raw score, ``p = 1 / (1 + exp(a * raw + b))``: fitted by
-#: ``benchmarks/eval_detection.py --split dev --calibrate`` on the dev split of the inserted-lesion set
-#: (never on the aside split); None gives the raw score
-CALIBRATION: tuple[float, float] | None = None
 #: nodule / mass boundary on the longest diameter (mm), as in lung-cancer staging
 MASS_DIAMETER_MM = 30.0
 #: a seed joins a deeper one when its ball reaches into that ball by more than this fraction of its radius
@@ -65,7 +62,6 @@ class LesionFeatures:
         fill: volume / volume of the same-moments ellipsoid (1 for an ellipsoid, low for star shapes).
         n_slices: number of slices it covers along the axial array axis.
         at_scan_end: it touches the first or last slice along the axial axis (cut by the field of view).
-        slice_mm: the working grid's spacing along the axial axis (mm).
         piece: a piece of a larger candidate split at its necks (:func:`split_at_necks`).
         sibling_contact: for a piece, the fraction of its surface on the other pieces of its candidate.
         min_diameter_mm, min_lung_contact: the smallest equivalent diameter and lung contact
@@ -87,7 +83,6 @@ class LesionFeatures:
     n_slices: int = 0
     neighbour_tissue: float | None = None
     at_scan_end: bool = False
-    slice_mm: float = 0.0
     piece: bool = False
     min_diameter_mm: float = MIN_DIAMETER_MM
     min_lung_contact: float = MIN_LUNG_CONTACT
@@ -155,7 +150,6 @@ def component_features(labels: np.ndarray, count: int, ijk_to_ras: np.ndarray, h
             fill=float(vol / max(np.pi / 6.0 * float(np.prod(axes)), 1e-6)),
             n_slices=int(boxes[c - 1][axial_axis].stop - boxes[c - 1][axial_axis].start),
             at_scan_end=bool(boxes[c - 1][axial_axis].start == 0 or boxes[c - 1][axial_axis].stop == n_axial),
-            slice_mm=float(np.linalg.norm(ijk_to_ras[:3, 2 - axial_axis])),
         ))
     return out
 
@@ -201,7 +195,7 @@ def split_at_necks(mask: np.ndarray, spacing_kji: np.ndarray) -> tuple[np.ndarra
     # each piece keeps what is connected to its seed; cut-off bits join the nearest kept piece
     kept = np.zeros(mask.shape, dtype=bool)
     for n, i in enumerate(seeds, start=1):
-        comp, _ = ndimage.label(labels == n)
+        comp, _ = label_components(labels == n)
         kept |= comp == comp[tuple(pts[i])]
     if not kept[mask].all():
         _, near = ndimage.distance_transform_edt(~kept, sampling=spacing_kji, return_indices=True)
@@ -272,17 +266,9 @@ def describe(f: LesionFeatures) -> str:
 
 
 def score(f: LesionFeatures, lung_hu: float) -> float:
-    """Confidence 0..1 that the kept candidate is a lesion: the raw score (:func:`raw_score`) through
-    the Platt scaling ``CALIBRATION`` (the raw score itself when it is None)."""
-    raw = raw_score(f, lung_hu)
-    if CALIBRATION is None:
-        return raw
-    a, b = CALIBRATION
-    return float(1.0 / (1.0 + np.exp(a * raw + b)))
-
-
-def raw_score(f: LesionFeatures, lung_hu: float) -> float:
-    """Uncalibrated confidence 0..1 from roundness, contrast with the lung, size and lung contact."""
+    """Confidence 0..1 from roundness, contrast with the lung, size and lung contact; not calibrated (no
+    labelled set has the false positives to calibrate against: ``benchmarks/eval_detection.py --calibrate``
+    fits the Platt constants a calibration would use and prints how often each score range was right)."""
     roundness = float(f.axes_mm[2] / max(f.axes_mm[0], 1e-6))
     contrast = float(np.clip((f.mean_hu - lung_hu) / 700.0, 0.0, 1.0))
     size = float(np.clip((f.diameter_mm - 3.0) / 7.0, 0.0, 1.0))
