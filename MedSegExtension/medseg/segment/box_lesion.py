@@ -88,12 +88,23 @@ def _crop_for(volume: Volume, box: Box, grow: float) -> tuple[slice, slice, slic
     return slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0])
 
 
-def _inside(volume: Volume, crop: tuple[slice, slice, slice], box: Box, scale: float) -> np.ndarray:
-    """Voxels of ``crop`` whose centres lie in ``box`` scaled by ``scale`` about its centre (KJI bool)."""
+def _box_coords(volume: Volume, crop: tuple[slice, slice, slice], box: Box) -> np.ndarray:
+    """``|x|`` along each of ``box``'s axes (mm from its centre) of every voxel centre of ``crop``: (K, J, I, 3),
+    computed once per crop and box and then compared with each scaled box by :func:`_within`."""
     k, j, i = np.meshgrid(*[np.arange(s.start, s.stop) for s in crop], indexing="ij")
     ras = volume.ijk_to_ras_points(np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1))
-    scaled = Box(box.center, box.size * scale, box.orientation, box.label, box.score)
-    return scaled.contains(ras).reshape(k.shape)
+    return np.abs((ras - box.center) @ box.orientation).reshape(*k.shape, 3)
+
+
+def _within(coords: np.ndarray, box: Box, scale: float) -> np.ndarray:
+    """The voxels of :func:`_box_coords`' ``coords`` whose centres lie in ``box`` scaled by ``scale`` about its
+    centre (KJI bool; the boundary included, as ``Box.contains``)."""
+    return np.all(coords <= box.size * scale / 2 + 1e-9, axis=-1)
+
+
+def _inside(volume: Volume, crop: tuple[slice, slice, slice], box: Box, scale: float) -> np.ndarray:
+    """Voxels of ``crop`` whose centres lie in ``box`` scaled by ``scale`` about its centre (KJI bool)."""
+    return _within(_box_coords(volume, crop, box), box, scale)
 
 
 def _lesion_side(values: np.ndarray, mid: float, bright: bool, core: np.ndarray,
@@ -161,7 +172,8 @@ def share_at_faces(volume: Volume, box: Box, mask: np.ndarray) -> float:
     if any(s.stop <= s.start for s in crop):
         return 0.0
     sub = mask[crop]
-    layer = _inside(volume, crop, box, 1.0) & ~_inside(volume, crop, box, 1.0 - 2 * FACE_FRACTION)
+    coords = _box_coords(volume, crop, box)
+    layer = _within(coords, box, 1.0) & ~_within(coords, box, 1.0 - 2 * FACE_FRACTION)
     return float((sub & layer).sum()) / total
 
 
@@ -193,9 +205,10 @@ def segment_in_box(volume: Volume, box: Box, spread: float | None = None) -> np.
     if any(s.stop <= s.start for s in crop):
         return out
     values = np.asarray(volume.array[crop], dtype=np.float32)
-    inside = _inside(volume, crop, box, 1.0)
-    core = _inside(volume, crop, box, CORE_FRACTION)
-    grown = _inside(volume, crop, box, 1.0 + 2 * SHELL_FRACTION)
+    coords = _box_coords(volume, crop, box)
+    inside = _within(coords, box, 1.0)
+    core = _within(coords, box, CORE_FRACTION)
+    grown = _within(coords, box, 1.0 + 2 * SHELL_FRACTION)
     shell = grown & ~inside
     if not core.any():  # a box thinner than a voxel: its centre voxel is the core
         centre = np.round(volume.ras_to_ijk_points(box.center)[0]).astype(int) - [s.start for s in crop[::-1]]
@@ -214,7 +227,8 @@ def segment_in_box(volume: Volume, box: Box, spread: float | None = None) -> np.
     mid, bright = (lesion + around) / 2, lesion > around
     spacing_kji = volume.spacing[::-1]
     cand = _lesion_side(values, mid, bright, core, spacing_kji)
-    beyond = cand & grown & ~_inside(volume, crop, box, 1.0 + 2 * BEYOND_FRACTION) & ~core
+    beyond = cand & grown & ~_within(coords, box, 1.0 + 2 * BEYOND_FRACTION) & ~core
+    del coords
     piece, neck = _flood_from_core(cand, core & cand, beyond, spacing_kji)
     if not neck:
         depth = ndimage.distance_transform_edt(cand, sampling=spacing_kji)
